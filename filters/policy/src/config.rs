@@ -1,0 +1,199 @@
+//! The plugin configuration of the weft filter: the JSON that Envoy hands to `weft.wasm` in
+//! `configuration` (a `google.protobuf.StringValue`), parsed once per configuration change.
+//!
+//! # Errors
+//! Parsing is strict: an unknown field, a wrong type or an unsupported `version` is refused with
+//! a [`ConfigError`] whose message names the field path and says what would be valid, because a
+//! misspelt policy field silently ignored would be a policy silently not enforced.
+
+use serde::{Deserialize, Serialize};
+
+/// The plugin configuration format this build reads and writes.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why a plugin configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No configuration bytes at all (Envoy's `configuration` is absent or empty).
+    #[error(
+        "plugin configuration: none given; set `configuration` to a JSON object, at least `{{\"version\": {CONFIG_VERSION}}}`"
+    )]
+    Missing,
+    /// The bytes are not valid UTF-8 JSON of the expected shape.
+    #[error("plugin configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the offending field (`(root)` for the top level).
+        field: String,
+        /// What is wrong and, where serde knows it, what would be valid.
+        reason: String,
+    },
+    /// The `version` field names a format this build does not read.
+    #[error(
+        "plugin configuration: field `version`: {found} is not supported; this weft.wasm reads version {CONFIG_VERSION}"
+    )]
+    UnsupportedVersion {
+        /// The version found in the configuration.
+        found: u32,
+    },
+}
+
+/// The whole configuration of one weft plugin instance.
+///
+/// Features (access control, split routing, edge metrics) are added as fields as they land;
+/// until then a configuration holds only its format version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Format version; absent means [`CONFIG_VERSION`].
+    #[serde(default = "current_version")]
+    pub version: u32,
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn current_version() -> u32 {
+    CONFIG_VERSION
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Parses and checks a configuration from the bytes Envoy delivers.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] for empty input, [`ConfigError::Invalid`] naming the field for
+    /// malformed JSON, unknown fields or wrong types, [`ConfigError::UnsupportedVersion`] for a
+    /// format this build does not read.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::Missing);
+        }
+        let root = |reason: String| ConfigError::Invalid {
+            field: "(root)".to_owned(),
+            reason,
+        };
+        let document: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|err| root(err.to_string()))?;
+        // serde would also build a struct from a JSON array; a configuration is an object.
+        if !document.is_object() {
+            return Err(root(format!(
+                "expected a JSON object, found {}",
+                json_kind(&document)
+            )));
+        }
+        let config: Self =
+            serde_path_to_error::deserialize(document).map_err(|err| ConfigError::Invalid {
+                field: err.path().to_string(),
+                reason: err.into_inner().to_string(),
+            })?;
+        if config.version != CONFIG_VERSION {
+            return Err(ConfigError::UnsupportedVersion {
+                found: config.version,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The configuration as the JSON that [`PluginConfig::from_json`] reads back.
+    ///
+    /// # Errors
+    /// Only if serde_json fails to serialise plain data, which it does not for these types.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PluginConfig, ConfigError> {
+        PluginConfig::from_json(text.as_bytes())
+    }
+
+    #[test]
+    fn an_empty_object_is_the_current_version() {
+        assert_eq!(parse("{}"), Ok(PluginConfig::default()));
+    }
+
+    #[test]
+    fn an_explicit_current_version_is_accepted() {
+        assert_eq!(parse(r#"{"version": 1}"#), Ok(PluginConfig { version: 1 }));
+    }
+
+    #[test]
+    fn missing_configuration_is_refused_with_a_hint() {
+        for blank in ["", "  \n"] {
+            let err = parse(blank).unwrap_err();
+            assert_eq!(err, ConfigError::Missing);
+            assert!(err.to_string().contains("\"version\": 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_fields_that_exist() {
+        let err = parse(r#"{"version": 1, "acess": {}}"#).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("unknown field `acess`"), "{message}");
+        assert!(message.contains("expected `version`"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_and_the_expected_type() {
+        let err = parse(r#"{"version": "one"}"#).unwrap_err();
+        match &err {
+            ConfigError::Invalid { field, reason } => {
+                assert_eq!(field, "version");
+                assert!(reason.contains("expected u32"), "{reason}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unsupported_version_says_which_version_is_read() {
+        let err = parse(r#"{"version": 2}"#).unwrap_err();
+        assert_eq!(err, ConfigError::UnsupportedVersion { found: 2 });
+        assert!(err.to_string().contains("reads version 1"), "{err}");
+    }
+
+    #[test]
+    fn a_non_object_or_malformed_document_is_refused_at_the_root() {
+        for text in ["[]", "{", "{} {}", "\"x\"", "\u{feff}{}"] {
+            match parse(text) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "(root)", "{text}"),
+                other => panic!("{text:?} should be invalid at the root, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_not_panicked_on() {
+        assert!(matches!(
+            PluginConfig::from_json(&[b'{', 0xff, b'}']),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn serialised_configuration_reads_back_equal() {
+        let config = PluginConfig::default();
+        let json = config.to_json().unwrap();
+        assert_eq!(parse(&json), Ok(config));
+    }
+}

@@ -1,0 +1,15 @@
+//! `weft-e2e` is the end-to-end harness: it runs real Envoy processes (from the project's
+//! `.venv`, installed by `make setup`) with the real `target/wasm/weft.wasm` (built by
+//! `make build`) in front of real upstream servers, all on loopback with ports chosen by the
+//! kernel. Start with [`envoy::Envoy::start`]; the bootstrap builders are in [`bootstrap`], the
+//! upstream servers in [`upstream`], the HTTP client in [`client`].
+//!
+//! Guarantees: every process a test starts is killed when its handle drops (also when the test
+//! panics), a failing test prints the Envoy log, and readiness is polled with a deadline.
+
+pub mod bootstrap;
+pub mod client;
+pub mod envoy;
+pub mod paths;
+pub mod poll;
+pub mod upstream;

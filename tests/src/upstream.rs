@@ -1,0 +1,184 @@
+//! Real upstream servers on loopback: an HTTP server that says who it is and records what it
+//! received, and a TCP echo server that counts connections. Each stops when dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Header names and values, lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+/// An HTTP/1.1 upstream that answers 200 with `upstream <name>: <method> <path>` and records
+/// every request it receives.
+#[derive(Debug)]
+pub struct HttpUpstream {
+    name: String,
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl HttpUpstream {
+    /// Starts the server on a free loopback port.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the server on `address`.
+    pub async fn start_on(name: &str, address: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(serve_http(listener, name.to_owned(), Arc::clone(&seen)));
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            seen,
+            task,
+        })
+    }
+
+    /// The name it answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_http(listener: TcpListener, name: String, seen: Arc<Mutex<Vec<Seen>>>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let name = name.clone();
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let record = Seen {
+                    method: request.method().to_string(),
+                    path: request
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: request
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                let body = format!("upstream {name}: {} {}\n", record.method, record.path);
+                let name = name.clone();
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push(record);
+                }
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("x-upstream", name)
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap_or_default(),
+                    )
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A TCP server that echoes every byte back and counts the connections it accepted.
+#[derive(Debug)]
+pub struct TcpEcho {
+    addr: SocketAddr,
+    connections: Arc<Mutex<usize>>,
+    task: JoinHandle<()>,
+}
+
+impl TcpEcho {
+    /// Starts the server on a free loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(Mutex::new(0));
+        let counter = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if let Ok(mut count) = counter.lock() {
+                    *count += 1;
+                }
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(read) = stream.read(&mut buffer).await {
+                        if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections
+            .lock()
+            .map(|count| *count)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,95 @@
+//! Smoke tests: a real Envoy loads the real `weft.wasm`, requests pass through it, and a bad
+//! plugin configuration is refused with nothing reaching the upstream.
+
+use weft_e2e::bootstrap::{bootstrap, cluster, http_listener, weft_http_filter};
+use weft_e2e::envoy::Envoy;
+use weft_e2e::upstream::HttpUpstream;
+use weft_e2e::{client, paths};
+
+/// The counter weft.wasm increments once per request it handles, as Envoy names it in `/stats`
+/// (Envoy files counters that a wasm module defines under `wasmcustom.`).
+const REQUESTS_COUNTER: &str = "wasmcustom.weft_plugin_http_requests_total";
+
+fn weft_proxy(upstream: &HttpUpstream, plugin_configuration: &str) -> serde_json::Value {
+    let module = paths::weft_wasm().expect("weft.wasm is built");
+    bootstrap(
+        vec![http_listener(
+            "ingress",
+            vec![weft_http_filter(&module, plugin_configuration)],
+            "app",
+        )],
+        vec![cluster("app", upstream.addr())],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
+    let upstream = HttpUpstream::start("app").await.unwrap();
+    let envoy = Envoy::start(&weft_proxy(&upstream, r#"{"version": 1}"#))
+        .await
+        .unwrap();
+    let configured = envoy
+        .wait_for_log(
+            "configured (plugin configuration version 1)",
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(configured.contains("wasm log weft"), "{configured}");
+    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(0));
+
+    let ingress = envoy.listener("ingress").await.unwrap();
+    for path in ["/hello", "/hello/again?x=1"] {
+        let reply = client::get(ingress, path).await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body, format!("upstream app: GET {path}\n"));
+    }
+
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Two requests reached the upstream, and weft counted both: they went through the filter.
+    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upstream() {
+    let cases = [
+        (
+            r#"{"version": 1, "acess": {}}"#,
+            "field `acess`: unknown field `acess`, expected `version`",
+        ),
+        (
+            r#"{"version": "one"}"#,
+            "field `version`: invalid type: string \"one\", expected u32",
+        ),
+        (
+            r#"{"version": 7}"#,
+            "field `version`: 7 is not supported; this weft.wasm reads version 1",
+        ),
+        (
+            "[1, 2]",
+            "field `(root)`: expected a JSON object, found an array",
+        ),
+        ("", "plugin configuration: none given"),
+    ];
+    let upstream = HttpUpstream::start("app").await.unwrap();
+    for (configuration, reason) in cases {
+        let (code, log) = Envoy::expect_exit(&weft_proxy(&upstream, configuration))
+            .await
+            .unwrap();
+        assert_ne!(code, Some(0), "Envoy accepted {configuration:?}\n{log}");
+        let line = log
+            .lines()
+            .find(|line| line.contains("wasm log weft") && line.contains("refuses to start"))
+            .unwrap_or_else(|| panic!("no refusal line for {configuration:?}\n{log}"));
+        assert!(
+            line.contains(reason),
+            "for {configuration:?} expected {reason:?} in\n{line}"
+        );
+        assert!(
+            log.contains("Unable to create Wasm plugin weft"),
+            "Envoy did not refuse the plugin for {configuration:?}\n{log}"
+        );
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}

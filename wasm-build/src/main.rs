@@ -1,0 +1,142 @@
+//! `weft-wasm-build`: `cargo run -p weft-wasm-build --release` (what `make build` runs).
+//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, runs `wasm-opt`
+//! over it and keeps the result only when it is smaller, then writes `target/wasm/weft.wasm`
+//! and `target/wasm/manifest.json`. Pass `--no-opt` to skip the optimiser.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+use weft_wasm_build::{MANIFEST_FILE, MODULE_FILE, Manifest, Optimisation};
+
+const TARGET: &str = "wasm32-wasip1";
+const PACKAGE: &str = "weft-envoy";
+/// Optimiser flags. The wasm feature flags match what rustc emits for wasm32-wasip1, which
+/// V8 in Envoy supports; `-O3` optimises for speed (see docs/decisions.md for the measurement).
+const WASM_OPT_FLAGS: &[&str] = &[
+    "-O3",
+    "--enable-bulk-memory",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+    "--enable-nontrapping-float-to-int",
+    "--enable-reference-types",
+    "--enable-multivalue",
+    "--strip-debug",
+];
+
+fn main() -> anyhow::Result<()> {
+    let optimise = !std::env::args().skip(1).any(|arg| arg == "--no-opt");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("wasm-build has no parent directory")?
+        .to_path_buf();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["build", "--release", "--target", TARGET, "-p", PACKAGE])
+        .status()
+        .context("cannot run cargo")?;
+    ensure!(
+        status.success(),
+        "cargo build of {PACKAGE} for {TARGET} failed ({status}); is the target installed? (`make setup`)"
+    );
+
+    let compiled = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("weft_envoy.wasm");
+    let out_dir = target_dir.join("wasm");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let module_path = out_dir.join(MODULE_FILE);
+    let raw =
+        std::fs::read(&compiled).with_context(|| format!("cannot read {}", compiled.display()))?;
+
+    let (module, optimisation) = if optimise {
+        let (bytes, report) =
+            run_wasm_opt(&compiled, &out_dir.join("weft.opt.wasm"), raw.len() as u64)?;
+        if report.kept {
+            (bytes, Some(report))
+        } else {
+            (raw, Some(report))
+        }
+    } else {
+        (raw, None)
+    };
+
+    std::fs::write(&module_path, &module)
+        .with_context(|| format!("cannot write {}", module_path.display()))?;
+    let manifest = Manifest::describe(env!("CARGO_PKG_VERSION"), &module, optimisation);
+    let manifest_path = out_dir.join(MANIFEST_FILE);
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+
+    if let Some(report) = &manifest.optimisation {
+        println!(
+            "wasm-build: {} {} -> {} bytes ({}), kept: {}",
+            report.tool,
+            report.size_before,
+            report.size_after,
+            percent_change(report.size_before, report.size_after),
+            if report.kept {
+                "optimised"
+            } else {
+                "unoptimised (not smaller)"
+            }
+        );
+    }
+    println!(
+        "wasm-build: wrote {} ({} bytes, sha256 {}) and {}",
+        module_path.display(),
+        manifest.size,
+        manifest.sha256,
+        manifest_path.display()
+    );
+    Ok(())
+}
+
+fn run_wasm_opt(
+    input: &Path,
+    output: &Path,
+    size_before: u64,
+) -> anyhow::Result<(Vec<u8>, Optimisation)> {
+    let version = Command::new("wasm-opt").arg("--version").output().context(
+        "wasm-opt not found: run `make setup` (Debian package binaryen), or build with --no-opt",
+    )?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let status = Command::new("wasm-opt")
+        .args(WASM_OPT_FLAGS)
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .status()
+        .context("cannot run wasm-opt")?;
+    if !status.success() {
+        bail!("wasm-opt failed ({status}) on {}", input.display());
+    }
+    let bytes =
+        std::fs::read(output).with_context(|| format!("cannot read {}", output.display()))?;
+    let size_after = bytes.len() as u64;
+    let report = Optimisation {
+        tool: format!("{version} {}", WASM_OPT_FLAGS.join(" ")),
+        size_before,
+        size_after,
+        kept: size_after < size_before,
+    };
+    Ok((bytes, report))
+}
+
+fn percent_change(before: u64, after: u64) -> String {
+    if before == 0 {
+        return "n/a".to_owned();
+    }
+    let change = (after as f64 - before as f64) * 100.0 / before as f64;
+    format!("{change:+.1}%")
+}
