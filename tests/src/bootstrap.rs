@@ -3,7 +3,7 @@
 //! harness reads the ports Envoy chose back from the admin API.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -18,6 +18,8 @@ fn any_loopback_port() -> Value {
 /// A bootstrap with the given listeners and clusters, and an admin interface on loopback.
 pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
     json!({
+        // xDS (also file-based LDS) needs a node identity.
+        "node": {"id": "weft-test", "cluster": "weft-test"},
         "admin": {"address": any_loopback_port()},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     })
@@ -106,4 +108,61 @@ pub fn tcp_listener(name: &str, cluster: &str) -> Value {
             },
         }]}],
     })
+}
+
+/// Listeners served to Envoy from a file (filesystem LDS), so a test can change a running
+/// Envoy's listeners the way a control plane would: each [`LdsFile::publish`] is one update.
+#[derive(Debug)]
+pub struct LdsFile {
+    dir: tempfile::TempDir,
+    version: u64,
+}
+
+impl LdsFile {
+    /// File name Envoy watches inside the directory.
+    const FILE: &'static str = "listeners.json";
+
+    /// Creates the directory and publishes `listeners` as version 1.
+    pub fn new(listeners: Vec<Value>) -> anyhow::Result<Self> {
+        let mut lds = Self {
+            dir: tempfile::Builder::new().prefix("weft-lds-").tempdir()?,
+            version: 0,
+        };
+        lds.publish(listeners)?;
+        Ok(lds)
+    }
+
+    /// Replaces the served listeners, atomically (write, then rename into the watched folder).
+    pub fn publish(&mut self, listeners: Vec<Value>) -> anyhow::Result<()> {
+        self.version += 1;
+        let resources: Vec<Value> = listeners
+            .into_iter()
+            .map(|mut listener| {
+                listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+                listener
+            })
+            .collect();
+        let response = json!({"version_info": self.version.to_string(), "resources": resources});
+        let staging = self.dir.path().join(format!(".{}.tmp", self.version));
+        std::fs::write(&staging, serde_json::to_vec_pretty(&response)?)?;
+        std::fs::rename(&staging, self.path())?;
+        Ok(())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join(Self::FILE)
+    }
+
+    /// A bootstrap whose listeners come from this file, with the given static clusters.
+    pub fn bootstrap(&self, clusters: Vec<Value>) -> Value {
+        let mut config = bootstrap(Vec::new(), clusters);
+        config["dynamic_resources"] = json!({"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": self.path().display().to_string(),
+                "watched_directory": {"path": self.dir.path().display().to_string()},
+            },
+        }});
+        config
+    }
 }

@@ -135,6 +135,14 @@ impl Envoy {
         self.dir.path().join("envoy.log")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .lock()
+            .map(|child| child.id())
+            .unwrap_or_default()
+    }
+
     /// The admin interface's address.
     pub fn admin(&self) -> SocketAddr {
         self.admin
@@ -164,6 +172,24 @@ impl Envoy {
             .as_u64()
             .context("listener has no port")?;
         Ok(format!("{address}:{port}").parse()?)
+    }
+
+    /// Waits until Envoy serves listener `name`, and returns its address.
+    pub async fn wait_for_listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        poll::until(&format!("listener {name}"), START_DEADLINE, || async {
+            self.check_alive()?;
+            Ok(self.listener(name).await.ok())
+        })
+        .await
+    }
+
+    /// Waits until the counter `name` reaches at least `at_least`, and returns its value.
+    pub async fn wait_for_stat(&self, name: &str, at_least: u64) -> anyhow::Result<u64> {
+        poll::until(&format!("{name} >= {at_least}"), START_DEADLINE, || async {
+            Ok(self.stat(name).await?.filter(|value| *value >= at_least))
+        })
+        .await
+        .map_err(|err| anyhow!("{err}\n--- Envoy log ---\n{}", self.log()))
     }
 
     /// The value of the counter or gauge `name` in `/stats?format=json`, if Envoy has it.

@@ -1,7 +1,7 @@
 //! Smoke tests: a real Envoy loads the real `weft.wasm`, requests pass through it, and a bad
 //! plugin configuration is refused with nothing reaching the upstream.
 
-use weft_e2e::bootstrap::{bootstrap, cluster, http_listener, weft_http_filter};
+use weft_e2e::bootstrap::{LdsFile, bootstrap, cluster, http_listener, weft_http_filter};
 use weft_e2e::envoy::Envoy;
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{client, paths};
@@ -9,6 +9,9 @@ use weft_e2e::{client, paths};
 /// The counter weft.wasm increments once per request it handles, as Envoy names it in `/stats`
 /// (Envoy files counters that a wasm module defines under `wasmcustom.`).
 const REQUESTS_COUNTER: &str = "wasmcustom.weft_plugin_http_requests_total";
+
+/// Envoy's count of listener updates it refused.
+const LDS_REJECTED: &str = "listener_manager.lds.update_rejected";
 
 fn weft_proxy(upstream: &HttpUpstream, plugin_configuration: &str) -> serde_json::Value {
     let module = paths::weft_wasm().expect("weft.wasm is built");
@@ -92,4 +95,51 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
         );
     }
     assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_the_last_good_one_keeps_serving()
+ {
+    let upstream = HttpUpstream::start("app").await.unwrap();
+    let module = paths::weft_wasm().unwrap();
+    let weft_listener = |name: &str, configuration: &str| {
+        http_listener(name, vec![weft_http_filter(&module, configuration)], "app")
+    };
+    let mut lds = LdsFile::new(vec![weft_listener("ingress", r#"{"version": 1}"#)]).unwrap();
+    let envoy = Envoy::start(&lds.bootstrap(vec![cluster("app", upstream.addr())]))
+        .await
+        .unwrap();
+    let ingress = envoy.wait_for_listener("ingress").await.unwrap();
+    assert_eq!(client::get(ingress, "/before").await.unwrap().status, 200);
+
+    // The same listener with a misspelt field: Envoy must refuse the update...
+    lds.publish(vec![weft_listener(
+        "ingress",
+        r#"{"version": 1, "acess": {}}"#,
+    )])
+    .unwrap();
+    envoy.wait_for_stat(LDS_REJECTED, 1).await.unwrap();
+    envoy
+        .wait_for_log("field `acess`", std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    // ...and the last good configuration keeps serving on the same address.
+    let reply = client::get(ingress, "/after").await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "upstream app: GET /after\n");
+
+    // A new listener whose plugin cannot be configured is never opened.
+    lds.publish(vec![
+        weft_listener("ingress", r#"{"version": 1}"#),
+        weft_listener("canary", r#"{"version": 2}"#),
+    ])
+    .unwrap();
+    envoy.wait_for_stat(LDS_REJECTED, 2).await.unwrap();
+    assert!(
+        envoy.listener("canary").await.is_err(),
+        "the canary listener was opened"
+    );
+    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(2));
+    let paths: Vec<_> = upstream.seen().into_iter().map(|seen| seen.path).collect();
+    assert_eq!(paths, ["/before", "/after"]);
 }
