@@ -47,7 +47,7 @@ impl Envoy {
         .await;
         match ready {
             Ok(()) => Ok(envoy),
-            Err(err) => Err(anyhow!("{err}\n--- Envoy log ---\n{}", envoy.log())),
+            Err(err) => Err(envoy.with_log(err)),
         }
     }
 
@@ -64,7 +64,7 @@ impl Envoy {
             Ok(read_admin_address(&admin_path))
         })
         .await
-        .map_err(|err| anyhow!("{err}\n--- Envoy log ---\n{}", envoy.log()))?;
+        .map_err(|err| envoy.with_log(err))?;
         envoy.admin = admin;
         Ok(envoy)
     }
@@ -110,8 +110,13 @@ impl Envoy {
             }
         })
         .await
-        .map_err(|err| anyhow!("{err}\n--- Envoy log ---\n{}", envoy.log()))?;
+        .map_err(|err| envoy.with_log(err))?;
         Ok((status.code(), envoy.log()))
+    }
+
+    /// `err` with Envoy's log so far appended, for errors that a test will show.
+    fn with_log(&self, err: anyhow::Error) -> anyhow::Error {
+        anyhow!("{err:#}\n--- Envoy log ---\n{}", self.log())
     }
 
     /// Fails if the process has exited.
@@ -122,7 +127,7 @@ impl Envoy {
         };
         match exited {
             None => Ok(()),
-            Some(status) => bail!("Envoy exited ({status})\n--- Envoy log ---\n{}", self.log()),
+            Some(status) => bail!("Envoy exited ({status})"),
         }
     }
 
@@ -181,6 +186,7 @@ impl Envoy {
             Ok(self.listener(name).await.ok())
         })
         .await
+        .map_err(|err| self.with_log(err))
     }
 
     /// Waits until the counter `name` reaches at least `at_least`, and returns its value.
@@ -189,7 +195,7 @@ impl Envoy {
             Ok(self.stat(name).await?.filter(|value| *value >= at_least))
         })
         .await
-        .map_err(|err| anyhow!("{err}\n--- Envoy log ---\n{}", self.log()))
+        .map_err(|err| self.with_log(err))
     }
 
     /// The value of the counter or gauge `name` in `/stats?format=json`, if Envoy has it.
@@ -223,7 +229,7 @@ impl Envoy {
             },
         )
         .await
-        .map_err(|err| anyhow!("{err}\n--- Envoy log ---\n{}", self.log()))
+        .map_err(|err| self.with_log(err))
     }
 }
 

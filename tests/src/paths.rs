@@ -12,27 +12,23 @@ pub fn workspace_root() -> PathBuf {
 
 /// The Envoy binary: `$WEFT_ENVOY`, or `.venv/bin/envoy` as installed by `make setup`.
 pub fn envoy_binary() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("WEFT_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
-    ensure!(
-        path.exists(),
-        "no Envoy at {}: run `make setup`",
-        path.display()
-    );
-    Ok(path)
+    existing("WEFT_ENVOY", ".venv/bin/envoy", "run `make setup`")
 }
 
 /// The built filter module: `$WEFT_WASM`, or `target/wasm/weft.wasm` as written by `make build`.
 pub fn weft_wasm() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("WEFT_WASM")
+    existing("WEFT_WASM", "target/wasm/weft.wasm", "run `make build`")
+}
+
+/// `$variable` if set, else `default` below the workspace root; absolute, and present.
+fn existing(variable: &str, default: &str, hint: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/wasm/weft.wasm"));
+        .unwrap_or_else(|| workspace_root().join(default));
     ensure!(
         path.exists(),
-        "no filter module at {}: run `make build`",
+        "no {} (set {variable} or {hint})",
         path.display()
     );
-    path.canonicalize()
-        .with_context(|| format!("cannot resolve {}", path.display()))
+    std::path::absolute(&path).with_context(|| format!("cannot resolve {}", path.display()))
 }
