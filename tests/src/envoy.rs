@@ -51,12 +51,8 @@ impl Envoy {
         }
     }
 
-    /// Starts Envoy with `bootstrap` and waits only for its admin interface to listen, for
-    /// tests about configurations that keep Envoy from becoming ready.
-    ///
-    /// # Errors
-    /// When Envoy is missing, exits, or never opens its admin interface.
-    pub async fn spawn(bootstrap: &Value) -> anyhow::Result<Self> {
+    /// Starts Envoy with `bootstrap` and waits only for its admin interface to listen.
+    async fn spawn(bootstrap: &Value) -> anyhow::Result<Self> {
         let mut envoy = Self::launch(bootstrap)?;
         let admin_path = envoy.dir.path().join(ADMIN_ADDRESS_FILE);
         let admin = poll::until("Envoy admin address file", START_DEADLINE, || async {
