@@ -6,5 +6,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod config;
+pub mod diagnostic;
+pub mod load;
+pub mod model;
 
 pub use config::{ConfigError, PluginConfig};

@@ -1,0 +1,881 @@
+//! Reading SMI manifests: YAML (one or many documents per file, or a `kind: List`) of every
+//! served version into the normalised [`Catalog`], with a [`Diagnostic`] for every problem found
+//! on the way. Loading never stops at the first problem: an object that cannot be read is
+//! skipped with an error, every other object is still read.
+//!
+//! Wire-format quirks accepted (see SMI.md): `headers` as a map or as a list of single-key
+//! maps; `matches` at the object root when `spec.matches` is absent (`spec` wins when both
+//! exist); v1alpha1 TrafficTargets with root-level `destination`/`sources`/`specs`; v1alpha1
+//! quantity weights (`100m`); `destination.port` on v1alpha1/v1alpha2 TrafficTargets.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, Origin, Severity};
+use crate::model::{
+    Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute, Service,
+    SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
+};
+
+/// Why one document or field could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The YAML itself is malformed.
+    #[error("not valid YAML: {0}")]
+    Yaml(String),
+    /// The document is not a mapping with `apiVersion` and `kind`.
+    #[error("not a Kubernetes object: it needs string fields `apiVersion` and `kind`")]
+    NotAnObject,
+    /// An SMI group with a version weft does not serve.
+    #[error("apiVersion {api_version} is not served for {kind}; weft reads {served}")]
+    UnservedVersion {
+        /// The apiVersion found.
+        api_version: String,
+        /// The kind found.
+        kind: String,
+        /// The versions that are read, comma-separated.
+        served: String,
+    },
+    /// An SMI group with a kind it does not define.
+    #[error("kind {kind} does not exist in {group}; it defines {known}")]
+    UnknownKind {
+        /// The kind found.
+        kind: String,
+        /// The API group.
+        group: String,
+        /// Kinds the group defines.
+        known: &'static str,
+    },
+    /// A field has the wrong shape.
+    #[error("{0}")]
+    Shape(String),
+    /// A required field is absent.
+    #[error("is required")]
+    Missing,
+    /// A field this version does not define (ignored).
+    #[error("unknown field, ignored (check its spelling against the {0} schema)")]
+    UnknownField(String),
+    /// A port outside 1..=65535.
+    #[error("{0} is not a port; use a whole number from 1 to 65535")]
+    BadPort(String),
+    /// A TrafficSplit weight that is not a whole number (v1alpha2 and later).
+    #[error("{0} is not a valid weight; use a whole number of 0 or more")]
+    BadWeight(String),
+    /// A v1alpha1 TrafficSplit weight that is not a Kubernetes quantity.
+    #[error(
+        "{0} is not a valid v1alpha1 weight; use a quantity such as 1, 500m or 1500m (0 or more)"
+    )]
+    BadQuantity(String),
+    /// Headers neither a map nor a list of maps of strings.
+    #[error(
+        "headers must map header names to regex strings, as a map or a list of single-key maps"
+    )]
+    BadHeaders,
+}
+
+const ACCESS_GROUP: &str = "access.smi-spec.io";
+const SPECS_GROUP: &str = "specs.smi-spec.io";
+const SPLIT_GROUP: &str = "split.smi-spec.io";
+const ACCESS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3"];
+const SPECS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
+const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
+
+/// The namespace of an object that names none, as kubectl assumes.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Reads every document of one YAML file into `catalog`, appending problems to `diagnostics`.
+/// Documents that are not SMI objects or Services (Deployments, ...) are skipped silently.
+pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
+    for (line, document) in split_documents(text) {
+        let origin = Origin {
+            file: file.to_owned(),
+            line,
+        };
+        match serde_yaml_ng::from_str::<Value>(document) {
+            Ok(Value::Null) => {}
+            Ok(value) => load_value(value, &origin, catalog, diagnostics),
+            Err(err) => {
+                let line = err
+                    .location()
+                    .map_or(line, |at| line + at.line().saturating_sub(1));
+                diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    kind: None,
+                    namespace: None,
+                    name: None,
+                    field: String::new(),
+                    origin: Some(Origin {
+                        file: file.to_owned(),
+                        line,
+                    }),
+                    message: LoadError::Yaml(err.to_string()).to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// Splits YAML text at `---` lines, returning each document with the 1-based line of its first
+/// content line (skipping blank and comment lines), so diagnostics can point at the object.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            documents.push((start_line, &text[start_byte..offset]));
+            start_byte = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start_byte..]));
+    documents
+        .into_iter()
+        .filter_map(|(line, document)| {
+            let skip = document
+                .lines()
+                .take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+                .count();
+            (skip < document.lines().count()).then_some((line + skip, document))
+        })
+        .collect()
+}
+
+/// Reads one parsed document (an object or a `kind: List`).
+pub fn load_value(
+    value: Value,
+    origin: &Origin,
+    catalog: &mut Catalog,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let (Some(api_version), Some(kind)) = (
+        value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        value.get("kind").and_then(Value::as_str).map(str::to_owned),
+    ) else {
+        diagnostics.push(problem(None, origin, "", LoadError::NotAnObject));
+        return;
+    };
+    if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+        if let Some(Value::Array(items)) = value.get("items") {
+            for item in items.clone() {
+                load_value(item, origin, catalog, diagnostics);
+            }
+        }
+        return;
+    }
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let mut reader = Reader {
+        origin,
+        diagnostics,
+        object: ObjectId {
+            kind: kind.clone(),
+            namespace: None,
+            name: None,
+        },
+    };
+    let served = match group {
+        ACCESS_GROUP => ACCESS_VERSIONS,
+        SPECS_GROUP => SPECS_VERSIONS,
+        SPLIT_GROUP => SPLIT_VERSIONS,
+        "" if version == "v1" && kind == "Service" => {
+            if let Some(service) = reader.service(value, &api_version) {
+                catalog.services.push(service);
+            }
+            return;
+        }
+        _ => return,
+    };
+    reader.identify(&value);
+    if !served.contains(&version) {
+        reader.error(
+            "apiVersion",
+            LoadError::UnservedVersion {
+                api_version: api_version.clone(),
+                kind,
+                served: served.join(", "),
+            },
+        );
+        return;
+    }
+    match (group, kind.as_str()) {
+        (ACCESS_GROUP, "TrafficTarget") => {
+            if let Some(target) = reader.traffic_target(value, &api_version) {
+                catalog.traffic_targets.push(target);
+            }
+        }
+        (SPECS_GROUP, "HTTPRouteGroup") => {
+            if let Some(group) = reader.http_route_group(value, &api_version) {
+                catalog.http_route_groups.push(group);
+            }
+        }
+        (SPECS_GROUP, "TCPRoute" | "UDPRoute") => {
+            let protocol = if kind == "TCPRoute" {
+                L4Protocol::Tcp
+            } else {
+                L4Protocol::Udp
+            };
+            if let Some(route) = reader.port_route(value, &api_version, protocol) {
+                catalog.port_routes.push(route);
+            }
+        }
+        (SPLIT_GROUP, "TrafficSplit") => {
+            if let Some(split) = reader.traffic_split(value, &api_version, version == "v1alpha1") {
+                catalog.traffic_splits.push(split);
+            }
+        }
+        (group, _) => {
+            let known = match group {
+                ACCESS_GROUP => "TrafficTarget",
+                SPECS_GROUP => "HTTPRouteGroup, TCPRoute, UDPRoute",
+                _ => "TrafficSplit",
+            };
+            reader.error(
+                "kind",
+                LoadError::UnknownKind {
+                    kind,
+                    group: group.to_owned(),
+                    known,
+                },
+            );
+        }
+    }
+}
+
+fn problem(
+    object: Option<&ObjectId>,
+    origin: &Origin,
+    field: &str,
+    error: LoadError,
+) -> Diagnostic {
+    let severity = match error {
+        LoadError::UnknownField(_) => Severity::Warning,
+        _ => Severity::Error,
+    };
+    Diagnostic {
+        severity,
+        kind: object.map(|o| o.kind.clone()),
+        namespace: object.and_then(|o| o.namespace.clone()),
+        name: object.and_then(|o| o.name.clone()),
+        field: field.to_owned(),
+        origin: Some(origin.clone()),
+        message: error.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ObjectId {
+    kind: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Reads one object, reporting problems against it.
+struct Reader<'a> {
+    origin: &'a Origin,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    object: ObjectId,
+}
+
+// ---- wire shapes: lenient (every field optional) so that all problems are reported at once ----
+
+#[derive(Deserialize, Default)]
+struct WireMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireTrafficTarget {
+    #[serde(rename = "apiVersion")]
+    _api_version: Value,
+    #[serde(rename = "kind")]
+    _kind: Value,
+    #[serde(default, rename = "metadata")]
+    _metadata: Value,
+    #[serde(default, rename = "status")]
+    _status: Value,
+    spec: Option<WireTrafficTargetBody>,
+    // v1alpha1 keeps the body at the root.
+    #[serde(flatten)]
+    root: WireTrafficTargetBody,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireTrafficTargetBody {
+    destination: Option<WireSubject>,
+    sources: Option<Vec<WireSubject>>,
+    rules: Option<Vec<WireRule>>,
+    specs: Option<Vec<WireRule>>,
+}
+
+#[derive(Deserialize)]
+struct WireSubject {
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    port: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireRule {
+    kind: Option<String>,
+    name: Option<String>,
+    matches: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct WireRouteGroup {
+    #[serde(rename = "apiVersion")]
+    _api_version: Value,
+    #[serde(rename = "kind")]
+    _kind: Value,
+    #[serde(default, rename = "metadata")]
+    _metadata: Value,
+    #[serde(default, rename = "status")]
+    _status: Value,
+    spec: Option<WireMatchesBody>,
+    matches: Option<Vec<WireHttpMatch>>,
+}
+
+#[derive(Deserialize)]
+struct WireMatchesBody {
+    matches: Option<Vec<WireHttpMatch>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireHttpMatch {
+    name: Option<String>,
+    path_regex: Option<String>,
+    methods: Option<Vec<String>>,
+    headers: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WirePortRoute {
+    #[serde(rename = "apiVersion")]
+    _api_version: Value,
+    #[serde(rename = "kind")]
+    _kind: Value,
+    #[serde(default, rename = "metadata")]
+    _metadata: Value,
+    #[serde(default, rename = "status")]
+    _status: Value,
+    spec: Option<WirePortBody>,
+}
+
+#[derive(Deserialize)]
+struct WirePortBody {
+    matches: Option<WirePortMatches>,
+}
+
+#[derive(Deserialize)]
+struct WirePortMatches {
+    #[serde(rename = "name")]
+    _name: Option<Value>,
+    ports: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct WireSplit {
+    #[serde(rename = "apiVersion")]
+    _api_version: Value,
+    #[serde(rename = "kind")]
+    _kind: Value,
+    #[serde(default, rename = "metadata")]
+    _metadata: Value,
+    #[serde(default, rename = "status")]
+    _status: Value,
+    spec: Option<WireSplitBody>,
+}
+
+#[derive(Deserialize)]
+struct WireSplitBody {
+    service: Option<String>,
+    backends: Option<Vec<WireBackend>>,
+    matches: Option<Vec<WireLocalRef>>,
+}
+
+#[derive(Deserialize)]
+struct WireBackend {
+    service: Option<String>,
+    weight: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireLocalRef {
+    kind: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "apiGroup")]
+    _api_group: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireService {
+    spec: Option<WireServiceSpec>,
+}
+
+#[derive(Deserialize)]
+struct WireServiceSpec {
+    ports: Option<Vec<WireServicePort>>,
+}
+
+#[derive(Deserialize)]
+struct WireServicePort {
+    port: Option<Value>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, field: &str, error: LoadError) {
+        self.diagnostics
+            .push(problem(Some(&self.object), self.origin, field, error));
+    }
+
+    /// Records name and namespace for diagnostics, before the object is read.
+    fn identify(&mut self, value: &Value) {
+        let metadata = value
+            .get("metadata")
+            .cloned()
+            .and_then(|m| serde_json::from_value::<WireMeta>(m).ok())
+            .unwrap_or_default();
+        self.object.name = metadata.name;
+        self.object.namespace = Some(
+            metadata
+                .namespace
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        );
+    }
+
+    fn meta(&mut self, api_version: &str) -> Option<Meta> {
+        let Some(name) = self.object.name.clone().filter(|n| !n.is_empty()) else {
+            self.error("metadata.name", LoadError::Missing);
+            return None;
+        };
+        Some(Meta {
+            namespace: self
+                .object
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            name,
+            api_version: api_version.to_owned(),
+            origin: Some(self.origin.clone()),
+        })
+    }
+
+    /// Deserialises `value` into a wire shape, warning about unknown fields (outside
+    /// `metadata` and `status`) and reporting a shape error with its field path.
+    fn wire<T: for<'de> Deserialize<'de>>(&mut self, value: Value, schema: &str) -> Option<T> {
+        let mut unknown = Vec::new();
+        let mut record =
+            |path: serde_ignored::Path<'_>| unknown.push(field_path(&path.to_string()));
+        let deserializer = serde_ignored::Deserializer::new(value, &mut record);
+        let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
+        for field in unknown {
+            if !(field.starts_with("metadata") || field.starts_with("status") || field.is_empty()) {
+                self.error(&field, LoadError::UnknownField(schema.to_owned()));
+            }
+        }
+        match result {
+            Ok(wire) => Some(wire),
+            Err(err) => {
+                let field = field_path(&err.path().to_string());
+                self.error(&field, LoadError::Shape(err.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    fn traffic_target(&mut self, value: Value, api_version: &str) -> Option<TrafficTarget> {
+        let wire: WireTrafficTarget = self.wire(value, api_version)?;
+        let meta = self.meta(api_version)?;
+        let in_spec = wire.spec.is_some();
+        let body = wire.spec.unwrap_or(wire.root);
+        let prefix = if in_spec { "spec." } else { "" };
+        let mut destination_port = None;
+        let destination = match body.destination {
+            None => {
+                self.error(&format!("{prefix}destination"), LoadError::Missing);
+                None
+            }
+            Some(subject) => {
+                let field = format!("{prefix}destination");
+                if let Some(port) = &subject.port {
+                    destination_port = self.port(&format!("{field}.port"), port);
+                }
+                self.subject(&field, subject)
+            }
+        };
+        let sources = body
+            .sources
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, subject)| self.subject(&format!("{prefix}sources[{i}]"), subject))
+            .collect();
+        let (rules_field, wire_rules) = match (body.rules, body.specs) {
+            (Some(rules), _) => ("rules", rules),
+            (None, Some(specs)) => ("specs", specs),
+            (None, None) => ("rules", Vec::new()),
+        };
+        let mut rules = Vec::new();
+        for (i, rule) in wire_rules.into_iter().enumerate() {
+            let field = format!("{prefix}{rules_field}[{i}]");
+            let kind = rule.kind.unwrap_or_default();
+            let name = rule.name.unwrap_or_default();
+            if kind.is_empty() {
+                self.error(&format!("{field}.kind"), LoadError::Missing);
+            }
+            if name.is_empty() {
+                self.error(&format!("{field}.name"), LoadError::Missing);
+            }
+            if !kind.is_empty() && !name.is_empty() {
+                rules.push(TrafficTargetRule {
+                    kind,
+                    name,
+                    matches: rule.matches,
+                });
+            }
+        }
+        Some(TrafficTarget {
+            meta,
+            destination,
+            sources,
+            rules,
+            destination_port,
+        })
+    }
+
+    fn subject(&mut self, field: &str, subject: WireSubject) -> Option<Subject> {
+        let name = subject.name.filter(|n| !n.is_empty());
+        if name.is_none() {
+            self.error(&format!("{field}.name"), LoadError::Missing);
+        }
+        let kind = subject.kind.filter(|k| !k.is_empty());
+        if kind.is_none() {
+            self.error(&format!("{field}.kind"), LoadError::Missing);
+        }
+        Some(Subject {
+            kind: kind?,
+            name: name?,
+            namespace: subject.namespace.filter(|n| !n.is_empty()),
+        })
+    }
+
+    fn port(&mut self, field: &str, value: &Value) -> Option<u16> {
+        match value
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        {
+            Some(port) => Some(port),
+            None => {
+                self.error(field, LoadError::BadPort(value.to_string()));
+                None
+            }
+        }
+    }
+
+    fn http_route_group(&mut self, value: Value, api_version: &str) -> Option<HttpRouteGroup> {
+        let wire: WireRouteGroup = self.wire(value, api_version)?;
+        let meta = self.meta(api_version)?;
+        let (prefix, wire_matches) = match (wire.spec.and_then(|spec| spec.matches), wire.matches) {
+            (Some(matches), _) => ("spec.matches", matches),
+            (None, Some(matches)) => ("matches", matches),
+            (None, None) => {
+                self.error("spec.matches", LoadError::Missing);
+                return None;
+            }
+        };
+        let mut matches = Vec::new();
+        for (i, wire) in wire_matches.into_iter().enumerate() {
+            let field = format!("{prefix}[{i}]");
+            let Some(name) = wire.name.filter(|n| !n.is_empty()) else {
+                self.error(&format!("{field}.name"), LoadError::Missing);
+                continue;
+            };
+            let headers = match wire.headers {
+                None => Vec::new(),
+                Some(value) => match headers(value) {
+                    Some(headers) => headers,
+                    None => {
+                        self.error(&format!("{field}.headers"), LoadError::BadHeaders);
+                        continue;
+                    }
+                },
+            };
+            matches.push(HttpMatch {
+                name,
+                path_regex: wire.path_regex,
+                methods: wire.methods.unwrap_or_default(),
+                headers,
+            });
+        }
+        Some(HttpRouteGroup { meta, matches })
+    }
+
+    fn port_route(
+        &mut self,
+        value: Value,
+        api_version: &str,
+        protocol: L4Protocol,
+    ) -> Option<PortRoute> {
+        let wire: WirePortRoute = self.wire(value, api_version)?;
+        let meta = self.meta(api_version)?;
+        let mut ports = Vec::new();
+        let wire_ports = wire
+            .spec
+            .and_then(|s| s.matches)
+            .and_then(|m| m.ports)
+            .unwrap_or_default();
+        for (i, port) in wire_ports.iter().enumerate() {
+            if let Some(port) = self.port(&format!("spec.matches.ports[{i}]"), port) {
+                ports.push(port);
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Some(PortRoute {
+            meta,
+            protocol,
+            ports,
+        })
+    }
+
+    fn traffic_split(
+        &mut self,
+        value: Value,
+        api_version: &str,
+        quantity_weights: bool,
+    ) -> Option<TrafficSplit> {
+        let wire: WireSplit = self.wire(value, api_version)?;
+        let meta = self.meta(api_version)?;
+        let Some(spec) = wire.spec else {
+            self.error("spec", LoadError::Missing);
+            return None;
+        };
+        let service = spec.service.filter(|s| !s.is_empty());
+        if service.is_none() {
+            self.error("spec.service", LoadError::Missing);
+        }
+        let mut backends = Vec::new();
+        for (i, backend) in spec.backends.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("spec.backends[{i}]");
+            let name = backend.service.filter(|s| !s.is_empty());
+            if name.is_none() {
+                self.error(&format!("{field}.service"), LoadError::Missing);
+            }
+            let weight = match backend.weight {
+                None => {
+                    self.error(&format!("{field}.weight"), LoadError::Missing);
+                    None
+                }
+                Some(value) if quantity_weights => match quantity_milli(&value) {
+                    Some(weight) => Some(weight),
+                    None => {
+                        self.error(
+                            &format!("{field}.weight"),
+                            LoadError::BadQuantity(value.to_string()),
+                        );
+                        None
+                    }
+                },
+                Some(value) => match whole_number(&value) {
+                    Some(weight) => Some(weight),
+                    None => {
+                        self.error(
+                            &format!("{field}.weight"),
+                            LoadError::BadWeight(value.to_string()),
+                        );
+                        None
+                    }
+                },
+            };
+            if let (Some(service), Some(weight)) = (name, weight) {
+                backends.push(SplitBackend { service, weight });
+            }
+        }
+        let mut matches = Vec::new();
+        for (i, reference) in spec.matches.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("spec.matches[{i}]");
+            match (
+                reference.kind.filter(|k| !k.is_empty()),
+                reference.name.filter(|n| !n.is_empty()),
+            ) {
+                (Some(kind), Some(name)) => matches.push(LocalRef { kind, name }),
+                (kind, _) => {
+                    let missing = if kind.is_none() { "kind" } else { "name" };
+                    self.error(&format!("{field}.{missing}"), LoadError::Missing);
+                }
+            }
+        }
+        Some(TrafficSplit {
+            meta,
+            service: service?,
+            backends,
+            matches,
+        })
+    }
+
+    fn service(&mut self, value: Value, api_version: &str) -> Option<Service> {
+        self.identify(&value);
+        // A Service has many fields weft does not read; none of them is worth a warning.
+        let wire: WireService = serde_json::from_value(value).ok()?;
+        let meta = self.meta(api_version)?;
+        let mut ports: Vec<u16> = wire
+            .spec
+            .and_then(|spec| spec.ports)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|port| port.port.as_ref()?.as_u64()?.try_into().ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Some(Service { meta, ports })
+    }
+}
+
+/// `spec.rules.0.name` (serde's path) as `spec.rules[0].name`.
+fn field_path(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.').filter(|s| !s.is_empty() && *s != "?") {
+        if segment.chars().all(|c| c.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+/// Headers as a map, or as a list of maps (each usually with one key); names lower-cased,
+/// because HTTP header names are case-insensitive and Envoy presents them lower-case.
+fn headers(value: Value) -> Option<Vec<(String, String)>> {
+    let maps = match value {
+        Value::Object(map) => vec![map],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(map) => Some(map),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?,
+        _ => return None,
+    };
+    let mut headers = BTreeMap::new();
+    for map in maps {
+        for (name, regex) in map {
+            headers.insert(name.to_ascii_lowercase(), regex.as_str()?.to_owned());
+        }
+    }
+    Some(headers.into_iter().collect())
+}
+
+/// A whole number of 0 or more (an integral float such as `2.0` counts; the CRD says `number`).
+fn whole_number(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64).then_some(f as u64)
+}
+
+/// A Kubernetes quantity (`1`, `500m`, `1.5`, `2k`, `1M`; decimal suffixes only) in thousandths, which keeps the ratios of a
+/// v1alpha1 split exact. Negative or sub-milli values are refused.
+fn quantity_milli(value: &Value) -> Option<u64> {
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    let (number, scale) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => {
+            let scale: u64 = match &text[at..] {
+                "m" => 1,
+                "k" => 1_000_000,
+                "M" => 1_000_000_000,
+                _ => return None,
+            };
+            (&text[..at], scale)
+        }
+        None => (text.as_str(), 1000),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !fraction.chars().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    // Digits below a thousandth must be zeros: a weight is a whole number of thousandths.
+    let mut value = whole.checked_mul(scale)?;
+    let mut unit = scale;
+    for digit in fraction.chars() {
+        let digit = u64::from(digit.to_digit(10)?);
+        if unit == 1 {
+            if digit != 0 {
+                return None;
+            }
+            continue;
+        }
+        unit /= 10;
+        value = value.checked_add(digit * unit)?;
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_split_with_the_line_of_their_first_content() {
+        let text = "# header\n---\n\napiVersion: v1\n---\n# only a comment\n---\nkind: X\n";
+        let documents = split_documents(text);
+        assert_eq!(documents.iter().map(|d| d.0).collect::<Vec<_>>(), [4, 8]);
+    }
+
+    #[test]
+    fn quantities_become_thousandths() {
+        let q = |s: &str| quantity_milli(&Value::String(s.into()));
+        assert_eq!(q("1"), Some(1000));
+        assert_eq!(q("100m"), Some(100));
+        assert_eq!(q("1500m"), Some(1500));
+        assert_eq!(q("1.5"), Some(1500));
+        assert_eq!(q("0.25"), Some(250));
+        assert_eq!(q("2k"), Some(2_000_000));
+        assert_eq!(quantity_milli(&serde_json::json!(3)), Some(3000));
+        for bad in ["-1", "1.0005", "abc", "", "1x", "0.5m", "."] {
+            assert_eq!(q(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn serde_paths_read_like_yaml_paths() {
+        assert_eq!(field_path("spec.rules.0.matchez"), "spec.rules[0].matchez");
+        assert_eq!(field_path("."), "");
+    }
+}

@@ -1,0 +1,266 @@
+//! The SMI objects weft understands, normalised to the newest served versions (access
+//! v1alpha3, specs v1alpha4, split v1alpha4) whatever version they were written in, plus the
+//! Kubernetes Service fields that split eligibility needs. [`crate::load`] builds these from
+//! YAML; [`crate::validate`] checks them; [`crate::compile`] turns them into a bundle.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::diagnostic::Origin;
+
+/// The kinds of object in a [`Catalog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    /// access.smi-spec.io TrafficTarget.
+    TrafficTarget,
+    /// specs.smi-spec.io HTTPRouteGroup.
+    #[serde(rename = "HTTPRouteGroup")]
+    HttpRouteGroup,
+    /// specs.smi-spec.io TCPRoute.
+    #[serde(rename = "TCPRoute")]
+    TcpRoute,
+    /// specs.smi-spec.io UDPRoute.
+    #[serde(rename = "UDPRoute")]
+    UdpRoute,
+    /// split.smi-spec.io TrafficSplit.
+    TrafficSplit,
+    /// core v1 Service.
+    Service,
+}
+
+impl Kind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::TrafficTarget => "TrafficTarget",
+            Kind::HttpRouteGroup => "HTTPRouteGroup",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::UdpRoute => "UDPRoute",
+            Kind::TrafficSplit => "TrafficSplit",
+            Kind::Service => "Service",
+        }
+    }
+
+    /// The kind for a TrafficTarget rule's `kind`, if it is one a rule may name.
+    pub fn of_rule(kind: &str) -> Option<Kind> {
+        match kind {
+            "HTTPRouteGroup" => Some(Kind::HttpRouteGroup),
+            "TCPRoute" => Some(Kind::TcpRoute),
+            "UDPRoute" => Some(Kind::UdpRoute),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity and provenance of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    /// `metadata.namespace` (`default` when absent, as kubectl does).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The `apiVersion` it was written in.
+    pub api_version: String,
+    /// File and line it was read from, if it came from a file.
+    pub origin: Option<Origin>,
+}
+
+/// A TrafficTarget: the sources allowed to reach a destination, through which rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficTarget {
+    /// Object identity.
+    pub meta: Meta,
+    /// `spec.destination`; `None` when absent (an error).
+    pub destination: Option<Subject>,
+    /// `spec.sources`.
+    pub sources: Vec<Subject>,
+    /// `spec.rules` (`specs` in v1alpha1).
+    pub rules: Vec<TrafficTargetRule>,
+    /// `destination.port` of v1alpha1/v1alpha2: when set, every rule is limited to this port.
+    /// Dropping it, as the SDK's conversion does, would widen access; weft honours it.
+    pub destination_port: Option<u16>,
+}
+
+/// A subject of a TrafficTarget (a ServiceAccount).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    /// `kind`; `ServiceAccount` is the only kind SMI defines.
+    pub kind: String,
+    /// ServiceAccount name.
+    pub name: String,
+    /// ServiceAccount namespace; `None` means the TrafficTarget's namespace.
+    pub namespace: Option<String>,
+}
+
+/// One entry of `spec.rules`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficTargetRule {
+    /// `HTTPRouteGroup`, `TCPRoute` or `UDPRoute` (anything else is an error).
+    pub kind: String,
+    /// Name of the route object, in the TrafficTarget's namespace.
+    pub name: String,
+    /// Names of HTTPRouteGroup matches; `None` means all of the group's matches.
+    pub matches: Option<Vec<String>>,
+}
+
+/// An HTTPRouteGroup: named HTTP request matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpRouteGroup {
+    /// Object identity.
+    pub meta: Meta,
+    /// `spec.matches` (or root `matches` in v1alpha1/v1alpha2).
+    pub matches: Vec<HttpMatch>,
+}
+
+/// One HTTP match: path regex AND method AND every header regex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpMatch {
+    /// The match's name, referenced from TrafficTarget rules.
+    pub name: String,
+    /// Regex on the path, anchored at the start; `None` matches any path.
+    pub path_regex: Option<String>,
+    /// Allowed methods; empty or containing `*` means any method.
+    pub methods: Vec<String>,
+    /// Header name and value regex pairs, all of which must match.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Layer-4 protocol of a port route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum L4Protocol {
+    /// TCPRoute.
+    Tcp,
+    /// UDPRoute.
+    Udp,
+}
+
+/// A TCPRoute or UDPRoute: the destination ports a rule allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortRoute {
+    /// Object identity.
+    pub meta: Meta,
+    /// TCP or UDP.
+    pub protocol: L4Protocol,
+    /// `spec.matches.ports`; empty means every port.
+    pub ports: Vec<u16>,
+}
+
+impl PortRoute {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self.protocol {
+            L4Protocol::Tcp => Kind::TcpRoute,
+            L4Protocol::Udp => Kind::UdpRoute,
+        }
+    }
+}
+
+/// A TrafficSplit: requests for a root service go to backends by relative weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficSplit {
+    /// Object identity.
+    pub meta: Meta,
+    /// `spec.service`, the root service (short name or FQDN).
+    pub service: String,
+    /// `spec.backends`.
+    pub backends: Vec<SplitBackend>,
+    /// `spec.matches`: HTTPRouteGroups whose requests are split; empty means all requests.
+    pub matches: Vec<LocalRef>,
+}
+
+/// One backend of a TrafficSplit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SplitBackend {
+    /// Backend Service name.
+    pub service: String,
+    /// Relative weight (v1alpha1 quantities are converted to thousandths, which keeps ratios).
+    pub weight: u64,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalRef {
+    /// Kind named by the reference.
+    pub kind: String,
+    /// Object name.
+    pub name: String,
+}
+
+/// The Service fields weft needs: its ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// Object identity.
+    pub meta: Meta,
+    /// `spec.ports[].port`.
+    pub ports: Vec<u16>,
+}
+
+/// Every object read from a manifest set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Catalog {
+    /// TrafficTargets.
+    pub traffic_targets: Vec<TrafficTarget>,
+    /// HTTPRouteGroups.
+    pub http_route_groups: Vec<HttpRouteGroup>,
+    /// TCPRoutes and UDPRoutes.
+    pub port_routes: Vec<PortRoute>,
+    /// TrafficSplits.
+    pub traffic_splits: Vec<TrafficSplit>,
+    /// Services.
+    pub services: Vec<Service>,
+}
+
+impl Catalog {
+    /// The HTTPRouteGroup `namespace/name`.
+    pub fn http_route_group(&self, namespace: &str, name: &str) -> Option<&HttpRouteGroup> {
+        self.http_route_groups
+            .iter()
+            .find(|group| group.meta.namespace == namespace && group.meta.name == name)
+    }
+
+    /// The TCPRoute or UDPRoute `namespace/name`.
+    pub fn port_route(
+        &self,
+        protocol: L4Protocol,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&PortRoute> {
+        self.port_routes.iter().find(|route| {
+            route.protocol == protocol
+                && route.meta.namespace == namespace
+                && route.meta.name == name
+        })
+    }
+
+    /// The Service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|service| service.meta.namespace == namespace && service.meta.name == name)
+    }
+
+    /// Sorts every list by namespace and name, so that what is built from the catalog does not
+    /// depend on the order in which objects were read.
+    pub fn sort(&mut self) {
+        fn key(meta: &Meta) -> (&str, &str) {
+            (&meta.namespace, &meta.name)
+        }
+        self.traffic_targets
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.http_route_groups
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.port_routes
+            .sort_by(|a, b| (a.kind(), key(&a.meta)).cmp(&(b.kind(), key(&b.meta))));
+        self.traffic_splits
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.services
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    }
+}

@@ -1,0 +1,358 @@
+//! Loading SMI manifests of every served version and wire quirk (SMI.md sections 1-3).
+
+use weft_policy::diagnostic::{Diagnostic, Severity};
+use weft_policy::load::load_yaml;
+use weft_policy::model::{Catalog, HttpMatch, L4Protocol, Subject};
+
+fn load(text: &str) -> (Catalog, Vec<Diagnostic>) {
+    let mut catalog = Catalog::default();
+    let mut diagnostics = Vec::new();
+    load_yaml("test.yaml", text, &mut catalog, &mut diagnostics);
+    (catalog, diagnostics)
+}
+
+fn load_clean(text: &str) -> Catalog {
+    let (catalog, diagnostics) = load(text);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    catalog
+}
+
+fn messages(diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn a_v1alpha3_traffic_target_is_read_field_by_field() {
+    let catalog = load_clean(
+        r#"
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: allow-a, namespace: ns}
+spec:
+  destination: {kind: ServiceAccount, name: service-b, namespace: ns}
+  sources:
+  - {kind: ServiceAccount, name: service-a, namespace: other}
+  rules:
+  - {kind: HTTPRouteGroup, name: the-routes, matches: [metrics]}
+  - {kind: TCPRoute, name: the-ports}
+"#,
+    );
+    let target = &catalog.traffic_targets[0];
+    assert_eq!(
+        (target.meta.namespace.as_str(), target.meta.name.as_str()),
+        ("ns", "allow-a")
+    );
+    assert_eq!(target.meta.origin.as_ref().unwrap().line, 2);
+    assert_eq!(target.destination.as_ref().unwrap().name, "service-b");
+    assert_eq!(
+        target.sources,
+        [Subject {
+            kind: "ServiceAccount".into(),
+            name: "service-a".into(),
+            namespace: Some("other".into())
+        }]
+    );
+    assert_eq!(target.rules[0].matches, Some(vec!["metrics".to_owned()]));
+    assert_eq!(
+        target.rules[1].matches, None,
+        "omitted matches means all matches"
+    );
+    assert_eq!(target.destination_port, None);
+}
+
+#[test]
+fn a_v1alpha2_destination_port_is_kept_as_a_restriction() {
+    let catalog = load_clean(
+        r#"
+apiVersion: access.smi-spec.io/v1alpha2
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+spec:
+  destination: {kind: ServiceAccount, name: b, namespace: ns, port: 8080}
+  sources: [{kind: ServiceAccount, name: a, namespace: ns}]
+  rules: [{kind: TCPRoute, name: tcp}]
+"#,
+    );
+    assert_eq!(catalog.traffic_targets[0].destination_port, Some(8080));
+}
+
+#[test]
+fn a_v1alpha1_traffic_target_has_its_body_at_the_root_and_specs_for_rules() {
+    let catalog = load_clean(
+        r#"
+apiVersion: access.smi-spec.io/v1alpha1
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+destination: {kind: ServiceAccount, name: b, namespace: ns, port: 9090}
+sources: [{kind: ServiceAccount, name: a, namespace: ns}]
+specs: [{kind: HTTPRouteGroup, name: routes, matches: [all]}]
+"#,
+    );
+    let target = &catalog.traffic_targets[0];
+    assert_eq!(target.destination.as_ref().unwrap().name, "b");
+    assert_eq!(target.destination_port, Some(9090));
+    assert_eq!(target.rules[0].name, "routes");
+}
+
+#[test]
+fn headers_are_read_as_a_map_or_as_a_list_of_single_key_maps() {
+    let catalog = load_clean(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: map-form, namespace: ns}
+spec:
+  matches:
+  - name: android
+    headers: {User-Agent: ".*Android.*", cookie: "^(.*?;)?(type=insider)(;.*)?$"}
+---
+apiVersion: specs.smi-spec.io/v1alpha3
+kind: HTTPRouteGroup
+metadata: {name: list-form, namespace: ns}
+spec:
+  matches:
+  - name: android
+    headers:
+    - User-Agent: ".*Android.*"
+    - cookie: "^(.*?;)?(type=insider)(;.*)?$"
+"#,
+    );
+    let [map, list] = &catalog.http_route_groups[..] else {
+        panic!("two groups")
+    };
+    assert_eq!(map.matches, list.matches);
+    assert_eq!(
+        map.matches[0].headers[0],
+        (
+            "cookie".to_owned(),
+            "^(.*?;)?(type=insider)(;.*)?$".to_owned()
+        )
+    );
+    assert_eq!(
+        map.matches[0].headers[1].0, "user-agent",
+        "header names are lower-cased"
+    );
+}
+
+#[test]
+fn root_matches_are_read_when_spec_matches_is_absent_and_spec_wins_when_both_exist() {
+    let catalog = load_clean(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha1
+kind: HTTPRouteGroup
+metadata: {name: old, namespace: ns}
+matches:
+- {name: metrics, pathRegex: /metrics, methods: [GET]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: both, namespace: ns}
+matches: [{name: root}]
+spec:
+  matches: [{name: spec}]
+"#,
+    );
+    assert_eq!(
+        catalog.http_route_groups[0].matches,
+        [HttpMatch {
+            name: "metrics".into(),
+            path_regex: Some("/metrics".into()),
+            methods: vec!["GET".into()],
+            headers: vec![]
+        }]
+    );
+    assert_eq!(catalog.http_route_groups[1].matches[0].name, "spec");
+}
+
+#[test]
+fn tcp_and_udp_routes_read_their_ports_and_older_empty_specs_mean_all_ports() {
+    let catalog = load_clean(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: db, namespace: ns}
+spec: {matches: {ports: [3306, 6446]}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: UDPRoute
+metadata: {name: dns, namespace: ns}
+spec: {matches: {ports: []}}
+---
+apiVersion: specs.smi-spec.io/v1alpha3
+kind: TCPRoute
+metadata: {name: legacy, namespace: ns}
+spec: {}
+"#,
+    );
+    let routes = &catalog.port_routes;
+    assert_eq!(
+        (routes[0].protocol, routes[0].ports.clone()),
+        (L4Protocol::Tcp, vec![3306, 6446])
+    );
+    assert_eq!(
+        (routes[1].protocol, routes[1].ports.clone()),
+        (L4Protocol::Udp, vec![])
+    );
+    assert!(routes[2].ports.is_empty());
+}
+
+#[test]
+fn split_weights_are_integers_and_v1alpha1_quantities_become_thousandths() {
+    let catalog = load_clean(
+        r#"
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: canary, namespace: ns}
+spec:
+  service: website
+  matches: [{kind: HTTPRouteGroup, name: ab-test}]
+  backends: [{service: website-v1, weight: 1000}, {service: website-v2, weight: 500}]
+---
+apiVersion: split.smi-spec.io/v1alpha1
+kind: TrafficSplit
+metadata: {name: old, namespace: ns}
+spec:
+  service: website
+  backends: [{service: a, weight: 1}, {service: b, weight: 100m}, {service: c, weight: "1500m"}]
+"#,
+    );
+    let weights = |i: usize| {
+        catalog.traffic_splits[i]
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(weights(0), [1000, 500]);
+    assert_eq!(catalog.traffic_splits[0].matches[0].name, "ab-test");
+    assert_eq!(
+        weights(1),
+        [1000, 100, 1500],
+        "1 = 1000m, so 1 and 100m keep their 10:1 ratio"
+    );
+}
+
+#[test]
+fn bad_weights_are_refused_with_what_would_be_valid() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: s, namespace: ns}
+spec:
+  service: website
+  backends: [{service: a, weight: -1}, {service: b, weight: 1.5}, {service: c, weight: "10"}, {service: d}]
+"#,
+    );
+    let messages = messages(&diagnostics);
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+    assert!(
+        messages[0]
+            .contains("spec.backends[0].weight: -1 is not a valid weight; use a whole number"),
+        "{}",
+        messages[0]
+    );
+    assert!(messages[1].contains("spec.backends[1].weight: 1.5 is not a valid weight"));
+    assert!(messages[2].contains("spec.backends[2].weight: \"10\" is not a valid weight"));
+    assert!(messages[3].contains("spec.backends[3].weight: is required"));
+    assert!(
+        messages[0].starts_with("test.yaml:2: error: TrafficSplit ns/s: "),
+        "{}",
+        messages[0]
+    );
+}
+
+#[test]
+fn unserved_versions_and_unknown_kinds_are_errors_naming_what_is_served() {
+    let (catalog, diagnostics) = load(
+        r#"
+apiVersion: access.smi-spec.io/v1alpha4
+kind: TrafficTarget
+metadata: {name: t}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: GRPCRoute
+metadata: {name: g}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+"#,
+    );
+    assert_eq!(catalog, Catalog::default());
+    let messages = messages(&diagnostics);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(messages[0].contains("apiVersion access.smi-spec.io/v1alpha4 is not served for TrafficTarget; weft reads v1alpha1, v1alpha2, v1alpha3"));
+    assert!(messages[1].contains("kind GRPCRoute does not exist in specs.smi-spec.io; it defines HTTPRouteGroup, TCPRoute, UDPRoute"));
+    assert!(messages[1].starts_with("test.yaml:6:"), "{}", messages[1]);
+}
+
+#[test]
+fn unknown_fields_are_warnings_with_their_path_and_metadata_is_not_checked() {
+    let (catalog, diagnostics) = load(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: g, namespace: ns, labels: {app: x}, annotations: {a: b}}
+spec:
+  matches:
+  - {name: m, pathregex: /typo}
+status: {}
+"#,
+    );
+    assert_eq!(catalog.http_route_groups.len(), 1);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0].severity, Severity::Warning);
+    assert_eq!(diagnostics[0].field, "spec.matches[0].pathregex");
+}
+
+#[test]
+fn missing_fields_are_all_reported_at_once() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+spec:
+  sources: [{kind: ServiceAccount}]
+  rules: [{name: r}]
+"#,
+    );
+    let fields: Vec<_> = diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.destination",
+            "spec.sources[0].name",
+            "spec.rules[0].kind"
+        ]
+    );
+}
+
+#[test]
+fn malformed_yaml_points_at_its_line_and_other_documents_are_still_read() {
+    let (catalog, diagnostics) = load(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\nspec: {ports: [{port: 80}]}\n---\nkind: x\n- not a mapping entry\n",
+    );
+    assert_eq!(catalog.services[0].ports, [80]);
+    assert_eq!(diagnostics.len(), 1);
+    // The document starts on line 6; the bad entry is its second line.
+    assert_eq!(diagnostics[0].origin.as_ref().unwrap().line, 7);
+    assert!(diagnostics[0].message.starts_with("not valid YAML"));
+}
+
+#[test]
+fn a_list_object_is_read_item_by_item_and_namespace_defaults_to_default() {
+    let catalog = load_clean(
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: specs.smi-spec.io/v1alpha4
+  kind: TCPRoute
+  metadata: {name: a}
+  spec: {matches: {ports: [80]}}
+"#,
+    );
+    assert_eq!(catalog.port_routes[0].meta.namespace, "default");
+}
