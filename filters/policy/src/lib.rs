@@ -9,5 +9,23 @@ pub mod config;
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod validate;
 
 pub use config::{ConfigError, PluginConfig};
+
+/// Reads every `(file name, YAML text)` source and validates the whole set: the catalog (sorted,
+/// so nothing built from it depends on the order of the sources) and every problem found,
+/// loading and cross-object alike, in a stable order.
+pub fn check<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (model::Catalog, Vec<diagnostic::Diagnostic>) {
+    let mut catalog = model::Catalog::default();
+    let mut diagnostics = Vec::new();
+    for (file, text) in sources {
+        load::load_yaml(file, text, &mut catalog, &mut diagnostics);
+    }
+    catalog.sort();
+    diagnostics.extend(validate::validate(&catalog));
+    diagnostic::sort(&mut diagnostics);
+    (catalog, diagnostics)
+}

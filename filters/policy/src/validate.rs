@@ -1,0 +1,447 @@
+//! Cross-object checks of a [`Catalog`]: everything a single document cannot tell, reported
+//! all at once. Errors make a set unusable (`weft compile` refuses it, so nothing is applied
+//! half-way); warnings flag what is legal but probably unintended. docs/decisions.md says why
+//! each check is an error or a warning.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::model::{Catalog, Kind, L4Protocol, Meta, TrafficSplit, TrafficTarget};
+
+/// The methods an HTTPRouteGroup match may list.
+pub const METHODS: &[&str] = &[
+    "*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The only subject kind SMI defines.
+pub const SERVICE_ACCOUNT: &str = "ServiceAccount";
+
+/// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// What is wrong with an object in the context of the others.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Two objects of one kind share a namespace and name.
+    #[error("another {0} with this namespace and name was already read; names must be unique")]
+    Duplicate(Kind),
+    /// A TrafficTarget without sources.
+    #[error("at least one source is required; a TrafficTarget without sources allows nothing")]
+    NoSources,
+    /// A TrafficTarget without rules.
+    #[error("at least one rule is required; a TrafficTarget without rules allows nothing")]
+    NoRules,
+    /// A subject kind other than ServiceAccount.
+    #[error("kind {0} is not supported; SMI defines only ServiceAccount")]
+    SubjectKind(String),
+    /// The destination is in another namespace than the TrafficTarget.
+    #[error(
+        "destination namespace {destination} differs from the TrafficTarget's namespace {object}; create the TrafficTarget in {destination}"
+    )]
+    DestinationNamespace {
+        /// The destination's namespace.
+        destination: String,
+        /// The object's namespace.
+        object: String,
+    },
+    /// A rule kind that is not a route kind.
+    #[error("kind {0} is not a rule kind; use HTTPRouteGroup, TCPRoute or UDPRoute")]
+    RuleKind(String),
+    /// A reference to an object that is not in the set.
+    #[error("{kind} {namespace}/{name} does not exist")]
+    Missing {
+        /// Kind referenced.
+        kind: Kind,
+        /// Namespace looked in.
+        namespace: String,
+        /// Name referenced.
+        name: String,
+    },
+    /// A match name the route group does not have.
+    #[error("match {name} does not exist in HTTPRouteGroup {group}; it has: {available}")]
+    MissingMatch {
+        /// The match name.
+        name: String,
+        /// namespace/name of the group.
+        group: String,
+        /// The group's match names.
+        available: String,
+    },
+    /// `matches` on a TCPRoute or UDPRoute rule.
+    #[error("matches apply only to HTTPRouteGroup rules; ignored for a {0} rule")]
+    MatchesOnPortRule(Kind),
+    /// Two matches of one group share a name.
+    #[error("match name {0} is used twice in this HTTPRouteGroup; names must be unique")]
+    DuplicateMatch(String),
+    /// An HTTPRouteGroup without matches.
+    #[error("has no matches; rules that name this group allow nothing")]
+    NoMatches,
+    /// A regex that does not compile.
+    #[error("invalid regex: {0}")]
+    Regex(String),
+    /// A method outside the SMI enum.
+    #[error("method {0:?} is not one of {methods}", methods = METHODS.join(", "))]
+    Method(String),
+    /// A TrafficSplit without backends.
+    #[error("at least one backend is required")]
+    NoBackends,
+    /// A backend listed twice.
+    #[error("backend {0} is listed twice; list each backend once with its total weight")]
+    DuplicateBackend(String),
+    /// Every backend has weight 0.
+    #[error("every backend has weight 0, so every request goes to the root service")]
+    AllZeroWeights,
+    /// The root service listed as its own backend.
+    #[error(
+        "the root service {0} cannot be its own backend (TrafficSplits are not self-referential)"
+    )]
+    SelfBackend(String),
+    /// A split `matches` reference of a kind other than HTTPRouteGroup.
+    #[error("kind {0} cannot select requests; use HTTPRouteGroup")]
+    SplitMatchKind(String),
+    /// Two TrafficSplits for one root service.
+    #[error(
+        "TrafficSplit {0} already splits this root service; use one TrafficSplit per root service"
+    )]
+    SecondSplit(String),
+    /// A Service the split names is not in the set (ports cannot be checked).
+    #[error("Service {0} is not among the manifests, so its ports cannot be checked")]
+    ServiceNotFound(String),
+    /// A backend Service with no port of the root Service.
+    #[error(
+        "Service {backend} has none of the root service's ports ({ports}), so it receives no traffic"
+    )]
+    NoCommonPort {
+        /// The backend Service.
+        backend: String,
+        /// The root Service's ports.
+        ports: String,
+    },
+}
+
+impl ValidationError {
+    fn severity(&self) -> Severity {
+        match self {
+            ValidationError::MatchesOnPortRule(_)
+            | ValidationError::NoMatches
+            | ValidationError::AllZeroWeights
+            | ValidationError::ServiceNotFound(_)
+            | ValidationError::NoCommonPort { .. } => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+/// Compiles `pattern` the way the engine will (anchored at the start), or says why it cannot.
+pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, ValidationError> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|err| ValidationError::Regex(err.to_string()))
+}
+
+/// Every cross-object problem of `catalog`, in a stable order.
+pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    duplicates(catalog, &mut out);
+    for target in &catalog.traffic_targets {
+        traffic_target(catalog, target, &mut out);
+    }
+    for group in &catalog.http_route_groups {
+        let report = |out: &mut Vec<Diagnostic>, field: String, error| {
+            push(out, &group.meta, Kind::HttpRouteGroup, field, error)
+        };
+        if group.matches.is_empty() {
+            report(&mut out, "spec.matches".into(), ValidationError::NoMatches);
+        }
+        let mut names = BTreeSet::new();
+        for (i, m) in group.matches.iter().enumerate() {
+            let field = format!("spec.matches[{i}]");
+            if !names.insert(m.name.as_str()) {
+                report(
+                    &mut out,
+                    format!("{field}.name"),
+                    ValidationError::DuplicateMatch(m.name.clone()),
+                );
+            }
+            if let Some(pattern) = &m.path_regex
+                && let Err(err) = anchored_regex(pattern)
+            {
+                report(&mut out, format!("{field}.pathRegex"), err);
+            }
+            for (j, method) in m.methods.iter().enumerate() {
+                if !METHODS.contains(&method.as_str()) {
+                    report(
+                        &mut out,
+                        format!("{field}.methods[{j}]"),
+                        ValidationError::Method(method.clone()),
+                    );
+                }
+            }
+            for (header, pattern) in &m.headers {
+                if let Err(err) = anchored_regex(pattern) {
+                    report(&mut out, format!("{field}.headers.{header}"), err);
+                }
+            }
+        }
+    }
+    let mut roots: BTreeMap<(String, String), String> = BTreeMap::new();
+    for split in &catalog.traffic_splits {
+        traffic_split(catalog, split, &mut roots, &mut out);
+    }
+    crate::diagnostic::sort(&mut out);
+    out
+}
+
+fn push(out: &mut Vec<Diagnostic>, meta: &Meta, kind: Kind, field: String, error: ValidationError) {
+    out.push(Diagnostic {
+        severity: error.severity(),
+        kind: Some(kind.to_string()),
+        namespace: Some(meta.namespace.clone()),
+        name: Some(meta.name.clone()),
+        field,
+        origin: meta.origin.clone(),
+        message: error.to_string(),
+    });
+}
+
+fn duplicates(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
+    let metas = catalog
+        .traffic_targets
+        .iter()
+        .map(|o| (Kind::TrafficTarget, &o.meta))
+        .chain(
+            catalog
+                .http_route_groups
+                .iter()
+                .map(|o| (Kind::HttpRouteGroup, &o.meta)),
+        )
+        .chain(catalog.port_routes.iter().map(|o| (o.kind(), &o.meta)))
+        .chain(
+            catalog
+                .traffic_splits
+                .iter()
+                .map(|o| (Kind::TrafficSplit, &o.meta)),
+        )
+        .chain(catalog.services.iter().map(|o| (Kind::Service, &o.meta)));
+    let mut seen = BTreeSet::new();
+    for (kind, meta) in metas {
+        if !seen.insert((kind, meta.namespace.as_str(), meta.name.as_str())) {
+            push(
+                out,
+                meta,
+                kind,
+                String::new(),
+                ValidationError::Duplicate(kind),
+            );
+        }
+    }
+}
+
+fn traffic_target(catalog: &Catalog, target: &TrafficTarget, out: &mut Vec<Diagnostic>) {
+    let meta = &target.meta;
+    let mut report = |field: String, error| push(out, meta, Kind::TrafficTarget, field, error);
+    if let Some(destination) = &target.destination {
+        if destination.kind != SERVICE_ACCOUNT {
+            report(
+                "spec.destination.kind".into(),
+                ValidationError::SubjectKind(destination.kind.clone()),
+            );
+        }
+        if let Some(namespace) = &destination.namespace
+            && namespace != &meta.namespace
+        {
+            report(
+                "spec.destination.namespace".into(),
+                ValidationError::DestinationNamespace {
+                    destination: namespace.clone(),
+                    object: meta.namespace.clone(),
+                },
+            );
+        }
+    }
+    if target.sources.is_empty() {
+        report("spec.sources".into(), ValidationError::NoSources);
+    }
+    for (i, source) in target.sources.iter().enumerate() {
+        if source.kind != SERVICE_ACCOUNT {
+            report(
+                format!("spec.sources[{i}].kind"),
+                ValidationError::SubjectKind(source.kind.clone()),
+            );
+        }
+    }
+    if target.rules.is_empty() {
+        report("spec.rules".into(), ValidationError::NoRules);
+    }
+    for (i, rule) in target.rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let Some(kind) = Kind::of_rule(&rule.kind) else {
+            report(
+                format!("{field}.kind"),
+                ValidationError::RuleKind(rule.kind.clone()),
+            );
+            continue;
+        };
+        let missing = || ValidationError::Missing {
+            kind,
+            namespace: meta.namespace.clone(),
+            name: rule.name.clone(),
+        };
+        match kind {
+            Kind::HttpRouteGroup => match catalog.http_route_group(&meta.namespace, &rule.name) {
+                None => report(format!("{field}.name"), missing()),
+                Some(group) => {
+                    for (j, name) in rule.matches.iter().flatten().enumerate() {
+                        if !group.matches.iter().any(|m| &m.name == name) {
+                            let available: Vec<_> =
+                                group.matches.iter().map(|m| m.name.as_str()).collect();
+                            report(
+                                format!("{field}.matches[{j}]"),
+                                ValidationError::MissingMatch {
+                                    name: name.clone(),
+                                    group: format!("{}/{}", meta.namespace, rule.name),
+                                    available: if available.is_empty() {
+                                        "no matches".into()
+                                    } else {
+                                        available.join(", ")
+                                    },
+                                },
+                            );
+                        }
+                    }
+                }
+            },
+            Kind::TcpRoute | Kind::UdpRoute => {
+                let protocol = if kind == Kind::TcpRoute {
+                    L4Protocol::Tcp
+                } else {
+                    L4Protocol::Udp
+                };
+                if catalog
+                    .port_route(protocol, &meta.namespace, &rule.name)
+                    .is_none()
+                {
+                    report(format!("{field}.name"), missing());
+                }
+                if rule.matches.as_ref().is_some_and(|m| !m.is_empty()) {
+                    report(
+                        format!("{field}.matches"),
+                        ValidationError::MatchesOnPortRule(kind),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The short name of a root or backend service given as a short name or as an FQDN in the
+/// split's namespace (`web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`).
+pub fn short_service_name<'a>(service: &'a str, namespace: &str) -> &'a str {
+    let service = service.trim_end_matches('.');
+    match service.split_once('.') {
+        Some((name, rest))
+            if rest == namespace
+                || rest
+                    .strip_prefix(namespace)
+                    .is_some_and(|tail| tail == ".svc" || tail.starts_with(".svc.")) =>
+        {
+            name
+        }
+        _ => service,
+    }
+}
+
+fn traffic_split(
+    catalog: &Catalog,
+    split: &TrafficSplit,
+    roots: &mut BTreeMap<(String, String), String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let meta = &split.meta;
+    let mut report = |field: String, error| push(out, meta, Kind::TrafficSplit, field, error);
+    let root = short_service_name(&split.service, &meta.namespace);
+    if let Some(first) = roots.get(&(meta.namespace.clone(), root.to_owned())) {
+        report(
+            "spec.service".into(),
+            ValidationError::SecondSplit(first.clone()),
+        );
+    } else {
+        roots.insert(
+            (meta.namespace.clone(), root.to_owned()),
+            format!("{}/{}", meta.namespace, meta.name),
+        );
+    }
+    if split.backends.is_empty() {
+        report("spec.backends".into(), ValidationError::NoBackends);
+    } else if split.backends.iter().all(|b| b.weight == 0) {
+        report("spec.backends".into(), ValidationError::AllZeroWeights);
+    }
+    let root_service = catalog.service(&meta.namespace, root);
+    if root_service.is_none() && !catalog.services.is_empty() {
+        report(
+            "spec.service".into(),
+            ValidationError::ServiceNotFound(format!("{}/{root}", meta.namespace)),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, backend) in split.backends.iter().enumerate() {
+        let field = format!("spec.backends[{i}].service");
+        let name = short_service_name(&backend.service, &meta.namespace);
+        if !seen.insert(name) {
+            report(
+                field.clone(),
+                ValidationError::DuplicateBackend(name.to_owned()),
+            );
+        }
+        if name == root {
+            report(field.clone(), ValidationError::SelfBackend(root.to_owned()));
+            continue;
+        }
+        if let Some(root_service) = root_service {
+            match catalog.service(&meta.namespace, name) {
+                None => report(
+                    field,
+                    ValidationError::ServiceNotFound(format!("{}/{name}", meta.namespace)),
+                ),
+                Some(service) if !service.ports.iter().any(|p| root_service.ports.contains(p)) => {
+                    report(
+                        field,
+                        ValidationError::NoCommonPort {
+                            backend: format!("{}/{name}", meta.namespace),
+                            ports: root_service
+                                .ports
+                                .iter()
+                                .map(u16::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        },
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (i, reference) in split.matches.iter().enumerate() {
+        let field = format!("spec.matches[{i}]");
+        if reference.kind != "HTTPRouteGroup" {
+            report(
+                format!("{field}.kind"),
+                ValidationError::SplitMatchKind(reference.kind.clone()),
+            );
+        } else if catalog
+            .http_route_group(&meta.namespace, &reference.name)
+            .is_none()
+        {
+            report(
+                format!("{field}.name"),
+                ValidationError::Missing {
+                    kind: Kind::HttpRouteGroup,
+                    namespace: meta.namespace.clone(),
+                    name: reference.name.clone(),
+                },
+            );
+        }
+    }
+}
