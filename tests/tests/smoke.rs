@@ -59,7 +59,7 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
     let cases = [
         (
             r#"{"version": 1, "acess": {}}"#,
-            "field `acess`: unknown field `acess`, expected `version`",
+            "field `acess`: unknown field `acess`, expected one of `version`",
         ),
         (
             r#"{"version": "one"}"#,
@@ -74,6 +74,10 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
             "field `(root)`: expected a JSON object, found an array",
         ),
         ("", "plugin configuration: none given"),
+        (
+            r#"{"access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            "field `access`: this weft.wasm (0.1.0) does not implement `access` yet",
+        ),
     ];
     let upstream = HttpUpstream::start("app").await.unwrap();
     for (configuration, reason) in cases {

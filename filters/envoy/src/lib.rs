@@ -14,7 +14,7 @@ use std::rc::Rc;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use weft_policy::PluginConfig;
+use weft_policy::{ConfigError, PluginConfig};
 
 /// Name of the counter of HTTP requests that reached a configured weft plugin.
 pub const HTTP_REQUESTS_METRIC: &str = "weft_plugin_http_requests_total";
@@ -55,7 +55,7 @@ impl Context for WeftRoot {}
 impl RootContext for WeftRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match PluginConfig::from_json(&bytes) {
+        match PluginConfig::from_json(&bytes).and_then(refuse_unenforced_features) {
             Ok(config) => {
                 let requests_metric = define_counter(HTTP_REQUESTS_METRIC);
                 log::info!(
@@ -110,6 +110,28 @@ impl HttpContext for WeftHttp {
             log::debug!("could not count the request: {status:?}");
         }
         Action::Continue
+    }
+}
+
+/// Refuses a configuration with a feature this build does not enforce yet: accepting an access
+/// policy without enforcing it would fail open.
+fn refuse_unenforced_features(config: PluginConfig) -> Result<PluginConfig, ConfigError> {
+    let unenforced = if config.access.is_some() {
+        Some("access")
+    } else if !config.splits.is_empty() {
+        Some("splits")
+    } else {
+        None
+    };
+    match unenforced {
+        Some(field) => Err(ConfigError::Invalid {
+            field: field.to_owned(),
+            reason: format!(
+                "this weft.wasm ({}) does not implement `{field}` yet",
+                env!("CARGO_PKG_VERSION")
+            ),
+        }),
+        None => Ok(config),
     }
 }
 

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::{AccessPolicy, HttpMatchSpec, Identity, SplitTable};
+
 /// The plugin configuration format this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -37,16 +39,26 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration of one weft plugin instance.
-///
-/// Features (access control, split routing, edge metrics) are added as fields as they land;
-/// until then a configuration holds only its format version.
+/// The whole configuration of one weft plugin instance: the compiled policy bundle of one
+/// workload (see [`crate::bundle`]); `weft compile` writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Format version; absent means [`CONFIG_VERSION`].
     #[serde(default = "current_version")]
     pub version: u32,
+    /// The workload this Envoy serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// HTTP matches, referenced by index from `access` and `splits`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_matches: Vec<HttpMatchSpec>,
+    /// Inbound access control; absent means the feature is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessPolicy>,
+    /// Outbound split routing, one table per root service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub splits: Vec<SplitTable>,
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -68,6 +80,10 @@ impl Default for PluginConfig {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
+            identity: None,
+            http_matches: Vec::new(),
+            access: None,
+            splits: Vec::new(),
         }
     }
 }
@@ -133,7 +149,7 @@ mod tests {
 
     #[test]
     fn an_explicit_current_version_is_accepted() {
-        assert_eq!(parse(r#"{"version": 1}"#), Ok(PluginConfig { version: 1 }));
+        assert_eq!(parse(r#"{"version": 1}"#), Ok(PluginConfig::default()));
     }
 
     #[test]
@@ -150,7 +166,7 @@ mod tests {
         let err = parse(r#"{"version": 1, "acess": {}}"#).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("unknown field `acess`"), "{message}");
-        assert!(message.contains("expected `version`"), "{message}");
+        assert!(message.contains("expected one of `version`"), "{message}");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! never disagree. Start reading at [`config::PluginConfig`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bundle;
+pub mod compile;
 pub mod config;
 pub mod diagnostic;
+pub mod engine;
 pub mod load;
 pub mod model;
 pub mod validate;

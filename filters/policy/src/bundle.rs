@@ -1,0 +1,191 @@
+//! The compiled policy bundle: everything one workload's weft filter needs, with SMI already
+//! resolved (references followed, versions normalised, weights checked), so the filter never
+//! reads SMI. It is the `access` and `splits` part of the plugin configuration
+//! ([`crate::config::PluginConfig`]) and is documented for users in docs/policy-bundle.md.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default SPIFFE trust domain of a Kubernetes cluster.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Why an identity could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Not of the form `namespace/serviceaccount`.
+    #[error("{0:?} is not an identity; write namespace/serviceaccount, e.g. shop/frontend")]
+    Form(String),
+    /// A part that is not a Kubernetes name.
+    #[error(
+        "{part} {value:?} is not a valid Kubernetes name (lower-case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit)"
+    )]
+    Name {
+        /// `namespace` or `serviceaccount`.
+        part: &'static str,
+        /// The value given.
+        value: String,
+    },
+}
+
+/// A workload identity: a Kubernetes ServiceAccount.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The ServiceAccount's namespace.
+    pub namespace: String,
+    /// The ServiceAccount's name.
+    pub service_account: String,
+}
+
+impl Identity {
+    /// The SPIFFE ID of this identity in `trust_domain`.
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service_account)
+    }
+}
+
+impl FromStr for Identity {
+    type Err = IdentityError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (namespace, service_account) = text
+            .split_once('/')
+            .ok_or_else(|| IdentityError::Form(text.to_owned()))?;
+        for (part, value) in [
+            ("namespace", namespace),
+            ("serviceaccount", service_account),
+        ] {
+            if !is_kubernetes_name(value) {
+                return Err(IdentityError::Name {
+                    part,
+                    value: value.to_owned(),
+                });
+            }
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        })
+    }
+}
+
+/// A DNS-1123 subdomain, the rule for Kubernetes object names.
+fn is_kubernetes_name(value: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !value.is_empty()
+        && value.len() <= 253
+        && value.starts_with(alphanumeric)
+        && value.ends_with(alphanumeric)
+        && value
+            .chars()
+            .all(|c| alphanumeric(c) || c == '-' || c == '.')
+}
+
+/// One HTTP request match, compiled from an HTTPRouteGroup match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMatchSpec {
+    /// `namespace/group/match`, for explanations.
+    pub name: String,
+    /// Path regex, matched from the start of the path (query string excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Allowed methods; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Lower-case header names with value regexes (whole value), all of which must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Inbound access policy of one workload (the destination of TrafficTargets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// SPIFFE trust domain of source identities.
+    pub trust_domain: String,
+    /// What each allowed source may do: SPIFFE ID to indexes into `grants`.
+    pub sources: std::collections::BTreeMap<String, Vec<u32>>,
+    /// One entry per TrafficTarget rule.
+    pub grants: Vec<Grant>,
+}
+
+/// What one TrafficTarget rule allows its sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// `namespace/name` of the TrafficTarget.
+    pub traffic_target: String,
+    /// Index of the rule in `spec.rules`.
+    pub rule: u32,
+    /// Only this destination port (v1alpha1/v1alpha2 `destination.port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// What the rule allows.
+    pub allows: Allows,
+}
+
+/// The traffic a grant allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Allows {
+    /// HTTP requests matching any of these indexes into the bundle's `http_matches`.
+    Http {
+        /// `namespace/name` of the HTTPRouteGroup.
+        route_group: String,
+        /// Indexes into `http_matches`.
+        matches: Vec<u32>,
+    },
+    /// TCP connections (and all HTTP) on these ports; empty means every port.
+    Tcp {
+        /// `namespace/name` of the TCPRoute.
+        route: String,
+        /// Allowed ports.
+        ports: Vec<u16>,
+    },
+    /// UDP on these ports; empty means every port (not enforced by an HTTP or TCP filter).
+    Udp {
+        /// `namespace/name` of the UDPRoute.
+        route: String,
+        /// Allowed ports.
+        ports: Vec<u16>,
+    },
+}
+
+/// Outbound split routing for one root service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTable {
+    /// `namespace/name` of the TrafficSplit.
+    pub traffic_split: String,
+    /// The root service, `name.namespace`.
+    pub service: String,
+    /// Host names (without port) that address the root service from this workload.
+    pub hosts: Vec<String>,
+    /// Indexes into `http_matches`: only matching requests are split. Empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<u32>,
+    /// Backends that can receive traffic (weight above 0, a port of the root service).
+    pub backends: Vec<WeightedBackend>,
+}
+
+/// A backend with its relative weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    /// Backend service, `name.namespace`.
+    pub service: String,
+    /// Relative weight, above 0.
+    pub weight: u64,
+}

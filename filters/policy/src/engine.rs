@@ -1,0 +1,501 @@
+//! Decisions: the engine is built once from a [`PluginConfig`] (regexes compiled, sources
+//! indexed) and then answers per request without allocating on the allow path: may this
+//! caller make this HTTP request or open this TCP connection, and which backend of a
+//! TrafficSplit gets this request. Every answer carries its reason.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::bundle::{Allows, Grant, SplitTable};
+use crate::config::PluginConfig;
+use crate::validate::REGEX_SIZE_LIMIT;
+
+/// Why a configuration cannot be turned into an engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A regex that does not compile.
+    #[error("{field}: invalid regex: {reason}")]
+    Regex {
+        /// Path of the field.
+        field: String,
+        /// The regex error.
+        reason: String,
+    },
+    /// An index pointing past the end of a list.
+    #[error("{field}: index {index} is out of range; there are {len} {list}")]
+    Index {
+        /// Path of the field.
+        field: String,
+        /// The index found.
+        index: u32,
+        /// Length of the list.
+        len: usize,
+        /// Name of the list.
+        list: &'static str,
+    },
+}
+
+/// Read access to a request's headers (names are lower-case).
+pub trait Headers {
+    /// The value of header `name`, if present.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for [(String, String)] {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl Headers for Vec<(String, String)> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.as_slice().header(name)
+    }
+}
+
+/// The facts about an HTTP request that a decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a, H: Headers + ?Sized> {
+    /// The caller's verified SPIFFE ID; `None` without a verified certificate.
+    pub source: Option<&'a str>,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`; a query string or fragment is ignored.
+    pub path: &'a str,
+    /// Destination port.
+    pub port: u16,
+    /// Request headers.
+    pub headers: &'a H,
+}
+
+/// An access decision with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision<'a> {
+    /// The request or connection may pass.
+    Allow {
+        /// `namespace/name` of the TrafficTarget that allowed it.
+        traffic_target: &'a str,
+        /// Index of its rule.
+        rule: u32,
+        /// `namespace/name` of the route the rule names.
+        route: &'a str,
+        /// `namespace/group/match` of the HTTP match, for HTTPRouteGroup rules.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        http_match: Option<&'a str>,
+    },
+    /// It may not.
+    Deny {
+        /// Why not.
+        reason: DenyReason<'a>,
+    },
+}
+
+impl Decision<'_> {
+    /// Whether the decision allows.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+}
+
+/// Why a request or connection is denied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DenyReason<'a> {
+    /// The configuration has no access policy (the feature is off, so nothing is allowed).
+    NoAccessPolicy,
+    /// The caller presented no verified identity.
+    Unauthenticated,
+    /// No TrafficTarget lists the caller as a source.
+    NoTrafficTarget {
+        /// The caller.
+        source: &'a str,
+    },
+    /// TrafficTargets list the caller, but none of their rules matches.
+    NoMatchingRule {
+        /// The caller.
+        source: &'a str,
+        /// The TrafficTargets that list the caller.
+        traffic_targets: Vec<&'a str>,
+    },
+}
+
+/// Where a request for a split's root service goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "routing", rename_all = "snake_case")]
+pub enum Routing<'a> {
+    /// The host is not the root service of any TrafficSplit.
+    NotSplit,
+    /// A backend was chosen.
+    Backend {
+        /// `namespace/name` of the TrafficSplit.
+        traffic_split: &'a str,
+        /// The backend service, `name.namespace`.
+        service: &'a str,
+    },
+    /// The request goes to the root service itself.
+    Root {
+        /// `namespace/name` of the TrafficSplit.
+        traffic_split: &'a str,
+        /// The root service, `name.namespace`.
+        service: &'a str,
+        /// Why no backend was chosen.
+        why: RootReason,
+    },
+}
+
+/// Why a split request goes to its root service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootReason {
+    /// The TrafficSplit has `matches` and the request matches none of them.
+    NotMatched,
+    /// No backend has a weight above 0 and a port of the root service.
+    NoEligibleBackend,
+}
+
+struct CompiledMatch {
+    name: String,
+    path: Option<Regex>,
+    methods: Vec<String>,
+    headers: Vec<(String, Regex)>,
+}
+
+impl CompiledMatch {
+    fn matches<H: Headers + ?Sized>(&self, request: &HttpRequest<'_, H>) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == request.method))
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|path| path.is_match(path_only(request.path)))
+            && self.headers.iter().all(|(name, value)| {
+                request
+                    .headers
+                    .header(name)
+                    .is_some_and(|actual| value.is_match(actual))
+            })
+    }
+}
+
+struct CompiledSplit {
+    table: SplitTable,
+    cumulative: Vec<u128>,
+}
+
+/// The decision engine of one plugin configuration.
+pub struct Engine {
+    matches: Vec<CompiledMatch>,
+    access: Option<(Vec<Grant>, HashMap<String, Vec<u32>>)>,
+    splits: Vec<CompiledSplit>,
+    hosts: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("matches", &self.matches.len())
+            .field(
+                "access",
+                &self.access.as_ref().map(|(grants, _)| grants.len()),
+            )
+            .field("splits", &self.splits.len())
+            .finish()
+    }
+}
+
+fn regex(field: String, pattern: &str) -> Result<Regex, EngineError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|err| EngineError::Regex {
+            field,
+            reason: err.to_string(),
+        })
+}
+
+fn check_index(
+    field: impl Fn() -> String,
+    index: u32,
+    len: usize,
+    list: &'static str,
+) -> Result<(), EngineError> {
+    if (index as usize) < len {
+        Ok(())
+    } else {
+        Err(EngineError::Index {
+            field: field(),
+            index,
+            len,
+            list,
+        })
+    }
+}
+
+impl Engine {
+    /// Builds the engine: compiles every regex once (paths anchored at the start, header
+    /// values matched whole) and indexes sources and hosts.
+    ///
+    /// # Errors
+    /// An [`EngineError`] naming the field of the first invalid regex or index.
+    pub fn new(config: &PluginConfig) -> Result<Self, EngineError> {
+        let mut matches = Vec::with_capacity(config.http_matches.len());
+        for (i, spec) in config.http_matches.iter().enumerate() {
+            let path = match &spec.path_regex {
+                Some(pattern) => Some(regex(
+                    format!("http_matches[{i}].path_regex"),
+                    &format!("^(?:{pattern})"),
+                )?),
+                None => None,
+            };
+            let mut headers = Vec::with_capacity(spec.headers.len());
+            for (name, pattern) in &spec.headers {
+                headers.push((
+                    name.to_ascii_lowercase(),
+                    regex(
+                        format!("http_matches[{i}].headers.{name}"),
+                        &format!("^(?:{pattern})$"),
+                    )?,
+                ));
+            }
+            matches.push(CompiledMatch {
+                name: spec.name.clone(),
+                path,
+                methods: spec.methods.clone(),
+                headers,
+            });
+        }
+        let access = match &config.access {
+            None => None,
+            Some(policy) => {
+                for (g, grant) in policy.grants.iter().enumerate() {
+                    if let Allows::Http {
+                        matches: indexes, ..
+                    } = &grant.allows
+                    {
+                        for (m, index) in indexes.iter().enumerate() {
+                            check_index(
+                                || format!("access.grants[{g}].allows.http.matches[{m}]"),
+                                *index,
+                                matches.len(),
+                                "http_matches",
+                            )?;
+                        }
+                    }
+                }
+                for (source, grants) in &policy.sources {
+                    for index in grants {
+                        check_index(
+                            || format!("access.sources.{source}"),
+                            *index,
+                            policy.grants.len(),
+                            "grants",
+                        )?;
+                    }
+                }
+                let sources = policy
+                    .sources
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Some((policy.grants.clone(), sources))
+            }
+        };
+        let mut splits = Vec::with_capacity(config.splits.len());
+        let mut hosts = HashMap::new();
+        for (s, table) in config.splits.iter().enumerate() {
+            for (m, index) in table.matches.iter().enumerate() {
+                check_index(
+                    || format!("splits[{s}].matches[{m}]"),
+                    *index,
+                    matches.len(),
+                    "http_matches",
+                )?;
+            }
+            for host in &table.hosts {
+                hosts.entry(normalise_host(host)).or_insert(s);
+            }
+            let mut total = 0u128;
+            let cumulative = table
+                .backends
+                .iter()
+                .map(|b| {
+                    total += u128::from(b.weight);
+                    total
+                })
+                .collect();
+            splits.push(CompiledSplit {
+                table: table.clone(),
+                cumulative,
+            });
+        }
+        Ok(Self {
+            matches,
+            access,
+            splits,
+            hosts,
+        })
+    }
+
+    /// Whether the configuration enables access control.
+    pub fn has_access_policy(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// The access decision for an HTTP request.
+    pub fn decide_http<'e, H: Headers + ?Sized>(
+        &'e self,
+        request: &HttpRequest<'e, H>,
+    ) -> Decision<'e> {
+        self.decide(request.source, request.port, |grant| match &grant.allows {
+            Allows::Http {
+                route_group,
+                matches,
+            } => matches
+                .iter()
+                .filter_map(|i| self.matches.get(*i as usize))
+                .find(|m| m.matches(request))
+                .map(|m| (route_group.as_str(), Some(m.name.as_str()))),
+            Allows::Tcp { route, ports } => (ports.is_empty() || ports.contains(&request.port))
+                .then_some((route.as_str(), None)),
+            Allows::Udp { .. } => None,
+        })
+    }
+
+    /// The access decision for a TCP connection to `port`.
+    pub fn decide_tcp<'e>(&'e self, source: Option<&'e str>, port: u16) -> Decision<'e> {
+        self.decide(source, port, |grant| match &grant.allows {
+            Allows::Tcp { route, ports } => {
+                (ports.is_empty() || ports.contains(&port)).then_some((route.as_str(), None))
+            }
+            Allows::Http { .. } | Allows::Udp { .. } => None,
+        })
+    }
+
+    fn decide<'e>(
+        &'e self,
+        source: Option<&'e str>,
+        port: u16,
+        allows: impl Fn(&'e Grant) -> Option<(&'e str, Option<&'e str>)>,
+    ) -> Decision<'e> {
+        let Some((grants, sources)) = &self.access else {
+            return Decision::Deny {
+                reason: DenyReason::NoAccessPolicy,
+            };
+        };
+        let Some(source) = source else {
+            return Decision::Deny {
+                reason: DenyReason::Unauthenticated,
+            };
+        };
+        let Some(indexes) = sources.get(source) else {
+            return Decision::Deny {
+                reason: DenyReason::NoTrafficTarget { source },
+            };
+        };
+        for grant in indexes.iter().filter_map(|i| grants.get(*i as usize)) {
+            if grant.port.is_some_and(|only| only != port) {
+                continue;
+            }
+            if let Some((route, http_match)) = allows(grant) {
+                return Decision::Allow {
+                    traffic_target: &grant.traffic_target,
+                    rule: grant.rule,
+                    route,
+                    http_match,
+                };
+            }
+        }
+        let mut traffic_targets: Vec<&str> = indexes
+            .iter()
+            .filter_map(|i| grants.get(*i as usize))
+            .map(|g| g.traffic_target.as_str())
+            .collect();
+        traffic_targets.dedup();
+        Decision::Deny {
+            reason: DenyReason::NoMatchingRule {
+                source,
+                traffic_targets,
+            },
+        }
+    }
+
+    /// Where a request for `request`'s host goes: `roll` is a uniformly random number for a
+    /// weighted random choice, or [`sticky_roll`] of a header or cookie value for a sticky one.
+    pub fn route<'e, H: Headers + ?Sized>(
+        &'e self,
+        host: &str,
+        request: &HttpRequest<'_, H>,
+        roll: u64,
+    ) -> Routing<'e> {
+        let Some(split) = self.split_for_host(host) else {
+            return Routing::NotSplit;
+        };
+        let table = &split.table;
+        let root = |why| Routing::Root {
+            traffic_split: &table.traffic_split,
+            service: &table.service,
+            why,
+        };
+        if !table.matches.is_empty()
+            && !table
+                .matches
+                .iter()
+                .filter_map(|i| self.matches.get(*i as usize))
+                .any(|m| m.matches(request))
+        {
+            return root(RootReason::NotMatched);
+        }
+        let Some(total) = split.cumulative.last().copied().filter(|t| *t > 0) else {
+            return root(RootReason::NoEligibleBackend);
+        };
+        let point = u128::from(roll) % total;
+        let chosen = split.cumulative.partition_point(|edge| *edge <= point);
+        match table.backends.get(chosen) {
+            Some(backend) => Routing::Backend {
+                traffic_split: &table.traffic_split,
+                service: &backend.service,
+            },
+            None => root(RootReason::NoEligibleBackend),
+        }
+    }
+
+    fn split_for_host(&self, host: &str) -> Option<&CompiledSplit> {
+        let index = match self.hosts.get(host) {
+            Some(index) => *index,
+            None => *self.hosts.get(&normalise_host(host))?,
+        };
+        self.splits.get(index)
+    }
+}
+
+/// A host as the split tables key it: lower-case, without port or trailing dot.
+pub fn normalise_host(host: &str) -> String {
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A path without its query string or fragment.
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// A stable 64-bit roll from a sticky key (FNV-1a), so the same key keeps choosing the same
+/// backend while the weights stay the same.
+pub fn sticky_roll(key: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits are weak for small moduli; fold the high half in.
+    hash ^ (hash >> 32)
+}

@@ -1,0 +1,554 @@
+//! Decisions, statement by statement from SMI.md and DESIGN.md: a realistic manifest set is
+//! compiled for a workload, and each request gets the decision the spec implies.
+
+use weft_policy::bundle::Identity;
+use weft_policy::check;
+use weft_policy::compile::{Options, Side, compile};
+use weft_policy::config::PluginConfig;
+use weft_policy::engine::{Decision, DenyReason, Engine, HttpRequest, Routing, sticky_roll};
+
+const MANIFESTS: &str = r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: api, namespace: shop}
+spec:
+  matches:
+  - {name: metrics, pathRegex: /metrics, methods: [GET]}
+  - {name: everything, pathRegex: ".*", methods: ["*"]}
+  - name: android-insiders
+    headers: {user-agent: ".*Android.*", cookie: "^(.*?;)?(type=insider)(;.*)?$"}
+  - {name: create, pathRegex: /orders, methods: [POST]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: db-ports, namespace: shop}
+spec: {matches: {ports: [3306, 6446]}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: all-ports, namespace: shop}
+spec: {matches: {ports: []}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: UDPRoute
+metadata: {name: dns, namespace: shop}
+spec: {matches: {ports: [53]}}
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: frontend-to-api, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api, namespace: shop}
+  sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]
+  rules: [{kind: HTTPRouteGroup, name: api, matches: [metrics, create]}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: admin-to-api, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api, namespace: shop}
+  sources: [{kind: ServiceAccount, name: admin, namespace: ops}]
+  rules: [{kind: HTTPRouteGroup, name: api}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: android, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api}
+  sources: [{kind: ServiceAccount, name: mobile}]
+  rules: [{kind: HTTPRouteGroup, name: api, matches: [android-insiders]}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: api-to-db, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: db, namespace: shop}
+  sources: [{kind: ServiceAccount, name: api, namespace: shop}]
+  rules: [{kind: TCPRoute, name: db-ports}]
+---
+apiVersion: access.smi-spec.io/v1alpha2
+kind: TrafficTarget
+metadata: {name: legacy-batch, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api, namespace: shop, port: 9090}
+  sources: [{kind: ServiceAccount, name: batch, namespace: shop}]
+  rules: [{kind: TCPRoute, name: all-ports}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: udp-only, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api, namespace: shop}
+  sources: [{kind: ServiceAccount, name: resolver, namespace: shop}]
+  rules: [{kind: UDPRoute, name: dns}]
+"#;
+
+fn config_for(identity: &str, side: Side, manifests: &str) -> PluginConfig {
+    let (catalog, diagnostics) = check([("m.yaml", manifests)]);
+    assert!(
+        diagnostics.iter().all(|d| !d.is_error()),
+        "{diagnostics:#?}"
+    );
+    compile(
+        &catalog,
+        &diagnostics,
+        &identity.parse::<Identity>().unwrap(),
+        side,
+        &Options::default(),
+    )
+    .unwrap()
+}
+
+fn engine(identity: &str) -> Engine {
+    Engine::new(&config_for(identity, Side::Inbound, MANIFESTS)).unwrap()
+}
+
+fn spiffe(identity: &str) -> String {
+    identity
+        .parse::<Identity>()
+        .unwrap()
+        .spiffe_id("cluster.local")
+}
+
+/// `Some(match or route)` when allowed, `None` when denied.
+fn http(
+    engine: &Engine,
+    from: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    port: u16,
+) -> Option<String> {
+    let source = spiffe(from);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let request = HttpRequest {
+        source: Some(&source),
+        method,
+        path,
+        port,
+        headers: &headers,
+    };
+    match engine.decide_http(&request) {
+        Decision::Allow {
+            http_match, route, ..
+        } => Some(http_match.unwrap_or(route).to_owned()),
+        Decision::Deny { .. } => None,
+    }
+}
+
+#[test]
+fn http_access_follows_path_method_and_header_matches() {
+    let api = engine("shop/api");
+    let cases: &[(&str, &str, &str, &[(&str, &str)], Option<&str>, &str)] = &[
+        (
+            "shop/frontend",
+            "GET",
+            "/metrics",
+            &[],
+            Some("shop/api/metrics"),
+            "a listed match allows",
+        ),
+        (
+            "shop/frontend",
+            "GET",
+            "/metrics/cpu",
+            &[],
+            Some("shop/api/metrics"),
+            "pathRegex is anchored at the start only",
+        ),
+        (
+            "shop/frontend",
+            "GET",
+            "/api/metrics",
+            &[],
+            None,
+            "pathRegex is anchored at the start",
+        ),
+        (
+            "shop/frontend",
+            "POST",
+            "/metrics",
+            &[],
+            None,
+            "the method must match too",
+        ),
+        (
+            "shop/frontend",
+            "POST",
+            "/orders?id=1",
+            &[],
+            Some("shop/api/create"),
+            "the query string is not part of the path",
+        ),
+        (
+            "shop/frontend",
+            "GET",
+            "/orders",
+            &[],
+            None,
+            "a match not listed in the rule does not allow",
+        ),
+        (
+            "ops/admin",
+            "DELETE",
+            "/anything",
+            &[],
+            Some("shop/api/everything"),
+            "omitted rule matches mean all matches",
+        ),
+        (
+            "ops/admin",
+            "PATCH",
+            "/x",
+            &[],
+            Some("shop/api/everything"),
+            "methods * is any method",
+        ),
+        (
+            "shop/mobile",
+            "GET",
+            "/",
+            &[
+                ("user-agent", "Mozilla Android 14"),
+                ("cookie", "a=b;type=insider"),
+            ],
+            Some("shop/api/android-insiders"),
+            "all header regexes match",
+        ),
+        (
+            "shop/mobile",
+            "GET",
+            "/",
+            &[
+                ("User-Agent", "Mozilla Android 14"),
+                ("Cookie", "type=insider"),
+            ],
+            Some("shop/api/android-insiders"),
+            "header names are case-insensitive",
+        ),
+        (
+            "shop/mobile",
+            "GET",
+            "/",
+            &[("user-agent", "Mozilla Android 14")],
+            None,
+            "a missing header does not match",
+        ),
+        (
+            "shop/mobile",
+            "GET",
+            "/",
+            &[
+                ("user-agent", "Mozilla android 14"),
+                ("cookie", "type=insider"),
+            ],
+            None,
+            "header regexes are case-sensitive",
+        ),
+        (
+            "shop/mobile",
+            "GET",
+            "/",
+            &[("user-agent", "Android"), ("cookie", "type=insiders")],
+            None,
+            "header regexes match the whole value",
+        ),
+        (
+            "shop/batch",
+            "GET",
+            "/",
+            &[],
+            None,
+            "a v1alpha2 destination port limits the rule to that port",
+        ),
+        (
+            "shop/resolver",
+            "GET",
+            "/",
+            &[],
+            None,
+            "a UDPRoute allows no HTTP",
+        ),
+        (
+            "shop/stranger",
+            "GET",
+            "/metrics",
+            &[],
+            None,
+            "default deny: no TrafficTarget lists the source",
+        ),
+    ];
+    for (from, method, path, headers, expected, statement) in cases {
+        assert_eq!(
+            http(&api, from, method, path, headers, 8080).as_deref(),
+            *expected,
+            "{statement}: {from} {method} {path}"
+        );
+    }
+    assert_eq!(
+        http(&api, "shop/batch", "GET", "/", &[], 9090).as_deref(),
+        Some("shop/all-ports"),
+        "on its port the v1alpha2 rule allows"
+    );
+}
+
+#[test]
+fn a_tcp_route_allows_connections_and_http_on_its_ports_only() {
+    let db = engine("shop/db");
+    let api = spiffe("shop/api");
+    assert!(db.decide_tcp(Some(&api), 3306).is_allowed());
+    assert!(db.decide_tcp(Some(&api), 6446).is_allowed());
+    assert!(!db.decide_tcp(Some(&api), 5432).is_allowed());
+    assert_eq!(
+        http(&db, "shop/api", "GET", "/status", &[], 3306).as_deref(),
+        Some("shop/db-ports")
+    );
+    assert_eq!(http(&db, "shop/api", "GET", "/status", &[], 5432), None);
+}
+
+#[test]
+fn an_empty_port_list_means_every_port_and_udp_rules_do_not_allow_tcp() {
+    let api = engine("shop/api");
+    assert!(
+        api.decide_tcp(Some(&spiffe("shop/batch")), 9090)
+            .is_allowed()
+    );
+    assert!(
+        !api.decide_tcp(Some(&spiffe("shop/resolver")), 53)
+            .is_allowed()
+    );
+    assert!(
+        !api.decide_tcp(Some(&spiffe("shop/frontend")), 8080)
+            .is_allowed(),
+        "HTTP rules allow no raw TCP"
+    );
+}
+
+#[test]
+fn denials_say_why() {
+    let api = engine("shop/api");
+    let headers: Vec<(String, String)> = Vec::new();
+    let request = |source| HttpRequest {
+        source,
+        method: "GET",
+        path: "/orders",
+        port: 8080,
+        headers: &headers,
+    };
+    assert_eq!(
+        api.decide_http(&request(None)),
+        Decision::Deny {
+            reason: DenyReason::Unauthenticated
+        }
+    );
+    let stranger = spiffe("shop/stranger");
+    assert_eq!(
+        api.decide_http(&request(Some(&stranger))),
+        Decision::Deny {
+            reason: DenyReason::NoTrafficTarget { source: &stranger }
+        }
+    );
+    let frontend = spiffe("shop/frontend");
+    assert_eq!(
+        api.decide_http(&request(Some(&frontend))),
+        Decision::Deny {
+            reason: DenyReason::NoMatchingRule {
+                source: &frontend,
+                traffic_targets: vec!["shop/frontend-to-api"]
+            }
+        }
+    );
+    let foreign = "spiffe://other.domain/ns/shop/sa/frontend";
+    assert!(
+        !api.decide_http(&request(Some(foreign))).is_allowed(),
+        "another trust domain is another identity"
+    );
+}
+
+#[test]
+fn without_an_access_policy_nothing_is_allowed() {
+    let engine = Engine::new(&PluginConfig::default()).unwrap();
+    let source = spiffe("shop/frontend");
+    assert_eq!(
+        engine.decide_tcp(Some(&source), 80),
+        Decision::Deny {
+            reason: DenyReason::NoAccessPolicy
+        }
+    );
+}
+
+#[test]
+fn traffic_targets_for_other_destinations_compile_to_nothing() {
+    let config = config_for("shop/unprotected", Side::Inbound, MANIFESTS);
+    assert!(config.access.unwrap().sources.is_empty());
+}
+
+#[test]
+fn an_allow_names_the_traffic_target_rule_and_match() {
+    let api = engine("shop/api");
+    let source = spiffe("shop/frontend");
+    let headers: Vec<(String, String)> = Vec::new();
+    let decision = api.decide_http(&HttpRequest {
+        source: Some(&source),
+        method: "GET",
+        path: "/metrics",
+        port: 80,
+        headers: &headers,
+    });
+    assert_eq!(
+        decision,
+        Decision::Allow {
+            traffic_target: "shop/frontend-to-api",
+            rule: 0,
+            route: "shop/api",
+            http_match: Some("shop/api/metrics")
+        }
+    );
+    assert_eq!(
+        serde_json::to_value(&decision).unwrap()["decision"],
+        "allow",
+        "the JSON form has decision: allow"
+    );
+}
+
+const SPLITS: &str = r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: ab-test, namespace: web}
+spec:
+  matches:
+  - {name: firefox, headers: {user-agent: ".*Firefox.*"}}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: canary, namespace: web}
+spec:
+  service: website
+  backends: [{service: website-v1, weight: 75}, {service: website-v2, weight: 25}, {service: website-v3, weight: 0}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: ab, namespace: web}
+spec:
+  service: shop.web.svc.cluster.local
+  matches: [{kind: HTTPRouteGroup, name: ab-test}]
+  backends: [{service: shop-v2, weight: 1}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: dark, namespace: web}
+spec:
+  service: dark
+  backends: [{service: dark-v1, weight: 0}]
+"#;
+
+fn route(engine: &Engine, host: &str, headers: &[(&str, &str)], roll: u64) -> String {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let request = HttpRequest {
+        source: None,
+        method: "GET",
+        path: "/",
+        port: 80,
+        headers: &headers,
+    };
+    match engine.route(host, &request, roll) {
+        Routing::NotSplit => "not split".to_owned(),
+        Routing::Backend { service, .. } => service.to_owned(),
+        Routing::Root { service, why, .. } => format!("root {service} ({why:?})"),
+    }
+}
+
+#[test]
+fn weights_are_relative_and_weight_zero_never_receives_traffic() {
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    // Every roll modulo the total weight (100) once: exactly 75 and 25.
+    for roll in 0..100 {
+        *counts
+            .entry(route(&client, "website", &[], roll))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [
+            ("website-v1.web".to_owned(), 75),
+            ("website-v2.web".to_owned(), 25)
+        ]
+        .into()
+    );
+}
+
+#[test]
+fn every_host_form_of_the_root_service_is_recognised() {
+    let inside = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    for host in [
+        "website",
+        "website.web",
+        "website.web.svc",
+        "website.web.svc.cluster.local",
+        "website.web.svc.cluster.local.",
+        "WEBSITE.web:8080",
+        "website.web.svc.cluster.local.:80",
+    ] {
+        assert_ne!(route(&inside, host, &[], 0), "not split", "{host}");
+    }
+    assert_eq!(route(&inside, "example.com", &[], 0), "not split");
+    let outside = Engine::new(&config_for("other/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(
+        route(&outside, "website", &[], 0),
+        "not split",
+        "a short name is another namespace's service"
+    );
+    assert_ne!(route(&outside, "website.web", &[], 0), "not split");
+}
+
+#[test]
+fn with_matches_only_matching_requests_are_split() {
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(
+        route(
+            &client,
+            "shop.web",
+            &[("user-agent", "Mozilla/5.0 Firefox/130")],
+            7
+        ),
+        "shop-v2.web"
+    );
+    assert_eq!(
+        route(&client, "shop.web", &[("user-agent", "curl/8")], 7),
+        "root shop.web (NotMatched)"
+    );
+}
+
+#[test]
+fn all_zero_weights_send_requests_to_the_root_service() {
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(
+        route(&client, "dark", &[], 3),
+        "root dark.web (NoEligibleBackend)"
+    );
+}
+
+#[test]
+fn a_sticky_key_keeps_its_backend() {
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..200 {
+        let key = format!("user-{user}");
+        let first = route(&client, "website", &[], sticky_roll(key.as_bytes()));
+        for _ in 0..3 {
+            assert_eq!(
+                route(&client, "website", &[], sticky_roll(key.as_bytes())),
+                first
+            );
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "sticky keys still spread over the backends");
+}
