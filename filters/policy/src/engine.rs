@@ -181,6 +181,12 @@ impl CompiledMatch {
     }
 }
 
+struct CompiledAccess {
+    grants: Vec<Grant>,
+    /// SPIFFE ID to indexes into `grants`.
+    sources: HashMap<String, Vec<u32>>,
+}
+
 struct CompiledSplit {
     table: SplitTable,
     cumulative: Vec<u128>,
@@ -189,7 +195,7 @@ struct CompiledSplit {
 /// The decision engine of one plugin configuration.
 pub struct Engine {
     matches: Vec<CompiledMatch>,
-    access: Option<(Vec<Grant>, HashMap<String, Vec<u32>>)>,
+    access: Option<CompiledAccess>,
     splits: Vec<CompiledSplit>,
     hosts: HashMap<String, usize>,
 }
@@ -301,7 +307,10 @@ impl Engine {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                Some((policy.grants.clone(), sources))
+                Some(CompiledAccess {
+                    grants: policy.grants.clone(),
+                    sources,
+                })
             }
         };
         let mut splits = Vec::with_capacity(config.splits.len());
@@ -381,7 +390,7 @@ impl Engine {
         port: u16,
         allows: impl Fn(&'e Grant) -> Option<(&'e str, Option<&'e str>)>,
     ) -> Decision<'e> {
-        let Some((grants, sources)) = &self.access else {
+        let Some(CompiledAccess { grants, sources }) = &self.access else {
             return Decision::Deny {
                 reason: DenyReason::NoAccessPolicy,
             };
