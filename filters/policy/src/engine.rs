@@ -206,7 +206,7 @@ impl std::fmt::Debug for Engine {
             .field("matches", &self.matches.len())
             .field(
                 "access",
-                &self.access.as_ref().map(|(grants, _)| grants.len()),
+                &self.access.as_ref().map(|access| access.grants.len()),
             )
             .field("splits", &self.splits.len())
             .finish()

@@ -139,10 +139,21 @@ fn http(
     }
 }
 
+/// Caller, method, path, headers, the match or route expected to allow (None: denied), and the
+/// statement of the spec the case checks.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+    &'a str,
+);
+
 #[test]
 fn http_access_follows_path_method_and_header_matches() {
     let api = engine("shop/api");
-    let cases: &[(&str, &str, &str, &[(&str, &str)], Option<&str>, &str)] = &[
+    let cases: &[Case] = &[
         (
             "shop/frontend",
             "GET",
