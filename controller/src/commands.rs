@@ -1,0 +1,278 @@
+//! The `weft` subcommands as functions from arguments to [`Outcome`] (what to print, exit
+//! code), so they are tested without spawning a process as well as through the binary.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use weft_policy::bundle::Identity;
+use weft_policy::compile::{Options, Side, compile};
+use weft_policy::diagnostic::Diagnostic;
+use weft_policy::engine::{Engine, HttpRequest};
+use weft_policy::model::Catalog;
+
+use crate::manifests;
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the manifests have errors (or cannot be read).
+pub const EXIT_INVALID: i32 = 1;
+/// Exit code: bad usage (clap uses it too).
+pub const EXIT_USAGE: i32 = 2;
+
+/// What a command prints and how it exits.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Text for standard output.
+    pub stdout: String,
+    /// Text for standard error.
+    pub stderr: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Self {
+        Self {
+            stdout,
+            stderr: String::new(),
+            code: EXIT_OK,
+        }
+    }
+
+    fn fail(code: i32, stderr: String) -> Self {
+        Self {
+            stdout: String::new(),
+            stderr,
+            code,
+        }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Human,
+    /// JSON for tools.
+    Json,
+}
+
+/// Protocol of an explained request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// An HTTP request.
+    Http,
+    /// A TCP connection.
+    Tcp,
+}
+
+/// Reads and checks manifests; `Err` is an outcome to return as it is.
+fn load(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
+    let files = manifests::read(paths)
+        .map_err(|err| Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")))?;
+    Ok(weft_policy::check(
+        files
+            .iter()
+            .map(|(name, text)| (name.as_str(), text.as_str())),
+    ))
+}
+
+fn human_diagnostics(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(|d| format!("{d}\n")).collect()
+}
+
+/// Stops a command whose manifests have errors, printing them: nothing is decided or compiled
+/// from a broken set.
+fn refuse_errors(diagnostics: &[Diagnostic]) -> Result<(), Outcome> {
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        return Err(Outcome::fail(
+            EXIT_INVALID,
+            format!(
+                "{}weft: the manifests have {errors} error(s); fix them first (weft check)\n",
+                human_diagnostics(diagnostics)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `weft check`.
+pub fn check(paths: &[PathBuf], format: Format) -> Outcome {
+    let (catalog, diagnostics) = match load(paths) {
+        Ok(loaded) => loaded,
+        Err(outcome) => return outcome,
+    };
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    let objects = catalog.traffic_targets.len()
+        + catalog.http_route_groups.len()
+        + catalog.port_routes.len()
+        + catalog.traffic_splits.len()
+        + catalog.services.len();
+    let stdout = match format {
+        Format::Json => json!({"errors": errors, "warnings": warnings, "objects": objects, "diagnostics": diagnostics}).to_string() + "\n",
+        Format::Human => format!(
+            "{}{errors} error(s), {warnings} warning(s) in {objects} object(s)\n",
+            human_diagnostics(&diagnostics)
+        ),
+    };
+    Outcome {
+        stdout,
+        stderr: String::new(),
+        code: if errors > 0 { EXIT_INVALID } else { EXIT_OK },
+    }
+}
+
+/// The request `weft explain` decides.
+#[derive(Debug, Clone)]
+pub struct ExplainRequest {
+    /// Caller identity.
+    pub from: Identity,
+    /// Destination identity.
+    pub to: Identity,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+    /// HTTP method.
+    pub method: String,
+    /// HTTP path.
+    pub path: String,
+    /// HTTP headers as `name=value`.
+    pub headers: Vec<(String, String)>,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// `weft explain`.
+pub fn explain(
+    manifests: &[PathBuf],
+    request: &ExplainRequest,
+    options: &Options,
+    format: Format,
+) -> Outcome {
+    let (catalog, diagnostics) = match load(manifests) {
+        Ok(loaded) => loaded,
+        Err(outcome) => return outcome,
+    };
+    if let Err(outcome) = refuse_errors(&diagnostics) {
+        return outcome;
+    }
+    let config = match compile(&catalog, &diagnostics, &request.to, Side::Inbound, options) {
+        Ok(config) => config,
+        Err(err) => return Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    };
+    let engine = match Engine::new(&config) {
+        Ok(engine) => engine,
+        Err(err) => {
+            return Outcome::fail(
+                EXIT_INVALID,
+                format!("weft: compiled configuration is invalid: {err}\n"),
+            );
+        }
+    };
+    let source = request.from.spiffe_id(&options.trust_domain);
+    let decision = match request.protocol {
+        Protocol::Tcp => engine.decide_tcp(Some(&source), request.port),
+        Protocol::Http => engine.decide_http(&HttpRequest {
+            source: Some(&source),
+            method: &request.method,
+            path: &request.path,
+            port: request.port,
+            headers: &request.headers,
+        }),
+    };
+    let mut report = serde_json::to_value(&decision).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut report {
+        fields.insert("from".into(), json!(source));
+        fields.insert(
+            "to".into(),
+            json!(request.to.spiffe_id(&options.trust_domain)),
+        );
+        let described = match request.protocol {
+            Protocol::Tcp => json!({"protocol": "tcp", "port": request.port}),
+            Protocol::Http => {
+                json!({"protocol": "http", "method": request.method, "path": request.path, "port": request.port,
+                                     "headers": request.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()})
+            }
+        };
+        fields.insert("request".into(), described);
+    }
+    match format {
+        Format::Json => Outcome::ok(report.to_string() + "\n"),
+        Format::Human => Outcome::ok(human_decision(&report)),
+    }
+}
+
+fn human_decision(report: &Value) -> String {
+    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
+    let what = match report["request"]["protocol"].as_str() {
+        Some("tcp") => format!("TCP connection to port {}", report["request"]["port"]),
+        _ => format!(
+            "{} {} on port {}",
+            report["request"]["method"].as_str().unwrap_or_default(),
+            report["request"]["path"].as_str().unwrap_or_default(),
+            report["request"]["port"]
+        ),
+    };
+    let head = format!("{what}\nfrom {}\nto   {}\n", text("from"), text("to"));
+    if text("decision") == "allow" {
+        let matched = report["http_match"]
+            .as_str()
+            .map(|m| format!(", match {m}"))
+            .unwrap_or_default();
+        return format!(
+            "{head}ALLOW: TrafficTarget {} rule {} ({}{matched})\n",
+            text("traffic_target"),
+            report["rule"],
+            text("route")
+        );
+    }
+    let reason = &report["reason"];
+    let why = match reason["kind"].as_str() {
+        Some("unauthenticated") => "the caller has no verified identity".to_owned(),
+        Some("no_access_policy") => "there is no access policy".to_owned(),
+        Some("no_traffic_target") => {
+            "no TrafficTarget lists this source for this destination".to_owned()
+        }
+        Some("no_matching_rule") => format!(
+            "TrafficTarget(s) {} list this source, but none of their rules matches",
+            reason["traffic_targets"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ),
+        _ => reason.to_string(),
+    };
+    format!("{head}DENY: {why}\n")
+}
+
+/// `weft compile`.
+pub fn compile_config(
+    manifests: &[PathBuf],
+    identity: &Identity,
+    side: Side,
+    options: &Options,
+) -> Outcome {
+    let (catalog, diagnostics) = match load(manifests) {
+        Ok(loaded) => loaded,
+        Err(outcome) => return outcome,
+    };
+    if let Err(outcome) = refuse_errors(&diagnostics) {
+        return outcome;
+    }
+    match compile(&catalog, &diagnostics, identity, side, options) {
+        Ok(config) => match serde_json::to_string_pretty(&config) {
+            Ok(json) => {
+                let mut outcome = Outcome::ok(json + "\n");
+                outcome.stderr = human_diagnostics(&diagnostics);
+                outcome
+            }
+            Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+        },
+        Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    }
+}

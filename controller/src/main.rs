@@ -1,0 +1,160 @@
+//! `weft`: author and explain SMI for weft. `weft --help` lists the subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft_controller::commands::{self, ExplainRequest, Format, Outcome, Protocol};
+use weft_policy::bundle::Identity;
+use weft_policy::compile::{Options, Side};
+
+/// Check, explain and compile SMI manifests for weft.
+#[derive(Parser)]
+#[command(name = "weft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Cluster {
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Kubernetes cluster domain of service host names.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl Cluster {
+    fn options(&self) -> Options {
+        Options {
+            trust_domain: self.trust_domain.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SideArg {
+    /// Server side: access control (and metrics, later).
+    Inbound,
+    /// Client side: split routing (and metrics, later).
+    Outbound,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate manifests: every problem, with file, line, object and field. Exit 0 when there
+    /// is no error (warnings allowed), 1 when there are errors, 2 on bad usage.
+    Check {
+        /// Files or directories (searched recursively for .yaml, .yml and .json).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+    },
+    /// Decide whether a request or connection would be allowed, and say why.
+    Explain {
+        /// Directory (or file) of manifests.
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// The caller, namespace/serviceaccount.
+        #[arg(long)]
+        from: Identity,
+        /// The destination, namespace/serviceaccount.
+        #[arg(long)]
+        to: Identity,
+        /// HTTP request or TCP connection.
+        #[arg(long, value_enum, default_value = "http")]
+        protocol: Protocol,
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// HTTP path (a query string is ignored).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// HTTP header as NAME=VALUE; repeat for more.
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Destination port.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+    /// Print the weft plugin configuration of one workload's listener, for the `configuration`
+    /// value of the weft filter in an envoy.yaml.
+    Compile {
+        /// Directory (or file) of manifests.
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+        /// The workload, namespace/serviceaccount.
+        #[arg(long)]
+        identity: Identity,
+        /// Which listener: inbound (access control) or outbound (split routing).
+        #[arg(long, value_enum, default_value = "inbound")]
+        side: SideArg,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has an empty header name"));
+    }
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome: Outcome = match cli.command {
+        Command::Check { paths, output } => commands::check(&paths, output),
+        Command::Explain {
+            manifests,
+            from,
+            to,
+            protocol,
+            method,
+            path,
+            headers,
+            port,
+            output,
+            cluster,
+        } => {
+            let request = ExplainRequest {
+                from,
+                to,
+                protocol,
+                method,
+                path,
+                headers,
+                port,
+            };
+            commands::explain(&manifests, &request, &cluster.options(), output)
+        }
+        Command::Compile {
+            manifests,
+            identity,
+            side,
+            cluster,
+        } => {
+            let side = match side {
+                SideArg::Inbound => Side::Inbound,
+                SideArg::Outbound => Side::Outbound,
+            };
+            commands::compile_config(&manifests, &identity, side, &cluster.options())
+        }
+    };
+    print!("{}", outcome.stdout);
+    eprint!("{}", outcome.stderr);
+    ExitCode::from(u8::try_from(outcome.code).unwrap_or(1))
+}

@@ -1,0 +1,285 @@
+//! The `weft` command, run as a user runs it, on fixture manifests of every served version.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use weft_policy::PluginConfig;
+use weft_policy::engine::Engine;
+
+fn fixtures(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_exits_0_on_a_clean_set_of_every_served_version() {
+    let output = weft(&["check", &fixtures("shop")]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).ends_with("0 error(s), 1 warning(s) in 12 object(s)\n"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn check_exits_1_and_reports_every_error_with_file_line_object_and_field() {
+    let output = weft(&["check", &fixtures("broken")]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    for expected in [
+        "broken.yaml:1: error: TrafficTarget shop/no-sources: spec.sources: at least one source is required",
+        "broken.yaml:1: error: TrafficTarget shop/no-sources: spec.rules[0].name: HTTPRouteGroup shop/missing-routes does not exist",
+        "broken.yaml:9: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].pathRegex: invalid regex",
+        "broken.yaml:9: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].methods[0]: method \"FETCH\" is not one of",
+        "broken.yaml:16: error: TrafficSplit shop/bad-split: spec.backends[0].service: the root service web cannot be its own backend",
+        "broken.yaml:16: error: TrafficSplit shop/bad-split: spec.backends[1].weight: -3 is not a valid weight",
+        "6 error(s), 0 warning(s)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+}
+
+#[test]
+fn check_json_output_is_for_tools() {
+    let output = weft(&["check", "--output", "json", &fixtures("broken")]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["errors"], 6);
+    let first = &report["diagnostics"][0];
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["kind"], "TrafficTarget");
+    assert_eq!(first["origin"]["line"], 1);
+    assert!(first["field"].as_str().unwrap().starts_with("spec."));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(weft(&["check"]).status.code(), Some(2));
+    assert_eq!(
+        weft(&[
+            "explain",
+            "--manifests",
+            "x",
+            "--from",
+            "not-an-identity",
+            "--to",
+            "a/b"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(weft(&["frobnicate"]).status.code(), Some(2));
+    let help = weft(&["explain", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(stdout(&help).contains("--header"));
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_a_panic() {
+    let output = weft(&["check", "/nonexistent/manifests"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cannot read /nonexistent/manifests"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+fn explain(args: &[&str]) -> Value {
+    let manifests = fixtures("shop");
+    let mut all = vec![
+        "explain",
+        "--manifests",
+        manifests.as_str(),
+        "--output",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    let output = weft(&all);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).unwrap()
+}
+
+#[test]
+fn explain_allows_with_the_objects_that_decided() {
+    let report = explain(&[
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/api",
+        "--method",
+        "POST",
+        "--path",
+        "/orders",
+    ]);
+    assert_eq!(report["decision"], "allow");
+    assert_eq!(report["traffic_target"], "shop/frontend-to-api");
+    assert_eq!(report["http_match"], "shop/api-routes/orders");
+    assert_eq!(report["from"], "spiffe://cluster.local/ns/shop/sa/frontend");
+}
+
+#[test]
+fn explain_denies_and_says_why() {
+    let report = explain(&[
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/api",
+        "--path",
+        "/admin",
+    ]);
+    assert_eq!(report["decision"], "deny");
+    assert_eq!(report["reason"]["kind"], "no_matching_rule");
+    assert_eq!(
+        report["reason"]["traffic_targets"][0],
+        "shop/frontend-to-api"
+    );
+    let stranger = explain(&["--from", "shop/stranger", "--to", "shop/api"]);
+    assert_eq!(stranger["reason"]["kind"], "no_traffic_target");
+}
+
+#[test]
+fn explain_reads_headers_ports_and_older_versions() {
+    let probe = explain(&[
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/api",
+        "--path",
+        "/healthz",
+        "--header",
+        "X-Probe=kubelet",
+    ]);
+    assert_eq!(
+        probe["decision"], "allow",
+        "v1alpha3 list-form headers: {probe}"
+    );
+    let no_header = explain(&[
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/api",
+        "--path",
+        "/healthz",
+    ]);
+    assert_eq!(no_header["decision"], "deny");
+    let admin_on_port = explain(&[
+        "--from",
+        "ops/admin",
+        "--to",
+        "shop/api",
+        "--path",
+        "/x",
+        "--port",
+        "8080",
+    ]);
+    assert_eq!(
+        admin_on_port["decision"], "allow",
+        "v1alpha1 TrafficTarget: {admin_on_port}"
+    );
+    let admin_elsewhere = explain(&[
+        "--from",
+        "ops/admin",
+        "--to",
+        "shop/api",
+        "--path",
+        "/x",
+        "--port",
+        "9090",
+    ]);
+    assert_eq!(
+        admin_elsewhere["decision"], "deny",
+        "v1alpha1 destination.port restricts the port"
+    );
+    let db = explain(&[
+        "--from",
+        "shop/api",
+        "--to",
+        "shop/db",
+        "--protocol",
+        "tcp",
+        "--port",
+        "5432",
+    ]);
+    assert_eq!(db["decision"], "allow");
+}
+
+#[test]
+fn explain_refuses_a_broken_set() {
+    let output = weft(&[
+        "explain",
+        "--manifests",
+        &fixtures("broken"),
+        "--from",
+        "a/b",
+        "--to",
+        "shop/api",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("the manifests have 6 error(s)"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn compile_prints_a_plugin_configuration_the_engine_accepts() {
+    for (identity, side) in [("shop/api", "inbound"), ("shop/client", "outbound")] {
+        let output = weft(&[
+            "compile",
+            "--manifests",
+            &fixtures("shop"),
+            "--identity",
+            identity,
+            "--side",
+            side,
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let config = PluginConfig::from_json(&output.stdout).unwrap();
+        Engine::new(&config).unwrap();
+        assert_eq!(config.identity.unwrap().to_string(), identity);
+        match side {
+            "inbound" => assert_eq!(config.access.unwrap().sources.len(), 2),
+            _ => assert_eq!(config.splits.len(), 2),
+        }
+    }
+}
+
+#[test]
+fn compile_refuses_a_broken_set() {
+    let output = weft(&[
+        "compile",
+        "--manifests",
+        &fixtures("broken"),
+        "--identity",
+        "shop/api",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).is_empty(),
+        "nothing half-compiled is printed"
+    );
+}
