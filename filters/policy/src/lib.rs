@@ -1,8 +1,10 @@
-//! `weft-policy` is weft's pure core: it owns the plugin configuration that the `weft.wasm`
-//! filter reads, and (from the SMI work on) the SMI model, its validation, the compiled policy
-//! bundle and the per-request decisions. It does no I/O and knows nothing of proxy-wasm, tokio
-//! or Kubernetes, so the filter, the controller and the browser page all run the same code and
-//! never disagree. Start reading at [`config::PluginConfig`].
+//! `weft-policy` is weft's pure core: the SMI model ([`model`]) read from YAML of every served
+//! version ([`load`]), cross-object validation ([`validate`]) with precise [`diagnostic`]s,
+//! compilation per workload ([`compile`]) into the policy bundle ([`bundle`]) that is the
+//! filter's plugin configuration ([`config`]), and the per-request decisions ([`engine`]). It
+//! does no I/O and knows nothing of proxy-wasm, tokio or Kubernetes, so the filter, the `weft`
+//! command and the browser page run the same code and never disagree. Start at [`check`], then
+//! [`compile::compile`] and [`engine::Engine`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bundle;
