@@ -81,20 +81,21 @@ fn human_diagnostics(diagnostics: &[Diagnostic]) -> String {
     diagnostics.iter().map(|d| format!("{d}\n")).collect()
 }
 
-/// Stops a command whose manifests have errors, printing them: nothing is decided or compiled
-/// from a broken set.
-fn refuse_errors(diagnostics: &[Diagnostic]) -> Result<(), Outcome> {
+/// Reads manifests for a command that decides or compiles: a set with errors stops it, with
+/// the errors printed, so nothing is decided or compiled from a broken set.
+fn load_valid(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
+    let (catalog, diagnostics) = load(paths)?;
     if diagnostics.iter().any(Diagnostic::is_error) {
         let errors = diagnostics.iter().filter(|d| d.is_error()).count();
         return Err(Outcome::fail(
             EXIT_INVALID,
             format!(
                 "{}weft: the manifests have {errors} error(s); fix them first (weft check)\n",
-                human_diagnostics(diagnostics)
+                human_diagnostics(&diagnostics)
             ),
         ));
     }
-    Ok(())
+    Ok((catalog, diagnostics))
 }
 
 /// `weft check`.
@@ -150,13 +151,10 @@ pub fn explain(
     options: &Options,
     format: Format,
 ) -> Outcome {
-    let (catalog, diagnostics) = match load(manifests) {
+    let (catalog, diagnostics) = match load_valid(manifests) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
     };
-    if let Err(outcome) = refuse_errors(&diagnostics) {
-        return outcome;
-    }
     let config = match compile(&catalog, &diagnostics, &request.to, Side::Inbound, options) {
         Ok(config) => config,
         Err(err) => return Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
@@ -257,13 +255,10 @@ pub fn compile_config(
     side: Side,
     options: &Options,
 ) -> Outcome {
-    let (catalog, diagnostics) = match load(manifests) {
+    let (catalog, diagnostics) = match load_valid(manifests) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
     };
-    if let Err(outcome) = refuse_errors(&diagnostics) {
-        return outcome;
-    }
     match compile(&catalog, &diagnostics, identity, side, options) {
         Ok(config) => match serde_json::to_string_pretty(&config) {
             Ok(json) => {

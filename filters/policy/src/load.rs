@@ -148,7 +148,7 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 
 /// Reads one parsed document (an object or a `kind: List`).
 pub fn load_value(
-    value: Value,
+    mut value: Value,
     origin: &Origin,
     catalog: &mut Catalog,
     diagnostics: &mut Vec<Diagnostic>,
@@ -163,9 +163,9 @@ pub fn load_value(
         diagnostics.push(problem(None, origin, "", LoadError::NotAnObject));
         return;
     };
-    if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
-        if let Some(Value::Array(items)) = value.get("items") {
-            for item in items.clone() {
+    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+        if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
+            for item in items {
                 load_value(item, origin, catalog, diagnostics);
             }
         }
@@ -297,14 +297,6 @@ struct WireMeta {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireTrafficTarget {
-    #[serde(rename = "apiVersion")]
-    _api_version: Value,
-    #[serde(rename = "kind")]
-    _kind: Value,
-    #[serde(default, rename = "metadata")]
-    _metadata: Value,
-    #[serde(default, rename = "status")]
-    _status: Value,
     spec: Option<WireTrafficTargetBody>,
     // v1alpha1 keeps the body at the root.
     #[serde(flatten)]
@@ -337,14 +329,6 @@ struct WireRule {
 
 #[derive(Deserialize)]
 struct WireRouteGroup {
-    #[serde(rename = "apiVersion")]
-    _api_version: Value,
-    #[serde(rename = "kind")]
-    _kind: Value,
-    #[serde(default, rename = "metadata")]
-    _metadata: Value,
-    #[serde(default, rename = "status")]
-    _status: Value,
     spec: Option<WireMatchesBody>,
     matches: Option<Vec<WireHttpMatch>>,
 }
@@ -365,14 +349,6 @@ struct WireHttpMatch {
 
 #[derive(Deserialize)]
 struct WirePortRoute {
-    #[serde(rename = "apiVersion")]
-    _api_version: Value,
-    #[serde(rename = "kind")]
-    _kind: Value,
-    #[serde(default, rename = "metadata")]
-    _metadata: Value,
-    #[serde(default, rename = "status")]
-    _status: Value,
     spec: Option<WirePortBody>,
 }
 
@@ -390,14 +366,6 @@ struct WirePortMatches {
 
 #[derive(Deserialize)]
 struct WireSplit {
-    #[serde(rename = "apiVersion")]
-    _api_version: Value,
-    #[serde(rename = "kind")]
-    _kind: Value,
-    #[serde(default, rename = "metadata")]
-    _metadata: Value,
-    #[serde(default, rename = "status")]
-    _status: Value,
     spec: Option<WireSplitBody>,
 }
 
@@ -476,18 +444,22 @@ impl Reader<'_> {
         })
     }
 
-    /// Deserialises `value` into a wire shape, warning about unknown fields (outside
-    /// `metadata` and `status`) and reporting a shape error with its field path.
-    fn wire<T: for<'de> Deserialize<'de>>(&mut self, value: Value, schema: &str) -> Option<T> {
+    /// Deserialises `value` into a wire shape, warning about unknown fields and reporting a
+    /// shape error with its field path. The envelope (`apiVersion`, `kind`, `metadata`,
+    /// `status`) was read already and is not part of any wire shape.
+    fn wire<T: for<'de> Deserialize<'de>>(&mut self, mut value: Value, schema: &str) -> Option<T> {
+        if let Some(object) = value.as_object_mut() {
+            for envelope in ["apiVersion", "kind", "metadata", "status"] {
+                object.remove(envelope);
+            }
+        }
         let mut unknown = Vec::new();
         let mut record =
             |path: serde_ignored::Path<'_>| unknown.push(field_path(&path.to_string()));
         let deserializer = serde_ignored::Deserializer::new(value, &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
         for field in unknown {
-            if !(field.starts_with("metadata") || field.starts_with("status") || field.is_empty()) {
-                self.error(&field, LoadError::UnknownField(schema.to_owned()));
-            }
+            self.error(&field, LoadError::UnknownField(schema.to_owned()));
         }
         match result {
             Ok(wire) => Some(wire),
