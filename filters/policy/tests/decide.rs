@@ -563,3 +563,18 @@ fn a_sticky_key_keeps_its_backend() {
     }
     assert_eq!(seen.len(), 2, "sticky keys still spread over the backends");
 }
+
+#[test]
+fn weights_need_not_sum_to_100_and_1000_to_500_sends_a_third_to_the_second() {
+    let manifests = SPLITS
+        .replace("weight: 75}", "weight: 1000}")
+        .replace("weight: 25}", "weight: 500}");
+    let client = Engine::new(&config_for("web/client", Side::Outbound, &manifests)).unwrap();
+    let second = (0..1500)
+        .filter(|roll| route(&client, "website", &[], *roll) == "website-v2.web")
+        .count();
+    assert_eq!(
+        second, 500,
+        "exactly one third of the rolls over the total weight"
+    );
+}
