@@ -106,11 +106,7 @@ pub fn check(paths: &[PathBuf], format: Format) -> Outcome {
     };
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
-    let objects = catalog.traffic_targets.len()
-        + catalog.http_route_groups.len()
-        + catalog.port_routes.len()
-        + catalog.traffic_splits.len()
-        + catalog.services.len();
+    let objects = catalog.len();
     let stdout = match format {
         Format::Json => json!({"errors": errors, "warnings": warnings, "objects": objects, "diagnostics": diagnostics}).to_string() + "\n",
         Format::Human => format!(

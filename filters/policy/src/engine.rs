@@ -3,6 +3,7 @@
 //! caller make this HTTP request or open this TCP connection, and which backend of a
 //! TrafficSplit gets this request. Every answer carries its reason.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -10,7 +11,31 @@ use serde::Serialize;
 
 use crate::bundle::{Allows, Grant, SplitTable};
 use crate::config::PluginConfig;
-use crate::validate::REGEX_SIZE_LIMIT;
+
+/// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+fn bounded_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// An HTTPRouteGroup `pathRegex` as weft matches it: from the start of the path (SMI).
+///
+/// # Errors
+/// The regex error, when `pattern` does not compile or is too large.
+pub fn path_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    bounded_regex(&format!("^(?:{pattern})"))
+}
+
+/// A header value regex as weft matches it: the whole value, as Envoy's `safe_regex` does.
+///
+/// # Errors
+/// The regex error, when `pattern` does not compile or is too large.
+pub fn header_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    bounded_regex(&format!("^(?:{pattern})$"))
+}
 
 /// Why a configuration cannot be turned into an engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,14 +238,11 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn regex(field: String, pattern: &str) -> Result<Regex, EngineError> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|err| EngineError::Regex {
-            field,
-            reason: err.to_string(),
-        })
+fn regex_error(field: String) -> impl FnOnce(regex::Error) -> EngineError {
+    move |err| EngineError::Regex {
+        field,
+        reason: err.to_string(),
+    }
 }
 
 fn check_index(
@@ -251,20 +273,18 @@ impl Engine {
         let mut matches = Vec::with_capacity(config.http_matches.len());
         for (i, spec) in config.http_matches.iter().enumerate() {
             let path = match &spec.path_regex {
-                Some(pattern) => Some(regex(
-                    format!("http_matches[{i}].path_regex"),
-                    &format!("^(?:{pattern})"),
-                )?),
+                Some(pattern) => Some(
+                    path_regex(pattern)
+                        .map_err(regex_error(format!("http_matches[{i}].path_regex")))?,
+                ),
                 None => None,
             };
             let mut headers = Vec::with_capacity(spec.headers.len());
             for (name, pattern) in &spec.headers {
                 headers.push((
                     name.to_ascii_lowercase(),
-                    regex(
-                        format!("http_matches[{i}].headers.{name}"),
-                        &format!("^(?:{pattern})$"),
-                    )?,
+                    header_regex(pattern)
+                        .map_err(regex_error(format!("http_matches[{i}].headers.{name}")))?,
                 ));
             }
             matches.push(CompiledMatch {
@@ -325,7 +345,7 @@ impl Engine {
                 )?;
             }
             for host in &table.hosts {
-                hosts.entry(normalise_host(host)).or_insert(s);
+                hosts.entry(host_key(host).into_owned()).or_insert(s);
             }
             let mut total = 0u128;
             let cumulative = table
@@ -473,23 +493,26 @@ impl Engine {
     }
 
     fn split_for_host(&self, host: &str) -> Option<&CompiledSplit> {
-        let index = match self.hosts.get(host) {
-            Some(index) => *index,
-            None => *self.hosts.get(&normalise_host(host))?,
-        };
+        let index = *self.hosts.get(host_key(host).as_ref())?;
         self.splits.get(index)
     }
 }
 
-/// A host as the split tables key it: lower-case, without port or trailing dot.
-pub fn normalise_host(host: &str) -> String {
+/// A host as the split tables key it: without port or trailing dot, lower-case. It borrows
+/// from `host` unless `host` has upper-case letters, so the usual request allocates nothing.
+pub fn host_key(host: &str) -> Cow<'_, str> {
     let without_port = match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
             name
         }
         _ => host,
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// A path without its query string or fragment.
@@ -507,4 +530,55 @@ pub fn sticky_roll(key: &[u8]) -> u64 {
     }
     // FNV's low bits are weak for small moduli; fold the high half in.
     hash ^ (hash >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::{header_regex, host_key, path_regex};
+
+    #[test]
+    fn usual_host_forms_are_keyed_without_allocating() {
+        for (host, key) in [
+            ("website", "website"),
+            ("website.web:8080", "website.web"),
+            (
+                "website.web.svc.cluster.local.",
+                "website.web.svc.cluster.local",
+            ),
+            (
+                "website.web.svc.cluster.local.:80",
+                "website.web.svc.cluster.local",
+            ),
+        ] {
+            assert!(
+                matches!(host_key(host), Cow::Borrowed(k) if k == key),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            host_key("WebSite.Web:80"),
+            Cow::<str>::Owned("website.web".into())
+        );
+        assert_eq!(
+            host_key("[::1]:8080"),
+            "[::1]:8080",
+            "an IPv6 literal keeps its colons"
+        );
+    }
+
+    #[test]
+    fn paths_match_from_the_start_and_headers_match_whole() {
+        let path = path_regex("/api").unwrap();
+        assert!(path.is_match("/api/v1"));
+        assert!(!path.is_match("/v1/api"));
+        let header = header_regex("ops|root").unwrap();
+        assert!(header.is_match("root"));
+        assert!(
+            !header.is_match("rooted"),
+            "the alternation is grouped before anchoring"
+        );
+        assert!(path_regex("(").is_err());
+    }
 }

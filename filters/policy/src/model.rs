@@ -218,6 +218,20 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// How many objects the catalog holds, of every kind.
+    pub fn len(&self) -> usize {
+        self.traffic_targets.len()
+            + self.http_route_groups.len()
+            + self.port_routes.len()
+            + self.traffic_splits.len()
+            + self.services.len()
+    }
+
+    /// Whether the catalog holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The HTTPRouteGroup `namespace/name`.
     pub fn http_route_group(&self, namespace: &str, name: &str) -> Option<&HttpRouteGroup> {
         self.http_route_groups

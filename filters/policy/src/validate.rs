@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::engine;
 use crate::model::{Catalog, Kind, L4Protocol, Meta, TrafficSplit, TrafficTarget};
 
 /// The methods an HTTPRouteGroup match may list.
@@ -15,9 +16,6 @@ pub const METHODS: &[&str] = &[
 
 /// The only subject kind SMI defines.
 pub const SERVICE_ACCOUNT: &str = "ServiceAccount";
-
-/// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// What is wrong with an object in the context of the others.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,14 +130,6 @@ impl ValidationError {
     }
 }
 
-/// Compiles `pattern` the way the engine will (anchored at the start), or says why it cannot.
-pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, ValidationError> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|err| ValidationError::Regex(err.to_string()))
-}
-
 /// Every cross-object problem of `catalog`, in a stable order.
 pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -165,9 +155,13 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                 );
             }
             if let Some(pattern) = &m.path_regex
-                && let Err(err) = anchored_regex(pattern)
+                && let Err(err) = engine::path_regex(pattern)
             {
-                report(&mut out, format!("{field}.pathRegex"), err);
+                report(
+                    &mut out,
+                    format!("{field}.pathRegex"),
+                    ValidationError::Regex(err.to_string()),
+                );
             }
             for (j, method) in m.methods.iter().enumerate() {
                 if !METHODS.contains(&method.as_str()) {
@@ -179,8 +173,12 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                 }
             }
             for (header, pattern) in &m.headers {
-                if let Err(err) = anchored_regex(pattern) {
-                    report(&mut out, format!("{field}.headers.{header}"), err);
+                if let Err(err) = engine::header_regex(pattern) {
+                    report(
+                        &mut out,
+                        format!("{field}.headers.{header}"),
+                        ValidationError::Regex(err.to_string()),
+                    );
                 }
             }
         }

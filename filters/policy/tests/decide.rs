@@ -507,7 +507,9 @@ fn every_host_form_of_the_root_service_is_recognised() {
         "WEBSITE.web:8080",
         "website.web.svc.cluster.local.:80",
     ] {
-        assert_ne!(route(&inside, host, &[], 0), "not split", "{host}");
+        // Rolls 0..75 of the total 100 choose v1, 75..100 choose v2.
+        assert_eq!(route(&inside, host, &[], 0), "website-v1.web", "{host}");
+        assert_eq!(route(&inside, host, &[], 80), "website-v2.web", "{host}");
     }
     assert_eq!(route(&inside, "example.com", &[], 0), "not split");
     let outside = Engine::new(&config_for("other/client", Side::Outbound, SPLITS)).unwrap();
@@ -516,7 +518,7 @@ fn every_host_form_of_the_root_service_is_recognised() {
         "not split",
         "a short name is another namespace's service"
     );
-    assert_ne!(route(&outside, "website.web", &[], 0), "not split");
+    assert_eq!(route(&outside, "website.web", &[], 0), "website-v1.web");
 }
 
 #[test]
