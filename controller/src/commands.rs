@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use weft_policy::bundle::Identity;
+use weft_policy::bundle::{AccessMode, Identity};
 use weft_policy::compile::{Options, Side, compile};
+use weft_policy::config::PluginConfig;
 use weft_policy::diagnostic::Diagnostic;
 use weft_policy::engine::{Engine, HttpRequest};
 use weft_policy::model::Catalog;
@@ -221,6 +222,12 @@ fn human_decision(report: &Value) -> String {
             text("route")
         );
     }
+    if text("decision") == "allow_unauthenticated" {
+        return format!(
+            "{head}ALLOW: port {} is open to callers without an identity\n",
+            report["port"]
+        );
+    }
     let reason = &report["reason"];
     let why = match reason["kind"].as_str() {
         Some("unauthenticated") => "the caller has no verified identity".to_owned(),
@@ -250,20 +257,52 @@ pub fn compile_config(
     identity: &Identity,
     side: Side,
     options: &Options,
+    listener: &ListenerSettings,
 ) -> Outcome {
+    if side == Side::Outbound
+        && (listener.mode != AccessMode::Enforce || !listener.unauthenticated_ports.is_empty())
+    {
+        return Outcome::fail(
+            EXIT_USAGE,
+            "weft: --mode and --allow-unauthenticated-port set the access feature, which runs on --side inbound\n"
+                .to_owned(),
+        );
+    }
     let (catalog, diagnostics) = match load_valid(manifests) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
     };
     match compile(&catalog, &diagnostics, identity, side, options) {
-        Ok(config) => match serde_json::to_string_pretty(&config) {
-            Ok(json) => {
-                let mut outcome = Outcome::ok(json + "\n");
-                outcome.stderr = human_diagnostics(&diagnostics);
-                outcome
+        Ok(mut config) => {
+            config.destination_port = listener.destination_port;
+            if let Some(access) = config.access.as_mut() {
+                access.mode = listener.mode;
+                access.unauthenticated_ports = listener.unauthenticated_ports.clone();
             }
-            Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
-        },
+            render_config(&config, &diagnostics)
+        }
         Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
     }
+}
+
+fn render_config(config: &PluginConfig, diagnostics: &[Diagnostic]) -> Outcome {
+    match serde_json::to_string_pretty(config) {
+        Ok(json) => {
+            let mut outcome = Outcome::ok(json + "\n");
+            outcome.stderr = human_diagnostics(diagnostics);
+            outcome
+        }
+        Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    }
+}
+
+/// Settings of one listener's plugin that SMI does not carry.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerSettings {
+    /// Access mode (inbound only).
+    pub mode: AccessMode,
+    /// Ports open to callers without a verified certificate (inbound only).
+    pub unauthenticated_ports: Vec<u16>,
+    /// The port that port rules see, when the listener's port is not the application's.
+    pub destination_port: Option<u16>,
 }

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weft_controller::commands::{self, ExplainRequest, Format, Outcome, Protocol};
+use weft_controller::commands::{
+    self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol,
+};
+use weft_policy::bundle::AccessMode;
 use weft_policy::bundle::Identity;
 use weft_policy::compile::{Options, Side};
 
@@ -41,6 +44,16 @@ enum SideArg {
     Inbound,
     /// Client side: split routing (and metrics, later).
     Outbound,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// Deny what no TrafficTarget allows.
+    Enforce,
+    /// Allow everything.
+    Permissive,
+    /// Allow everything; log and count what enforce would deny.
+    Audit,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +112,17 @@ enum Command {
         /// Which listener: inbound (access control) or outbound (split routing).
         #[arg(long, value_enum, default_value = "inbound")]
         side: SideArg,
+        /// Inbound: what the access feature does with its decisions.
+        #[arg(long, value_enum, default_value = "enforce")]
+        mode: ModeArg,
+        /// Inbound: a destination port open to callers without a verified certificate (a health
+        /// check port, say); repeat for more.
+        #[arg(long = "allow-unauthenticated-port")]
+        unauthenticated_ports: Vec<u16>,
+        /// The application port that port rules see, when the listener's own port differs (an
+        /// explicit inbound listener in front of the application).
+        #[arg(long)]
+        destination_port: Option<u16>,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -145,13 +169,25 @@ fn main() -> ExitCode {
             manifests,
             identity,
             side,
+            mode,
+            unauthenticated_ports,
+            destination_port,
             cluster,
         } => {
             let side = match side {
                 SideArg::Inbound => Side::Inbound,
                 SideArg::Outbound => Side::Outbound,
             };
-            commands::compile_config(&manifests, &identity, side, &cluster.options())
+            let listener = ListenerSettings {
+                mode: match mode {
+                    ModeArg::Enforce => AccessMode::Enforce,
+                    ModeArg::Permissive => AccessMode::Permissive,
+                    ModeArg::Audit => AccessMode::Audit,
+                },
+                unauthenticated_ports,
+                destination_port,
+            };
+            commands::compile_config(&manifests, &identity, side, &cluster.options(), &listener)
         }
     };
     print!("{}", outcome.stdout);

@@ -283,3 +283,44 @@ fn compile_refuses_a_broken_set() {
         "nothing half-compiled is printed"
     );
 }
+
+#[test]
+fn compile_writes_the_listener_settings_smi_does_not_carry() {
+    let output = weft(&[
+        "compile",
+        "--manifests",
+        &fixtures("shop"),
+        "--identity",
+        "shop/api",
+        "--mode",
+        "audit",
+        "--allow-unauthenticated-port",
+        "8081",
+        "--destination-port",
+        "8080",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let config = PluginConfig::from_json(&output.stdout).unwrap();
+    assert_eq!(config.destination_port, Some(8080));
+    let access = config.access.unwrap();
+    assert_eq!(access.mode, weft_policy::bundle::AccessMode::Audit);
+    assert_eq!(access.unauthenticated_ports, [8081]);
+
+    let outbound = weft(&[
+        "compile",
+        "--manifests",
+        &fixtures("shop"),
+        "--identity",
+        "shop/client",
+        "--side",
+        "outbound",
+        "--mode",
+        "audit",
+    ]);
+    assert_eq!(outbound.status.code(), Some(2));
+    assert!(
+        stderr(&outbound).contains("--side inbound"),
+        "{}",
+        stderr(&outbound)
+    );
+}

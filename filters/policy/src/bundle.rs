@@ -109,10 +109,41 @@ pub struct HttpMatchSpec {
     pub headers: Vec<(String, String)>,
 }
 
+/// What the access feature does with its decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessMode {
+    /// Deny what no TrafficTarget allows (the default).
+    #[default]
+    Enforce,
+    /// Allow everything; decisions are not even made.
+    Permissive,
+    /// Allow everything, but log and count each request or connection that `enforce` would deny.
+    Audit,
+}
+
+impl AccessMode {
+    /// The name used in the configuration and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::Enforce => "enforce",
+            AccessMode::Permissive => "permissive",
+            AccessMode::Audit => "audit",
+        }
+    }
+}
+
 /// Inbound access policy of one workload (the destination of TrafficTargets).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
+    /// What to do with decisions; absent means `enforce`.
+    #[serde(default)]
+    pub mode: AccessMode,
+    /// Destination ports on which callers without a verified certificate are allowed (health
+    /// checks, say); empty means such callers are denied everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unauthenticated_ports: Vec<u16>,
     /// SPIFFE trust domain of source identities.
     pub trust_domain: String,
     /// What each allowed source may do: SPIFFE ID to indexes into `grants`.

@@ -50,6 +50,12 @@ pub struct PluginConfig {
     /// The workload this Envoy serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The destination port that port rules (TCPRoute `ports`, `destination.port`) see for
+    /// traffic through this plugin; absent means the port the connection was addressed to
+    /// (Envoy's `destination.port`). Set it when the listener's port is not the application's,
+    /// as in an explicit (non-transparent) inbound sidecar listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
     /// HTTP matches, referenced by index from `access` and `splits`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_matches: Vec<HttpMatchSpec>,
@@ -81,6 +87,7 @@ impl Default for PluginConfig {
         Self {
             version: CONFIG_VERSION,
             identity: None,
+            destination_port: None,
             http_matches: Vec::new(),
             access: None,
             splits: Vec::new(),

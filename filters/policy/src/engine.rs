@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::bundle::{Allows, Grant, SplitTable};
+use crate::bundle::{AccessMode, Allows, Grant, SplitTable};
 use crate::config::PluginConfig;
 
 /// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
@@ -113,6 +113,11 @@ pub enum Decision<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         http_match: Option<&'a str>,
     },
+    /// A caller without a verified identity, on a port where the policy allows such callers.
+    AllowUnauthenticated {
+        /// The destination port.
+        port: u16,
+    },
     /// It may not.
     Deny {
         /// Why not.
@@ -123,7 +128,10 @@ pub enum Decision<'a> {
 impl Decision<'_> {
     /// Whether the decision allows.
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow { .. })
+        matches!(
+            self,
+            Decision::Allow { .. } | Decision::AllowUnauthenticated { .. }
+        )
     }
 }
 
@@ -147,6 +155,31 @@ pub enum DenyReason<'a> {
         /// The TrafficTargets that list the caller.
         traffic_targets: Vec<&'a str>,
     },
+}
+
+impl std::fmt::Display for DenyReason<'_> {
+    /// The sentence a denied caller reads (in a 403 body or a gRPC message) and the log repeats.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyReason::NoAccessPolicy => {
+                f.write_str("this workload has no access policy, so no TrafficTarget allows any caller")
+            }
+            DenyReason::Unauthenticated => f.write_str(
+                "the caller presented no verified client certificate, and no TrafficTarget allows a caller without an identity",
+            ),
+            DenyReason::NoTrafficTarget { source } => {
+                write!(f, "no TrafficTarget allows {source}: none lists it as a source")
+            }
+            DenyReason::NoMatchingRule {
+                source,
+                traffic_targets,
+            } => write!(
+                f,
+                "no TrafficTarget allows {source} this request: {} list it as a source, but no rule matches",
+                traffic_targets.join(", ")
+            ),
+        }
+    }
 }
 
 /// Where a request for a split's root service goes.
@@ -207,6 +240,10 @@ impl CompiledMatch {
 }
 
 struct CompiledAccess {
+    mode: AccessMode,
+    unauthenticated_ports: Vec<u16>,
+    /// Lower-case names of the headers that access matches read.
+    header_names: Vec<String>,
     grants: Vec<Grant>,
     /// SPIFFE ID to indexes into `grants`.
     sources: HashMap<String, Vec<u32>>,
@@ -327,7 +364,23 @@ impl Engine {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                let mut header_names: Vec<String> = policy
+                    .grants
+                    .iter()
+                    .filter_map(|grant| match &grant.allows {
+                        Allows::Http { matches: m, .. } => Some(m),
+                        Allows::Tcp { .. } | Allows::Udp { .. } => None,
+                    })
+                    .flatten()
+                    .filter_map(|index| matches.get(*index as usize))
+                    .flat_map(|m| m.headers.iter().map(|(name, _)| name.clone()))
+                    .collect();
+                header_names.sort();
+                header_names.dedup();
                 Some(CompiledAccess {
+                    mode: policy.mode,
+                    unauthenticated_ports: policy.unauthenticated_ports.clone(),
+                    header_names,
                     grants: policy.grants.clone(),
                     sources,
                 })
@@ -374,6 +427,19 @@ impl Engine {
         self.access.is_some()
     }
 
+    /// The access mode, or `None` when the configuration has no access policy.
+    pub fn access_mode(&self) -> Option<AccessMode> {
+        self.access.as_ref().map(|access| access.mode)
+    }
+
+    /// Lower-case names of the request headers that access decisions read, so that an adapter
+    /// fetches only those from its proxy.
+    pub fn access_header_names(&self) -> &[String] {
+        self.access
+            .as_ref()
+            .map_or(&[], |access| access.header_names.as_slice())
+    }
+
     /// The access decision for an HTTP request.
     pub fn decide_http<'e, H: Headers + ?Sized>(
         &'e self,
@@ -410,12 +476,21 @@ impl Engine {
         port: u16,
         allows: impl Fn(&'e Grant) -> Option<(&'e str, Option<&'e str>)>,
     ) -> Decision<'e> {
-        let Some(CompiledAccess { grants, sources }) = &self.access else {
+        let Some(CompiledAccess {
+            grants,
+            sources,
+            unauthenticated_ports,
+            ..
+        }) = &self.access
+        else {
             return Decision::Deny {
                 reason: DenyReason::NoAccessPolicy,
             };
         };
         let Some(source) = source else {
+            if unauthenticated_ports.contains(&port) {
+                return Decision::AllowUnauthenticated { port };
+            }
             return Decision::Deny {
                 reason: DenyReason::Unauthenticated,
             };

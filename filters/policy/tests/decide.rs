@@ -1,7 +1,7 @@
 //! Decisions, statement by statement from SMI.md and DESIGN.md: a realistic manifest set is
 //! compiled for a workload, and each request gets the decision the spec implies.
 
-use weft_policy::bundle::Identity;
+use weft_policy::bundle::{AccessMode, Identity};
 use weft_policy::check;
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::PluginConfig;
@@ -135,6 +135,7 @@ fn http(
         Decision::Allow {
             http_match, route, ..
         } => Some(http_match.unwrap_or(route).to_owned()),
+        Decision::AllowUnauthenticated { port } => Some(format!("unauthenticated on {port}")),
         Decision::Deny { .. } => None,
     }
 }
@@ -579,4 +580,80 @@ fn weights_need_not_sum_to_100_and_1000_to_500_sends_a_third_to_the_second() {
         second, 500,
         "exactly one third of the rolls over the total weight"
     );
+}
+
+#[test]
+fn callers_without_identity_are_denied_except_on_ports_the_policy_opens_to_them() {
+    let mut config = config_for("shop/api", Side::Inbound, MANIFESTS);
+    let no_headers: Vec<(String, String)> = Vec::new();
+    let anonymous = |port| HttpRequest {
+        source: None,
+        method: "GET",
+        path: "/metrics",
+        port,
+        headers: &no_headers,
+    };
+    let enforcing = Engine::new(&config).unwrap();
+    let denied = enforcing.decide_http(&anonymous(8081));
+    assert!(
+        matches!(
+            denied,
+            Decision::Deny {
+                reason: DenyReason::Unauthenticated
+            }
+        ),
+        "{denied:?}"
+    );
+    assert!(!enforcing.decide_tcp(None, 8081).is_allowed());
+
+    config.access.as_mut().unwrap().unauthenticated_ports = vec![8081];
+    let opened = Engine::new(&config).unwrap();
+    assert_eq!(
+        opened.decide_http(&anonymous(8081)),
+        Decision::AllowUnauthenticated { port: 8081 }
+    );
+    assert_eq!(
+        opened.decide_tcp(None, 8081),
+        Decision::AllowUnauthenticated { port: 8081 }
+    );
+    assert!(
+        !opened.decide_http(&anonymous(8080)).is_allowed(),
+        "only the named ports are opened"
+    );
+}
+
+#[test]
+fn deny_reasons_read_as_sentences_naming_the_caller() {
+    let api = engine("shop/api");
+    let stranger = spiffe("other/stranger");
+    let no_headers: Vec<(String, String)> = Vec::new();
+    let request = HttpRequest {
+        source: Some(stranger.as_str()),
+        method: "GET",
+        path: "/metrics",
+        port: 8080,
+        headers: &no_headers,
+    };
+    let Decision::Deny { reason } = api.decide_http(&request) else {
+        panic!("a stranger is denied");
+    };
+    assert_eq!(
+        reason.to_string(),
+        "no TrafficTarget allows spiffe://cluster.local/ns/other/sa/stranger: none lists it as a source"
+    );
+    assert!(
+        DenyReason::Unauthenticated
+            .to_string()
+            .contains("no verified client certificate")
+    );
+}
+
+#[test]
+fn the_mode_defaults_to_enforce_and_access_reads_only_its_match_headers() {
+    let api = engine("shop/api");
+    assert_eq!(api.access_mode(), Some(AccessMode::Enforce));
+    assert_eq!(api.access_header_names(), ["cookie", "user-agent"]);
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(client.access_mode(), None);
+    assert!(client.access_header_names().is_empty());
 }
