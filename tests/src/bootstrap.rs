@@ -67,6 +67,65 @@ pub fn weft_http_filter(module: &Path, configuration: &str) -> Value {
     })
 }
 
+/// The weft network filter (`root_id` `weft.tcp`) for TCP listeners, loading `module` with
+/// `configuration`; fails closed like [`weft_http_filter`]. It shares the VM of the HTTP filter.
+pub fn weft_network_filter(module: &Path, configuration: &str) -> Value {
+    let mut filter = weft_http_filter(module, configuration);
+    filter["name"] = json!("envoy.filters.network.wasm");
+    filter["typed_config"]["@type"] =
+        json!("type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm");
+    filter["typed_config"]["config"]["root_id"] = json!("weft.tcp");
+    filter
+}
+
+/// How a test listener terminates TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Server certificate file.
+    pub cert_file: PathBuf,
+    /// Its key file.
+    pub key_file: PathBuf,
+    /// CA file that client certificates are verified against.
+    pub ca_file: PathBuf,
+    /// Whether a client certificate is required (mTLS) or only verified when presented.
+    pub require_client_certificate: bool,
+}
+
+/// Terminates TLS on `listener` (its first filter chain) as `tls` says.
+pub fn with_tls(mut listener: Value, tls: &ServerTls) -> Value {
+    listener["filter_chains"][0]["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": tls.require_client_certificate,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": tls.cert_file.display().to_string()},
+                    "private_key": {"filename": tls.key_file.display().to_string()},
+                }],
+                "validation_context": {"trusted_ca": {"filename": tls.ca_file.display().to_string()}},
+                "alpn_protocols": ["h2", "http/1.1"],
+            },
+        },
+    });
+    listener
+}
+
+/// Binds `listener` to `port` on loopback instead of a port the kernel chooses.
+pub fn on_port(mut listener: Value, port: u16) -> Value {
+    listener["address"]["socket_address"]["port_value"] = json!(port);
+    listener
+}
+
+/// A loopback port that was free a moment ago, for a listener whose port must be known before
+/// Envoy starts (a port rule names it). Another process could take it in between; on loopback
+/// in a test run that is rare, and the test then fails loudly at Envoy's start.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// An HTTP listener named `name` that runs `http_filters` (the router is appended) and routes
 /// every request to `cluster`.
 pub fn http_listener(name: &str, http_filters: Vec<Value>, cluster: &str) -> Value {
@@ -96,17 +155,24 @@ pub fn http_listener(name: &str, http_filters: Vec<Value>, cluster: &str) -> Val
 
 /// A TCP listener named `name` that proxies every connection to `cluster`.
 pub fn tcp_listener(name: &str, cluster: &str) -> Value {
+    tcp_listener_with(name, Vec::new(), cluster)
+}
+
+/// A TCP listener named `name` that runs `filters` and then proxies to `cluster`.
+pub fn tcp_listener_with(name: &str, filters: Vec<Value>, cluster: &str) -> Value {
+    let mut chain = filters;
+    chain.push(json!({
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": name,
+            "cluster": cluster,
+        },
+    }));
     json!({
         "name": name,
         "address": any_loopback_port(),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": name,
-                "cluster": cluster,
-            },
-        }]}],
+        "filter_chains": [{"filters": chain}],
     })
 }
 

@@ -2,7 +2,8 @@
 //! `.venv`, installed by `make setup`) with the real `target/wasm/weft.wasm` (built by
 //! `make build`) in front of real upstream servers, all on loopback with ports chosen by the
 //! kernel. Start with [`envoy::Envoy::start`]; the bootstrap builders are in [`bootstrap`], the
-//! upstream servers in [`upstream`], the HTTP client in [`client`].
+//! upstream servers in [`upstream`], the HTTP client in [`client`], certificates in [`pki`] and
+//! the TLS client in [`tls`].
 //!
 //! Guarantees: every process a test starts is killed when its handle drops (also when the test
 //! panics), a failing test prints the Envoy log, and readiness is polled with a deadline.
@@ -11,5 +12,8 @@ pub mod bootstrap;
 pub mod client;
 pub mod envoy;
 pub mod paths;
+pub mod pki;
+pub mod policy;
 pub mod poll;
+pub mod tls;
 pub mod upstream;

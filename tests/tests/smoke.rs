@@ -33,7 +33,7 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
         .unwrap();
     let configured = envoy
         .wait_for_log(
-            "configured (plugin configuration version 1)",
+            "configured as the HTTP filter (plugin configuration version 1; access off)",
             std::time::Duration::from_secs(5),
         )
         .await
@@ -75,8 +75,20 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
         ),
         ("", "plugin configuration: none given"),
         (
-            r#"{"access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
-            "field `access`: this weft.wasm (0.1.0) does not implement `access` yet",
+            r#"{"http_matches": [{"name": "a/b/c", "path_regex": "(unclosed"}]}"#,
+            "field `http_matches[0].path_regex`: invalid regex",
+        ),
+        (
+            r#"{"access": {"mode": "lenient", "trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            "field `access.mode`: unknown variant `lenient`, expected one of `enforce`, `permissive`, `audit`",
+        ),
+        (
+            r#"{"access": {"trust_domain": "cluster.local", "sources": {"spiffe://cluster.local/ns/a/sa/b": [3]}, "grants": []}}"#,
+            "field `access.sources.spiffe://cluster.local/ns/a/sa/b`: index 3 is out of range; there are 0 grants",
+        ),
+        (
+            r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": []}]}"#,
+            "field `splits`: this weft.wasm (0.1.0) does not implement `splits` yet",
         ),
     ];
     let upstream = HttpUpstream::start("app").await.unwrap();

@@ -1,30 +1,44 @@
 //! `weft-envoy` builds `weft.wasm`, the one module that carries every weft feature into an
 //! unmodified Envoy. It is a thin adapter: the root context reads the plugin configuration
-//! once per configuration change with [`weft_policy::PluginConfig`], keeps the result in an
-//! [`Rc`] and hands it to every request context, which only calls into that shared state.
-//! Read [`WeftRoot::on_configure`] first, then [`WeftHttp`].
+//! once per configuration change, builds the [`weft_policy::engine::Engine`] from it and keeps
+//! both in an [`Rc`] that every request or connection context shares; the contexts only read
+//! facts from Envoy, ask the engine, and act on the answer. Read [`WeftRoot::on_configure`]
+//! first, then [`http::WeftHttp`] and [`tcp::WeftTcp`].
+//!
+//! One module serves two kinds of Envoy filter: the HTTP filter (`root_id` `weft`, or empty)
+//! and the network filter for TCP listeners (`root_id` `weft.tcp`).
 //!
 //! Nothing here may panic (a panic aborts the VM and every request on it): host calls that can
-//! fail are matched, not unwrapped, and a root context without a valid configuration still
-//! creates request contexts, which refuse every request (fail closed).
+//! fail are matched, not unwrapped. The access feature fails closed: a context whose plugin has
+//! no valid configuration refuses every request and closes every connection.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod host;
+pub mod http;
+pub mod tcp;
 
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::ContextType;
+use weft_policy::engine::{Engine, EngineError};
 use weft_policy::{ConfigError, PluginConfig};
 
 /// Name of the counter of HTTP requests that reached a configured weft plugin.
 pub const HTTP_REQUESTS_METRIC: &str = "weft_plugin_http_requests_total";
+/// HTTP requests the access feature denied (enforce mode).
+pub const HTTP_DENIED_METRIC: &str = "weft_access_http_denied_total";
+/// HTTP requests the access feature would have denied (audit mode).
+pub const HTTP_AUDIT_METRIC: &str = "weft_access_http_audit_denied_total";
+/// TCP connections the access feature closed (enforce mode).
+pub const TCP_DENIED_METRIC: &str = "weft_access_tcp_denied_total";
+/// TCP connections the access feature would have closed (audit mode).
+pub const TCP_AUDIT_METRIC: &str = "weft_access_tcp_audit_denied_total";
 
-/// Status and body of the local reply for a request that reaches a plugin whose configuration
-/// was refused; Envoy normally stops such requests itself, this is the second line of defence.
-pub const UNCONFIGURED_STATUS: u32 = 503;
-/// See [`UNCONFIGURED_STATUS`].
-pub const UNCONFIGURED_BODY: &str =
-    "weft: the plugin has no valid configuration; see the Envoy log\n";
+/// `root_id` that selects the network (TCP) filter.
+pub const TCP_ROOT_ID: &str = "weft.tcp";
+/// `root_id`s that select the HTTP filter.
+pub const HTTP_ROOT_IDS: [&str; 2] = ["", "weft"];
 
 // The entry point must be an exported, unmangled symbol; that is the only unsafe code here.
 #[allow(unsafe_code)]
@@ -35,43 +49,141 @@ mod entry {
     }}
 }
 
-/// What every request context of one configured plugin shares.
+/// Which kind of Envoy filter a plugin is, from its `root_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FilterKind {
+    /// An HTTP filter (`envoy.filters.http.wasm`).
+    #[default]
+    Http,
+    /// A network filter (`envoy.filters.network.wasm`) on a TCP listener.
+    Tcp,
+}
+
+impl FilterKind {
+    /// The kind a `root_id` selects.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `root_id` and the valid values.
+    pub fn from_root_id(root_id: &str) -> Result<Self, ConfigError> {
+        if root_id == TCP_ROOT_ID {
+            Ok(FilterKind::Tcp)
+        } else if HTTP_ROOT_IDS.contains(&root_id) {
+            Ok(FilterKind::Http)
+        } else {
+            Err(ConfigError::Invalid {
+                field: "root_id".to_owned(),
+                reason: format!(
+                    "{root_id:?} is not a weft filter; use \"weft\" for the HTTP filter or \"{TCP_ROOT_ID}\" for the network filter"
+                ),
+            })
+        }
+    }
+}
+
+/// Counter ids, each `None` when Envoy would not define it (metrics never block traffic).
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    http_requests: Option<u32>,
+    http_denied: Option<u32>,
+    http_audit: Option<u32>,
+    tcp_denied: Option<u32>,
+    tcp_audit: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            http_requests: host::define_counter(HTTP_REQUESTS_METRIC),
+            http_denied: host::define_counter(HTTP_DENIED_METRIC),
+            http_audit: host::define_counter(HTTP_AUDIT_METRIC),
+            tcp_denied: host::define_counter(TCP_DENIED_METRIC),
+            tcp_audit: host::define_counter(TCP_AUDIT_METRIC),
+        }
+    }
+}
+
+/// What every request or connection context of one configured plugin shares.
 #[derive(Debug)]
 pub struct FilterState {
     /// The parsed plugin configuration.
     pub config: PluginConfig,
-    /// Id of [`HTTP_REQUESTS_METRIC`], if Envoy let us define it (metrics never block traffic).
-    requests_metric: Option<u32>,
+    /// The engine built from it.
+    pub engine: Engine,
+    /// The plugin's counters.
+    pub metrics: Metrics,
+}
+
+impl FilterState {
+    /// The destination port that port rules see for the current connection.
+    pub fn destination_port(&self) -> u16 {
+        self.config
+            .destination_port
+            .unwrap_or_else(host::destination_port)
+    }
 }
 
 /// The root context: one per plugin per VM, alive across configuration changes.
 #[derive(Debug, Default)]
 pub struct WeftRoot {
+    kind: FilterKind,
     state: Option<Rc<FilterState>>,
 }
 
 impl Context for WeftRoot {}
 
+/// Parses a plugin configuration and builds its engine: everything that can refuse a
+/// configuration, in one place.
+///
+/// # Errors
+/// The [`ConfigError`] that names the field at fault.
+pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
+    let config = PluginConfig::from_json(bytes).and_then(refuse_unenforced_features)?;
+    let engine = Engine::new(&config).map_err(|err| match err {
+        EngineError::Regex { field, reason } => ConfigError::Invalid {
+            field,
+            reason: format!("invalid regex: {reason}"),
+        },
+        EngineError::Index {
+            field,
+            index,
+            len,
+            list,
+        } => ConfigError::Invalid {
+            field,
+            reason: format!("index {index} is out of range; there are {len} {list}"),
+        },
+    })?;
+    Ok((config, engine))
+}
+
 impl RootContext for WeftRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // Drop any earlier state first, so nothing keeps serving a configuration being replaced.
+        self.state = None;
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match PluginConfig::from_json(&bytes).and_then(refuse_unenforced_features) {
-            Ok(config) => {
-                let requests_metric = define_counter(HTTP_REQUESTS_METRIC);
+        let loaded = FilterKind::from_root_id(&host::plugin_root_id())
+            .and_then(|kind| load(&bytes).map(|loaded| (kind, loaded)));
+        match loaded {
+            Ok((kind, (config, engine))) => {
                 log::info!(
-                    "weft {} configured (plugin configuration version {})",
+                    "weft {} configured as the {} filter (plugin configuration version {}; access {})",
                     env!("CARGO_PKG_VERSION"),
-                    config.version
+                    match kind {
+                        FilterKind::Http => "HTTP",
+                        FilterKind::Tcp => "TCP",
+                    },
+                    config.version,
+                    engine.access_mode().map_or("off", |mode| mode.as_str()),
                 );
+                self.kind = kind;
                 self.state = Some(Rc::new(FilterState {
                     config,
-                    requests_metric,
+                    engine,
+                    metrics: Metrics::define(),
                 }));
                 true
             }
             Err(err) => {
-                // Drop any earlier state so nothing keeps serving a configuration that was replaced.
-                self.state = None;
                 log::error!("{err}; the plugin refuses to start");
                 false
             }
@@ -79,84 +191,33 @@ impl RootContext for WeftRoot {
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(match self.kind {
+            FilterKind::Http => ContextType::HttpContext,
+            FilterKind::Tcp => ContextType::StreamContext,
+        })
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher; an unconfigured context refuses instead.
-        Some(Box::new(WeftHttp {
-            state: self.state.clone(),
-        }))
+        Some(Box::new(http::WeftHttp::new(self.state.clone())))
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(tcp::WeftTcp::new(self.state.clone())))
     }
 }
 
-/// One HTTP request (stream) passing through the plugin.
-#[derive(Debug)]
-pub struct WeftHttp {
-    state: Option<Rc<FilterState>>,
-}
-
-impl Context for WeftHttp {}
-
-impl HttpContext for WeftHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(state) = &self.state else {
-            refuse_unconfigured();
-            return Action::Pause;
-        };
-        if let Some(metric) = state.requests_metric
-            && let Err(status) = hostcalls::increment_metric(metric, 1)
-        {
-            log::debug!("could not count the request: {status:?}");
-        }
-        Action::Continue
-    }
-}
-
-/// Refuses a configuration with a feature this build does not enforce yet: accepting an access
-/// policy without enforcing it would fail open.
+/// Refuses a configuration with a feature this build does not enforce yet: accepting a policy
+/// without enforcing it would fail open.
 fn refuse_unenforced_features(config: PluginConfig) -> Result<PluginConfig, ConfigError> {
-    let unenforced = if config.access.is_some() {
-        Some("access")
-    } else if !config.splits.is_empty() {
-        Some("splits")
-    } else {
-        None
-    };
-    match unenforced {
-        Some(field) => Err(ConfigError::Invalid {
-            field: field.to_owned(),
-            reason: format!(
-                "this weft.wasm ({}) does not implement `{field}` yet",
-                env!("CARGO_PKG_VERSION")
-            ),
-        }),
-        None => Ok(config),
+    if config.splits.is_empty() {
+        return Ok(config);
     }
-}
-
-fn define_counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("could not define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-fn refuse_unconfigured() {
-    let reply = hostcalls::send_http_response(
-        UNCONFIGURED_STATUS,
-        vec![
-            ("content-type", "text/plain"),
-            ("x-weft-refused", "unconfigured"),
-        ],
-        Some(UNCONFIGURED_BODY.as_bytes()),
-    );
-    if let Err(status) = reply {
-        // Without a local reply the request must still not pass: reset it.
-        let _ = hostcalls::log(LogLevel::Error, &format!("local reply failed: {status:?}"));
-        let _ = hostcalls::reset_http_request();
-    }
+    Err(ConfigError::Invalid {
+        field: "splits".to_owned(),
+        reason: format!(
+            "this weft.wasm ({}) does not implement `splits` yet",
+            env!("CARGO_PKG_VERSION")
+        ),
+    })
 }

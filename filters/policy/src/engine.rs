@@ -276,9 +276,14 @@ impl std::fmt::Debug for Engine {
 }
 
 fn regex_error(field: String) -> impl FnOnce(regex::Error) -> EngineError {
+    // regex's messages span lines (the pattern, a caret); a log line must not.
     move |err| EngineError::Regex {
         field,
-        reason: err.to_string(),
+        reason: err
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 

@@ -1,0 +1,279 @@
+//! `weft-certs` makes the certificates weft's mTLS runs on: a mesh root CA, and workload
+//! certificates that carry a workload's SPIFFE ID
+//! (`spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`) as their only URI SAN, which
+//! is what the access filter reads as the caller's identity. The `weft cert` commands, the
+//! end-to-end tests and (later) the controller all issue certificates through it. Keys are
+//! ECDSA P-256; everything is PEM, as Envoy's file-based TLS configuration reads it.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+use weft_policy::bundle::Identity;
+
+/// Why a certificate could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters, key or PEM.
+    #[error("{what}: {source}")]
+    Rcgen {
+        /// What was being done.
+        what: &'static str,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// A validity period that ends before it starts.
+    #[error("the validity period ends ({not_after}) before it starts ({not_before})")]
+    Validity {
+        /// Start.
+        not_before: OffsetDateTime,
+        /// End.
+        not_after: OffsetDateTime,
+    },
+}
+
+fn rcgen_error(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertError {
+    move |source| CertError::Rcgen { what, source }
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First instant of validity.
+    pub not_before: OffsetDateTime,
+    /// Last instant of validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// Valid from a few minutes ago (so a peer's slightly slow clock accepts it) for `lifetime`.
+    pub fn starting_now(lifetime: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - Duration::from_secs(5 * 60),
+            not_after: now + lifetime,
+        }
+    }
+
+    /// A period that ended an hour ago, for testing that expired certificates are refused.
+    pub fn expired() -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - Duration::from_secs(48 * 3600),
+            not_after: now - Duration::from_secs(3600),
+        }
+    }
+
+    fn apply(self, params: &mut CertificateParams) -> Result<(), CertError> {
+        if self.not_after <= self.not_before {
+            return Err(CertError::Validity {
+                not_before: self.not_before,
+                not_after: self.not_after,
+            });
+        }
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        Ok(())
+    }
+}
+
+/// A certificate with its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertifiedKey {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// The mesh root CA: it signs every workload certificate, and every proxy trusts it.
+pub struct MeshCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: CertifiedKey,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshCa")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshCa {
+    /// A new self-signed root CA for `trust_domain`.
+    ///
+    /// # Errors
+    /// [`CertError`] if rcgen cannot make the key or certificate, or `validity` is empty.
+    pub fn generate(trust_domain: &str, validity: Validity) -> Result<Self, CertError> {
+        let key = KeyPair::generate().map_err(rcgen_error("generating the CA key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("weft mesh CA for {trust_domain}"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity.apply(&mut params)?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(rcgen_error("signing the CA certificate"))?;
+        let pem = CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+            trust_domain: trust_domain.to_owned(),
+        })
+    }
+
+    /// A CA read back from its PEM certificate and key (as [`MeshCa::generate`] wrote them).
+    ///
+    /// # Errors
+    /// [`CertError`] if either PEM cannot be read.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen_error("reading the CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(rcgen_error("reading the CA certificate"))?;
+        Ok(Self {
+            issuer,
+            pem: CertifiedKey {
+                cert_pem: cert_pem.to_owned(),
+                key_pem: key_pem.to_owned(),
+            },
+            trust_domain: trust_domain.to_owned(),
+        })
+    }
+
+    /// The CA certificate and key, PEM.
+    pub fn pem(&self) -> &CertifiedKey {
+        &self.pem
+    }
+
+    /// The trust domain of the identities this CA issues.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// A workload certificate for `identity`: its SPIFFE ID as the only URI SAN, usable for
+    /// both TLS client and server authentication.
+    ///
+    /// # Errors
+    /// [`CertError`] if rcgen cannot make the key or certificate, or `validity` is empty.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        validity: Validity,
+    ) -> Result<CertifiedKey, CertError> {
+        self.issue_for(&identity.spiffe_id(&self.trust_domain), &[], validity)
+    }
+
+    /// As [`MeshCa::issue`], with DNS names as well, for a workload that callers outside the
+    /// mesh (a browser, curl) reach by name.
+    ///
+    /// # Errors
+    /// As [`MeshCa::issue`], and for a DNS name rcgen cannot encode.
+    pub fn issue_with_dns(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        validity: Validity,
+    ) -> Result<CertifiedKey, CertError> {
+        self.issue_for(&identity.spiffe_id(&self.trust_domain), dns_names, validity)
+    }
+
+    /// A certificate with `spiffe_id` as its URI SAN, whatever it says (tests use it for
+    /// identities of another trust domain).
+    ///
+    /// # Errors
+    /// As [`MeshCa::issue`].
+    pub fn issue_for(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        validity: Validity,
+    ) -> Result<CertifiedKey, CertError> {
+        let key = KeyPair::generate().map_err(rcgen_error("generating a workload key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spiffe_id.to_owned());
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id
+                .to_owned()
+                .try_into()
+                .map_err(rcgen_error("the SPIFFE ID as a URI SAN"))?,
+        )];
+        for name in dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(rcgen_error("a DNS name as a SAN"))?,
+            ));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        validity.apply(&mut params)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(rcgen_error("signing a workload certificate"))?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_read_back_from_pem_issues_certificates_with_the_spiffe_id() {
+        let ca = MeshCa::generate(
+            "cluster.local",
+            Validity::starting_now(Duration::from_secs(3600)),
+        )
+        .unwrap();
+        let again =
+            MeshCa::from_pem(&ca.pem().cert_pem, &ca.pem().key_pem, "cluster.local").unwrap();
+        let workload = again
+            .issue(
+                &"shop/frontend".parse().unwrap(),
+                Validity::starting_now(Duration::from_secs(60)),
+            )
+            .unwrap();
+        assert!(workload.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(workload.key_pem.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn an_empty_validity_period_is_refused() {
+        let now = OffsetDateTime::now_utc();
+        let err = MeshCa::generate(
+            "cluster.local",
+            Validity {
+                not_before: now,
+                not_after: now,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("before it starts"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The few host calls the features make, each wrapped so that a failure becomes a value the
+//! caller decides on (deny, skip a count), never a panic.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType};
+
+/// The SPIFFE ID in the URI SAN of the peer certificate of the downstream connection, if the
+/// connection is TLS and the caller presented a certificate Envoy verified.
+///
+/// Envoy only fills this property after its own verification of the certificate chain, so a
+/// listener must validate client certificates (`trusted_ca`, no `ACCEPT_UNTRUSTED`) for the
+/// identity to mean anything; every configuration weft ships does.
+pub fn peer_identity() -> Option<String> {
+    let bytes = property(&["connection", "uri_san_peer_certificate"])?;
+    let text = String::from_utf8(bytes).ok()?;
+    (!text.is_empty()).then_some(text)
+}
+
+/// The port the connection was addressed to (Envoy's `destination.port`, an int64 in little
+/// endian); `0` when Envoy does not say, which no port rule names.
+pub fn destination_port() -> u16 {
+    property(&["destination", "port"])
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .and_then(|raw| u16::try_from(i64::from_le_bytes(raw)).ok())
+        .unwrap_or(0)
+}
+
+/// The plugin's `root_id` from the Envoy configuration.
+pub fn plugin_root_id() -> String {
+    property(&["plugin_root_id"])
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_default()
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A request header as text; a header that is absent or not UTF-8 is `None` (a regex over it
+/// then does not match, which can only deny).
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// Whether the request is gRPC (its content type is `application/grpc` or a subtype of it).
+pub fn is_grpc_request() -> bool {
+    request_header("content-type").is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// Defines a counter; `None` if Envoy refuses, because metrics never block traffic.
+pub fn define_counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("could not define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Adds one to a counter defined with [`define_counter`].
+pub fn count(metric: Option<u32>) {
+    if let Some(id) = metric
+        && let Err(status) = hostcalls::increment_metric(id, 1)
+    {
+        log::debug!("could not count: {status:?}");
+    }
+}
+
+/// A local reply refusing the current HTTP request: gRPC callers get a trailers-only response
+/// with `grpc_status` (Envoy's local reply turns the message into `grpc-message`), others get
+/// `http_status` with `body` as text. If Envoy cannot send the reply the request is reset, so
+/// it never continues.
+pub fn refuse_request(
+    http_status: u32,
+    grpc_status: GrpcStatusCode,
+    marker: (&str, &str),
+    body: &str,
+) {
+    let sent = if is_grpc_request() {
+        hostcalls::send_grpc_response(
+            grpc_status,
+            Some(body.trim_end()),
+            vec![(marker.0, marker.1.as_bytes())],
+        )
+    } else {
+        hostcalls::send_http_response(
+            http_status,
+            vec![("content-type", "text/plain; charset=utf-8"), marker],
+            Some(body.as_bytes()),
+        )
+    };
+    if let Err(status) = sent {
+        let _ = hostcalls::log(LogLevel::Error, &format!("local reply failed: {status:?}"));
+        let _ = hostcalls::reset_http_request();
+    }
+}
+
+/// Closes the downstream connection of the current stream context.
+pub fn close_connection() {
+    if let Err(status) = hostcalls::close_downstream() {
+        let _ = hostcalls::log(
+            LogLevel::Error,
+            &format!("could not close the connection: {status:?}"),
+        );
+    }
+}

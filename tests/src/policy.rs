@@ -1,0 +1,57 @@
+//! Plugin configurations for tests, compiled from SMI fixture manifests the way `weft compile`
+//! does, so the end-to-end tests run what a user would deploy.
+
+use weft_policy::PluginConfig;
+use weft_policy::bundle::{AccessMode, Identity};
+use weft_policy::compile::{Options, Side, compile};
+
+/// The SMI manifests in `tests/fixtures/<name>/`, with each `(placeholder, value)` replaced
+/// (ports known only at run time).
+pub fn fixture(
+    name: &str,
+    replacements: &[(&str, String)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let dir = crate::paths::workspace_root()
+        .join("tests/fixtures")
+        .join(name);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let mut text = std::fs::read_to_string(&path)?;
+        for (placeholder, value) in replacements {
+            text = text.replace(placeholder, value);
+        }
+        files.push((path.display().to_string(), text));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The inbound plugin configuration of `identity` for `manifests`, in `mode`; fails on any
+/// error in the manifests.
+pub fn inbound(
+    manifests: &[(String, String)],
+    identity: &str,
+    mode: AccessMode,
+) -> anyhow::Result<PluginConfig> {
+    let (catalog, diagnostics) =
+        weft_policy::check(manifests.iter().map(|(f, t)| (f.as_str(), t.as_str())));
+    let identity: Identity = identity.parse()?;
+    let mut config = compile(
+        &catalog,
+        &diagnostics,
+        &identity,
+        Side::Inbound,
+        &Options::default(),
+    )
+    .map_err(|err| anyhow::anyhow!("{err}: {diagnostics:#?}"))?;
+    if let Some(access) = config.access.as_mut() {
+        access.mode = mode;
+    }
+    Ok(config)
+}
+
+/// `config` as the JSON text of a plugin configuration.
+pub fn json(config: &PluginConfig) -> String {
+    serde_json::to_string(config).unwrap_or_default()
+}

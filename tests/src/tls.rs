@@ -1,0 +1,191 @@
+//! A TLS client for tests: HTTP/1.1, gRPC (HTTP/2) and raw TCP over TLS, presenting a client
+//! certificate or none, verifying the server against the mesh CA by the name `localhost`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::client::Reply;
+use crate::pki::Issued;
+
+/// What a gRPC call got back.
+#[derive(Debug)]
+pub struct GrpcReply {
+    /// HTTP status (200 for any gRPC answer).
+    pub status: u16,
+    /// `grpc-status`, from the headers (trailers-only reply) or the trailers.
+    pub grpc_status: Option<String>,
+    /// `grpc-message`, percent-decoded as far as ASCII goes.
+    pub grpc_message: Option<String>,
+    /// The response headers.
+    pub headers: hyper::HeaderMap,
+}
+
+/// A client with one TLS configuration.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// A client trusting `ca_pem`, presenting `identity`'s certificate when given, offering
+    /// HTTP/2 and HTTP/1.1 by ALPN.
+    pub fn new(ca_pem: &str, identity: Option<&Issued>) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        let config = match identity {
+            Some(issued) => {
+                let chain = CertificateDer::pem_slice_iter(issued.pem.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let key = PrivateKeyDer::from_pem_slice(issued.pem.key_pem.as_bytes())?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    async fn connect(&self, addr: SocketAddr, alpn: &[u8]) -> anyhow::Result<TlsStream<TcpStream>> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(addr).await?;
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await
+            .context("TLS handshake")?;
+        Ok(stream)
+    }
+
+    /// `method path` over HTTP/1.1 on a fresh TLS connection.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let stream = self.connect(addr, b"http/1.1").await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = sender
+            .send_request(builder.body(Full::new(Bytes::new()))?)
+            .await
+            .with_context(|| format!("{method} https://{addr}{path}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// A unary gRPC call to `path` (`/package.Service/Method`) with an empty message, over
+    /// HTTP/2.
+    pub async fn grpc(&self, addr: SocketAddr, path: &str) -> anyhow::Result<GrpcReply> {
+        let stream = self.connect(addr, b"h2").await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        // One gRPC message: not compressed, zero bytes long.
+        let frame = Bytes::from_static(&[0, 0, 0, 0, 0]);
+        let request = Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(frame))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| {
+            headers
+                .get(name)
+                .or_else(|| trailers.get(name))
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        Ok(GrpcReply {
+            status,
+            grpc_status: field("grpc-status"),
+            grpc_message: field("grpc-message").map(|m| percent_decode(&m)),
+            headers,
+        })
+    }
+
+    /// Opens a TLS connection, writes `payload`, and reads until `payload.len()` bytes came back
+    /// or the server closed the connection; returns what was read.
+    pub async fn echo(&self, addr: SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut stream = self.connect(addr, b"echo").await?;
+        stream.write_all(payload).await?;
+        stream.flush().await?;
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while received.len() < payload.len() {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+        }
+        Ok(received)
+    }
+}
+
+/// Decodes `%XX` escapes (gRPC's `grpc-message` encoding).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
+            && let Ok(value) = u8::from_str_radix(hex, 16)
+        {
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
