@@ -158,7 +158,8 @@ pub fn tcp_listener(name: &str, cluster: &str) -> Value {
     tcp_listener_with(name, Vec::new(), cluster)
 }
 
-/// A TCP listener named `name` that runs `filters` and then proxies to `cluster`.
+/// A TCP listener named `name` that runs `filters` and then proxies to `cluster`, connecting
+/// upstream on the first data from the client.
 pub fn tcp_listener_with(name: &str, filters: Vec<Value>, cluster: &str) -> Value {
     let mut chain = filters;
     chain.push(json!({
@@ -167,6 +168,10 @@ pub fn tcp_listener_with(name: &str, filters: Vec<Value>, cluster: &str) -> Valu
             "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
             "stat_prefix": name,
             "cluster": cluster,
+            // Connect upstream only once data passed the filters before the proxy, so a
+            // connection they close never costs an upstream connection.
+            "upstream_connect_mode": "ON_DOWNSTREAM_DATA",
+            "max_early_data_bytes": 65536,
         },
     }));
     json!({

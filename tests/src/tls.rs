@@ -19,6 +19,9 @@ use tokio_rustls::client::TlsStream;
 use crate::client::Reply;
 use crate::pki::Issued;
 
+/// The longest a test waits for one exchange; a hung connection fails the test instead.
+pub const IO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a gRPC call got back.
 #[derive(Debug)]
 pub struct GrpcReply {
@@ -71,13 +74,19 @@ impl TlsClient {
         })
     }
 
-    async fn connect(&self, addr: SocketAddr, alpn: &[u8]) -> anyhow::Result<TlsStream<TcpStream>> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> anyhow::Result<TlsStream<TcpStream>> {
         let mut config = (*self.config).clone();
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
         let tcp = TcpStream::connect(addr).await?;
-        let stream = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost")?, tcp)
+        let handshake =
+            TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost")?, tcp);
+        let stream = tokio::time::timeout(IO_DEADLINE, handshake)
             .await
+            .context("TLS handshake timed out")?
             .context("TLS handshake")?;
         Ok(stream)
     }
@@ -90,7 +99,7 @@ impl TlsClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Reply> {
-        let stream = self.connect(addr, b"http/1.1").await?;
+        let stream = self.connect(addr, Some(b"http/1.1")).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
@@ -101,10 +110,13 @@ impl TlsClient {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = sender
-            .send_request(builder.body(Full::new(Bytes::new()))?)
-            .await
-            .with_context(|| format!("{method} https://{addr}{path}"))?;
+        let response = tokio::time::timeout(
+            IO_DEADLINE,
+            sender.send_request(builder.body(Full::new(Bytes::new()))?),
+        )
+        .await
+        .context("no response within the deadline")?
+        .with_context(|| format!("{method} https://{addr}{path}"))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
@@ -118,7 +130,7 @@ impl TlsClient {
     /// A unary gRPC call to `path` (`/package.Service/Method`) with an empty message, over
     /// HTTP/2.
     pub async fn grpc(&self, addr: SocketAddr, path: &str) -> anyhow::Result<GrpcReply> {
-        let stream = self.connect(addr, b"h2").await?;
+        let stream = self.connect(addr, Some(b"h2")).await?;
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await?;
@@ -131,7 +143,9 @@ impl TlsClient {
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(frame))?;
-        let response = sender.send_request(request).await?;
+        let response = tokio::time::timeout(IO_DEADLINE, sender.send_request(request))
+            .await
+            .context("no response within the deadline")??;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let collected = response.into_body().collect().await?;
@@ -151,9 +165,15 @@ impl TlsClient {
     }
 
     /// Opens a TLS connection, writes `payload`, and reads until `payload.len()` bytes came back
-    /// or the server closed the connection; returns what was read.
+    /// or the server closed the connection (at most [`IO_DEADLINE`]); returns what was read.
     pub async fn echo(&self, addr: SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let mut stream = self.connect(addr, b"echo").await?;
+        tokio::time::timeout(IO_DEADLINE, self.echo_unbounded(addr, payload))
+            .await
+            .context("no answer and no close within the deadline")?
+    }
+
+    async fn echo_unbounded(&self, addr: SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut stream = self.connect(addr, None).await?;
         stream.write_all(payload).await?;
         stream.flush().await?;
         let mut received = Vec::new();

@@ -126,11 +126,13 @@ async fn serve_http(listener: TcpListener, name: String, seen: Arc<Mutex<Vec<See
     }
 }
 
-/// A TCP server that echoes every byte back and counts the connections it accepted.
+/// A TCP server that echoes every byte back and counts the connections it accepted and the
+/// bytes it received.
 #[derive(Debug)]
 pub struct TcpEcho {
     addr: SocketAddr,
     connections: Arc<Mutex<usize>>,
+    bytes: Arc<Mutex<usize>>,
     task: JoinHandle<()>,
 }
 
@@ -140,15 +142,21 @@ impl TcpEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(Mutex::new(0));
+        let bytes = Arc::new(Mutex::new(0));
         let counter = Arc::clone(&connections);
+        let byte_counter = Arc::clone(&bytes);
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 if let Ok(mut count) = counter.lock() {
                     *count += 1;
                 }
+                let byte_counter = Arc::clone(&byte_counter);
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 4096];
                     while let Ok(read) = stream.read(&mut buffer).await {
+                        if let Ok(mut total) = byte_counter.lock() {
+                            *total += read;
+                        }
                         if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
                             break;
                         }
@@ -159,6 +167,7 @@ impl TcpEcho {
         Ok(Self {
             addr,
             connections,
+            bytes,
             task,
         })
     }
@@ -166,6 +175,11 @@ impl TcpEcho {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many bytes it has received, over all connections.
+    pub fn bytes_received(&self) -> usize {
+        self.bytes.lock().map(|total| *total).unwrap_or_default()
     }
 
     /// How many connections it has accepted.

@@ -2,8 +2,11 @@
 //!
 //! The decision waits for the first bytes from the client: when Envoy announces a new
 //! connection the TLS handshake has not finished, so the peer certificate is not known yet.
-//! Until then the filter holds the connection, so the filters after it (the TCP proxy) do not
-//! even connect upstream, and a denied connection is closed before any byte reaches it.
+//! Until the decision no byte passes the filter in either direction, and a denied connection
+//! is closed before any byte reaches the upstream. With the TCP proxy's
+//! `upstream_connect_mode: ON_DOWNSTREAM_DATA` (as weft's configurations set it) a denied
+//! caller does not even make Envoy connect upstream. A protocol in which the server speaks
+//! first therefore needs its client to send a byte first; see docs/access.md.
 
 use std::rc::Rc;
 
@@ -82,20 +85,18 @@ impl Context for WeftTcp {}
 
 impl StreamContext for WeftTcp {
     fn on_new_connection(&mut self) -> Action {
-        if self.state.is_none() {
+        let Some(state) = &self.state else {
             return self.decide();
-        }
-        let permissive = self.state.as_ref().is_some_and(|state| {
-            matches!(
-                state.engine.access_mode(),
-                None | Some(AccessMode::Permissive)
-            )
-        });
-        if permissive {
+        };
+        if matches!(
+            state.engine.access_mode(),
+            None | Some(AccessMode::Permissive)
+        ) {
             self.verdict = Verdict::Allowed;
-            return Action::Continue;
         }
-        Action::Pause
+        // Undecided connections go on to the TCP proxy, which holds them (see the module
+        // documentation); no byte passes this filter in either direction until the decision.
+        Action::Continue
     }
 
     fn on_downstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
@@ -103,6 +104,14 @@ impl StreamContext for WeftTcp {
             Verdict::Allowed => Action::Continue,
             Verdict::Closed => Action::Pause,
             Verdict::Undecided => self.decide(),
+        }
+    }
+
+    fn on_upstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
+        // A server that speaks first must not talk to a caller not yet allowed.
+        match self.verdict {
+            Verdict::Allowed => Action::Continue,
+            Verdict::Undecided | Verdict::Closed => Action::Pause,
         }
     }
 }
