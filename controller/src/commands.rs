@@ -32,7 +32,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok(stdout: String) -> Self {
+    pub(crate) fn ok(stdout: String) -> Self {
         Self {
             stdout,
             stderr: String::new(),
@@ -40,7 +40,7 @@ impl Outcome {
         }
     }
 
-    fn fail(code: i32, stderr: String) -> Self {
+    pub(crate) fn fail(code: i32, stderr: String) -> Self {
         Self {
             stdout: String::new(),
             stderr,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weft_controller::certs;
 use weft_controller::commands::{
     self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol,
 };
@@ -57,7 +58,49 @@ enum ModeArg {
 }
 
 #[derive(Subcommand)]
+enum CertCommand {
+    /// Make a mesh root CA: DIR/ca.pem (give it to every Envoy as `trusted_ca`) and
+    /// DIR/ca-key.pem (keep it secret).
+    Ca {
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// SPIFFE trust domain of the identities it will issue.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue a workload certificate whose URI SAN is the SPIFFE ID of a ServiceAccount:
+    /// DIR/cert.pem and DIR/key.pem.
+    Workload {
+        /// Directory of the CA (from `weft cert ca`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The workload, namespace/serviceaccount.
+        #[arg(long)]
+        identity: Identity,
+        /// A DNS name to add (for callers that verify the server by name); repeat for more.
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// SPIFFE trust domain (the CA's).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// Make the mesh CA and workload certificates for mTLS between Envoys.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Validate manifests: every problem, with file, line, object and field. Exit 0 when there
     /// is no error (warnings allowed), 1 when there are errors, 2 on bad usage.
     Check {
@@ -141,6 +184,19 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
+        Command::Cert(CertCommand::Ca {
+            out,
+            trust_domain,
+            days,
+        }) => certs::make_ca(&out, &trust_domain, days),
+        Command::Cert(CertCommand::Workload {
+            ca,
+            identity,
+            dns_names,
+            days,
+            trust_domain,
+            out,
+        }) => certs::make_workload(&ca, &identity, &dns_names, days, &trust_domain, &out),
         Command::Check { paths, output } => commands::check(&paths, output),
         Command::Explain {
             manifests,

@@ -324,3 +324,54 @@ fn compile_writes_the_listener_settings_smi_does_not_carry() {
         stderr(&outbound)
     );
 }
+
+#[test]
+fn cert_makes_a_ca_and_workload_certificates_and_never_overwrites_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let api = dir.path().join("api");
+    let made = weft(&["cert", "ca", "--out", ca.to_str().unwrap()]);
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    let issued = weft(&[
+        "cert",
+        "workload",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--identity",
+        "shop/api",
+        "--dns",
+        "localhost",
+        "--out",
+        api.to_str().unwrap(),
+    ]);
+    assert_eq!(issued.status.code(), Some(0), "{}", stderr(&issued));
+    assert!(stdout(&issued).contains("spiffe://cluster.local/ns/shop/sa/api"));
+    let cert = std::fs::read_to_string(api.join("cert.pem")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(api.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+    }
+
+    let again = weft(&["cert", "ca", "--out", ca.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+
+    let no_ca = weft(&[
+        "cert",
+        "workload",
+        "--ca",
+        dir.path().join("missing").to_str().unwrap(),
+        "--identity",
+        "shop/api",
+        "--out",
+        api.to_str().unwrap(),
+    ]);
+    assert_eq!(no_ca.status.code(), Some(1));
+    assert!(stderr(&no_ca).contains("ca.pem"), "{}", stderr(&no_ca));
+}

@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
+use weft_certs::{MeshCa, Validity};
 use weft_e2e::paths;
+use weft_policy::PluginConfig;
+use weft_policy::compile::{Options, Side, compile};
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
 #[test]
@@ -26,11 +29,41 @@ fn the_manifest_describes_the_built_module() {
     }
 }
 
-/// Runs `envoy --mode validate` on `config` from the workspace root (where the shipped
-/// configurations' relative path to `target/wasm/weft.wasm` resolves).
+/// A working directory laid out like the README's walk-through leaves the repository root:
+/// `target/` (the built module) and `pki/` (the mesh CA and shop/api's certificate, made
+/// here with weft-certs), so the shipped configurations' relative paths resolve.
+fn walkthrough_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        paths::workspace_root().join("target"),
+        dir.path().join("target"),
+    )
+    .unwrap();
+    let lifetime = std::time::Duration::from_secs(3600);
+    let ca = MeshCa::generate("cluster.local", Validity::starting_now(lifetime)).unwrap();
+    let api = ca
+        .issue(
+            &"shop/api".parse().unwrap(),
+            Validity::starting_now(lifetime),
+        )
+        .unwrap();
+    for (file, text) in [
+        ("pki/ca/ca.pem", &ca.pem().cert_pem),
+        ("pki/api/cert.pem", &api.cert_pem),
+        ("pki/api/key.pem", &api.key_pem),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Runs `envoy --mode validate` on `config` from a [`walkthrough_dir`].
 fn validate(config: &Path) -> (bool, String) {
+    let dir = walkthrough_dir();
     let output = Command::new(paths::envoy_binary().unwrap())
-        .current_dir(paths::workspace_root())
+        .current_dir(dir.path())
         .args([
             "--mode",
             "validate",
@@ -93,4 +126,39 @@ fn envoy_validation_rejects_a_broken_configuration() {
     let (ok, log) = validate(&path);
     assert!(!ok, "validation accepted an unknown field:\n{log}");
     assert!(log.contains("failure_polcy"), "{log}");
+}
+
+#[test]
+fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
+    let yaml =
+        std::fs::read_to_string(paths::workspace_root().join("envoy-configs/inbound-access.yaml"))
+            .unwrap();
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+    let plugin = &manager["typed_config"]["http_filters"][0]["typed_config"]["config"];
+    assert_eq!(plugin["failure_policy"].as_str(), Some("FAIL_CLOSED"));
+    let embedded = PluginConfig::from_json(
+        plugin["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+
+    let text =
+        std::fs::read_to_string(paths::workspace_root().join("examples/shop/smi.yaml")).unwrap();
+    let (catalog, diagnostics) = weft_policy::check([("smi.yaml", text.as_str())]);
+    let mut compiled = compile(
+        &catalog,
+        &diagnostics,
+        &"shop/api".parse().unwrap(),
+        Side::Inbound,
+        &Options::default(),
+    )
+    .unwrap();
+    compiled.destination_port = Some(8080);
+    assert_eq!(
+        embedded, compiled,
+        "re-run the weft compile command in the file's comment"
+    );
 }
