@@ -114,11 +114,14 @@ pub struct FilterState {
 }
 
 impl FilterState {
-    /// The destination port that port rules see for the current connection.
+    /// The destination port that port rules see for the current connection; not asked of
+    /// Envoy (one host call saved per request) when no rule depends on it.
     pub fn destination_port(&self) -> u16 {
-        self.config
-            .destination_port
-            .unwrap_or_else(host::destination_port)
+        match self.config.destination_port {
+            Some(port) => port,
+            None if self.engine.access_reads_port() => host::destination_port(),
+            None => 0,
+        }
     }
 }
 

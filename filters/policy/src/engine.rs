@@ -241,6 +241,8 @@ impl CompiledMatch {
 
 struct CompiledAccess {
     mode: AccessMode,
+    /// Whether any decision depends on the destination port.
+    reads_port: bool,
     unauthenticated_ports: Vec<u16>,
     /// Lower-case names of the headers that access matches read.
     header_names: Vec<String>,
@@ -382,8 +384,14 @@ impl Engine {
                     .collect();
                 header_names.sort();
                 header_names.dedup();
+                let reads_port = !policy.unauthenticated_ports.is_empty()
+                    || policy.grants.iter().any(|grant| {
+                        grant.port.is_some()
+                            || matches!(&grant.allows, Allows::Tcp { ports, .. } if !ports.is_empty())
+                    });
                 Some(CompiledAccess {
                     mode: policy.mode,
+                    reads_port,
                     unauthenticated_ports: policy.unauthenticated_ports.clone(),
                     header_names,
                     grants: policy.grants.clone(),
@@ -435,6 +443,12 @@ impl Engine {
     /// The access mode, or `None` when the configuration has no access policy.
     pub fn access_mode(&self) -> Option<AccessMode> {
         self.access.as_ref().map(|access| access.mode)
+    }
+
+    /// Whether access decisions depend on the destination port, so that an adapter asks its
+    /// proxy for the port only when it matters (any port passes otherwise).
+    pub fn access_reads_port(&self) -> bool {
+        self.access.as_ref().is_some_and(|access| access.reads_port)
     }
 
     /// Lower-case names of the request headers that access decisions read, so that an adapter

@@ -654,6 +654,11 @@ fn the_mode_defaults_to_enforce_and_access_reads_only_its_match_headers() {
     assert_eq!(api.access_mode(), Some(AccessMode::Enforce));
     assert_eq!(api.access_header_names(), ["cookie", "user-agent"]);
     let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert!(
+        api.access_reads_port(),
+        "legacy-batch is restricted to port 9090"
+    );
     assert_eq!(client.access_mode(), None);
+    assert!(!client.access_reads_port());
     assert!(client.access_header_names().is_empty());
 }
