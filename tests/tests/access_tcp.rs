@@ -117,3 +117,37 @@ async fn a_tcp_connection_is_allowed_only_from_sources_a_tcp_route_allows_on_tha
     );
     assert_eq!(envoy.stat(DENIED_COUNTER).await.unwrap(), Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_with_an_invalid_plugin_configuration_or_root_id_is_refused() {
+    let echo = TcpEcho::start().await.unwrap();
+    let module = paths::weft_wasm().unwrap();
+    let mut unknown_root = weft_network_filter(&module, r#"{"version": 1}"#);
+    unknown_root["typed_config"]["config"]["root_id"] = serde_json::json!("weft.udp");
+    for (filter, reason) in [
+        (
+            weft_network_filter(
+                &module,
+                r#"{"access": {"mode": "enforce", "trust_domain": "cluster.local", "sources": {}, "grants": [], "extra": 1}}"#,
+            ),
+            "field `access.extra`: unknown field `extra`",
+        ),
+        (
+            unknown_root,
+            "field `root_id`: \"weft.udp\" is not a weft filter",
+        ),
+    ] {
+        let config = bootstrap(
+            vec![tcp_listener_with("db", vec![filter], "db")],
+            vec![cluster("db", echo.addr())],
+        );
+        let (code, log) = Envoy::expect_exit(&config).await.unwrap();
+        assert_ne!(code, Some(0), "{log}");
+        assert!(
+            log.lines()
+                .any(|line| line.contains(reason) && line.contains("refuses to start")),
+            "expected {reason:?} in\n{log}"
+        );
+    }
+    assert_eq!(echo.connections(), 0);
+}

@@ -164,10 +164,15 @@ impl RootContext for WeftRoot {
         // Drop any earlier state first, so nothing keeps serving a configuration being replaced.
         self.state = None;
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let loaded = FilterKind::from_root_id(&host::plugin_root_id())
-            .and_then(|kind| load(&bytes).map(|loaded| (kind, loaded)));
+        let loaded = FilterKind::from_root_id(&host::plugin_root_id()).and_then(|kind| {
+            // The kind is known even if the configuration is refused, so the contexts Envoy
+            // may still create are of the right type (the SDK would panic otherwise) and refuse.
+            self.kind = kind;
+            load(&bytes)
+        });
         match loaded {
-            Ok((kind, (config, engine))) => {
+            Ok((config, engine)) => {
+                let kind = self.kind;
                 log::info!(
                     "weft {} configured as the {} filter (plugin configuration version {}; access {})",
                     env!("CARGO_PKG_VERSION"),
@@ -178,7 +183,6 @@ impl RootContext for WeftRoot {
                     config.version,
                     engine.access_mode().map_or("off", |mode| mode.as_str()),
                 );
-                self.kind = kind;
                 self.state = Some(Rc::new(FilterState {
                     config,
                     engine,
