@@ -43,14 +43,21 @@ pub async fn request(
         .request(request)
         .await
         .with_context(|| format!("{method} http://{addr}{path}"))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Reply::read(response).await
+}
+
+impl Reply {
+    /// Reads a whole response.
+    pub async fn read(response: hyper::Response<hyper::body::Incoming>) -> anyhow::Result<Self> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Self {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
 }
 
 /// `GET path` with no extra headers.

@@ -117,14 +117,7 @@ impl TlsClient {
         .await
         .context("no response within the deadline")?
         .with_context(|| format!("{method} https://{addr}{path}"))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        Reply::read(response).await
     }
 
     /// A unary gRPC call to `path` (`/package.Service/Method`) with an empty message, over
