@@ -11,11 +11,29 @@ pub fn fixture(
     name: &str,
     replacements: &[(&str, String)],
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let dir = crate::paths::workspace_root()
-        .join("tests/fixtures")
-        .join(name);
+    manifests_in(
+        &crate::paths::workspace_root()
+            .join("tests/fixtures")
+            .join(name),
+        replacements,
+    )
+}
+
+/// The user-facing example policy `examples/<name>/`, as the README and the shipped Envoy
+/// configurations use it.
+pub fn example(name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    manifests_in(
+        &crate::paths::workspace_root().join("examples").join(name),
+        &[],
+    )
+}
+
+fn manifests_in(
+    dir: &std::path::Path,
+    replacements: &[(&str, String)],
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
+    for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let mut text = std::fs::read_to_string(&path)?;
         for (placeholder, value) in replacements {

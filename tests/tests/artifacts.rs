@@ -4,9 +4,9 @@ use std::path::Path;
 use std::process::Command;
 
 use weft_certs::{MeshCa, Validity};
-use weft_e2e::paths;
+use weft_e2e::{paths, policy};
 use weft_policy::PluginConfig;
-use weft_policy::compile::{Options, Side, compile};
+use weft_policy::bundle::AccessMode;
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
 #[test]
@@ -145,15 +145,10 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
     )
     .unwrap();
 
-    let text =
-        std::fs::read_to_string(paths::workspace_root().join("examples/shop/smi.yaml")).unwrap();
-    let (catalog, diagnostics) = weft_policy::check([("smi.yaml", text.as_str())]);
-    let mut compiled = compile(
-        &catalog,
-        &diagnostics,
-        &"shop/api".parse().unwrap(),
-        Side::Inbound,
-        &Options::default(),
+    let mut compiled = policy::inbound(
+        &policy::example("shop").unwrap(),
+        "shop/api",
+        AccessMode::Enforce,
     )
     .unwrap();
     compiled.destination_port = Some(8080);

@@ -49,8 +49,8 @@ impl HttpContext for WeftHttp {
             return Action::Pause;
         };
         host::count(state.metrics.http_requests);
-        match state.engine.access_mode() {
-            None | Some(AccessMode::Permissive) => Action::Continue,
+        match state.deciding_mode() {
+            None => Action::Continue,
             Some(mode) => check_access(state, mode),
         }
     }

@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
+use weft_policy::bundle::AccessMode;
 use weft_policy::engine::{Engine, EngineError};
 use weft_policy::{ConfigError, PluginConfig};
 
@@ -114,6 +115,14 @@ pub struct FilterState {
 }
 
 impl FilterState {
+    /// The mode when access decisions must be made (`enforce` or `audit`); `None` when the
+    /// feature is off or permissive, so traffic passes without a decision.
+    pub fn deciding_mode(&self) -> Option<AccessMode> {
+        self.engine
+            .access_mode()
+            .filter(|mode| *mode != AccessMode::Permissive)
+    }
+
     /// The destination port that port rules see for the current connection; not asked of
     /// Envoy (one host call saved per request) when no rule depends on it.
     pub fn destination_port(&self) -> u16 {

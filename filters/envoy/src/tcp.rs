@@ -46,12 +46,9 @@ impl WeftTcp {
             log::error!("closing a connection: the plugin has no valid configuration");
             return self.close();
         };
-        let mode = match state.engine.access_mode() {
-            None | Some(AccessMode::Permissive) => {
-                self.verdict = Verdict::Allowed;
-                return Action::Continue;
-            }
-            Some(mode) => mode,
+        let Some(mode) = state.deciding_mode() else {
+            self.verdict = Verdict::Allowed;
+            return Action::Continue;
         };
         let source = host::peer_identity();
         let port = state.destination_port();
@@ -88,10 +85,7 @@ impl StreamContext for WeftTcp {
         let Some(state) = &self.state else {
             return self.decide();
         };
-        if matches!(
-            state.engine.access_mode(),
-            None | Some(AccessMode::Permissive)
-        ) {
+        if state.deciding_mode().is_none() {
             self.verdict = Verdict::Allowed;
         }
         // Undecided connections go on to the TCP proxy, which holds them (see the module

@@ -19,10 +19,10 @@ use weft_e2e::bootstrap::{
     ServerTls, bootstrap, cluster, http_listener, weft_http_filter, with_tls,
 };
 use weft_e2e::envoy::Envoy;
-use weft_e2e::paths;
 use weft_e2e::pki::{Issued, Pki};
 use weft_e2e::upstream::HttpUpstream;
-use weft_policy::compile::{Options as CompileOptions, Side, compile};
+use weft_e2e::{paths, policy};
+use weft_policy::bundle::AccessMode;
 
 /// One wrk run's figures.
 #[derive(Debug, Clone, Copy)]
@@ -142,16 +142,7 @@ fn access_variants(
         ca_file: pki.ca_file(),
         require_client_certificate: true,
     };
-    let manifests =
-        std::fs::read_to_string(paths::workspace_root().join("examples/shop/smi.yaml"))?;
-    let (catalog, diagnostics) = weft_policy::check([("smi.yaml", manifests.as_str())]);
-    let config = compile(
-        &catalog,
-        &diagnostics,
-        &"shop/api".parse()?,
-        Side::Inbound,
-        &CompileOptions::default(),
-    )?;
+    let config = policy::inbound(&policy::example("shop")?, "shop/api", AccessMode::Enforce)?;
     let inbound = |filters: Vec<Value>| {
         bootstrap(
             vec![with_tls(http_listener("inbound", filters, "app"), &tls)],
