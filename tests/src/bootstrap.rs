@@ -129,6 +129,20 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// An HTTP listener named `name` that runs `http_filters` (the router is appended) and routes
 /// every request to `cluster`.
 pub fn http_listener(name: &str, http_filters: Vec<Value>, cluster: &str) -> Value {
+    http_listener_with_hosts(
+        name,
+        http_filters,
+        vec![virtual_host("all", &["*"], vec![route_to(cluster)])],
+    )
+}
+
+/// An HTTP listener named `name` that runs `http_filters` (the router is appended) and routes
+/// by `virtual_hosts`.
+pub fn http_listener_with_hosts(
+    name: &str,
+    http_filters: Vec<Value>,
+    virtual_hosts: Vec<Value>,
+) -> Value {
     let mut filters = http_filters;
     filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -142,14 +156,34 @@ pub fn http_listener(name: &str, http_filters: Vec<Value>, cluster: &str) -> Val
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": name,
-                "route_config": {"virtual_hosts": [{
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
-                }]},
+                "route_config": {"virtual_hosts": virtual_hosts},
                 "http_filters": filters,
             },
         }]}],
+    })
+}
+
+/// A virtual host named `name` for `domains` with `routes`.
+pub fn virtual_host(name: &str, domains: &[&str], routes: Vec<Value>) -> Value {
+    json!({"name": name, "domains": domains, "routes": routes})
+}
+
+/// A route sending every request to `cluster`, with retries off so counts are exact.
+pub fn route_to(cluster: &str) -> Value {
+    json!({"match": {"prefix": "/"}, "route": {"cluster": cluster, "retry_policy": {"num_retries": 0}}})
+}
+
+/// Header in which weft's split routing names the cluster it chose (`weft_envoy::ROUTE_HEADER`).
+pub const ROUTE_HEADER: &str = "x-weft-cluster";
+
+/// The route that sends a request to the cluster weft's split routing named in
+/// [`ROUTE_HEADER`], and removes the header before the request leaves Envoy. It goes first in a
+/// virtual host; requests without the header fall through to the routes after it.
+pub fn split_route() -> Value {
+    json!({
+        "match": {"prefix": "/", "headers": [{"name": ROUTE_HEADER, "present_match": true}]},
+        "route": {"cluster_header": ROUTE_HEADER, "retry_policy": {"num_retries": 0}},
+        "request_headers_to_remove": [ROUTE_HEADER],
     })
 }
 

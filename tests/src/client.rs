@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// What came back for one request.
@@ -29,21 +30,59 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http::<Full<Bytes>>();
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Full::new(Bytes::new()))?;
-    let response = client
-        .request(request)
+    Session::fresh_connections(addr)
+        .request(method, path, headers)
         .await
-        .with_context(|| format!("{method} http://{addr}{path}"))?;
-    Reply::read(response).await
+}
+
+/// An HTTP/1.1 client for one address: keep-alive (many requests over one connection, for
+/// counting where thousands are sent) or a fresh connection per request.
+#[derive(Debug, Clone)]
+pub struct Session {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Session {
+    /// Requests reuse idle connections.
+    pub fn keep_alive(addr: SocketAddr) -> Self {
+        Self::with_idle_connections(addr, usize::MAX)
+    }
+
+    /// Every request opens its own connection.
+    pub fn fresh_connections(addr: SocketAddr) -> Self {
+        Self::with_idle_connections(addr, 0)
+    }
+
+    fn with_idle_connections(addr: SocketAddr, idle: usize) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(idle)
+            .build_http::<Full<Bytes>>();
+        Self { addr, client }
+    }
+
+    /// Sends `method path` with `headers` (a `host` header replaces the address as Host).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let addr = self.addr;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(Bytes::new()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("{method} http://{addr}{path}"))?;
+        Reply::read(response).await
+    }
 }
 
 impl Reply {

@@ -52,21 +52,29 @@ pub fn inbound(
     identity: &str,
     mode: AccessMode,
 ) -> anyhow::Result<PluginConfig> {
-    let (catalog, diagnostics) =
-        weft_policy::check(manifests.iter().map(|(f, t)| (f.as_str(), t.as_str())));
-    let identity: Identity = identity.parse()?;
-    let mut config = compile(
-        &catalog,
-        &diagnostics,
-        &identity,
-        Side::Inbound,
-        &Options::default(),
-    )
-    .map_err(|err| anyhow::anyhow!("{err}: {diagnostics:#?}"))?;
+    let mut config = compiled(manifests, identity, Side::Inbound)?;
     if let Some(access) = config.access.as_mut() {
         access.mode = mode;
     }
     Ok(config)
+}
+
+/// The outbound (split routing) plugin configuration of `identity` for `manifests`; fails on
+/// any error in the manifests.
+pub fn outbound(manifests: &[(String, String)], identity: &str) -> anyhow::Result<PluginConfig> {
+    compiled(manifests, identity, Side::Outbound)
+}
+
+fn compiled(
+    manifests: &[(String, String)],
+    identity: &str,
+    side: Side,
+) -> anyhow::Result<PluginConfig> {
+    let (catalog, diagnostics) =
+        weft_policy::check(manifests.iter().map(|(f, t)| (f.as_str(), t.as_str())));
+    let identity: Identity = identity.parse()?;
+    compile(&catalog, &diagnostics, &identity, side, &Options::default())
+        .map_err(|err| anyhow::anyhow!("{err}: {diagnostics:#?}"))
 }
 
 /// `config` as the JSON text of a plugin configuration.

@@ -45,6 +45,19 @@ pub fn request_header(name: &str) -> Option<String> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
+/// Sets request header `name` to `value`, replacing every value it had. Envoy clears the
+/// stream's cached route when a filter changes request headers, so the router matches again.
+/// `false` when Envoy refuses.
+pub fn set_request_header(name: &str, value: &str) -> bool {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+}
+
+/// Removes request header `name` (nothing happens when it is absent). `false` when Envoy
+/// refuses.
+pub fn remove_request_header(name: &str) -> bool {
+    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok()
+}
+
 /// Whether the request is gRPC (its content type is `application/grpc` or a subtype of it).
 pub fn is_grpc_request() -> bool {
     request_header("content-type").is_some_and(|value| value.starts_with("application/grpc"))
@@ -97,6 +110,13 @@ pub fn refuse_request(
         let _ = hostcalls::log(LogLevel::Error, &format!("local reply failed: {status:?}"));
         let _ = hostcalls::reset_http_request();
     }
+}
+
+/// Resets the current HTTP request after logging `why`: the last resort when a header that
+/// decides routing cannot be written, so the request never reaches a cluster it chose itself.
+pub fn reset_request(why: &str) {
+    let _ = hostcalls::log(LogLevel::Error, &format!("{why}; resetting the request"));
+    let _ = hostcalls::reset_http_request();
 }
 
 /// Closes the downstream connection of the current stream context.

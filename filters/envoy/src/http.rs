@@ -1,13 +1,15 @@
-//! The HTTP filter: SMI access control per request, on the server (inbound) side.
+//! The HTTP filter: SMI access control per request on the server (inbound) side, and
+//! TrafficSplit routing on the client (outbound) side. One pass over the request runs every
+//! feature its plugin configuration enables: access first, so a denied request is never routed.
 
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode};
 use weft_policy::bundle::AccessMode;
-use weft_policy::engine::{Decision, HttpRequest};
+use weft_policy::engine::{Decision, HttpRequest, Routing};
 
-use crate::{FilterState, host};
+use crate::{FilterState, ROUTE_HEADER, host};
 
 /// Status of the local reply for a request that reaches a plugin whose configuration was
 /// refused; Envoy normally stops such requests itself, this is the second line of defence.
@@ -49,10 +51,70 @@ impl HttpContext for WeftHttp {
             return Action::Pause;
         };
         host::count(state.metrics.http_requests);
-        match state.deciding_mode() {
-            None => Action::Continue,
-            Some(mode) => check_access(state, mode),
+        if let Some(mode) = state.deciding_mode()
+            && check_access(state, mode) == Action::Pause
+        {
+            return Action::Pause;
         }
+        if state.routes_splits() {
+            route_split(state);
+        }
+        Action::Continue
+    }
+}
+
+/// Chooses the cluster of a request for a TrafficSplit's root service and hands it to the
+/// router in [`ROUTE_HEADER`]. Any other request passes untouched, except that a route header
+/// it arrived with is removed, so no client chooses its own cluster.
+fn route_split(state: &FilterState) {
+    let split = if state.split_fallback {
+        None
+    } else {
+        host::request_header(":authority").and_then(|host| state.engine.split_for_host(&host))
+    };
+    let Some(split) = split else {
+        if !host::remove_request_header(ROUTE_HEADER) {
+            host::reset_request(&format!("could not remove {ROUTE_HEADER}"));
+        }
+        return;
+    };
+    let (method, path) = if split.reads_request_line() {
+        (
+            host::request_header(":method").unwrap_or_default(),
+            host::request_header(":path").unwrap_or_default(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let headers: Vec<(String, String)> = split
+        .header_names()
+        .iter()
+        .filter_map(|name| host::request_header(name).map(|value| (name.clone(), value)))
+        .collect();
+    let request = HttpRequest {
+        source: None,
+        method: &method,
+        path: &path,
+        port: 0,
+        headers: &headers,
+    };
+    let cluster = match split.route(&request, fastrand::u64(..)) {
+        Routing::Backend { service, .. } => service,
+        Routing::Root {
+            traffic_split,
+            service,
+            why,
+        } => {
+            log::debug!(
+                "TrafficSplit {traffic_split}: {method} {path} goes to the root service {service}: {why}"
+            );
+            service
+        }
+        Routing::NotSplit => return,
+    };
+    // Replacing the header also replaces a value the client sent.
+    if !host::set_request_header(ROUTE_HEADER, cluster) {
+        host::reset_request(&format!("could not set {ROUTE_HEADER}"));
     }
 }
 

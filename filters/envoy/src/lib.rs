@@ -10,7 +10,10 @@
 //!
 //! Nothing here may panic (a panic aborts the VM and every request on it): host calls that can
 //! fail are matched, not unwrapped. The access feature fails closed: a context whose plugin has
-//! no valid configuration refuses every request and closes every connection.
+//! no valid configuration refuses every request and closes every connection. Split routing
+//! fails to the root service: an invalid configuration that certainly holds no access policy
+//! ([`split_only`]) starts the plugin in a fallback that leaves every request to the Envoy
+//! route of the service it addresses.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod host;
@@ -35,6 +38,20 @@ pub const HTTP_AUDIT_METRIC: &str = "weft_access_http_audit_denied_total";
 pub const TCP_DENIED_METRIC: &str = "weft_access_tcp_denied_total";
 /// TCP connections the access feature would have closed (audit mode).
 pub const TCP_AUDIT_METRIC: &str = "weft_access_tcp_audit_denied_total";
+
+/// The request header that carries the cluster split routing chose to Envoy's router (a route
+/// with `cluster_header: x-weft-cluster`). Its value is the backend or root service,
+/// `name.namespace`, which is the cluster's name.
+pub const ROUTE_HEADER: &str = "x-weft-cluster";
+
+/// Top-level fields of a plugin configuration that can never carry access policy.
+pub const SPLIT_ONLY_FIELDS: [&str; 5] = [
+    "version",
+    "identity",
+    "destination_port",
+    "http_matches",
+    "splits",
+];
 
 /// `root_id` that selects the network (TCP) filter.
 pub const TCP_ROOT_ID: &str = "weft.tcp";
@@ -112,6 +129,9 @@ pub struct FilterState {
     pub engine: Engine,
     /// The plugin's counters.
     pub metrics: Metrics,
+    /// The configuration was refused but held only split routing: requests go to the Envoy
+    /// route of the service they address, and a route header a client sent is removed.
+    pub split_fallback: bool,
 }
 
 impl FilterState {
@@ -121,6 +141,11 @@ impl FilterState {
         self.engine
             .access_mode()
             .filter(|mode| *mode != AccessMode::Permissive)
+    }
+
+    /// Whether requests pass through split routing (and lose any route header they carry).
+    pub fn routes_splits(&self) -> bool {
+        self.split_fallback || self.engine.has_splits()
     }
 
     /// The destination port that port rules see for the current connection; not asked of
@@ -149,7 +174,7 @@ impl Context for WeftRoot {}
 /// # Errors
 /// The [`ConfigError`] that names the field at fault.
 pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
-    let config = PluginConfig::from_json(bytes).and_then(refuse_unenforced_features)?;
+    let config = PluginConfig::from_json(bytes)?;
     let engine = Engine::new(&config).map_err(|err| match err {
         EngineError::Regex { field, reason } => ConfigError::Invalid {
             field,
@@ -163,6 +188,12 @@ pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
         } => ConfigError::Invalid {
             field,
             reason: format!("index {index} is out of range; there are {len} {list}"),
+        },
+        EngineError::Name { field, value, what } => ConfigError::Invalid {
+            field,
+            reason: format!(
+                "{value:?} is not a valid {what} name; use letters, digits and !#$%&'*+-.^_`|~ only"
+            ),
         },
     })?;
     Ok((config, engine))
@@ -179,11 +210,16 @@ impl RootContext for WeftRoot {
             self.kind = kind;
             load(&bytes)
         });
+        // Each VM seeds its own generator of split rolls from the host's entropy (WASI).
+        fastrand::seed(std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0u8,
+        ));
         match loaded {
             Ok((config, engine)) => {
                 let kind = self.kind;
                 log::info!(
-                    "weft {} configured as the {} filter (plugin configuration version {}; access {})",
+                    "weft {} configured as the {} filter (plugin configuration version {}; access {}; splits {})",
                     env!("CARGO_PKG_VERSION"),
                     match kind {
                         FilterKind::Http => "HTTP",
@@ -191,13 +227,37 @@ impl RootContext for WeftRoot {
                     },
                     config.version,
                     engine.access_mode().map_or("off", |mode| mode.as_str()),
+                    config.splits.len(),
                 );
+                for (traffic_split, service) in engine.splits_without_backends() {
+                    log::warn!(
+                        "TrafficSplit {traffic_split}: no backend has a weight above 0 and a port of the root service, so every request for {service} goes to the root service"
+                    );
+                }
                 self.state = Some(Rc::new(FilterState {
                     config,
                     engine,
                     metrics: Metrics::define(),
+                    split_fallback: false,
                 }));
                 true
+            }
+            Err(err) if self.kind == FilterKind::Http && split_only(&bytes) => {
+                log::error!(
+                    "{err}; split routing falls back: every request goes to the Envoy route of the service it addresses (the root service) until the configuration is fixed"
+                );
+                match Engine::new(&PluginConfig::default()) {
+                    Ok(engine) => {
+                        self.state = Some(Rc::new(FilterState {
+                            config: PluginConfig::default(),
+                            engine,
+                            metrics: Metrics::define(),
+                            split_fallback: true,
+                        }));
+                        true
+                    }
+                    Err(_) => false,
+                }
             }
             Err(err) => {
                 log::error!("{err}; the plugin refuses to start");
@@ -223,17 +283,42 @@ impl RootContext for WeftRoot {
     }
 }
 
-/// Refuses a configuration with a feature this build does not enforce yet: accepting a policy
-/// without enforcing it would fail open.
-fn refuse_unenforced_features(config: PluginConfig) -> Result<PluginConfig, ConfigError> {
-    if config.splits.is_empty() {
-        return Ok(config);
+/// Whether a configuration document certainly enables no access control: a JSON object with
+/// `splits` and no field outside [`SPLIT_ONLY_FIELDS`]. Only such a configuration may fall back
+/// to the root service when it is invalid; anything else (a misspelt `access`, a document that
+/// is not JSON) is refused, because access fails closed.
+pub fn split_only(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).is_ok_and(
+        |document| {
+            document.contains_key("splits")
+                && document
+                    .keys()
+                    .all(|field| SPLIT_ONLY_FIELDS.contains(&field.as_str()))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_only;
+
+    #[test]
+    fn only_a_document_with_splits_and_no_other_feature_may_fall_back() {
+        for text in [
+            r#"{"splits": 7}"#,
+            r#"{"version": 1, "http_matches": [{"path_regex": "("}], "splits": []}"#,
+        ] {
+            assert!(split_only(text.as_bytes()), "{text}");
+        }
+        for text in [
+            r#"{"version": 1}"#,
+            r#"{"splits": [], "access": {}}"#,
+            r#"{"splits": [], "acess": {}}"#,
+            r#"{"splits": [],"#,
+            r#"[{"splits": []}]"#,
+            "",
+        ] {
+            assert!(!split_only(text.as_bytes()), "{text}");
+        }
     }
-    Err(ConfigError::Invalid {
-        field: "splits".to_owned(),
-        reason: format!(
-            "this weft.wasm ({}) does not implement `splits` yet",
-            env!("CARGO_PKG_VERSION")
-        ),
-    })
 }

@@ -209,6 +209,20 @@ pub struct SplitTable {
     pub matches: Vec<u32>,
     /// Backends that can receive traffic (weight above 0, a port of the root service).
     pub backends: Vec<WeightedBackend>,
+    /// Where the key of a sticky choice is read; absent means every request is chosen anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyKey>,
+}
+
+/// The request value that keeps a client on one backend while the weights do not change:
+/// `{"header": "x-user"}` or `{"cookie": "session"}`. A request without it is chosen at random.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StickyKey {
+    /// A request header, by name (case-insensitive).
+    Header(String),
+    /// A cookie of the `cookie` request header, by name (case-sensitive).
+    Cookie(String),
 }
 
 /// A backend with its relative weight.

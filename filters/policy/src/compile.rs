@@ -253,5 +253,6 @@ fn split_table(
         hosts,
         matches: match_indexes,
         backends,
+        sticky: None,
     }
 }

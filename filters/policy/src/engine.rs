@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::bundle::{AccessMode, Allows, Grant, SplitTable};
+use crate::bundle::{AccessMode, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
 
 /// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
@@ -59,6 +59,18 @@ pub enum EngineError {
         len: usize,
         /// Name of the list.
         list: &'static str,
+    },
+    /// A name that cannot be what the field says it is.
+    #[error(
+        "{field}: {value:?} is not a valid {what} name; use letters, digits and !#$%&'*+-.^_`|~ only"
+    )]
+    Name {
+        /// Path of the field.
+        field: String,
+        /// The name found.
+        value: String,
+        /// `header` or `cookie`.
+        what: &'static str,
     },
 }
 
@@ -216,6 +228,17 @@ pub enum RootReason {
     NoEligibleBackend,
 }
 
+impl std::fmt::Display for RootReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RootReason::NotMatched => "the request matches none of the TrafficSplit's matches",
+            RootReason::NoEligibleBackend => {
+                "no backend has a weight above 0 and a port of the root service"
+            }
+        })
+    }
+}
+
 struct CompiledMatch {
     name: String,
     path: Option<Regex>,
@@ -254,6 +277,10 @@ struct CompiledAccess {
 struct CompiledSplit {
     table: SplitTable,
     cumulative: Vec<u128>,
+    /// Lower-case names of the request headers this split's decision reads.
+    header_names: Vec<String>,
+    /// The sticky key, with a header name in lower case.
+    sticky: Option<StickyKey>,
 }
 
 /// The decision engine of one plugin configuration.
@@ -402,6 +429,7 @@ impl Engine {
         let mut splits = Vec::with_capacity(config.splits.len());
         let mut hosts = HashMap::new();
         for (s, table) in config.splits.iter().enumerate() {
+            let mut header_names = Vec::new();
             for (m, index) in table.matches.iter().enumerate() {
                 check_index(
                     || format!("splits[{s}].matches[{m}]"),
@@ -409,7 +437,26 @@ impl Engine {
                     matches.len(),
                     "http_matches",
                 )?;
+                if let Some(spec) = matches.get(*index as usize) {
+                    header_names.extend(spec.headers.iter().map(|(name, _)| name.clone()));
+                }
             }
+            let sticky = match &table.sticky {
+                None => None,
+                Some(StickyKey::Header(name)) => {
+                    let name = name.to_ascii_lowercase();
+                    check_token(|| format!("splits[{s}].sticky.header"), &name, "header")?;
+                    header_names.push(name.clone());
+                    Some(StickyKey::Header(name))
+                }
+                Some(StickyKey::Cookie(name)) => {
+                    check_token(|| format!("splits[{s}].sticky.cookie"), name, "cookie")?;
+                    header_names.push("cookie".to_owned());
+                    Some(StickyKey::Cookie(name.clone()))
+                }
+            };
+            header_names.sort();
+            header_names.dedup();
             for host in &table.hosts {
                 hosts.entry(host_key(host).into_owned()).or_insert(s);
             }
@@ -425,6 +472,8 @@ impl Engine {
             splits.push(CompiledSplit {
                 table: table.clone(),
                 cumulative,
+                header_names,
+                sticky,
             });
         }
         Ok(Self {
@@ -546,17 +595,98 @@ impl Engine {
         }
     }
 
-    /// Where a request for `request`'s host goes: `roll` is a uniformly random number for a
-    /// weighted random choice, or [`sticky_roll`] of a header or cookie value for a sticky one.
+    /// Whether the configuration has split routing.
+    pub fn has_splits(&self) -> bool {
+        !self.splits.is_empty()
+    }
+
+    /// TrafficSplits that can only send to their root service (no backend has a weight above
+    /// 0), as `(traffic_split, root service)`, so an adapter can say so once when it loads.
+    pub fn splits_without_backends(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.splits
+            .iter()
+            .filter(|split| split.total() == 0)
+            .map(|split| {
+                (
+                    split.table.traffic_split.as_str(),
+                    split.table.service.as_str(),
+                )
+            })
+    }
+
+    /// The split whose root service `host` names (any form: short, `name.ns`, `.svc`, the full
+    /// cluster domain, with or without a trailing dot or a port), if any.
+    pub fn split_for_host(&self, host: &str) -> Option<Split<'_>> {
+        let index = *self.hosts.get(host_key(host).as_ref())?;
+        let split = self.splits.get(index)?;
+        Some(Split {
+            engine: self,
+            split,
+        })
+    }
+
+    /// Where a request for `host` goes; `random` is a uniformly random number, used unless the
+    /// split is sticky and the request carries its key. See [`Split::route`].
     pub fn route<'e, H: Headers + ?Sized>(
         &'e self,
         host: &str,
         request: &HttpRequest<'_, H>,
-        roll: u64,
+        random: u64,
     ) -> Routing<'e> {
-        let Some(split) = self.split_for_host(host) else {
-            return Routing::NotSplit;
-        };
+        self.split_for_host(host)
+            .map_or(Routing::NotSplit, |split| split.route(request, random))
+    }
+}
+
+impl CompiledSplit {
+    fn total(&self) -> u128 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+}
+
+/// The split routing of one root service, found by [`Engine::split_for_host`].
+#[derive(Clone, Copy)]
+pub struct Split<'e> {
+    engine: &'e Engine,
+    split: &'e CompiledSplit,
+}
+
+impl std::fmt::Debug for Split<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Split")
+            .field("traffic_split", &self.split.table.traffic_split)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'e> Split<'e> {
+    /// `namespace/name` of the TrafficSplit.
+    pub fn traffic_split(&self) -> &'e str {
+        &self.split.table.traffic_split
+    }
+
+    /// Whether the decision reads the method and path (the split has `matches`), so that an
+    /// adapter asks its proxy for them only then.
+    pub fn reads_request_line(&self) -> bool {
+        !self.split.table.matches.is_empty()
+    }
+
+    /// Lower-case names of the request headers the decision reads (those of `matches`, and the
+    /// sticky header or `cookie`), so that an adapter fetches only those.
+    pub fn header_names(&self) -> &'e [String] {
+        &self.split.header_names
+    }
+
+    /// Where the request goes. A request that matches none of the split's `matches` goes to
+    /// the root service, as does every request when no backend has a weight above 0. Otherwise
+    /// a backend is chosen by weight, with `random` as the roll, or with [`sticky_roll`] of the
+    /// sticky key when the split has one and the request carries it.
+    pub fn route<H: Headers + ?Sized>(
+        &self,
+        request: &HttpRequest<'_, H>,
+        random: u64,
+    ) -> Routing<'e> {
+        let split = self.split;
         let table = &split.table;
         let root = |why| Routing::Root {
             traffic_split: &table.traffic_split,
@@ -567,14 +697,16 @@ impl Engine {
             && !table
                 .matches
                 .iter()
-                .filter_map(|i| self.matches.get(*i as usize))
+                .filter_map(|i| self.engine.matches.get(*i as usize))
                 .any(|m| m.matches(request))
         {
             return root(RootReason::NotMatched);
         }
-        let Some(total) = split.cumulative.last().copied().filter(|t| *t > 0) else {
+        let total = split.total();
+        if total == 0 {
             return root(RootReason::NoEligibleBackend);
-        };
+        }
+        let roll = sticky_key(split.sticky.as_ref(), request.headers).map_or(random, sticky_roll);
         let point = u128::from(roll) % total;
         let chosen = split.cumulative.partition_point(|edge| *edge <= point);
         match table.backends.get(chosen) {
@@ -585,10 +717,49 @@ impl Engine {
             None => root(RootReason::NoEligibleBackend),
         }
     }
+}
 
-    fn split_for_host(&self, host: &str) -> Option<&CompiledSplit> {
-        let index = *self.hosts.get(host_key(host).as_ref())?;
-        self.splits.get(index)
+/// The bytes of the sticky key in `headers`, if the split is sticky and the request has it.
+fn sticky_key<'h, H: Headers + ?Sized>(
+    sticky: Option<&StickyKey>,
+    headers: &'h H,
+) -> Option<&'h [u8]> {
+    let value = match sticky? {
+        StickyKey::Header(name) => headers.header(name)?,
+        StickyKey::Cookie(name) => cookie(headers.header("cookie")?, name)?,
+    };
+    (!value.is_empty()).then_some(value.as_bytes())
+}
+
+/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.
+pub fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
+    header.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| {
+            let value = value.trim();
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+        })
+    })
+}
+
+/// An HTTP token (RFC 9110), the rule for header and cookie names.
+fn check_token(
+    field: impl Fn() -> String,
+    name: &str,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.bytes().all(token_char) {
+        Ok(())
+    } else {
+        Err(EngineError::Name {
+            field: field(),
+            value: name.to_owned(),
+            what,
+        })
     }
 }
 

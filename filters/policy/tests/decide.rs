@@ -1,11 +1,13 @@
 //! Decisions, statement by statement from SMI.md and DESIGN.md: a realistic manifest set is
 //! compiled for a workload, and each request gets the decision the spec implies.
 
-use weft_policy::bundle::{AccessMode, Identity};
+use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 use weft_policy::check;
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::PluginConfig;
-use weft_policy::engine::{Decision, DenyReason, Engine, HttpRequest, Routing, sticky_roll};
+use weft_policy::engine::{
+    Decision, DenyReason, Engine, EngineError, HttpRequest, Routing, cookie, sticky_roll,
+};
 
 const MANIFESTS: &str = r#"
 apiVersion: specs.smi-spec.io/v1alpha4
@@ -565,6 +567,100 @@ fn a_sticky_key_keeps_its_backend() {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 2, "sticky keys still spread over the backends");
+}
+
+fn sticky(key: StickyKey) -> Engine {
+    let mut config = config_for("web/client", Side::Outbound, SPLITS);
+    for table in &mut config.splits {
+        table.sticky = Some(key.clone());
+    }
+    Engine::new(&config).unwrap()
+}
+
+#[test]
+fn a_sticky_header_or_cookie_keeps_its_backend_whatever_the_random_roll() {
+    for (engine, carrier) in [
+        (sticky(StickyKey::Header("X-User".to_owned())), "x-user"),
+        (sticky(StickyKey::Cookie("user".to_owned())), "cookie"),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        for user in 0..100 {
+            let value = if carrier == "cookie" {
+                format!("theme=dark; user={user}; lang=en")
+            } else {
+                user.to_string()
+            };
+            let first = route(&engine, "website", &[(carrier, &value)], 0);
+            for random in [1, 50, 99, u64::MAX] {
+                assert_eq!(
+                    route(&engine, "website", &[(carrier, &value)], random),
+                    first,
+                    "{carrier} {value}"
+                );
+            }
+            seen.insert(first);
+        }
+        assert_eq!(
+            seen.len(),
+            2,
+            "{carrier}: keys still spread over the backends"
+        );
+        // Without the key the random roll decides.
+        assert_eq!(route(&engine, "website", &[], 0), "website-v1.web");
+        assert_eq!(route(&engine, "website", &[], 80), "website-v2.web");
+    }
+}
+
+#[test]
+fn a_sticky_split_reads_only_the_headers_it_needs() {
+    let engine = sticky(StickyKey::Cookie("user".to_owned()));
+    let website = engine.split_for_host("website.web:80").unwrap();
+    assert_eq!(website.header_names(), ["cookie"]);
+    assert!(!website.reads_request_line());
+    let ab = engine.split_for_host("shop").unwrap();
+    assert_eq!(ab.header_names(), ["cookie", "user-agent"]);
+    assert!(ab.reads_request_line());
+    assert!(engine.split_for_host("example.com").is_none());
+}
+
+#[test]
+fn cookies_are_found_by_exact_name() {
+    assert_eq!(cookie("a=1; user=\"x y\"; b=2", "user"), Some("x y"));
+    assert_eq!(cookie("a=1;user=7", "user"), Some("7"));
+    assert_eq!(cookie("username=7; User=8", "user"), None);
+    assert_eq!(cookie("user", "user"), None);
+}
+
+#[test]
+fn an_invalid_sticky_name_is_refused_naming_the_field() {
+    for (key, field) in [
+        (
+            StickyKey::Header("x user".to_owned()),
+            "splits[0].sticky.header",
+        ),
+        (StickyKey::Cookie(String::new()), "splits[0].sticky.cookie"),
+        (
+            StickyKey::Cookie("a;b".to_owned()),
+            "splits[0].sticky.cookie",
+        ),
+    ] {
+        let mut config = config_for("web/client", Side::Outbound, SPLITS);
+        config.splits[0].sticky = Some(key);
+        let err = Engine::new(&config).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Name { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn splits_without_backends_are_listed() {
+    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(
+        client.splits_without_backends().collect::<Vec<_>>(),
+        [("web/dark", "dark.web")]
+    );
 }
 
 #[test]
