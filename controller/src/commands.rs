@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use weft_policy::bundle::{AccessMode, Identity};
+use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::PluginConfig;
 use weft_policy::diagnostic::Diagnostic;
@@ -268,6 +268,13 @@ pub fn compile_config(
                 .to_owned(),
         );
     }
+    if side == Side::Inbound && listener.sticky.is_some() {
+        return Outcome::fail(
+            EXIT_USAGE,
+            "weft: --sticky-header and --sticky-cookie set split routing, which runs on --side outbound\n"
+                .to_owned(),
+        );
+    }
     let (catalog, diagnostics) = match load_valid(manifests) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
@@ -278,6 +285,13 @@ pub fn compile_config(
             if let Some(access) = config.access.as_mut() {
                 access.mode = listener.mode;
                 access.unauthenticated_ports = listener.unauthenticated_ports.clone();
+            }
+            for split in &mut config.splits {
+                split.sticky.clone_from(&listener.sticky);
+            }
+            // Refuse here what the filter would refuse when it loads.
+            if let Err(err) = Engine::new(&config) {
+                return Outcome::fail(EXIT_USAGE, format!("weft: {err}\n"));
             }
             render_config(&config, &diagnostics)
         }
@@ -305,4 +319,6 @@ pub struct ListenerSettings {
     pub unauthenticated_ports: Vec<u16>,
     /// The port that port rules see, when the listener's port is not the application's.
     pub destination_port: Option<u16>,
+    /// Where every TrafficSplit reads its sticky key (outbound only).
+    pub sticky: Option<StickyKey>,
 }

@@ -8,8 +8,8 @@ use weft_controller::certs;
 use weft_controller::commands::{
     self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol,
 };
-use weft_policy::bundle::AccessMode;
 use weft_policy::bundle::Identity;
+use weft_policy::bundle::{AccessMode, StickyKey};
 use weft_policy::compile::{Options, Side};
 
 /// Check, explain and compile SMI manifests for weft.
@@ -166,6 +166,13 @@ enum Command {
         /// explicit inbound listener in front of the application).
         #[arg(long)]
         destination_port: Option<u16>,
+        /// Outbound: keep requests with the same value of this header on the same backend of
+        /// every TrafficSplit while the weights do not change.
+        #[arg(long, conflicts_with = "sticky_cookie")]
+        sticky_header: Option<String>,
+        /// Outbound: the same, keyed by this cookie.
+        #[arg(long)]
+        sticky_cookie: Option<String>,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -228,6 +235,8 @@ fn main() -> ExitCode {
             mode,
             unauthenticated_ports,
             destination_port,
+            sticky_header,
+            sticky_cookie,
             cluster,
         } => {
             let side = match side {
@@ -242,6 +251,9 @@ fn main() -> ExitCode {
                 },
                 unauthenticated_ports,
                 destination_port,
+                sticky: sticky_header
+                    .map(StickyKey::Header)
+                    .or(sticky_cookie.map(StickyKey::Cookie)),
             };
             commands::compile_config(&manifests, &identity, side, &cluster.options(), &listener)
         }

@@ -4,6 +4,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use weft_policy::PluginConfig;
+use weft_policy::bundle::StickyKey;
 use weft_policy::engine::Engine;
 
 fn fixtures(name: &str) -> String {
@@ -323,6 +324,55 @@ fn compile_writes_the_listener_settings_smi_does_not_carry() {
         "{}",
         stderr(&outbound)
     );
+}
+
+#[test]
+fn compile_makes_every_traffic_split_sticky_on_request() {
+    let compile = |extra: &[&str], side: &str| {
+        let mut args = vec![
+            "compile",
+            "--manifests",
+            "FIXTURE",
+            "--identity",
+            "shop/client",
+            "--side",
+            side,
+        ];
+        args.extend_from_slice(extra);
+        let fixture = fixtures("shop");
+        args[2] = &fixture;
+        weft(&args)
+    };
+    let output = compile(&["--sticky-cookie", "user"], "outbound");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let config = PluginConfig::from_json(&output.stdout).unwrap();
+    assert!(!config.splits.is_empty());
+    for split in &config.splits {
+        assert_eq!(split.sticky, Some(StickyKey::Cookie("user".to_owned())));
+    }
+
+    for (extra, side, complaint) in [
+        (
+            vec!["--sticky-header", "x user"],
+            "outbound",
+            "\"x user\" is not a valid header name",
+        ),
+        (
+            vec!["--sticky-cookie", "user"],
+            "inbound",
+            "--side outbound",
+        ),
+        (
+            vec!["--sticky-cookie", "a", "--sticky-header", "b"],
+            "outbound",
+            "cannot be used with",
+        ),
+    ] {
+        let output = compile(&extra, side);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}");
+        assert!(stdout(&output).is_empty(), "{extra:?}");
+        assert!(stderr(&output).contains(complaint), "{}", stderr(&output));
+    }
 }
 
 #[test]

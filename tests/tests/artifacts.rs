@@ -128,15 +128,14 @@ fn envoy_validation_rejects_a_broken_configuration() {
     assert!(log.contains("failure_polcy"), "{log}");
 }
 
-#[test]
-fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
+/// The failure policy and plugin configuration of the weft filter in a shipped configuration
+/// with one HTTP listener.
+fn embedded_plugin(file: &str) -> (String, PluginConfig) {
     let yaml =
-        std::fs::read_to_string(paths::workspace_root().join("envoy-configs/inbound-access.yaml"))
-            .unwrap();
+        std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file)).unwrap();
     let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
     let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
     let plugin = &manager["typed_config"]["http_filters"][0]["typed_config"]["config"];
-    assert_eq!(plugin["failure_policy"].as_str(), Some("FAIL_CLOSED"));
     let embedded = PluginConfig::from_json(
         plugin["configuration"]["value"]
             .as_str()
@@ -144,7 +143,14 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
             .as_bytes(),
     )
     .unwrap();
+    let failure_policy = plugin["failure_policy"].as_str().unwrap_or_default();
+    (failure_policy.to_owned(), embedded)
+}
 
+#[test]
+fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
+    let (failure_policy, embedded) = embedded_plugin("inbound-access.yaml");
+    assert_eq!(failure_policy, "FAIL_CLOSED", "access fails closed");
     let mut compiled = policy::inbound(
         &policy::example("shop").unwrap(),
         "shop/api",
@@ -152,6 +158,21 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
     )
     .unwrap();
     compiled.destination_port = Some(8080);
+    assert_eq!(
+        embedded, compiled,
+        "re-run the weft compile command in the file's comment"
+    );
+}
+
+#[test]
+fn the_outbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
+    let (failure_policy, embedded) = embedded_plugin("outbound-split.yaml");
+    assert_eq!(
+        failure_policy, "FAIL_OPEN",
+        "split routing fails to the root service"
+    );
+    let compiled = policy::outbound(&policy::example("shop").unwrap(), "shop/frontend").unwrap();
+    assert!(!compiled.splits.is_empty());
     assert_eq!(
         embedded, compiled,
         "re-run the weft compile command in the file's comment"

@@ -33,7 +33,7 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
         .unwrap();
     let configured = envoy
         .wait_for_log(
-            "configured as the HTTP filter (plugin configuration version 1; access off)",
+            "configured as the HTTP filter (plugin configuration version 1; access off; splits 0)",
             std::time::Duration::from_secs(5),
         )
         .await
@@ -87,8 +87,9 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
             "field `access.sources.spiffe://cluster.local/ns/a/sa/b`: index 3 is out of range; there are 0 grants",
         ),
         (
-            r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": []}]}"#,
-            "field `splits`: this weft.wasm (0.1.0) does not implement `splits` yet",
+            // With access policy beside splits, an error anywhere refuses: access fails closed.
+            r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": [], "sticky": {"cookie": ""}}], "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            "field `splits[0].sticky.cookie`: \"\" is not a valid cookie name",
         ),
     ];
     let upstream = HttpUpstream::start("app").await.unwrap();
