@@ -1,16 +1,17 @@
 //! Engine benchmarks (`make bench`): the cost of one access decision with 10 to 10,000
-//! TrafficTargets protecting one workload over realistic route groups, of checking and
-//! compiling 10,000 TrafficTargets from YAML, and the size of the compiled bundle.
+//! TrafficTargets protecting one workload over realistic route groups, of one split routing
+//! decision among 1,000 TrafficSplits, of checking and compiling 10,000 TrafficTargets from
+//! YAML, and the size of the compiled bundle.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use weft_policy::bundle::Identity;
+use weft_policy::bundle::{Identity, StickyKey};
 use weft_policy::check;
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::PluginConfig;
-use weft_policy::engine::{Engine, HttpRequest};
+use weft_policy::engine::{Engine, HttpRequest, Routing};
 
 const SIZES: &[usize] = &[10, 100, 1_000, 10_000];
 const GROUPS: usize = 8;
@@ -107,6 +108,61 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
+/// 1,000 TrafficSplits in namespace shop, each a 90/10 canary of its root service.
+fn splits() -> PluginConfig {
+    let mut text = String::new();
+    for i in 0..1_000 {
+        text.push_str(&format!(
+            "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: svc-{i}, namespace: shop}}\nspec:\n  service: svc-{i}\n  backends: [{{service: svc-{i}-v1, weight: 90}}, {{service: svc-{i}-v2, weight: 10}}]\n---\n"
+        ));
+    }
+    let (catalog, diagnostics) = check([("splits.yaml", text.as_str())]);
+    compile(
+        &catalog,
+        &diagnostics,
+        &"shop/frontend".parse::<Identity>().unwrap(),
+        Side::Outbound,
+        &Options::default(),
+    )
+    .unwrap()
+}
+
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("split routing, 1000 TrafficSplits");
+    let mut config = splits();
+    let weighted = Engine::new(&config).unwrap();
+    for table in &mut config.splits {
+        table.sticky = Some(StickyKey::Cookie("user".to_owned()));
+    }
+    let sticky = Engine::new(&config).unwrap();
+    let headers = vec![("cookie".to_owned(), "theme=dark; user=u-4711".to_owned())];
+    let request = HttpRequest {
+        source: None,
+        method: "GET",
+        path: "/",
+        port: 0,
+        headers: &headers,
+    };
+    let host = "svc-500.shop.svc.cluster.local:80";
+    assert!(matches!(
+        weighted.route(host, &request, 7),
+        Routing::Backend { .. }
+    ));
+    for (name, engine) in [("weighted", &weighted), ("sticky cookie", &sticky)] {
+        group.bench_function(name, |b| {
+            let mut roll = 0u64;
+            b.iter(|| {
+                roll = roll.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                black_box(engine.route(black_box(host), black_box(&request), roll));
+            })
+        });
+    }
+    group.bench_function("not a root service", |b| {
+        b.iter(|| black_box(weighted.route(black_box("example.com"), &request, 1)))
+    });
+    group.finish();
+}
+
 fn compilation(c: &mut Criterion) {
     let mut group = c.benchmark_group("check and compile from YAML");
     group
@@ -138,5 +194,5 @@ fn compilation(c: &mut Criterion) {
     black_box(config);
 }
 
-criterion_group!(benches, decisions, compilation);
+criterion_group!(benches, decisions, routing, compilation);
 criterion_main!(benches);

@@ -1,14 +1,21 @@
-//! `weft-bench` (what `make bench` runs): data-plane benchmarks with wrk on loopback. wrk talks
-//! plaintext to a client sidecar Envoy, which calls the measured inbound Envoy (`--concurrency
-//! 1`) over mTLS as shop/frontend, in front of the same upstream: with no access control, with
-//! Envoy's native RBAC filter expressing the example SMI policy, and with weft enforcing it.
-//! All variants run in one run, interleaved over several rounds with the median kept, so that
-//! drift of the machine hits every variant alike. Prints a Markdown table of throughput, p50/p99
-//! latency, the inbound Envoy's CPU time per request and its resident memory, as ratios to
-//! native RBAC.
+//! `weft-bench` (what `make bench` runs): data-plane benchmarks with wrk on loopback, weft
+//! against Envoy's native equivalent of each feature, each measured on an Envoy of its own
+//! (`--concurrency 1`):
+//!
+//! - access: wrk talks plaintext to a client sidecar Envoy, which calls the measured inbound
+//!   Envoy over mTLS as shop/frontend, in front of the same upstream: with no access control,
+//!   with Envoy's native RBAC filter expressing the example SMI policy, and with weft enforcing it;
+//! - split: wrk talks to the measured outbound Envoy, asking for the root service of the
+//!   example canary (90/10 over two backends): with a plain route to one backend, with Envoy's
+//!   native `weighted_clusters` expressing the split, and with weft choosing.
+//!
+//! All variants of a suite run in one run, interleaved over several rounds with the median kept,
+//! so that drift of the machine hits every variant alike. Prints a Markdown table per suite of
+//! throughput, p50/p99 latency, the measured Envoy's CPU time per request and its resident
+//! memory, as ratios to the native equivalent.
 //!
 //! Options: `--duration SECONDS` (per run, default 10), `--rounds N` (default 3),
-//! `--connections N` (default 16).
+//! `--connections N` (default 16), `--suite access|split` (default: both).
 
 use std::process::Command;
 
@@ -16,7 +23,8 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use serde_json::json;
 use weft_e2e::bootstrap::{
-    ServerTls, bootstrap, cluster, http_listener, weft_http_filter, with_tls,
+    ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
+    virtual_host, weft_http_filter, with_tls,
 };
 use weft_e2e::envoy::Envoy;
 use weft_e2e::pki::{Issued, Pki};
@@ -39,6 +47,8 @@ struct Options {
     duration: u64,
     rounds: usize,
     connections: u64,
+    /// Only this suite (`access` or `split`); all when `None`.
+    suite: Option<String>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -46,6 +56,7 @@ fn parse_options() -> anyhow::Result<Options> {
         duration: 10,
         rounds: 3,
         connections: 16,
+        suite: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -56,52 +67,108 @@ fn parse_options() -> anyhow::Result<Options> {
             text.parse()
                 .with_context(|| format!("{flag} {text:?} is not a whole number"))
         };
+        if flag == "--suite" {
+            let name = args.next().context("--suite needs a value")?;
+            if !SUITES.contains(&name.as_str()) {
+                bail!("--suite {name:?}: choose one of {SUITES:?}");
+            }
+            options.suite = Some(name);
+            continue;
+        }
         match flag.as_str() {
             "--duration" => options.duration = value()?,
             "--rounds" => options.rounds = usize::try_from(value()?)?,
             "--connections" => options.connections = value()?,
             other => {
-                bail!("unknown option {other}; options: --duration S --rounds N --connections N")
+                bail!(
+                    "unknown option {other}; options: --duration S --rounds N --connections N --suite NAME"
+                )
             }
         }
     }
     Ok(options)
 }
 
+/// One set of variants measured against the same baseline.
+struct Suite {
+    /// What the measured Envoy does, for the table's first column.
+    title: &'static str,
+    /// The native equivalent ratios are taken against, for the table's header.
+    baseline_name: &'static str,
+    /// Index of that variant.
+    baseline: usize,
+    variants: Vec<(&'static str, Value)>,
+    /// The Host header of every request, if not the listener's address.
+    host: Option<&'static str>,
+    path: &'static str,
+    /// wrk calls the measured Envoy through the caller's mTLS sidecar.
+    through_sidecar: bool,
+    /// How the requests travel, printed under the table.
+    setup: &'static str,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
     let upstream = HttpUpstream::start("app").await?;
+    let checkout = [
+        HttpUpstream::start("checkout").await?,
+        HttpUpstream::start("checkout-v1").await?,
+        HttpUpstream::start("checkout-v2").await?,
+    ];
     let pki = Pki::new()?;
-    let variants = access_variants(&upstream, &pki)?;
     let client = pki.workload("shop/frontend")?;
+    let suites = [access_suite(&upstream, &pki)?, split_suite(&checkout)?];
+    for (name, suite) in SUITES.iter().zip(&suites) {
+        if options.suite.as_deref().is_none_or(|only| only == *name) {
+            run_suite(suite, &options, &pki, &client).await?;
+        }
+    }
+    Ok(())
+}
 
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+async fn run_suite(
+    suite: &Suite,
+    options: &Options,
+    pki: &Pki,
+    client: &Issued,
+) -> anyhow::Result<()> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); suite.variants.len()];
     for round in 1..=options.rounds {
-        for (index, (name, config)) in variants.iter().enumerate() {
-            let inbound = Envoy::start(config).await?;
-            let inbound_addr = inbound.listener("inbound").await?;
-            let sidecar = Envoy::start(&client_sidecar(&pki, &client, inbound_addr)).await?;
-            let url = format!("http://{}{BENCH_PATH}", sidecar.listener("outbound").await?);
+        for (index, (name, config)) in suite.variants.iter().enumerate() {
+            let measured = Envoy::start(config).await?;
+            let measured_addr = measured.listener(MEASURED_LISTENER).await?;
+            let sidecar = match suite.through_sidecar {
+                true => Some(Envoy::start(&client_sidecar(pki, client, measured_addr)).await?),
+                false => None,
+            };
+            let entry = match &sidecar {
+                Some(sidecar) => sidecar.listener("outbound").await?,
+                None => measured_addr,
+            };
+            let url = format!("http://{entry}{}", suite.path);
+            let wrk = |seconds| wrk(&url, suite.host, seconds, options.connections);
             // Warm up connections, the VM and Envoy's caches; not measured.
-            wrk(&url, 2, options.connections)?;
-            let cpu_before = cpu_seconds(inbound.pid())?;
-            let mut sample = wrk(&url, options.duration, options.connections)?;
-            let cpu = cpu_seconds(inbound.pid())? - cpu_before;
+            wrk(2)?;
+            let cpu_before = cpu_seconds(measured.pid())?;
+            let mut sample = wrk(options.duration)?;
+            let cpu = cpu_seconds(measured.pid())? - cpu_before;
             sample.cpu_us_per_request = cpu * 1e6 / sample.requests;
-            sample.rss_mib = resident_mib(inbound.pid())?;
+            sample.rss_mib = resident_mib(measured.pid())?;
             eprintln!("round {round} {name}: {sample:?}");
             samples[index].push(sample);
         }
     }
 
     let medians: Vec<Sample> = samples.iter().map(|runs| median(runs)).collect();
-    let base = medians[BASELINE];
+    let base = medians[suite.baseline];
+    let vs = suite.baseline_name;
     println!(
-        "| inbound Envoy runs | requests/s | vs RBAC | p50 ms | vs RBAC | p99 ms | vs RBAC | CPU us/request | vs RBAC | RSS MiB | vs RBAC |"
+        "| {} | requests/s | vs {vs} | p50 ms | vs {vs} | p99 ms | vs {vs} | CPU us/request | vs {vs} | RSS MiB | vs {vs} |",
+        suite.title
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((name, _), m) in variants.iter().zip(&medians) {
+    for ((name, _), m) in suite.variants.iter().zip(&medians) {
         println!(
             "| {name} | {:.0} | {:.2}x | {:.3} | {:.2}x | {:.3} | {:.2}x | {:.1} | {:.2}x | {:.1} | {:+.1} |",
             m.requests_per_second,
@@ -117,23 +184,30 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nwrk -t1 -c{} -d{}s --latency GET {BENCH_PATH} -> client sidecar Envoy (plaintext in, mTLS out as shop/frontend) -> measured inbound Envoy (mTLS, --concurrency 1) -> upstream (hyper, in the bench process). {} rounds interleaved, medians. CPU us/request: user+system time of the inbound Envoy during the measured run over the requests served.",
-        options.connections, options.duration, options.rounds
+        "\nwrk -t1 -c{} -d{}s --latency GET {}{} -> {}. {} rounds interleaved, medians. CPU us/request: user+system time of the measured Envoy during the measured run over the requests served.\n",
+        options.connections,
+        options.duration,
+        suite.path,
+        suite
+            .host
+            .map(|h| format!(" (Host: {h})"))
+            .unwrap_or_default(),
+        suite.setup,
+        options.rounds
     );
     Ok(())
 }
 
-/// The path every request asks for: allowed to shop/frontend by a regex match with a method.
-const BENCH_PATH: &str = "/orders/42";
-/// Index of the variant ratios are taken against: Envoy's native RBAC.
-const BASELINE: usize = 1;
+/// The suites, in the order they run.
+const SUITES: [&str; 2] = ["access", "split"];
+
+/// Name of the listener of the measured Envoy in every variant.
+const MEASURED_LISTENER: &str = "measured";
 
 /// The measured inbound Envoys: mTLS in front of the upstream with no access control, with
 /// Envoy's RBAC filter expressing examples/shop/smi.yaml, and with weft enforcing the same.
-fn access_variants(
-    upstream: &HttpUpstream,
-    pki: &Pki,
-) -> anyhow::Result<Vec<(&'static str, Value)>> {
+/// Every request asks for `/orders/42`, allowed to shop/frontend by a regex match with a method.
+fn access_suite(upstream: &HttpUpstream, pki: &Pki) -> anyhow::Result<Suite> {
     let module = paths::weft_wasm()?;
     let server = pki.server("shop/api")?;
     let tls = ServerTls {
@@ -145,11 +219,14 @@ fn access_variants(
     let config = policy::inbound(&policy::example("shop")?, "shop/api", AccessMode::Enforce)?;
     let inbound = |filters: Vec<Value>| {
         bootstrap(
-            vec![with_tls(http_listener("inbound", filters, "app"), &tls)],
+            vec![with_tls(
+                http_listener(MEASURED_LISTENER, filters, "app"),
+                &tls,
+            )],
             vec![cluster("app", upstream.addr())],
         )
     };
-    Ok(vec![
+    let variants = vec![
         ("mTLS, no access control", inbound(Vec::new())),
         (
             "mTLS + native RBAC (same policy)",
@@ -162,7 +239,91 @@ fn access_variants(
                 &serde_json::to_string(&config)?,
             )]),
         ),
-    ])
+    ];
+    Ok(Suite {
+        title: "inbound Envoy runs",
+        baseline_name: "RBAC",
+        baseline: 1,
+        variants,
+        host: None,
+        path: "/orders/42",
+        through_sidecar: true,
+        setup: "client sidecar Envoy (plaintext in, mTLS out as shop/frontend) -> measured inbound Envoy (mTLS, --concurrency 1) -> upstream (hyper, in the bench process)",
+    })
+}
+
+/// The measured outbound Envoys for the example canary (examples/shop/split.yaml: `checkout`
+/// 90/10 to checkout-v1 and checkout-v2), each upstream a hyper server of the bench process:
+/// a plain route to checkout-v1 (no split at all), Envoy's `weighted_clusters` 90/10, and weft
+/// choosing through a `cluster_header` route, with the routes of envoy-configs/outbound-split.yaml.
+fn split_suite(upstreams: &[HttpUpstream; 3]) -> anyhow::Result<Suite> {
+    let module = paths::weft_wasm()?;
+    let config = policy::outbound(&policy::example("shop")?, "shop/frontend")?;
+    let clusters: Vec<Value> = ["checkout.shop", "checkout-v1.shop", "checkout-v2.shop"]
+        .iter()
+        .zip(upstreams)
+        .map(|(name, upstream)| cluster(name, upstream.addr()))
+        .collect();
+    let domains = [
+        "checkout",
+        "checkout.shop",
+        "checkout.shop.svc",
+        "checkout.shop.svc.cluster.local",
+    ];
+    let outbound = |filters: Vec<Value>, routes: Vec<Value>| {
+        bootstrap(
+            vec![http_listener_with_hosts(
+                MEASURED_LISTENER,
+                filters,
+                vec![virtual_host("checkout", &domains, routes)],
+            )],
+            clusters.clone(),
+        )
+    };
+    let weighted = json!({
+        "match": {"prefix": "/"},
+        "route": {
+            "weighted_clusters": {"clusters": [
+                {"name": "checkout-v1.shop", "weight": 90},
+                {"name": "checkout-v2.shop", "weight": 10},
+            ]},
+            "retry_policy": {"num_retries": 0},
+        },
+    });
+    let variants = vec![
+        (
+            "route to one backend, no split",
+            outbound(Vec::new(), vec![route_to("checkout-v1.shop")]),
+        ),
+        (
+            "native weighted_clusters 90/10",
+            outbound(Vec::new(), vec![weighted]),
+        ),
+        (
+            "weft loaded, no split configured",
+            outbound(
+                vec![weft_http_filter(&module, r#"{"version": 1}"#)],
+                vec![route_to("checkout-v1.shop")],
+            ),
+        ),
+        (
+            "weft split 90/10 (cluster_header)",
+            outbound(
+                vec![weft_http_filter(&module, &serde_json::to_string(&config)?)],
+                vec![split_route(), route_to("checkout.shop")],
+            ),
+        ),
+    ];
+    Ok(Suite {
+        title: "outbound Envoy runs",
+        baseline_name: "weighted_clusters",
+        baseline: 1,
+        variants,
+        host: Some("checkout"),
+        path: "/",
+        through_sidecar: false,
+        setup: "measured outbound Envoy (plaintext, --concurrency 1) -> upstreams (hyper, in the bench process)",
+    })
 }
 
 /// Envoy's RBAC filter with examples/shop/smi.yaml written by hand: shop/frontend may GET
@@ -223,15 +384,19 @@ fn client_sidecar(pki: &Pki, client: &Issued, inbound: std::net::SocketAddr) -> 
     )
 }
 
-fn wrk(url: &str, seconds: u64, connections: u64) -> anyhow::Result<Sample> {
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
+fn wrk(url: &str, host: Option<&str>, seconds: u64, connections: u64) -> anyhow::Result<Sample> {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(host) = host {
+        command.args(["-H", &format!("Host: {host}")]);
+    }
+    let output = command
+        .arg(url)
         .output()
         .context("cannot run wrk: run `make setup`")?;
     let text = String::from_utf8_lossy(&output.stdout);
