@@ -7,7 +7,6 @@ use weft_certs::{MeshCa, Validity};
 use weft_e2e::{paths, policy};
 use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
-use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
 #[test]
@@ -28,22 +27,6 @@ fn the_manifest_describes_the_built_module() {
         };
         assert_eq!(manifest.size, expected, "{optimisation:?}");
     }
-}
-
-#[test]
-fn the_module_exports_only_the_hooks_weft_implements() {
-    let module = std::fs::read(paths::weft_wasm().unwrap()).unwrap();
-    let mut exported = export_names(&module).unwrap();
-    exported.sort();
-    let mut expected: Vec<&str> = ENVOY_ENTRY_POINTS.to_vec();
-    expected.sort_unstable();
-    assert_eq!(exported, expected);
-    // Envoy skips what is not exported: no VM entry for response hooks, logs or timers.
-    assert!(
-        !exported
-            .iter()
-            .any(|e| e == "proxy_on_response_headers" || e == "proxy_on_log")
-    );
 }
 
 /// A working directory laid out like the README's walk-through leaves the repository root:

@@ -5,8 +5,6 @@
 //! (`src/main.rs`) does the building; this library holds the manifest and its checks, which
 //! the tests use to prove that a manifest describes the file beside it.
 
-pub mod exports;
-
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -55,8 +53,7 @@ pub enum ManifestError {
 pub struct Optimisation {
     /// The optimiser and its flags, e.g. `wasm-opt version 108 -O3`.
     pub tool: String,
-    /// Size in bytes of the module before the optimiser ran (as rustc wrote it, with only
-    /// the exports Envoy needs).
+    /// Size in bytes of the module as rustc wrote it.
     pub size_before: u64,
     /// Size in bytes after the optimiser ran (also when that result was not kept).
     pub size_after: u64,

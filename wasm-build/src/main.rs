@@ -1,32 +1,28 @@
 //! `weft-wasm-build`: `cargo run -p weft-wasm-build --release` (what `make build` runs).
-//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, removes every export
-//! but [`ENVOY_ENTRY_POINTS`] with `wasm-metadce` (so Envoy does not enter the VM for hooks weft
-//! does not implement), runs `wasm-opt` over it and keeps the result only when it is smaller,
-//! checks the exports, then writes `target/wasm/weft.wasm` and `target/wasm/manifest.json`.
-//! Pass `--no-opt` to skip the optimiser (the pruning always runs: it changes what Envoy calls).
+//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, runs `wasm-opt`
+//! over it and keeps the result only when it is smaller, then writes `target/wasm/weft.wasm`
+//! and `target/wasm/manifest.json`. Pass `--no-opt` to skip the optimiser.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
 use weft_wasm_build::{MANIFEST_FILE, MODULE_FILE, Manifest, Optimisation};
 
 const TARGET: &str = "wasm32-wasip1";
 const PACKAGE: &str = "weft-envoy";
-/// The wasm features rustc emits for wasm32-wasip1, which V8 in Envoy supports; binaryen's
-/// tools must be told to accept them.
-const WASM_FEATURES: &[&str] = &[
+/// Optimiser flags. The wasm feature flags match what rustc emits for wasm32-wasip1, which
+/// V8 in Envoy supports; `-O3` optimises for speed (see docs/decisions.md for the measurement).
+const WASM_OPT_FLAGS: &[&str] = &[
+    "-O3",
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-mutable-globals",
     "--enable-nontrapping-float-to-int",
     "--enable-reference-types",
     "--enable-multivalue",
+    "--strip-debug",
 ];
-/// Optimiser flags besides [`WASM_FEATURES`]: `-O3` optimises for speed (see
-/// docs/decisions.md for the measurement).
-const WASM_OPT_FLAGS: &[&str] = &["-O3", "--strip-debug"];
 
 fn main() -> anyhow::Result<()> {
     let optimise = !std::env::args().skip(1).any(|arg| arg == "--no-opt");
@@ -57,14 +53,12 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let module_path = out_dir.join(MODULE_FILE);
-    let pruned = out_dir.join("weft.pruned.wasm");
-    prune_exports(&compiled, &pruned, &out_dir.join("entry-points.json"))?;
     let raw =
-        std::fs::read(&pruned).with_context(|| format!("cannot read {}", pruned.display()))?;
+        std::fs::read(&compiled).with_context(|| format!("cannot read {}", compiled.display()))?;
 
     let (module, optimisation) = if optimise {
         let (bytes, report) =
-            run_wasm_opt(&pruned, &out_dir.join("weft.opt.wasm"), raw.len() as u64)?;
+            run_wasm_opt(&compiled, &out_dir.join("weft.opt.wasm"), raw.len() as u64)?;
         if report.kept {
             (bytes, Some(report))
         } else {
@@ -74,14 +68,6 @@ fn main() -> anyhow::Result<()> {
         (raw, None)
     };
 
-    let mut exported = export_names(&module).context("cannot read the module's exports")?;
-    let mut expected: Vec<String> = ENVOY_ENTRY_POINTS.iter().map(|e| (*e).to_owned()).collect();
-    exported.sort();
-    expected.sort();
-    ensure!(
-        exported == expected,
-        "the module exports {exported:?}, expected exactly {expected:?}"
-    );
     std::fs::write(&module_path, &module)
         .with_context(|| format!("cannot write {}", module_path.display()))?;
     let manifest = Manifest::describe(env!("CARGO_PKG_VERSION"), &module, optimisation);
@@ -116,36 +102,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `output`: `input` with only [`ENVOY_ENTRY_POINTS`] exported and the code only they
-/// reached removed (binaryen's `wasm-metadce`, given them as the roots of its graph).
-fn prune_exports(input: &Path, output: &Path, graph_file: &Path) -> anyhow::Result<()> {
-    let graph: Vec<serde_json::Value> = ENVOY_ENTRY_POINTS
-        .iter()
-        .map(|name| serde_json::json!({"name": name, "export": name, "root": true}))
-        .collect();
-    std::fs::write(graph_file, serde_json::to_string(&graph)?)
-        .with_context(|| format!("cannot write {}", graph_file.display()))?;
-    let result = Command::new("wasm-metadce")
-        .args(WASM_FEATURES)
-        .arg("--graph-file")
-        .arg(graph_file)
-        .arg(input)
-        .arg("-o")
-        .arg(output)
-        .output()
-        .context("wasm-metadce not found: run `make setup` (Debian package binaryen)")?;
-    // It lists what it removed on stdout; only a failure is worth showing.
-    if !result.status.success() {
-        bail!(
-            "wasm-metadce failed ({}) on {}: {}",
-            result.status,
-            input.display(),
-            String::from_utf8_lossy(&result.stderr)
-        );
-    }
-    Ok(())
-}
-
 fn run_wasm_opt(
     input: &Path,
     output: &Path,
@@ -157,7 +113,6 @@ fn run_wasm_opt(
     let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
     let status = Command::new("wasm-opt")
         .args(WASM_OPT_FLAGS)
-        .args(WASM_FEATURES)
         .arg(input)
         .arg("-o")
         .arg(output)
@@ -170,11 +125,7 @@ fn run_wasm_opt(
         std::fs::read(output).with_context(|| format!("cannot read {}", output.display()))?;
     let size_after = bytes.len() as u64;
     let report = Optimisation {
-        tool: format!(
-            "{version} {} {}",
-            WASM_OPT_FLAGS.join(" "),
-            WASM_FEATURES.join(" ")
-        ),
+        tool: format!("{version} {}", WASM_OPT_FLAGS.join(" ")),
         size_before,
         size_after,
         kept: size_after < size_before,

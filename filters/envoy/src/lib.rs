@@ -25,7 +25,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use weft_policy::bundle::AccessMode;
-use weft_policy::engine::{Engine, EngineError};
+use weft_policy::engine::Engine;
 use weft_policy::{ConfigError, PluginConfig};
 
 /// Name of the counter of HTTP requests that reached a configured weft plugin.
@@ -175,26 +175,9 @@ impl Context for WeftRoot {}
 /// The [`ConfigError`] that names the field at fault.
 pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
     let config = PluginConfig::from_json(bytes)?;
-    let engine = Engine::new(&config).map_err(|err| match err {
-        EngineError::Regex { field, reason } => ConfigError::Invalid {
-            field,
-            reason: format!("invalid regex: {reason}"),
-        },
-        EngineError::Index {
-            field,
-            index,
-            len,
-            list,
-        } => ConfigError::Invalid {
-            field,
-            reason: format!("index {index} is out of range; there are {len} {list}"),
-        },
-        EngineError::Name { field, value, what } => ConfigError::Invalid {
-            field,
-            reason: format!(
-                "{value:?} is not a valid {what} name; use letters, digits and !#$%&'*+-.^_`|~ only"
-            ),
-        },
+    let engine = Engine::new(&config).map_err(|err| ConfigError::Invalid {
+        field: err.field().to_owned(),
+        reason: err.reason(),
     })?;
     Ok((config, engine))
 }

@@ -74,6 +74,27 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// Path of the field at fault.
+    pub fn field(&self) -> &str {
+        match self {
+            EngineError::Regex { field, .. }
+            | EngineError::Index { field, .. }
+            | EngineError::Name { field, .. } => field,
+        }
+    }
+
+    /// What is wrong with the field, without its path.
+    pub fn reason(&self) -> String {
+        let message = self.to_string();
+        message
+            .strip_prefix(self.field())
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&message)
+            .to_owned()
+    }
+}
+
 /// Read access to a request's headers (names are lower-case).
 pub trait Headers {
     /// The value of header `name`, if present.

@@ -651,6 +651,9 @@ fn an_invalid_sticky_name_is_refused_naming_the_field() {
             matches!(&err, EngineError::Name { field: f, .. } if f == field),
             "{err}"
         );
+        assert_eq!(err.field(), field);
+        assert!(err.reason().contains("is not a valid"), "{}", err.reason());
+        assert_eq!(err.to_string(), format!("{field}: {}", err.reason()));
     }
 }
 

@@ -15,7 +15,9 @@
 //! memory, as ratios to the native equivalent.
 //!
 //! Options: `--duration SECONDS` (per run, default 10), `--rounds N` (default 3),
-//! `--connections N` (default 16), `--suite access|split` (default: both).
+//! `--connections N` (default 16), `--suite access|split` (default: both), `--compare-wasm PATH`
+//! (adds a variant of the split suite running that build of the module, to measure two builds
+//! side by side in one run).
 
 use std::process::Command;
 
@@ -49,6 +51,8 @@ struct Options {
     connections: u64,
     /// Only this suite (`access` or `split`); all when `None`.
     suite: Option<String>,
+    /// Another build of weft.wasm to measure beside the current one.
+    compare_wasm: Option<std::path::PathBuf>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -57,6 +61,7 @@ fn parse_options() -> anyhow::Result<Options> {
         rounds: 3,
         connections: 16,
         suite: None,
+        compare_wasm: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -67,6 +72,11 @@ fn parse_options() -> anyhow::Result<Options> {
             text.parse()
                 .with_context(|| format!("{flag} {text:?} is not a whole number"))
         };
+        if flag == "--compare-wasm" {
+            let path = args.next().context("--compare-wasm needs a path")?;
+            options.compare_wasm = Some(std::path::PathBuf::from(path));
+            continue;
+        }
         if flag == "--suite" {
             let name = args.next().context("--suite needs a value")?;
             if !SUITES.contains(&name.as_str()) {
@@ -81,7 +91,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--connections" => options.connections = value()?,
             other => {
                 bail!(
-                    "unknown option {other}; options: --duration S --rounds N --connections N --suite NAME"
+                    "unknown option {other}; options: --duration S --rounds N --connections N --suite NAME --compare-wasm PATH"
                 )
             }
         }
@@ -118,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
     ];
     let pki = Pki::new()?;
     let client = pki.workload("shop/frontend")?;
-    let suites = [access_suite(&upstream, &pki)?, split_suite(&checkout)?];
+    let suites = [
+        access_suite(&upstream, &pki)?,
+        split_suite(&checkout, options.compare_wasm.as_deref())?,
+    ];
     for (name, suite) in SUITES.iter().zip(&suites) {
         if options.suite.as_deref().is_none_or(|only| only == *name) {
             run_suite(suite, &options, &pki, &client).await?;
@@ -256,7 +269,10 @@ fn access_suite(upstream: &HttpUpstream, pki: &Pki) -> anyhow::Result<Suite> {
 /// 90/10 to checkout-v1 and checkout-v2), each upstream a hyper server of the bench process:
 /// a plain route to checkout-v1 (no split at all), Envoy's `weighted_clusters` 90/10, and weft
 /// choosing through a `cluster_header` route, with the routes of envoy-configs/outbound-split.yaml.
-fn split_suite(upstreams: &[HttpUpstream; 3]) -> anyhow::Result<Suite> {
+fn split_suite(
+    upstreams: &[HttpUpstream; 3],
+    compare_wasm: Option<&std::path::Path>,
+) -> anyhow::Result<Suite> {
     let module = paths::weft_wasm()?;
     let config = policy::outbound(&policy::example("shop")?, "shop/frontend")?;
     let clusters: Vec<Value> = ["checkout.shop", "checkout-v1.shop", "checkout-v2.shop"]
@@ -290,7 +306,13 @@ fn split_suite(upstreams: &[HttpUpstream; 3]) -> anyhow::Result<Suite> {
             "retry_policy": {"num_retries": 0},
         },
     });
-    let variants = vec![
+    let weft_split = |module: &std::path::Path| -> anyhow::Result<Value> {
+        Ok(outbound(
+            vec![weft_http_filter(module, &serde_json::to_string(&config)?)],
+            vec![split_route(), route_to("checkout.shop")],
+        ))
+    };
+    let mut variants = vec![
         (
             "route to one backend, no split",
             outbound(Vec::new(), vec![route_to("checkout-v1.shop")]),
@@ -306,14 +328,11 @@ fn split_suite(upstreams: &[HttpUpstream; 3]) -> anyhow::Result<Suite> {
                 vec![route_to("checkout-v1.shop")],
             ),
         ),
-        (
-            "weft split 90/10 (cluster_header)",
-            outbound(
-                vec![weft_http_filter(&module, &serde_json::to_string(&config)?)],
-                vec![split_route(), route_to("checkout.shop")],
-            ),
-        ),
+        ("weft split 90/10 (cluster_header)", weft_split(&module)?),
     ];
+    if let Some(other) = compare_wasm {
+        variants.push(("weft split 90/10, --compare-wasm build", weft_split(other)?));
+    }
     Ok(Suite {
         title: "outbound Envoy runs",
         baseline_name: "weighted_clusters",
