@@ -7,9 +7,10 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode};
 use weft_policy::bundle::AccessMode;
-use weft_policy::engine::{Decision, HttpRequest, Routing};
+use weft_policy::engine::{Decision, Headers, HttpRequest, Routing};
 
-use crate::{FilterState, ROUTE_HEADER, host};
+use crate::host::RequestHeaders;
+use crate::{FilterState, HeaderPlan, ROUTE_HEADER, host};
 
 /// Status of the local reply for a request that reaches a plugin whose configuration was
 /// refused; Envoy normally stops such requests itself, this is the second line of defence.
@@ -42,7 +43,9 @@ impl Context for WeftHttp {}
 impl HttpContext for WeftHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(state) = &self.state else {
+            let content_type = host::request_header("content-type");
             host::refuse_request(
+                host::is_grpc(content_type.as_deref()),
                 UNCONFIGURED_STATUS,
                 GrpcStatusCode::Unavailable,
                 UNCONFIGURED_HEADER,
@@ -51,13 +54,18 @@ impl HttpContext for WeftHttp {
             return Action::Pause;
         };
         host::count(state.metrics.http_requests);
+        let headers = match state.header_plan {
+            HeaderPlan::Nothing => RequestHeaders::default(),
+            HeaderPlan::HostOnly => RequestHeaders::fetch_one(":authority"),
+            HeaderPlan::Every => RequestHeaders::fetch_all(),
+        };
         if let Some(mode) = state.deciding_mode()
-            && check_access(state, mode) == Action::Pause
+            && check_access(state, mode, &headers) == Action::Pause
         {
             return Action::Pause;
         }
         if state.routes_splits() {
-            route_split(state);
+            route_split(state, &headers);
         }
         Action::Continue
     }
@@ -66,11 +74,13 @@ impl HttpContext for WeftHttp {
 /// Chooses the cluster of a request for a TrafficSplit's root service and hands it to the
 /// router in [`ROUTE_HEADER`]. Any other request passes untouched, except that a route header
 /// it arrived with is removed, so no client chooses its own cluster.
-fn route_split(state: &FilterState) {
+fn route_split(state: &FilterState, headers: &RequestHeaders) {
     let split = if state.split_fallback {
         None
     } else {
-        host::request_header(":authority").and_then(|host| state.engine.split_for_host(&host))
+        headers
+            .header(":authority")
+            .and_then(|host| state.engine.split_for_host(host))
     };
     let Some(split) = split else {
         if !host::remove_request_header(ROUTE_HEADER) {
@@ -78,25 +88,12 @@ fn route_split(state: &FilterState) {
         }
         return;
     };
-    let (method, path) = if split.reads_request_line() {
-        (
-            host::request_header(":method").unwrap_or_default(),
-            host::request_header(":path").unwrap_or_default(),
-        )
-    } else {
-        (String::new(), String::new())
-    };
-    let headers: Vec<(String, String)> = split
-        .header_names()
-        .iter()
-        .filter_map(|name| host::request_header(name).map(|value| (name.clone(), value)))
-        .collect();
     let request = HttpRequest {
         source: None,
-        method: &method,
-        path: &path,
+        method: headers.header(":method").unwrap_or_default(),
+        path: headers.header(":path").unwrap_or_default(),
         port: 0,
-        headers: &headers,
+        headers,
     };
     let cluster = match split.route(&request, fastrand::u64(..)) {
         Routing::Backend { service, .. } => service,
@@ -106,7 +103,9 @@ fn route_split(state: &FilterState) {
             why,
         } => {
             log::debug!(
-                "TrafficSplit {traffic_split}: {method} {path} goes to the root service {service}: {why}"
+                "TrafficSplit {traffic_split}: {} {} goes to the root service {service}: {why}",
+                request.method,
+                request.path
             );
             service
         }
@@ -118,28 +117,21 @@ fn route_split(state: &FilterState) {
     }
 }
 
-fn check_access(state: &FilterState, mode: AccessMode) -> Action {
+fn check_access(state: &FilterState, mode: AccessMode, headers: &RequestHeaders) -> Action {
     let source = host::peer_identity();
-    let method = host::request_header(":method").unwrap_or_default();
-    let path = host::request_header(":path").unwrap_or_default();
-    let headers: Vec<(String, String)> = state
-        .engine
-        .access_header_names()
-        .iter()
-        .filter_map(|name| host::request_header(name).map(|value| (name.clone(), value)))
-        .collect();
     let request = HttpRequest {
         source: source.as_deref(),
-        method: &method,
-        path: &path,
+        method: headers.header(":method").unwrap_or_default(),
+        path: headers.header(":path").unwrap_or_default(),
         port: state.destination_port(),
-        headers: &headers,
+        headers,
     };
     let decision = state.engine.decide_http(&request);
     let Decision::Deny { reason } = decision else {
         return Action::Continue;
     };
     let caller = source.as_deref().unwrap_or("(no verified identity)");
+    let (method, path) = (request.method, request.path);
     if mode == AccessMode::Audit {
         host::count(state.metrics.http_audit);
         log::info!(
@@ -154,6 +146,7 @@ fn check_access(state: &FilterState, mode: AccessMode) -> Action {
         request.port
     );
     host::refuse_request(
+        host::is_grpc(headers.header("content-type")),
         DENIED_STATUS,
         GrpcStatusCode::PermissionDenied,
         DENIED_HEADER,

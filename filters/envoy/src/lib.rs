@@ -120,6 +120,41 @@ impl Metrics {
     }
 }
 
+/// Which request headers an HTTP request context fetches from Envoy, decided once per
+/// configuration: every fetch is a costly round trip into the VM, so each request makes at
+/// most one (see [`host::RequestHeaders`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderPlan {
+    /// No feature reads a header.
+    Nothing,
+    /// Only the host is read: split routing by weight alone.
+    HostOnly,
+    /// Several headers are read (access decisions, or splits with `matches` or a sticky key):
+    /// all of them in one call.
+    Every,
+}
+
+impl HeaderPlan {
+    /// The plan for a plugin whose features `engine` describes.
+    pub fn for_engine(engine: &Engine, split_fallback: bool) -> Self {
+        if deciding_mode(engine).is_some() || engine.splits_read_request() {
+            HeaderPlan::Every
+        } else if engine.has_splits() && !split_fallback {
+            HeaderPlan::HostOnly
+        } else {
+            HeaderPlan::Nothing
+        }
+    }
+}
+
+/// The access mode when `engine` makes access decisions (`enforce` or `audit`); `None` when
+/// the feature is off or permissive.
+fn deciding_mode(engine: &Engine) -> Option<AccessMode> {
+    engine
+        .access_mode()
+        .filter(|mode| *mode != AccessMode::Permissive)
+}
+
 /// What every request or connection context of one configured plugin shares.
 #[derive(Debug)]
 pub struct FilterState {
@@ -132,15 +167,27 @@ pub struct FilterState {
     /// The configuration was refused but held only split routing: requests go to the Envoy
     /// route of the service they address, and a route header a client sent is removed.
     pub split_fallback: bool,
+    /// The request headers each HTTP request fetches.
+    pub header_plan: HeaderPlan,
 }
 
 impl FilterState {
+    /// The shared state of a configured plugin (defines its counters).
+    pub fn new(config: PluginConfig, engine: Engine, split_fallback: bool) -> Self {
+        let header_plan = HeaderPlan::for_engine(&engine, split_fallback);
+        Self {
+            config,
+            engine,
+            metrics: Metrics::define(),
+            split_fallback,
+            header_plan,
+        }
+    }
+
     /// The mode when access decisions must be made (`enforce` or `audit`); `None` when the
     /// feature is off or permissive, so traffic passes without a decision.
     pub fn deciding_mode(&self) -> Option<AccessMode> {
-        self.engine
-            .access_mode()
-            .filter(|mode| *mode != AccessMode::Permissive)
+        deciding_mode(&self.engine)
     }
 
     /// Whether requests pass through split routing (and lose any route header they carry).
@@ -217,12 +264,7 @@ impl RootContext for WeftRoot {
                         "TrafficSplit {traffic_split}: no backend has a weight above 0 and a port of the root service, so every request for {service} goes to the root service"
                     );
                 }
-                self.state = Some(Rc::new(FilterState {
-                    config,
-                    engine,
-                    metrics: Metrics::define(),
-                    split_fallback: false,
-                }));
+                self.state = Some(Rc::new(FilterState::new(config, engine, false)));
                 true
             }
             Err(err) if self.kind == FilterKind::Http && split_only(&bytes) => {
@@ -231,12 +273,11 @@ impl RootContext for WeftRoot {
                 );
                 match Engine::new(&PluginConfig::default()) {
                     Ok(engine) => {
-                        self.state = Some(Rc::new(FilterState {
-                            config: PluginConfig::default(),
+                        self.state = Some(Rc::new(FilterState::new(
+                            PluginConfig::default(),
                             engine,
-                            metrics: Metrics::define(),
-                            split_fallback: true,
-                        }));
+                            true,
+                        )));
                         true
                     }
                     Err(_) => false,
@@ -283,7 +324,45 @@ pub fn split_only(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::split_only;
+    use super::{HeaderPlan, load, split_only};
+
+    fn plan(configuration: &str, split_fallback: bool) -> HeaderPlan {
+        let (_, engine) = load(configuration.as_bytes()).unwrap();
+        HeaderPlan::for_engine(&engine, split_fallback)
+    }
+
+    const ACCESS: &str =
+        r#""access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}"#;
+    const SPLIT: &str = r#""splits": [{"traffic_split": "web/canary", "service": "website.web",
+        "hosts": ["website.web"], "backends": [{"service": "website-v1.web", "weight": 1}]}]"#;
+
+    #[test]
+    fn each_request_fetches_only_the_headers_its_features_read() {
+        assert_eq!(plan(r#"{"version": 1}"#, false), HeaderPlan::Nothing);
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {SPLIT}}}"#), false),
+            HeaderPlan::HostOnly
+        );
+        let sticky = SPLIT.replace(
+            r#""weight": 1}]"#,
+            r#""weight": 1}], "sticky": {"cookie": "user"}"#,
+        );
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {sticky}}}"#), false),
+            HeaderPlan::Every
+        );
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {ACCESS}}}"#), false),
+            HeaderPlan::Every
+        );
+        let permissive = ACCESS.replace(r#""grants": []"#, r#""grants": [], "mode": "permissive""#);
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {permissive}}}"#), false),
+            HeaderPlan::Nothing
+        );
+        // The fallback routes nothing itself: it only removes a client's route header.
+        assert_eq!(plan(r#"{"version": 1}"#, true), HeaderPlan::Nothing);
+    }
 
     #[test]
     fn only_a_document_with_splits_and_no_other_feature_may_fall_back() {

@@ -621,6 +621,15 @@ impl Engine {
         !self.splits.is_empty()
     }
 
+    /// Whether some split decision reads more of a request than its host: the method and path
+    /// (the split has `matches`) or a header (of `matches`, or the sticky key). When none does,
+    /// an adapter needs only the host to route every request.
+    pub fn splits_read_request(&self) -> bool {
+        self.splits
+            .iter()
+            .any(|split| !split.table.matches.is_empty() || !split.header_names.is_empty())
+    }
+
     /// TrafficSplits that can only send to their root service (no backend has a weight above
     /// 0), as `(traffic_split, root service)`, so an adapter can say so once when it loads.
     pub fn splits_without_backends(&self) -> impl Iterator<Item = (&str, &str)> {

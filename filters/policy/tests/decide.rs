@@ -624,6 +624,26 @@ fn a_sticky_split_reads_only_the_headers_it_needs() {
 }
 
 #[test]
+fn splits_read_more_than_the_host_only_with_matches_or_a_sticky_key() {
+    let weighted_only = r#"
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: canary, namespace: web}
+spec:
+  service: website
+  backends: [{service: website-v1, weight: 9}, {service: website-v2, weight: 1}]
+"#;
+    let plain = config_for("web/client", Side::Outbound, weighted_only);
+    assert!(!Engine::new(&plain).unwrap().splits_read_request());
+    let mut sticky_plain = plain.clone();
+    sticky_plain.splits[0].sticky = Some(StickyKey::Header("x-user".to_owned()));
+    assert!(Engine::new(&sticky_plain).unwrap().splits_read_request());
+    // SPLITS has an A/B split with matches.
+    let with_matches = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert!(with_matches.splits_read_request());
+}
+
+#[test]
 fn cookies_are_found_by_exact_name() {
     assert_eq!(cookie("a=1; user=\"x y\"; b=2", "user"), Some("x y"));
     assert_eq!(cookie("a=1;user=7", "user"), Some("7"));
