@@ -7,6 +7,7 @@ use weft_certs::{MeshCa, Validity};
 use weft_e2e::{paths, policy};
 use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
+use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
 #[test]
@@ -27,6 +28,16 @@ fn the_manifest_describes_the_built_module() {
         };
         assert_eq!(manifest.size, expected, "{optimisation:?}");
     }
+}
+
+#[test]
+fn the_built_module_offers_envoy_only_the_hooks_weft_implements() {
+    let module = std::fs::read(paths::weft_wasm().unwrap()).unwrap();
+    let mut exported = export_names(&module).unwrap();
+    exported.sort();
+    let mut expected: Vec<String> = ENVOY_ENTRY_POINTS.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(exported, expected);
 }
 
 /// A working directory laid out like the README's walk-through leaves the repository root:

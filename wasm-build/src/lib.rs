@@ -3,7 +3,10 @@
 //! sha256, size). The controller will later serve the module from a content-addressed path and
 //! reference it by this sha256 in ECDS, so the manifest is the artifact's identity. The binary
 //! (`src/main.rs`) does the building; this library holds the manifest and its checks, which
-//! the tests use to prove that a manifest describes the file beside it.
+//! the tests use to prove that a manifest describes the file beside it. [`exports`] decides
+//! which hooks the module offers Envoy.
+
+pub mod exports;
 
 use std::path::Path;
 
@@ -53,7 +56,8 @@ pub enum ManifestError {
 pub struct Optimisation {
     /// The optimiser and its flags, e.g. `wasm-opt version 108 -O3`.
     pub tool: String,
-    /// Size in bytes of the module as rustc wrote it.
+    /// Size in bytes of the module before the optimiser ran (as rustc wrote it, with only the
+    /// exports Envoy needs).
     pub size_before: u64,
     /// Size in bytes after the optimiser ran (also when that result was not kept).
     pub size_after: u64,

@@ -1,12 +1,16 @@
 //! `weft-wasm-build`: `cargo run -p weft-wasm-build --release` (what `make build` runs).
-//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, runs `wasm-opt`
-//! over it and keeps the result only when it is smaller, then writes `target/wasm/weft.wasm`
-//! and `target/wasm/manifest.json`. Pass `--no-opt` to skip the optimiser.
+//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, keeps only the exports
+//! in [`ENVOY_ENTRY_POINTS`] (so Envoy does not enter the VM for hooks weft does not implement),
+//! runs `wasm-opt` over it (which also drops the code nothing references any more) and keeps the
+//! result only when it is smaller, then writes `target/wasm/weft.wasm` and
+//! `target/wasm/manifest.json`. Pass `--no-opt` to skip the optimiser; the exports are pruned
+//! either way, because they change what Envoy calls.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
+use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, keep_exports};
 use weft_wasm_build::{MANIFEST_FILE, MODULE_FILE, Manifest, Optimisation};
 
 const TARGET: &str = "wasm32-wasip1";
@@ -53,12 +57,16 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let module_path = out_dir.join(MODULE_FILE);
-    let raw =
+    let compiled_bytes =
         std::fs::read(&compiled).with_context(|| format!("cannot read {}", compiled.display()))?;
+    let raw = keep_exports(&compiled_bytes, ENVOY_ENTRY_POINTS)
+        .with_context(|| format!("cannot prune the exports of {}", compiled.display()))?;
+    let pruned = out_dir.join("weft.pruned.wasm");
+    std::fs::write(&pruned, &raw).with_context(|| format!("cannot write {}", pruned.display()))?;
 
     let (module, optimisation) = if optimise {
         let (bytes, report) =
-            run_wasm_opt(&compiled, &out_dir.join("weft.opt.wasm"), raw.len() as u64)?;
+            run_wasm_opt(&pruned, &out_dir.join("weft.opt.wasm"), raw.len() as u64)?;
         if report.kept {
             (bytes, Some(report))
         } else {
