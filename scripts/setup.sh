@@ -6,7 +6,7 @@ set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 VENV="${VENV:-.venv}"
-DEBIAN_PACKAGES=(wrk binaryen curl)
+DEBIAN_PACKAGES=(wrk binaryen curl valgrind)
 WASM_TARGETS=(wasm32-wasip1)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -42,7 +42,8 @@ else
   cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" || fail "cargo install cargo-fuzz failed"
 fi
 
-# 2. Debian packages: wrk (data-plane load), binaryen (wasm-opt), curl (demo).
+# 2. Debian packages: wrk (data-plane load), binaryen (wasm-opt), curl (demo), valgrind
+#    (callgrind counts the instructions per request in `make bench`).
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,6 +1,8 @@
 //! One real Envoy process per [`Envoy`] value: started from a generated bootstrap, polled until
 //! its admin interface says it is ready, killed when dropped, its log printed if the test that
-//! owns it panics.
+//! owns it panics. For benchmarks an Envoy can run under valgrind's callgrind, which counts the
+//! instructions it executes ([`Envoy::start_counting_instructions`]): a figure that does not
+//! move with the load of a shared machine, unlike time.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow, bail, ensure};
 use serde_json::Value;
 
 use crate::client::{self, Reply};
@@ -19,6 +21,10 @@ const ADMIN_ADDRESS_FILE: &str = "admin-address";
 
 /// How long Envoy may take to start (compiling the wasm module with V8 is most of it).
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long Envoy may take to start under callgrind, which runs it about 50 times slower.
+pub const CALLGRIND_START_DEADLINE: Duration = Duration::from_secs(600);
+/// Name of callgrind's output file in the Envoy's folder; each dump adds `.N`.
+const CALLGRIND_OUT: &str = "callgrind.out";
 
 /// A running Envoy process.
 #[derive(Debug)]
@@ -26,6 +32,8 @@ pub struct Envoy {
     child: Mutex<Child>,
     dir: tempfile::TempDir,
     admin: SocketAddr,
+    /// Runs under callgrind with instrumentation off until [`Envoy::count_instructions`].
+    callgrind: bool,
 }
 
 impl Envoy {
@@ -35,8 +43,26 @@ impl Envoy {
     /// When Envoy is missing, exits, or is not ready within [`START_DEADLINE`]; the error
     /// carries Envoy's log.
     pub async fn start(bootstrap: &Value) -> anyhow::Result<Self> {
-        let envoy = Self::spawn(bootstrap).await?;
-        let ready = poll::until("Envoy /ready", START_DEADLINE, || async {
+        Self::start_as(bootstrap, false).await
+    }
+
+    /// Starts Envoy with `bootstrap` under valgrind's callgrind, instrumentation off (it runs
+    /// slowly, but counts nothing) until [`Envoy::count_instructions`] turns it on.
+    ///
+    /// # Errors
+    /// As [`Envoy::start`], or when valgrind is missing (`make setup` installs it).
+    pub async fn start_counting_instructions(bootstrap: &Value) -> anyhow::Result<Self> {
+        Self::start_as(bootstrap, true).await
+    }
+
+    async fn start_as(bootstrap: &Value, callgrind: bool) -> anyhow::Result<Self> {
+        let deadline = if callgrind {
+            CALLGRIND_START_DEADLINE
+        } else {
+            START_DEADLINE
+        };
+        let envoy = Self::spawn(bootstrap, callgrind, deadline).await?;
+        let ready = poll::until("Envoy /ready", deadline, || async {
             envoy.check_alive()?;
             Ok(client::get(envoy.admin, "/ready")
                 .await
@@ -52,10 +78,10 @@ impl Envoy {
     }
 
     /// Starts Envoy with `bootstrap` and waits only for its admin interface to listen.
-    async fn spawn(bootstrap: &Value) -> anyhow::Result<Self> {
-        let mut envoy = Self::launch(bootstrap)?;
+    async fn spawn(bootstrap: &Value, callgrind: bool, deadline: Duration) -> anyhow::Result<Self> {
+        let mut envoy = Self::launch(bootstrap, callgrind)?;
         let admin_path = envoy.dir.path().join(ADMIN_ADDRESS_FILE);
-        let admin = poll::until("Envoy admin address file", START_DEADLINE, || async {
+        let admin = poll::until("Envoy admin address file", deadline, || async {
             envoy.check_alive()?;
             Ok(read_admin_address(&admin_path))
         })
@@ -66,13 +92,31 @@ impl Envoy {
     }
 
     /// Writes the bootstrap and starts the process, without waiting for anything.
-    fn launch(bootstrap: &Value) -> anyhow::Result<Self> {
+    fn launch(bootstrap: &Value, callgrind: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("weft-envoy-").tempdir()?;
         let config_path = dir.path().join("envoy.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(bootstrap)?)?;
         let admin_path = dir.path().join(ADMIN_ADDRESS_FILE);
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
-        let child = Command::new(paths::envoy_binary()?)
+        let mut command = if callgrind {
+            let mut valgrind = Command::new("valgrind");
+            valgrind
+                .args([
+                    "--tool=callgrind",
+                    // V8 writes the machine code it runs; valgrind must notice.
+                    "--smc-check=all-non-file",
+                    "--instr-atstart=no",
+                ])
+                .arg(format!(
+                    "--callgrind-out-file={}",
+                    dir.path().join(CALLGRIND_OUT).display()
+                ))
+                .arg(paths::envoy_executable()?);
+            valgrind
+        } else {
+            Command::new(paths::envoy_binary()?)
+        };
+        let child = command
             .arg("--config-path")
             .arg(&config_path)
             .arg("--admin-address-path")
@@ -84,12 +128,77 @@ impl Envoy {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("cannot start Envoy")?;
+            .with_context(|| match callgrind {
+                true => "cannot start Envoy under valgrind (run `make setup`)",
+                false => "cannot start Envoy",
+            })?;
         Ok(Self {
             child: Mutex::new(child),
             dir,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            callgrind,
         })
+    }
+
+    /// The instructions this Envoy (all its threads) executes while `work` runs, counted by
+    /// callgrind, and `work`'s result. Only for an Envoy started with
+    /// [`Envoy::start_counting_instructions`]; one count at a time.
+    ///
+    /// # Errors
+    /// When the Envoy is not under callgrind, `callgrind_control` fails, `work` fails, or the
+    /// dump does not appear within [`START_DEADLINE`].
+    pub async fn count_instructions<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<(T, u64)> {
+        ensure!(self.callgrind, "this Envoy does not run under callgrind");
+        let dumps_before = self.callgrind_dumps()?.len();
+        self.callgrind_control(&["--instr=on"])?;
+        let result = work.await;
+        self.callgrind_control(&["--dump"])?;
+        self.callgrind_control(&["--instr=off"])?;
+        let result = result?;
+        let dump = poll::until("callgrind's dump", START_DEADLINE, || async {
+            let dumps = self.callgrind_dumps()?;
+            Ok(dumps
+                .into_iter()
+                .skip(dumps_before)
+                .find_map(|path| callgrind_summary(&path)))
+        })
+        .await
+        .map_err(|err| self.with_log(err))?;
+        Ok((result, dump))
+    }
+
+    fn callgrind_control(&self, args: &[&str]) -> anyhow::Result<()> {
+        let output = Command::new("callgrind_control")
+            .args(args)
+            .arg(self.pid().to_string())
+            .output()
+            .context("cannot run callgrind_control (run `make setup`)")?;
+        ensure!(
+            output.status.success(),
+            "callgrind_control {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// The dump files callgrind has written so far (`callgrind.out.1`, `.2`, ...), in order.
+    fn callgrind_dumps(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut dumps: Vec<(u32, PathBuf)> = std::fs::read_dir(self.dir.path())?
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let number = name
+                    .to_str()?
+                    .strip_prefix(CALLGRIND_OUT)?
+                    .strip_prefix('.')?;
+                Some((number.parse().ok()?, entry.path()))
+            })
+            .collect();
+        dumps.sort();
+        Ok(dumps.into_iter().map(|(_, path)| path).collect())
     }
 
     /// Starts Envoy with `bootstrap`, which is expected to be refused, and waits for it to
@@ -98,7 +207,7 @@ impl Envoy {
     /// # Errors
     /// When Envoy cannot be started or is still running after [`START_DEADLINE`].
     pub async fn expect_exit(bootstrap: &Value) -> anyhow::Result<(Option<i32>, String)> {
-        let envoy = Self::launch(bootstrap)?;
+        let envoy = Self::launch(bootstrap, false)?;
         let status = poll::until("Envoy to exit", START_DEADLINE, || async {
             match envoy.child.lock() {
                 Ok(mut child) => Ok(child.try_wait()?),
@@ -243,6 +352,17 @@ impl Drop for Envoy {
             );
         }
     }
+}
+
+/// The instruction total of a complete callgrind dump (its `summary:` line), if it has one yet.
+fn callgrind_summary(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("summary:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn read_admin_address(path: &Path) -> Option<SocketAddr> {

@@ -26,13 +26,14 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
 }
 
-/// An HTTP/1.1 upstream that answers 200 with `upstream <name>: <method> <path>` and records
-/// every request it receives.
+/// An HTTP/1.1 upstream that answers 200 with `upstream <name>: <method> <path>` and, unless
+/// started for load, records every request it receives.
 #[derive(Debug)]
 pub struct HttpUpstream {
     name: String,
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    /// `None` for an upstream started for load, which keeps nothing.
+    seen: Option<Arc<Mutex<Vec<Seen>>>>,
     task: JoinHandle<()>,
 }
 
@@ -44,10 +45,20 @@ impl HttpUpstream {
 
     /// Starts the server on `address`.
     pub async fn start_on(name: &str, address: SocketAddr) -> anyhow::Result<Self> {
+        Self::listen(name, address, true).await
+    }
+
+    /// Starts the server on `address` without recording requests, for load generators and
+    /// long-running demos that send millions of them ([`HttpUpstream::seen`] stays empty).
+    pub async fn start_for_load(name: &str, address: SocketAddr) -> anyhow::Result<Self> {
+        Self::listen(name, address, false).await
+    }
+
+    async fn listen(name: &str, address: SocketAddr, record: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(serve_http(listener, name.to_owned(), Arc::clone(&seen)));
+        let seen = record.then(|| Arc::new(Mutex::new(Vec::new())));
+        let task = tokio::spawn(serve_http(listener, name.to_owned(), seen.clone()));
         Ok(Self {
             name: name.to_owned(),
             addr,
@@ -66,11 +77,11 @@ impl HttpUpstream {
         self.addr
     }
 
-    /// Every request received so far, oldest first.
+    /// Every request received so far, oldest first (none for an upstream started for load).
     pub fn seen(&self) -> Vec<Seen> {
         self.seen
-            .lock()
-            .map(|seen| seen.clone())
+            .as_ref()
+            .and_then(|seen| seen.lock().ok().map(|seen| seen.clone()))
             .unwrap_or_default()
     }
 }
@@ -81,35 +92,35 @@ impl Drop for HttpUpstream {
     }
 }
 
-async fn serve_http(listener: TcpListener, name: String, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<Vec<Seen>>>>) {
     while let Ok((stream, _)) = listener.accept().await {
         let name = name.clone();
-        let seen = Arc::clone(&seen);
+        let seen = seen.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let record = Seen {
-                    method: request.method().to_string(),
-                    path: request
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    headers: request
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.to_string(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                let body = format!("upstream {name}: {} {}\n", record.method, record.path);
-                let name = name.clone();
-                if let Ok(mut seen) = seen.lock() {
-                    seen.push(record);
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                let body = format!("upstream {name}: {} {path}\n", request.method());
+                if let Some(Ok(mut seen)) = seen.as_ref().map(|seen| seen.lock()) {
+                    seen.push(Seen {
+                        method: request.method().to_string(),
+                        path,
+                        headers: request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
+                            .collect(),
+                    });
                 }
+                let name = name.clone();
                 async move {
                     Ok::<_, Infallible>(
                         Response::builder()

@@ -1,14 +1,15 @@
-//! The harness itself: raw TCP through Envoy reaches the echo upstream, and dropping an
-//! [`Envoy`] kills its process.
+//! The harness itself: raw TCP through Envoy reaches the echo upstream, dropping an [`Envoy`]
+//! kills its process, and an upstream started for load keeps no record.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_e2e::bootstrap::{bootstrap, cluster, tcp_listener};
 use weft_e2e::envoy::Envoy;
-use weft_e2e::poll;
-use weft_e2e::upstream::TcpEcho;
+use weft_e2e::upstream::{HttpUpstream, TcpEcho};
+use weft_e2e::{client, poll};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_tcp_through_envoy_reaches_the_echo_upstream() {
@@ -48,4 +49,21 @@ async fn dropping_an_envoy_kills_its_process() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_started_for_load_answers_but_keeps_no_record() {
+    let recording = HttpUpstream::start("kept").await.unwrap();
+    let load = HttpUpstream::start_for_load("load", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    for upstream in [&recording, &load] {
+        let reply = client::get(upstream.addr(), "/x").await.unwrap();
+        assert_eq!(
+            reply.body,
+            format!("upstream {}: GET /x\n", upstream.name())
+        );
+    }
+    assert_eq!(recording.seen().len(), 1);
+    assert!(load.seen().is_empty());
 }

@@ -14,20 +14,27 @@
 //! throughput, p50/p99 latency, the measured Envoy's CPU time per request and its resident
 //! memory, as ratios to the native equivalent.
 //!
+//! Then each variant's measured Envoy runs once more under valgrind's callgrind, which counts
+//! the instructions it executes for a fixed number of requests sent one at a time: a cost per
+//! request that does not move with the load of a shared machine (wall-clock figures on two
+//! shared cores move by a tenth between runs), printed as a second table.
+//!
 //! Options: `--duration SECONDS` (per run, default 10), `--rounds N` (default 3),
-//! `--connections N` (default 16), `--suite access|split` (default: both), `--compare-wasm PATH`
-//! (adds a variant of the split suite running that build of the module, to measure two builds
-//! side by side in one run).
+//! `--connections N` (default 16), `--instructions N` (requests counted under callgrind per
+//! variant, default 2000; 0 skips the count), `--suite access|split` (default: both),
+//! `--compare-wasm PATH` (adds a variant to each suite running that build of the module, to
+//! measure two builds side by side in one run).
 
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use serde_json::json;
 use weft_e2e::bootstrap::{
     ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
     virtual_host, weft_http_filter, with_tls,
 };
+use weft_e2e::client::Session;
 use weft_e2e::envoy::Envoy;
 use weft_e2e::pki::{Issued, Pki};
 use weft_e2e::upstream::HttpUpstream;
@@ -49,6 +56,8 @@ struct Options {
     duration: u64,
     rounds: usize,
     connections: u64,
+    /// Requests counted under callgrind per variant; 0 skips the count.
+    instructions: u64,
     /// Only this suite (`access` or `split`); all when `None`.
     suite: Option<String>,
     /// Another build of weft.wasm to measure beside the current one.
@@ -60,6 +69,7 @@ fn parse_options() -> anyhow::Result<Options> {
         duration: 10,
         rounds: 3,
         connections: 16,
+        instructions: 2000,
         suite: None,
         compare_wasm: None,
     };
@@ -89,9 +99,10 @@ fn parse_options() -> anyhow::Result<Options> {
             "--duration" => options.duration = value()?,
             "--rounds" => options.rounds = usize::try_from(value()?)?,
             "--connections" => options.connections = value()?,
+            "--instructions" => options.instructions = value()?,
             other => {
                 bail!(
-                    "unknown option {other}; options: --duration S --rounds N --connections N --suite NAME --compare-wasm PATH"
+                    "unknown option {other}; options: --duration S --rounds N --connections N --instructions N --suite NAME --compare-wasm PATH"
                 )
             }
         }
@@ -120,16 +131,18 @@ struct Suite {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
-    let upstream = HttpUpstream::start("app").await?;
+    // Upstreams that keep no record: a run sends millions of requests.
+    let load = |name: &'static str| HttpUpstream::start_for_load(name, LOOPBACK_ANY_PORT);
+    let upstream = load("app").await?;
     let checkout = [
-        HttpUpstream::start("checkout").await?,
-        HttpUpstream::start("checkout-v1").await?,
-        HttpUpstream::start("checkout-v2").await?,
+        load("checkout").await?,
+        load("checkout-v1").await?,
+        load("checkout-v2").await?,
     ];
     let pki = Pki::new()?;
     let client = pki.workload("shop/frontend")?;
     let suites = [
-        access_suite(&upstream, &pki)?,
+        access_suite(&upstream, &pki, options.compare_wasm.as_deref())?,
         split_suite(&checkout, options.compare_wasm.as_deref())?,
     ];
     for (name, suite) in SUITES.iter().zip(&suites) {
@@ -208,8 +221,85 @@ async fn run_suite(
         suite.setup,
         options.rounds
     );
+    if options.instructions > 0 {
+        count_instructions(suite, options.instructions, pki, client).await?;
+    }
     Ok(())
 }
+
+/// Requests sent before counting, so that V8 has compiled the module's hot code and Envoy's
+/// caches and connections are warm.
+const WARM_UP_REQUESTS: u64 = 500;
+
+/// Runs each variant's measured Envoy under callgrind and prints the instructions it executes
+/// per request over `requests` requests sent one at a time on one connection.
+async fn count_instructions(
+    suite: &Suite,
+    requests: u64,
+    pki: &Pki,
+    client: &Issued,
+) -> anyhow::Result<()> {
+    let mut counts = Vec::new();
+    for (name, config) in &suite.variants {
+        let measured = Envoy::start_counting_instructions(config).await?;
+        let measured_addr = measured.listener(MEASURED_LISTENER).await?;
+        let sidecar = match suite.through_sidecar {
+            true => Some(Envoy::start(&client_sidecar(pki, client, measured_addr)).await?),
+            false => None,
+        };
+        let entry = match &sidecar {
+            Some(sidecar) => sidecar.listener("outbound").await?,
+            None => measured_addr,
+        };
+        let session = Session::keep_alive(entry);
+        let headers: Vec<(&str, &str)> =
+            suite.host.map(|host| ("host", host)).into_iter().collect();
+        let send = |count: u64| {
+            let session = session.clone();
+            let headers = headers.clone();
+            async move {
+                for _ in 0..count {
+                    let reply = session.request("GET", suite.path, &headers).await?;
+                    ensure!(
+                        reply.status == 200,
+                        "{name}: status {} ({})",
+                        reply.status,
+                        reply.body
+                    );
+                }
+                Ok(())
+            }
+        };
+        send(WARM_UP_REQUESTS).await?;
+        let ((), instructions) = measured.count_instructions(send(requests)).await?;
+        let per_request = instructions as f64 / requests as f64;
+        eprintln!("callgrind {name}: {per_request:.0} instructions per request");
+        counts.push(per_request);
+    }
+    let base = counts[suite.baseline];
+    let vs = suite.baseline_name;
+    println!(
+        "| {} | instructions/request | vs {vs} | more than {vs} |",
+        suite.title
+    );
+    println!("|---|---|---|---|");
+    for ((name, _), count) in suite.variants.iter().zip(&counts) {
+        println!(
+            "| {name} | {count:.0} | {:.3}x | {:+.0} |",
+            count / base,
+            count - base
+        );
+    }
+    println!(
+        "\nInstructions the measured Envoy (every thread) executed under valgrind's callgrind for {requests} sequential GET {} requests on one keep-alive connection, after {WARM_UP_REQUESTS} unmeasured ones, divided by {requests}.\n",
+        suite.path
+    );
+    Ok(())
+}
+
+/// A loopback address with a port the kernel chooses.
+const LOOPBACK_ANY_PORT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// The suites, in the order they run.
 const SUITES: [&str; 2] = ["access", "split"];
@@ -220,7 +310,11 @@ const MEASURED_LISTENER: &str = "measured";
 /// The measured inbound Envoys: mTLS in front of the upstream with no access control, with
 /// Envoy's RBAC filter expressing examples/shop/smi.yaml, and with weft enforcing the same.
 /// Every request asks for `/orders/42`, allowed to shop/frontend by a regex match with a method.
-fn access_suite(upstream: &HttpUpstream, pki: &Pki) -> anyhow::Result<Suite> {
+fn access_suite(
+    upstream: &HttpUpstream,
+    pki: &Pki,
+    compare_wasm: Option<&std::path::Path>,
+) -> anyhow::Result<Suite> {
     let module = paths::weft_wasm()?;
     let server = pki.server("shop/api")?;
     let tls = ServerTls {
@@ -239,20 +333,23 @@ fn access_suite(upstream: &HttpUpstream, pki: &Pki) -> anyhow::Result<Suite> {
             vec![cluster("app", upstream.addr())],
         )
     };
-    let variants = vec![
+    let weft = |module: &std::path::Path| -> anyhow::Result<Value> {
+        Ok(inbound(vec![weft_http_filter(
+            module,
+            &serde_json::to_string(&config)?,
+        )]))
+    };
+    let mut variants = vec![
         ("mTLS, no access control", inbound(Vec::new())),
         (
             "mTLS + native RBAC (same policy)",
             inbound(vec![native_rbac()]),
         ),
-        (
-            "mTLS + weft access (enforce)",
-            inbound(vec![weft_http_filter(
-                &module,
-                &serde_json::to_string(&config)?,
-            )]),
-        ),
+        ("mTLS + weft access (enforce)", weft(&module)?),
     ];
+    if let Some(other) = compare_wasm {
+        variants.push(("mTLS + weft access, --compare-wasm build", weft(other)?));
+    }
     Ok(Suite {
         title: "inbound Envoy runs",
         baseline_name: "RBAC",

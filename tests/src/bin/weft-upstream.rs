@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let address = address
         .parse()
         .with_context(|| format!("{address:?} is not an address like 127.0.0.1:8080"))?;
-    let upstream = HttpUpstream::start_on(&name, address)
+    let upstream = HttpUpstream::start_for_load(&name, address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     println!(
