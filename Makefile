@@ -32,7 +32,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy -p weft-envoy --target wasm32-wasip1 --quiet -- -D warnings
 
-# Benchmarks, one run: the policy engine (criterion), then wrk through Envoy without and with weft.wasm; figures go to docs/BENCHMARKS.md.
+# Benchmarks, one run: the policy engine (criterion), then wrk through Envoy without and with weft.wasm, then instructions per request under callgrind; figures go to docs/BENCHMARKS.md.
 bench: build
 	$(CARGO) bench --quiet -p weft-policy --bench engine
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
