@@ -289,6 +289,9 @@ pub fn compile_config(
             for split in &mut config.splits {
                 split.sticky.clone_from(&listener.sticky);
             }
+            if !listener.metrics {
+                config.metrics = None;
+            }
             // Refuse here what the filter would refuse when it loads.
             if let Err(err) = Engine::new(&config) {
                 return Outcome::fail(EXIT_USAGE, format!("weft: {err}\n"));
@@ -311,7 +314,7 @@ fn render_config(config: &PluginConfig, diagnostics: &[Diagnostic]) -> Outcome {
 }
 
 /// Settings of one listener's plugin that SMI does not carry.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListenerSettings {
     /// Access mode (inbound only).
     pub mode: AccessMode,
@@ -321,4 +324,18 @@ pub struct ListenerSettings {
     pub destination_port: Option<u16>,
     /// Where every TrafficSplit reads its sticky key (outbound only).
     pub sticky: Option<StickyKey>,
+    /// Whether the plugin records per-edge metrics.
+    pub metrics: bool,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            mode: AccessMode::default(),
+            unauthenticated_ports: Vec::new(),
+            destination_port: None,
+            sticky: None,
+            metrics: true,
+        }
+    }
 }

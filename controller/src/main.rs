@@ -152,7 +152,8 @@ enum Command {
         /// The workload, namespace/serviceaccount.
         #[arg(long)]
         identity: Identity,
-        /// Which listener: inbound (access control) or outbound (split routing).
+        /// Which listener: inbound (access control and metrics) or outbound (split routing and
+        /// metrics).
         #[arg(long, value_enum, default_value = "inbound")]
         side: SideArg,
         /// Inbound: what the access feature does with its decisions.
@@ -173,6 +174,9 @@ enum Command {
         /// Outbound: the same, keyed by this cookie.
         #[arg(long)]
         sticky_cookie: Option<String>,
+        /// Leave the per-edge metrics out (they are on by default; see docs/metrics.md).
+        #[arg(long)]
+        no_metrics: bool,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
             destination_port,
             sticky_header,
             sticky_cookie,
+            no_metrics,
             cluster,
         } => {
             let side = match side {
@@ -254,6 +259,7 @@ fn main() -> ExitCode {
                 sticky: sticky_header
                     .map(StickyKey::Header)
                     .or(sticky_cookie.map(StickyKey::Cookie)),
+                metrics: !no_metrics,
             };
             commands::compile_config(&manifests, &identity, side, &cluster.options(), &listener)
         }

@@ -270,6 +270,32 @@ fn compile_prints_a_plugin_configuration_the_engine_accepts() {
 }
 
 #[test]
+fn compile_records_metrics_on_both_sides_unless_told_not_to() {
+    let manifests = fixtures("shop");
+    for side in ["inbound", "outbound"] {
+        let compile = |extra: &[&str]| {
+            let mut args = vec![
+                "compile",
+                "--manifests",
+                &manifests,
+                "--identity",
+                "shop/client",
+                "--side",
+                side,
+            ];
+            args.extend_from_slice(extra);
+            let output = weft(&args);
+            assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+            PluginConfig::from_json(&output.stdout).unwrap()
+        };
+        let metrics = compile(&[]).metrics.expect("metrics are on by default");
+        assert_eq!(serde_json::to_value(metrics.direction).unwrap(), side);
+        assert!(!metrics.services.is_empty());
+        assert_eq!(compile(&["--no-metrics"]).metrics, None);
+    }
+}
+
+#[test]
 fn compile_refuses_a_broken_set() {
     let output = weft(&[
         "compile",

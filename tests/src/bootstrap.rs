@@ -22,6 +22,11 @@ pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
         "node": {"id": "weft-test", "cluster": "weft-test"},
         "admin": {"address": any_loopback_port()},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        // weft's metric labels and histogram buckets, as in the shipped configurations.
+        "stats_config": weft_policy::metrics::envoy_stats_config(),
+        // Histograms merge when stats flush; flushing on every admin request makes a scrape
+        // show every request recorded before it, so tests need not wait for a timer.
+        "stats_flush_on_admin": true,
     })
 }
 

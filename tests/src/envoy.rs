@@ -263,6 +263,46 @@ impl Envoy {
         client::get(self.admin, path).await
     }
 
+    /// A scrape of `/stats/prometheus`.
+    ///
+    /// # Errors
+    /// When the admin interface does not answer 200 or the text does not parse.
+    pub async fn prometheus(&self) -> anyhow::Result<crate::prometheus::Metrics> {
+        let reply = self.admin_get("/stats/prometheus").await?;
+        ensure!(reply.status == 200, "/stats/prometheus: {}", reply.status);
+        crate::prometheus::Metrics::parse(&reply.body)
+    }
+
+    /// Scrapes `/stats/prometheus` until `ready` holds, and returns that scrape. Envoy merges
+    /// histograms from its workers asynchronously when stats flush (with the harness's
+    /// `stats_flush_on_admin`, on each admin request), so a histogram shows the requests before
+    /// a scrape only in a later one.
+    ///
+    /// # Errors
+    /// When `ready` does not hold within [`START_DEADLINE`]; the error carries the last scrape.
+    pub async fn prometheus_when(
+        &self,
+        ready: impl Fn(&crate::prometheus::Metrics) -> bool,
+    ) -> anyhow::Result<crate::prometheus::Metrics> {
+        let last = Mutex::new(String::new());
+        poll::until("the metrics to add up", START_DEADLINE, || async {
+            let reply = self.admin_get("/stats/prometheus").await?;
+            let metrics = crate::prometheus::Metrics::parse(&reply.body)?;
+            if let Ok(mut last) = last.lock() {
+                *last = reply.body;
+            }
+            Ok(ready(&metrics).then_some(metrics))
+        })
+        .await
+        .map_err(|err| {
+            let scrape = last.lock().map(|text| text.clone()).unwrap_or_default();
+            anyhow!(
+                "{err:#}\n--- last /stats/prometheus (weft) ---\n{}",
+                weft_lines(&scrape)
+            )
+        })
+    }
+
     /// The address that listener `name` is bound to, from `/listeners?format=json`.
     pub async fn listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
         let reply = self.admin_get("/listeners?format=json").await?;
@@ -363,6 +403,15 @@ fn callgrind_summary(path: &Path) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The lines of a Prometheus scrape about weft's own metrics.
+fn weft_lines(scrape: &str) -> String {
+    scrape
+        .lines()
+        .filter(|line| line.contains("weft_"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn read_admin_address(path: &Path) -> Option<SocketAddr> {

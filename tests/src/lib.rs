@@ -3,7 +3,7 @@
 //! `make build`) in front of real upstream servers, all on loopback with ports chosen by the
 //! kernel. Start with [`envoy::Envoy::start`]; the bootstrap builders are in [`bootstrap`], the
 //! upstream servers in [`upstream`], the HTTP client in [`client`], certificates in [`pki`] and
-//! the TLS client in [`tls`].
+//! the TLS client in [`tls`], and Envoy's Prometheus output is read with [`prometheus`].
 //!
 //! Guarantees: every process a test starts is killed when its handle drops (also when the test
 //! panics), a failing test prints the Envoy log, and readiness is polled with a deadline.
@@ -15,5 +15,6 @@ pub mod paths;
 pub mod pki;
 pub mod policy;
 pub mod poll;
+pub mod prometheus;
 pub mod tls;
 pub mod upstream;

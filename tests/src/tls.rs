@@ -35,7 +35,8 @@ pub struct GrpcReply {
     pub headers: hyper::HeaderMap,
 }
 
-/// A client with one TLS configuration.
+/// A client with one TLS configuration. Requests send `Host: localhost` (the name the
+/// server's certificate carries) unless a `host` header is given.
 #[derive(Clone)]
 pub struct TlsClient {
     config: Arc<rustls::ClientConfig>,
@@ -103,16 +104,9 @@ impl TlsClient {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
         let response = tokio::time::timeout(
             IO_DEADLINE,
-            sender.send_request(builder.body(Full::new(Bytes::new()))?),
+            sender.send_request(http1_request(method, path, headers)?),
         )
         .await
         .context("no response within the deadline")?
@@ -120,9 +114,40 @@ impl TlsClient {
         Reply::read(response).await
     }
 
+    /// Sends `GET path` over HTTP/1.1 on a fresh TLS connection and, once `until` completes,
+    /// closes the connection without having read an answer: a client that gives up, which
+    /// Envoy sees as a downstream reset.
+    pub async fn abandon(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        until: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let stream = self.connect(addr, Some(b"http/1.1")).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let response = tokio::spawn(sender.send_request(http1_request("GET", path, headers)?));
+        let waited = tokio::time::timeout(IO_DEADLINE, until).await;
+        response.abort();
+        connection.abort();
+        waited.context("the condition to give up on never came")
+    }
+
     /// A unary gRPC call to `path` (`/package.Service/Method`) with an empty message, over
-    /// HTTP/2.
+    /// HTTP/2, with the authority `localhost`.
     pub async fn grpc(&self, addr: SocketAddr, path: &str) -> anyhow::Result<GrpcReply> {
+        self.grpc_to(addr, "localhost", path).await
+    }
+
+    /// The same gRPC call with `:authority` set to `authority` (the service it addresses).
+    pub async fn grpc_to(
+        &self,
+        addr: SocketAddr,
+        authority: &str,
+        path: &str,
+    ) -> anyhow::Result<GrpcReply> {
         let stream = self.connect(addr, Some(b"h2")).await?;
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -132,7 +157,7 @@ impl TlsClient {
         let frame = Bytes::from_static(&[0, 0, 0, 0, 0]);
         let request = Request::builder()
             .method("POST")
-            .uri(format!("https://localhost{path}"))
+            .uri(format!("https://{authority}{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(frame))?;
@@ -180,6 +205,25 @@ impl TlsClient {
         }
         Ok(received)
     }
+}
+
+/// An HTTP/1.1 request with no body, `Host: localhost` unless `headers` name a host.
+fn http1_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        builder = builder.header("host", "localhost");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    Ok(builder.body(Full::new(Bytes::new()))?)
 }
 
 /// Decodes `%XX` escapes (gRPC's `grpc-message` encoding).

@@ -1,7 +1,7 @@
 //! Real upstream servers on loopback: an HTTP server that says who it is and records what it
-//! received, and a TCP echo server that counts connections. Each stops when dropped.
+//! received (and, on a few paths, fails on purpose: see [`HttpUpstream`]), and a TCP echo
+//! server that counts connections. Each stops when dropped.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,11 @@ pub struct Seen {
 }
 
 /// An HTTP/1.1 upstream that answers 200 with `upstream <name>: <method> <path>` and, unless
-/// started for load, records every request it receives.
+/// started for load, records every request it receives. A few paths answer otherwise, for
+/// tests of what a proxy makes of failures: `/status/N` answers status N; `/grpc/N` answers
+/// as a gRPC server would with status N (trailers-only: 200, `content-type: application/grpc`,
+/// `grpc-status: N`); `/delay/MS` answers 200 after MS milliseconds; `/reset` closes the
+/// connection without answering.
 #[derive(Debug)]
 pub struct HttpUpstream {
     name: String,
@@ -121,20 +125,44 @@ async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<
                     });
                 }
                 let name = name.clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("x-upstream", name)
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap_or_default(),
-                    )
-                }
+                let path = request.uri().path().to_owned();
+                async move { respond(&name, &path, body).await }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// The answer to a request for `path` (see [`HttpUpstream`]); an error makes hyper close the
+/// connection without a response.
+async fn respond(name: &str, path: &str, body: String) -> std::io::Result<Response<Full<Bytes>>> {
+    let number = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let response = Response::builder().header("x-upstream", name);
+    let response = if path == "/reset" {
+        return Err(std::io::Error::other("the test asked for a reset"));
+    } else if let Some(status) = number("/status/") {
+        response.status(u16::try_from(status).unwrap_or(500))
+    } else if let Some(grpc_status) = number("/grpc/") {
+        // Trailers-only: the status in the headers, no message.
+        return Ok(response
+            .header("content-type", "application/grpc")
+            .header("grpc-status", grpc_status.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default());
+    } else if let Some(milliseconds) = number("/delay/") {
+        tokio::time::sleep(std::time::Duration::from_millis(milliseconds)).await;
+        response
+    } else {
+        response
+    };
+    Ok(response
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default())
 }
 
 /// A TCP server that echoes every byte back and counts the connections it accepted and the

@@ -139,6 +139,25 @@ fn envoy_validation_rejects_a_broken_configuration() {
     assert!(log.contains("failure_polcy"), "{log}");
 }
 
+#[test]
+fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
+    let expected = weft_policy::metrics::envoy_stats_config();
+    for file in [
+        "standalone.yaml",
+        "inbound-access.yaml",
+        "outbound-split.yaml",
+    ] {
+        let yaml =
+            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
+                .unwrap();
+        let config: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(
+            config["stats_config"], expected,
+            "{file}: copy stats_config from weft_policy::metrics::envoy_stats_config()"
+        );
+    }
+}
+
 /// The failure policy and plugin configuration of the weft filter in a shipped configuration
 /// with one HTTP listener.
 fn embedded_plugin(file: &str) -> (String, PluginConfig) {

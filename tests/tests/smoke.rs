@@ -5,10 +5,12 @@ use weft_e2e::bootstrap::{LdsFile, bootstrap, cluster, http_listener, weft_http_
 use weft_e2e::envoy::Envoy;
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{client, paths};
+use weft_policy::metrics::{DURATION, REQUESTS};
 
-/// The counter weft.wasm increments once per request it handles, as Envoy names it in `/stats`
-/// (Envoy files counters that a wasm module defines under `wasmcustom.`).
-const REQUESTS_COUNTER: &str = "wasmcustom.weft_plugin_http_requests_total";
+/// A plugin with only the metrics feature, inbound, knowing no services: every request is
+/// counted on the edge from `unknown` (plaintext, no certificate) to `unknown`.
+const METRICS_ONLY: &str =
+    r#"{"version": 1, "metrics": {"direction": "inbound", "trust_domain": "cluster.local"}}"#;
 
 /// Envoy's count of listener updates it refused.
 const LDS_REJECTED: &str = "listener_manager.lds.update_rejected";
@@ -28,18 +30,19 @@ fn weft_proxy(upstream: &HttpUpstream, plugin_configuration: &str) -> serde_json
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
     let upstream = HttpUpstream::start("app").await.unwrap();
-    let envoy = Envoy::start(&weft_proxy(&upstream, r#"{"version": 1}"#))
+    let envoy = Envoy::start(&weft_proxy(&upstream, METRICS_ONLY))
         .await
         .unwrap();
     let configured = envoy
         .wait_for_log(
-            "configured as the HTTP filter (plugin configuration version 1; access off; splits 0)",
+            "configured as the HTTP filter (plugin configuration version 1; access off; splits 0; metrics inbound)",
             std::time::Duration::from_secs(5),
         )
         .await
         .unwrap();
     assert!(configured.contains("wasm log weft"), "{configured}");
-    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(0));
+    let before = envoy.prometheus().await.unwrap();
+    assert_eq!(before.counter(REQUESTS, &[]), 0.0);
 
     let ingress = envoy.listener("ingress").await.unwrap();
     for path in ["/hello", "/hello/again?x=1"] {
@@ -51,7 +54,19 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     // Two requests reached the upstream, and weft counted both: they went through the filter.
-    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(2));
+    let edge = [
+        ("direction", "inbound"),
+        ("source_namespace", "unknown"),
+        ("destination_service", "unknown"),
+    ];
+    let after = envoy
+        .prometheus_when(|m| m.histogram_count(DURATION, &edge) >= 2.0)
+        .await
+        .unwrap();
+    let success = [edge.as_slice(), &[("outcome", "success")]].concat();
+    assert_eq!(after.counter(REQUESTS, &success), 2.0);
+    assert_eq!(after.counter(REQUESTS, &edge), 2.0);
+    assert_eq!(after.histogram_count(DURATION, &edge), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +137,7 @@ async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_
     let weft_listener = |name: &str, configuration: &str| {
         http_listener(name, vec![weft_http_filter(&module, configuration)], "app")
     };
-    let mut lds = LdsFile::new(vec![weft_listener("ingress", r#"{"version": 1}"#)]).unwrap();
+    let mut lds = LdsFile::new(vec![weft_listener("ingress", METRICS_ONLY)]).unwrap();
     let envoy = Envoy::start(&lds.bootstrap(vec![cluster("app", upstream.addr())]))
         .await
         .unwrap();
@@ -147,7 +162,7 @@ async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_
 
     // A new listener whose plugin cannot be configured is never opened.
     lds.publish(vec![
-        weft_listener("ingress", r#"{"version": 1}"#),
+        weft_listener("ingress", METRICS_ONLY),
         weft_listener("canary", r#"{"version": 2}"#),
     ])
     .unwrap();
@@ -156,7 +171,9 @@ async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_
         envoy.listener("canary").await.is_err(),
         "the canary listener was opened"
     );
-    assert_eq!(envoy.stat(REQUESTS_COUNTER).await.unwrap(), Some(2));
+    // Both requests went through the first, good plugin.
+    let metrics = envoy.prometheus().await.unwrap();
+    assert_eq!(metrics.counter(REQUESTS, &[("outcome", "success")]), 2.0);
     let paths: Vec<_> = upstream.seen().into_iter().map(|seen| seen.path).collect();
     assert_eq!(paths, ["/before", "/after"]);
 }

@@ -17,6 +17,7 @@ use weft_e2e::envoy::Envoy;
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{paths, policy};
 use weft_policy::bundle::StickyKey;
+use weft_policy::metrics::{DURATION, REQUESTS};
 
 /// The client workload whose outbound listener is tested.
 const CLIENT: &str = "shop/frontend";
@@ -391,6 +392,18 @@ async fn an_invalid_configuration_sends_every_request_to_its_root_service_and_sa
         .await,
         counts(&[("checkout.shop", 20)])
     );
+    // The metrics section was valid on its own, so the traffic stays visible meanwhile.
+    let to_root = [
+        ("destination_service", "checkout"),
+        ("destination_backend", "checkout"),
+        ("outcome", "success"),
+    ];
+    let metrics = mesh
+        .envoy
+        .prometheus_when(|m| m.histogram_count(DURATION, &to_root[..2]) >= 40.0)
+        .await
+        .unwrap();
+    assert_eq!(metrics.counter(REQUESTS, &to_root), 40.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use wasmparser::{ExternalKind, Parser, Payload};
 
 /// The exports `weft.wasm` keeps: the WASI reactor's initialiser, memory and its allocator, the
 /// ABI marker, and the proxy-wasm hooks weft implements (root: start and configure; every
-/// context: create and delete; HTTP: request headers; TCP: new connection and data in both
-/// directions). A feature that implements another hook of the SDK must add it here, or Envoy
+/// context: create and delete; HTTP: request headers, and log at the end of the stream for
+/// metrics; TCP: new connection and data in both directions). A feature that implements another hook of the SDK must add it here, or Envoy
 /// never calls it; the end-to-end tests of each feature would then fail.
 pub const ENVOY_ENTRY_POINTS: &[&str] = &[
     "_initialize",
@@ -24,6 +24,7 @@ pub const ENVOY_ENTRY_POINTS: &[&str] = &[
     "proxy_on_context_create",
     "proxy_on_delete",
     "proxy_on_request_headers",
+    "proxy_on_log",
     "proxy_on_new_connection",
     "proxy_on_downstream_data",
     "proxy_on_upstream_data",

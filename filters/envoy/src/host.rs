@@ -19,9 +19,8 @@ pub fn peer_identity() -> Option<String> {
 /// The port the connection was addressed to (Envoy's `destination.port`, an int64 in little
 /// endian); `0` when Envoy does not say, which no port rule names.
 pub fn destination_port() -> u16 {
-    property(&["destination", "port"])
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-        .and_then(|raw| u16::try_from(i64::from_le_bytes(raw)).ok())
+    int_property(&["destination", "port"])
+        .and_then(|port| u16::try_from(port).ok())
         .unwrap_or(0)
 }
 
@@ -118,6 +117,58 @@ pub fn define_counter(name: &str) -> Option<u32> {
     }
 }
 
+/// Defines a histogram; `None` if Envoy refuses, because metrics never block traffic.
+pub fn define_histogram(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Histogram, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("could not define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Records `value` in a histogram defined with [`define_histogram`].
+pub fn record(metric: Option<u32>, value: u64) {
+    if let Some(id) = metric
+        && let Err(status) = hostcalls::record_metric(id, value)
+    {
+        log::debug!("could not record: {status:?}");
+    }
+}
+
+/// Envoy's clock in nanoseconds since the Unix epoch (one host call, nothing handed back
+/// through the VM's allocator); 0 if the clock is before the epoch.
+pub fn now_nanoseconds() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+/// The HTTP status sent downstream for the current stream (Envoy's `response.code`), read when
+/// the stream ends; 0 when no response was sent (the stream was reset first).
+pub fn response_code() -> u32 {
+    int_property(&["response", "code"])
+        .and_then(|code| u32::try_from(code).ok())
+        .unwrap_or(0)
+}
+
+/// The gRPC status of the current stream's response (Envoy's `response.grpc_status`, from the
+/// trailers, or the headers of a trailers-only response); meaningful for gRPC requests only.
+pub fn grpc_status() -> Option<u32> {
+    int_property(&["response", "grpc_status"]).and_then(|status| u32::try_from(status).ok())
+}
+
+/// An integer property (Envoy encodes them as 8 bytes, little endian).
+fn int_property(path: &[&str]) -> Option<i64> {
+    property(path)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .map(i64::from_le_bytes)
+}
+
 /// Adds one to a counter defined with [`define_counter`].
 pub fn count(metric: Option<u32>) {
     if let Some(id) = metric
@@ -171,5 +222,27 @@ pub fn close_connection() {
             LogLevel::Error,
             &format!("could not close the connection: {status:?}"),
         );
+    }
+}
+
+/// The metrics feature's host: Envoy's stats, through the calls above.
+#[derive(Debug, Default)]
+pub struct EnvoyStats;
+
+impl crate::edges::MetricHost for EnvoyStats {
+    fn define_counter(&mut self, name: &str) -> Option<u32> {
+        define_counter(name)
+    }
+
+    fn define_histogram(&mut self, name: &str) -> Option<u32> {
+        define_histogram(name)
+    }
+
+    fn increment(&mut self, id: Option<u32>) {
+        count(id);
+    }
+
+    fn record(&mut self, id: Option<u32>, value: u64) {
+        record(id, value);
     }
 }

@@ -1,6 +1,8 @@
-//! The HTTP filter: SMI access control per request on the server (inbound) side, and
-//! TrafficSplit routing on the client (outbound) side. One pass over the request runs every
-//! feature its plugin configuration enables: access first, so a denied request is never routed.
+//! The HTTP filter: SMI access control per request on the server (inbound) side, TrafficSplit
+//! routing on the client (outbound) side, and per-edge metrics on both. One pass over the
+//! request headers runs every feature its plugin configuration enables (access first, so a
+//! denied request is never routed; the metrics feature notes the edge), and the end of the
+//! stream records the request's outcome and duration.
 
 use std::rc::Rc;
 
@@ -9,6 +11,7 @@ use proxy_wasm::types::{Action, GrpcStatusCode};
 use weft_policy::bundle::AccessMode;
 use weft_policy::engine::{Decision, Headers, HttpRequest, Routing};
 
+use crate::edges::PendingRequest;
 use crate::host::RequestHeaders;
 use crate::{FilterState, HeaderPlan, ROUTE_HEADER, host};
 
@@ -29,12 +32,17 @@ pub const UNCONFIGURED_HEADER: (&str, &str) = ("x-weft-access", "unconfigured");
 #[derive(Debug)]
 pub struct WeftHttp {
     state: Option<Rc<FilterState>>,
+    /// The request's edge and start, from its headers to its end (the metrics feature).
+    pending: Option<PendingRequest>,
 }
 
 impl WeftHttp {
     /// A request context of a plugin with `state`, or of an unconfigured plugin.
     pub fn new(state: Option<Rc<FilterState>>) -> Self {
-        Self { state }
+        Self {
+            state,
+            pending: None,
+        }
     }
 }
 
@@ -53,28 +61,74 @@ impl HttpContext for WeftHttp {
             );
             return Action::Pause;
         };
-        host::count(state.metrics.http_requests);
+        let started = match state.engine.metrics() {
+            Some(_) => host::now_nanoseconds(),
+            None => 0,
+        };
         let headers = match state.header_plan {
             HeaderPlan::Nothing => RequestHeaders::default(),
             HeaderPlan::HostOnly => RequestHeaders::fetch_one(":authority"),
             HeaderPlan::Every => RequestHeaders::fetch_all(),
         };
-        if let Some(mode) = state.deciding_mode()
-            && check_access(state, mode, &headers) == Action::Pause
+        let peer = match state.reads_peer_identity() {
+            true => host::peer_identity(),
+            false => None,
+        };
+        let mut action = Action::Continue;
+        if let Some(mode) = state.deciding_mode() {
+            action = check_access(state, mode, &headers, peer.as_deref());
+        }
+        let mut backend = None;
+        if action == Action::Continue && state.routes_splits() {
+            backend = route_split(state, &headers);
+        }
+        if let Some(table) = state.engine.metrics()
+            && let Ok(mut edges) = state.edges.try_borrow_mut()
         {
-            return Action::Pause;
+            self.pending = Some(edges.begin(
+                table,
+                peer.as_deref(),
+                headers.header(":authority"),
+                backend,
+                host::is_grpc(headers.header("content-type")),
+                started,
+            ));
         }
-        if state.routes_splits() {
-            route_split(state, &headers);
+        action
+    }
+
+    fn on_log(&mut self) {
+        // Every stream ends here, answered, refused or reset, so every request is counted once.
+        let (Some(state), Some(request)) = (&self.state, self.pending.take()) else {
+            return;
+        };
+        let Some(table) = state.engine.metrics() else {
+            return;
+        };
+        let status = host::response_code();
+        let grpc_status = match request.grpc() {
+            true => host::grpc_status(),
+            false => None,
+        };
+        let ended = host::now_nanoseconds();
+        if let Ok(mut edges) = state.edges.try_borrow_mut() {
+            edges.finish(
+                table,
+                &mut host::EnvoyStats,
+                &request,
+                status,
+                grpc_status,
+                ended,
+            );
         }
-        Action::Continue
     }
 }
 
 /// Chooses the cluster of a request for a TrafficSplit's root service and hands it to the
-/// router in [`ROUTE_HEADER`]. Any other request passes untouched, except that a route header
-/// it arrived with is removed, so no client chooses its own cluster.
-fn route_split(state: &FilterState, headers: &RequestHeaders) {
+/// router in [`ROUTE_HEADER`]; returns the chosen service (`name.namespace`). Any other request
+/// passes untouched, except that a route header it arrived with is removed, so no client
+/// chooses its own cluster.
+fn route_split<'s>(state: &'s FilterState, headers: &RequestHeaders) -> Option<&'s str> {
     let split = if state.split_fallback {
         None
     } else {
@@ -86,7 +140,7 @@ fn route_split(state: &FilterState, headers: &RequestHeaders) {
         if !host::remove_request_header(ROUTE_HEADER) {
             host::reset_request(&format!("could not remove {ROUTE_HEADER}"));
         }
-        return;
+        return None;
     };
     let request = HttpRequest {
         source: None,
@@ -109,18 +163,23 @@ fn route_split(state: &FilterState, headers: &RequestHeaders) {
             );
             service
         }
-        Routing::NotSplit => return,
+        Routing::NotSplit => return None,
     };
     // Replacing the header also replaces a value the client sent.
     if !host::set_request_header(ROUTE_HEADER, cluster) {
         host::reset_request(&format!("could not set {ROUTE_HEADER}"));
     }
+    Some(cluster)
 }
 
-fn check_access(state: &FilterState, mode: AccessMode, headers: &RequestHeaders) -> Action {
-    let source = host::peer_identity();
+fn check_access(
+    state: &FilterState,
+    mode: AccessMode,
+    headers: &RequestHeaders,
+    source: Option<&str>,
+) -> Action {
     let request = HttpRequest {
-        source: source.as_deref(),
+        source,
         method: headers.header(":method").unwrap_or_default(),
         path: headers.header(":path").unwrap_or_default(),
         port: state.destination_port(),
@@ -130,7 +189,7 @@ fn check_access(state: &FilterState, mode: AccessMode, headers: &RequestHeaders)
     let Decision::Deny { reason } = decision else {
         return Action::Continue;
     };
-    let caller = source.as_deref().unwrap_or("(no verified identity)");
+    let caller = source.unwrap_or("(no verified identity)");
     let (method, path) = (request.method, request.path);
     if mode == AccessMode::Audit {
         host::count(state.metrics.http_audit);

@@ -16,20 +16,22 @@
 //! route of the service it addresses.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod edges;
 pub mod host;
 pub mod http;
 pub mod tcp;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
-use weft_policy::bundle::AccessMode;
+use weft_policy::bundle::{AccessMode, Direction};
 use weft_policy::engine::Engine;
+
+use crate::edges::EdgeRecorder;
 use weft_policy::{ConfigError, PluginConfig};
 
-/// Name of the counter of HTTP requests that reached a configured weft plugin.
-pub const HTTP_REQUESTS_METRIC: &str = "weft_plugin_http_requests_total";
 /// HTTP requests the access feature denied (enforce mode).
 pub const HTTP_DENIED_METRIC: &str = "weft_access_http_denied_total";
 /// HTTP requests the access feature would have denied (audit mode).
@@ -45,12 +47,13 @@ pub const TCP_AUDIT_METRIC: &str = "weft_access_tcp_audit_denied_total";
 pub const ROUTE_HEADER: &str = "x-weft-cluster";
 
 /// Top-level fields of a plugin configuration that can never carry access policy.
-pub const SPLIT_ONLY_FIELDS: [&str; 5] = [
+pub const SPLIT_ONLY_FIELDS: [&str; 6] = [
     "version",
     "identity",
     "destination_port",
     "http_matches",
     "splits",
+    "metrics",
 ];
 
 /// `root_id` that selects the network (TCP) filter.
@@ -101,7 +104,6 @@ impl FilterKind {
 /// Counter ids, each `None` when Envoy would not define it (metrics never block traffic).
 #[derive(Debug, Clone, Copy)]
 pub struct Metrics {
-    http_requests: Option<u32>,
     http_denied: Option<u32>,
     http_audit: Option<u32>,
     tcp_denied: Option<u32>,
@@ -111,7 +113,6 @@ pub struct Metrics {
 impl Metrics {
     fn define() -> Self {
         Self {
-            http_requests: host::define_counter(HTTP_REQUESTS_METRIC),
             http_denied: host::define_counter(HTTP_DENIED_METRIC),
             http_audit: host::define_counter(HTTP_AUDIT_METRIC),
             tcp_denied: host::define_counter(TCP_DENIED_METRIC),
@@ -129,15 +130,18 @@ pub enum HeaderPlan {
     Nothing,
     /// Only the host is read: split routing by weight alone.
     HostOnly,
-    /// Several headers are read (access decisions, or splits with `matches` or a sticky key):
-    /// all of them in one call.
+    /// Several headers are read (access decisions, metrics, or splits with `matches` or a
+    /// sticky key): all of them in one call.
     Every,
 }
 
 impl HeaderPlan {
     /// The plan for a plugin whose features `engine` describes.
     pub fn for_engine(engine: &Engine, split_fallback: bool) -> Self {
-        if deciding_mode(engine).is_some() || engine.splits_read_request() {
+        if deciding_mode(engine).is_some()
+            || engine.splits_read_request()
+            || engine.metrics().is_some()
+        {
             HeaderPlan::Every
         } else if engine.has_splits() && !split_fallback {
             HeaderPlan::HostOnly
@@ -169,6 +173,8 @@ pub struct FilterState {
     pub split_fallback: bool,
     /// The request headers each HTTP request fetches.
     pub header_plan: HeaderPlan,
+    /// The metric ids of the edges seen, and the peers (the metrics feature).
+    pub edges: RefCell<EdgeRecorder>,
 }
 
 impl FilterState {
@@ -181,7 +187,18 @@ impl FilterState {
             metrics: Metrics::define(),
             split_fallback,
             header_plan,
+            edges: RefCell::new(EdgeRecorder::default()),
         }
+    }
+
+    /// Whether HTTP requests need the caller's verified identity: for access decisions, and
+    /// for the source of inbound metrics.
+    pub fn reads_peer_identity(&self) -> bool {
+        self.deciding_mode().is_some()
+            || self
+                .engine
+                .metrics()
+                .is_some_and(|metrics| metrics.direction() == Direction::Inbound)
     }
 
     /// The mode when access decisions must be made (`enforce` or `audit`); `None` when the
@@ -249,7 +266,7 @@ impl RootContext for WeftRoot {
             Ok((config, engine)) => {
                 let kind = self.kind;
                 log::info!(
-                    "weft {} configured as the {} filter (plugin configuration version {}; access {}; splits {})",
+                    "weft {} configured as the {} filter (plugin configuration version {}; access {}; splits {}; metrics {})",
                     env!("CARGO_PKG_VERSION"),
                     match kind {
                         FilterKind::Http => "HTTP",
@@ -258,6 +275,9 @@ impl RootContext for WeftRoot {
                     config.version,
                     engine.access_mode().map_or("off", |mode| mode.as_str()),
                     config.splits.len(),
+                    engine
+                        .metrics()
+                        .map_or("off", |metrics| metrics.direction().as_str()),
                 );
                 for (traffic_split, service) in engine.splits_without_backends() {
                     log::warn!(
@@ -271,17 +291,9 @@ impl RootContext for WeftRoot {
                 log::error!(
                     "{err}; split routing falls back: every request goes to the Envoy route of the service it addresses (the root service) until the configuration is fixed"
                 );
-                match Engine::new(&PluginConfig::default()) {
-                    Ok(engine) => {
-                        self.state = Some(Rc::new(FilterState::new(
-                            PluginConfig::default(),
-                            engine,
-                            true,
-                        )));
-                        true
-                    }
-                    Err(_) => false,
-                }
+                let (config, engine) = fallback(&bytes);
+                self.state = Some(Rc::new(FilterState::new(config, engine, true)));
+                true
             }
             Err(err) => {
                 log::error!("{err}; the plugin refuses to start");
@@ -304,6 +316,32 @@ impl RootContext for WeftRoot {
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
         Some(Box::new(tcp::WeftTcp::new(self.state.clone())))
+    }
+}
+
+/// The plugin of a split-only configuration that was refused: no split routing, and the
+/// metrics of the document's `identity` and `metrics` when those are valid on their own (so the
+/// traffic stays visible while the configuration is broken), else nothing at all.
+fn fallback(bytes: &[u8]) -> (PluginConfig, Engine) {
+    let salvaged = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+        .ok()
+        .and_then(|document| {
+            let mut kept = serde_json::Map::new();
+            for field in ["identity", "metrics"] {
+                if let Some(value) = document.get(field) {
+                    kept.insert(field.to_owned(), value.clone());
+                }
+            }
+            serde_json::to_vec(&kept).ok()
+        })
+        .and_then(|kept| load(&kept).ok())
+        .filter(|(config, _)| config.metrics.is_some());
+    match salvaged {
+        Some(loaded) => {
+            log::info!("the metrics of the refused configuration keep counting");
+            loaded
+        }
+        None => (PluginConfig::default(), Engine::empty()),
     }
 }
 
@@ -369,6 +407,7 @@ mod tests {
         for text in [
             r#"{"splits": 7}"#,
             r#"{"version": 1, "http_matches": [{"path_regex": "("}], "splits": []}"#,
+            r#"{"splits": [], "metrics": {"direction": "outbound"}}"#,
         ] {
             assert!(split_only(text.as_bytes()), "{text}");
         }

@@ -1,6 +1,6 @@
 //! The compiled policy bundle: everything one workload's weft filter needs, with SMI already
 //! resolved (references followed, versions normalised, weights checked), so the filter never
-//! reads SMI. It is the `access` and `splits` part of the plugin configuration
+//! reads SMI. It is the `access`, `splits` and `metrics` part of the plugin configuration
 //! ([`crate::config::PluginConfig`]) and is documented for users in docs/policy-bundle.md.
 
 use std::fmt;
@@ -233,4 +233,50 @@ pub struct WeightedBackend {
     pub service: String,
     /// Relative weight, above 0.
     pub weight: u64,
+}
+
+/// Which side of its connections a listener's metrics describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Server side: requests this workload receives; the source is the verified peer.
+    Inbound,
+    /// Client side: requests this workload sends; the source is the workload itself.
+    Outbound,
+}
+
+impl Direction {
+    /// The name used in the configuration and as the `direction` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Per-edge golden metrics of one listener (docs/metrics.md). Label values come only from
+/// verified identities and from the services named here; anything else is `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Which side the listener measures.
+    pub direction: Direction,
+    /// SPIFFE trust domain of peer identities; a peer of another domain is `unknown`.
+    pub trust_domain: String,
+    /// The services a request may address, with the host names that address each from this
+    /// workload; a request for any other host has destination `unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceHosts>,
+}
+
+/// A Kubernetes Service and the host names that address it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceHosts {
+    /// The service, `name.namespace`.
+    pub service: String,
+    /// Host names (without port) that address it, compared lower-case without port or
+    /// trailing dot.
+    pub hosts: Vec<String>,
 }

@@ -1,11 +1,13 @@
 //! Compilation: from a validated [`Catalog`] to the plugin configuration of one workload's
-//! inbound listener (access control) or outbound listener (split routing). The output depends
-//! only on the catalog's content, not on the order objects were read in.
+//! inbound listener (access control and metrics) or outbound listener (split routing and
+//! metrics). The output depends only on the catalog's content, not on the order objects were
+//! read in.
 
 use std::collections::BTreeMap;
 
 use crate::bundle::{
-    AccessPolicy, Allows, Grant, HttpMatchSpec, Identity, SplitTable, WeightedBackend,
+    AccessPolicy, Allows, Direction, Grant, HttpMatchSpec, Identity, MetricsConfig, ServiceHosts,
+    SplitTable, WeightedBackend,
 };
 use crate::config::PluginConfig;
 use crate::diagnostic::Diagnostic;
@@ -67,9 +69,10 @@ pub fn compile(
         identity: Some(identity.clone()),
         ..PluginConfig::default()
     };
-    match side {
+    let direction = match side {
         Side::Inbound => {
-            config.access = Some(access_policy(catalog, identity, options, &mut matches))
+            config.access = Some(access_policy(catalog, identity, options, &mut matches));
+            Direction::Inbound
         }
         Side::Outbound => {
             config.splits = catalog
@@ -77,10 +80,66 @@ pub fn compile(
                 .iter()
                 .map(|split| split_table(catalog, split, identity, options, &mut matches))
                 .collect();
+            Direction::Outbound
+        }
+    };
+    config.http_matches = matches.specs;
+    config.metrics = Some(MetricsConfig {
+        direction,
+        trust_domain: options.trust_domain.clone(),
+        services: known_services(catalog, identity, options),
+    });
+    Ok(config)
+}
+
+/// The host names that address service `name` of `namespace` from a workload in
+/// `client_namespace`: `name.namespace`, `.svc` and the full cluster domain, and the short
+/// `name` only from inside its namespace, where it resolves to this service.
+fn service_hosts(
+    name: &str,
+    namespace: &str,
+    client_namespace: &str,
+    options: &Options,
+) -> Vec<String> {
+    let mut hosts = vec![
+        format!("{name}.{namespace}"),
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}.svc.{}", options.cluster_domain),
+    ];
+    if client_namespace == namespace {
+        hosts.insert(0, name.to_owned());
+    }
+    hosts
+}
+
+/// Every service the manifests name, as Service objects or as a TrafficSplit's root or
+/// backends, with its host names: the destinations metrics may label, sorted by service.
+fn known_services(catalog: &Catalog, identity: &Identity, options: &Options) -> Vec<ServiceHosts> {
+    let mut names: std::collections::BTreeSet<(String, String)> = catalog
+        .services
+        .iter()
+        .map(|service| (service.meta.namespace.clone(), service.meta.name.clone()))
+        .collect();
+    for split in &catalog.traffic_splits {
+        let namespace = split.meta.namespace.as_str();
+        let named = std::iter::once(split.service.as_str())
+            .chain(split.backends.iter().map(|b| b.service.as_str()));
+        for service in named {
+            names.insert((
+                namespace.to_owned(),
+                short_service_name(service, namespace).to_owned(),
+            ));
         }
     }
-    config.http_matches = matches.specs;
-    Ok(config)
+    let mut services: Vec<ServiceHosts> = names
+        .into_iter()
+        .map(|(namespace, name)| ServiceHosts {
+            service: format!("{name}.{namespace}"),
+            hosts: service_hosts(&name, &namespace, &identity.namespace, options),
+        })
+        .collect();
+    services.sort_by(|a, b| a.service.cmp(&b.service));
+    services
 }
 
 /// HTTP matches, each stored once however many rules name it.
@@ -212,15 +271,7 @@ fn split_table(
 ) -> SplitTable {
     let namespace = split.meta.namespace.as_str();
     let root = short_service_name(&split.service, namespace);
-    let mut hosts = vec![
-        format!("{root}.{namespace}"),
-        format!("{root}.{namespace}.svc"),
-        format!("{root}.{namespace}.svc.{}", options.cluster_domain),
-    ];
-    // A short name resolves to the root service only from inside its namespace.
-    if client.namespace == namespace {
-        hosts.insert(0, root.to_owned());
-    }
+    let hosts = service_hosts(root, namespace, &client.namespace, options);
     let root_ports = catalog.service(namespace, root).map(|s| &s.ports);
     let backends = split
         .backends

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{AccessPolicy, HttpMatchSpec, Identity, SplitTable};
+use crate::bundle::{AccessPolicy, HttpMatchSpec, Identity, MetricsConfig, SplitTable};
 
 /// The plugin configuration format this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -65,6 +65,9 @@ pub struct PluginConfig {
     /// Outbound split routing, one table per root service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub splits: Vec<SplitTable>,
+    /// Per-edge golden metrics; absent means the feature is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -91,6 +94,7 @@ impl Default for PluginConfig {
             http_matches: Vec::new(),
             access: None,
             splits: Vec::new(),
+            metrics: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::bundle::{AccessMode, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
+use crate::metrics::MetricsTable;
 
 /// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -60,6 +61,9 @@ pub enum EngineError {
         /// Name of the list.
         list: &'static str,
     },
+    /// An invalid `metrics` section.
+    #[error("{0}")]
+    Metrics(crate::metrics::MetricsError),
     /// A name that cannot be what the field says it is.
     #[error(
         "{field}: {value:?} is not a valid {what} name; use letters, digits and !#$%&'*+-.^_`|~ only"
@@ -81,6 +85,7 @@ impl EngineError {
             EngineError::Regex { field, .. }
             | EngineError::Index { field, .. }
             | EngineError::Name { field, .. } => field,
+            EngineError::Metrics(err) => err.field(),
         }
     }
 
@@ -310,6 +315,7 @@ pub struct Engine {
     access: Option<CompiledAccess>,
     splits: Vec<CompiledSplit>,
     hosts: HashMap<String, usize>,
+    metrics: Option<MetricsTable>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -321,6 +327,7 @@ impl std::fmt::Debug for Engine {
                 &self.access.as_ref().map(|access| access.grants.len()),
             )
             .field("splits", &self.splits.len())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -497,11 +504,18 @@ impl Engine {
                 sticky,
             });
         }
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(|metrics| MetricsTable::new(metrics, config.identity.as_ref()))
+            .transpose()
+            .map_err(EngineError::Metrics)?;
         Ok(Self {
             matches,
             access,
             splits,
             hosts,
+            metrics,
         })
     }
 
@@ -614,6 +628,22 @@ impl Engine {
                 traffic_targets,
             },
         }
+    }
+
+    /// An engine with no feature: every access decision denies, nothing is split or measured.
+    pub fn empty() -> Self {
+        Self {
+            matches: Vec::new(),
+            access: None,
+            splits: Vec::new(),
+            hosts: HashMap::new(),
+            metrics: None,
+        }
+    }
+
+    /// The metrics feature's table, when the configuration enables it.
+    pub fn metrics(&self) -> Option<&MetricsTable> {
+        self.metrics.as_ref()
     }
 
     /// Whether the configuration has split routing.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod load;
+pub mod metrics;
 pub mod model;
 pub mod validate;
 
