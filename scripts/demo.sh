@@ -54,7 +54,8 @@ echo
 echo "demo: GET $LISTENER/hello (through Envoy and weft.wasm to the upstream on :8080)"
 curl -sS -i "$LISTENER/hello" | sed 's/^/  /'
 echo
-echo "demo: weft's request counter, from Envoy's admin $ADMIN/stats/prometheus:"
-curl -fsS "$ADMIN/stats/prometheus" | grep '^weft_' | sed 's/^/  /'
+echo "demo: weft's per-edge request count, from Envoy's admin $ADMIN/stats/prometheus"
+echo "      (the caller has no certificate and the plugin knows no services, so both ends are unknown):"
+curl -fsS "$ADMIN/stats/prometheus" | grep '^weft_requests_total' | sed 's/^/  /'
 echo
 echo "demo: done; stopping Envoy and the upstream"

@@ -50,12 +50,18 @@ pub fn cluster(name: &str, endpoint: SocketAddr) -> Value {
 /// filter verbatim as a `StringValue`). It fails closed: when the plugin cannot run, requests
 /// are refused instead of passed on.
 pub fn weft_http_filter(module: &Path, configuration: &str) -> Value {
+    weft_http_plugin(module, WEFT_PLUGIN, configuration)
+}
+
+/// [`weft_http_filter`] with the plugin named `name`, so that several weft plugins can sit in
+/// one filter chain; they share one VM (`vm_id` `weft`) as every weft plugin does.
+pub fn weft_http_plugin(module: &Path, name: &str, configuration: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": WEFT_PLUGIN,
+                "name": name,
                 "root_id": WEFT_PLUGIN,
                 "vm_config": {
                     "vm_id": WEFT_PLUGIN,

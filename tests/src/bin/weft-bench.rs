@@ -4,10 +4,12 @@
 //!
 //! - access: wrk talks plaintext to a client sidecar Envoy, which calls the measured inbound
 //!   Envoy over mTLS as shop/frontend, in front of the same upstream: with no access control,
-//!   with Envoy's native RBAC filter expressing the example SMI policy, and with weft enforcing it;
+//!   with Envoy's native RBAC filter expressing the example SMI policy, and with weft enforcing
+//!   it (alone; with per-edge metrics in the same plugin; with metrics in a second plugin);
 //! - split: wrk talks to the measured outbound Envoy, asking for the root service of the
 //!   example canary (90/10 over two backends): with a plain route to one backend, with Envoy's
-//!   native `weighted_clusters` expressing the split, and with weft choosing.
+//!   native `weighted_clusters` expressing the split, and with weft choosing (alone; with
+//!   metrics in the same plugin; with metrics in a second plugin).
 //!
 //! All variants of a suite run in one run, interleaved over several rounds with the median kept,
 //! so that drift of the machine hits every variant alike. Prints a Markdown table per suite of
@@ -32,13 +34,14 @@ use serde_json::Value;
 use serde_json::json;
 use weft_e2e::bootstrap::{
     ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
-    virtual_host, weft_http_filter, with_tls,
+    virtual_host, weft_http_filter, weft_http_plugin, with_tls,
 };
 use weft_e2e::client::Session;
 use weft_e2e::envoy::Envoy;
 use weft_e2e::pki::{Issued, Pki};
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{paths, policy};
+use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
 
 /// One wrk run's figures.
@@ -308,7 +311,9 @@ const SUITES: [&str; 2] = ["access", "split"];
 const MEASURED_LISTENER: &str = "measured";
 
 /// The measured inbound Envoys: mTLS in front of the upstream with no access control, with
-/// Envoy's RBAC filter expressing examples/shop/smi.yaml, and with weft enforcing the same.
+/// Envoy's RBAC filter expressing examples/shop/smi.yaml (with its built-in stats), and with
+/// weft enforcing the same: access alone, access and metrics in one plugin (what `weft compile`
+/// makes), and the two in separate plugins.
 /// Every request asks for `/orders/42`, allowed to shop/frontend by a regex match with a method.
 fn access_suite(
     upstream: &HttpUpstream,
@@ -333,22 +338,34 @@ fn access_suite(
             vec![cluster("app", upstream.addr())],
         )
     };
-    let weft = |module: &std::path::Path| -> anyhow::Result<Value> {
+    let weft = |module: &std::path::Path, config: &PluginConfig| -> anyhow::Result<Value> {
         Ok(inbound(vec![weft_http_filter(
             module,
-            &serde_json::to_string(&config)?,
+            &serde_json::to_string(config)?,
         )]))
     };
+    let (access_only, metrics_only) = features_apart(&config);
     let mut variants = vec![
         ("mTLS, no access control", inbound(Vec::new())),
         (
             "mTLS + native RBAC (same policy)",
             inbound(vec![native_rbac()]),
         ),
-        ("mTLS + weft access (enforce)", weft(&module)?),
+        ("mTLS + weft access only", weft(&module, &access_only)?),
+        (
+            "mTLS + weft access + metrics, one plugin",
+            weft(&module, &config)?,
+        ),
+        (
+            "mTLS + weft access + metrics, two plugins",
+            inbound(two_plugins(&module, &access_only, &metrics_only)?),
+        ),
     ];
     if let Some(other) = compare_wasm {
-        variants.push(("mTLS + weft access, --compare-wasm build", weft(other)?));
+        variants.push((
+            "mTLS + weft access + metrics, --compare-wasm build",
+            weft(other, &config)?,
+        ));
     }
     Ok(Suite {
         title: "inbound Envoy runs",
@@ -362,10 +379,40 @@ fn access_suite(
     })
 }
 
+/// `config` (one plugin for every feature, as `weft compile` makes it) split into a plugin
+/// without metrics and a plugin with only the metrics, to measure the two designs.
+fn features_apart(config: &PluginConfig) -> (PluginConfig, PluginConfig) {
+    let without_metrics = PluginConfig {
+        metrics: None,
+        ..config.clone()
+    };
+    let only_metrics = PluginConfig {
+        identity: config.identity.clone(),
+        metrics: config.metrics.clone(),
+        ..PluginConfig::default()
+    };
+    (without_metrics, only_metrics)
+}
+
+/// The filters of the two-plugin design: the features but metrics, then the metrics, two
+/// plugins of one weft VM.
+fn two_plugins(
+    module: &std::path::Path,
+    features: &PluginConfig,
+    metrics: &PluginConfig,
+) -> anyhow::Result<Vec<Value>> {
+    Ok(vec![
+        weft_http_plugin(module, "weft-features", &serde_json::to_string(features)?),
+        weft_http_plugin(module, "weft-metrics", &serde_json::to_string(metrics)?),
+    ])
+}
+
 /// The measured outbound Envoys for the example canary (examples/shop/split.yaml: `checkout`
 /// 90/10 to checkout-v1 and checkout-v2), each upstream a hyper server of the bench process:
-/// a plain route to checkout-v1 (no split at all), Envoy's `weighted_clusters` 90/10, and weft
-/// choosing through a `cluster_header` route, with the routes of envoy-configs/outbound-split.yaml.
+/// a plain route to checkout-v1 (no split at all), Envoy's `weighted_clusters` 90/10 (with
+/// Envoy's per-cluster stats, always on), and weft choosing through a `cluster_header` route
+/// with the routes of envoy-configs/outbound-split.yaml: split alone, split and metrics in one
+/// plugin (what `weft compile` makes), and the two in separate plugins.
 fn split_suite(
     upstreams: &[HttpUpstream; 3],
     compare_wasm: Option<&std::path::Path>,
@@ -403,12 +450,14 @@ fn split_suite(
             "retry_policy": {"num_retries": 0},
         },
     });
-    let weft_split = |module: &std::path::Path| -> anyhow::Result<Value> {
+    let split_routes = || vec![split_route(), route_to("checkout.shop")];
+    let weft_split = |module: &std::path::Path, config: &PluginConfig| -> anyhow::Result<Value> {
         Ok(outbound(
-            vec![weft_http_filter(module, &serde_json::to_string(&config)?)],
-            vec![split_route(), route_to("checkout.shop")],
+            vec![weft_http_filter(module, &serde_json::to_string(config)?)],
+            split_routes(),
         ))
     };
+    let (split_only, metrics_only) = features_apart(&config);
     let mut variants = vec![
         (
             "route to one backend, no split",
@@ -418,17 +467,24 @@ fn split_suite(
             "native weighted_clusters 90/10",
             outbound(Vec::new(), vec![weighted]),
         ),
+        ("weft split only", weft_split(&module, &split_only)?),
         (
-            "weft loaded, no split configured",
+            "weft split + metrics, one plugin",
+            weft_split(&module, &config)?,
+        ),
+        (
+            "weft split + metrics, two plugins",
             outbound(
-                vec![weft_http_filter(&module, r#"{"version": 1}"#)],
-                vec![route_to("checkout-v1.shop")],
+                two_plugins(&module, &split_only, &metrics_only)?,
+                split_routes(),
             ),
         ),
-        ("weft split 90/10 (cluster_header)", weft_split(&module)?),
     ];
     if let Some(other) = compare_wasm {
-        variants.push(("weft split 90/10, --compare-wasm build", weft_split(other)?));
+        variants.push((
+            "weft split + metrics, --compare-wasm build",
+            weft_split(other, &config)?,
+        ));
     }
     Ok(Suite {
         title: "outbound Envoy runs",
