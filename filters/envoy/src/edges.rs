@@ -135,9 +135,7 @@ impl EdgeRecorder {
             Some(id) => *id,
             None => {
                 let labels = self.labels(table, edge);
-                let response = [RESPONSE_LABELS[0], RESPONSE_LABELS[1]]
-                    .into_iter()
-                    .zip([class, outcome.as_str()]);
+                let response = RESPONSE_LABELS.into_iter().zip([class, outcome.as_str()]);
                 let id = host.define_counter(&metrics::stat_name(
                     REQUESTS,
                     labels.into_iter().chain(response),
