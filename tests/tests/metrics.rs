@@ -89,9 +89,15 @@ fn assert_counted_exactly(metrics: &Metrics, expected: &[Expected<'_>]) {
     assert_eq!(metrics.samples(DURATION, &[]).count(), per_edge.len());
 }
 
-/// The sum of every duration histogram's observations.
-fn observations(metrics: &Metrics) -> f64 {
-    metrics.histogram_count(DURATION, &[])
+/// Scrapes `envoy` until every request of `expected` has been observed, then asserts that the
+/// scrape holds exactly `expected` ([`assert_counted_exactly`]).
+async fn assert_scraped_exactly(envoy: &Envoy, expected: &[Expected<'_>]) {
+    let total: f64 = expected.iter().map(|(.., count)| count).sum();
+    let metrics = envoy
+        .prometheus_when(|m| m.histogram_count(DURATION, &[]) >= total)
+        .await
+        .unwrap();
+    assert_counted_exactly(&metrics, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,12 +193,7 @@ async fn inbound_requests_are_counted_exactly_per_verified_caller_with_their_out
         (from_client.clone(), "2xx", "failure", 2.0),
         (from_stranger.clone(), "4xx", "success", 2.0),
     ];
-    let total: f64 = expected.iter().map(|(.., count)| count).sum();
-    let metrics = envoy
-        .prometheus_when(|m| observations(m) >= total)
-        .await
-        .unwrap();
-    assert_counted_exactly(&metrics, &expected);
+    assert_scraped_exactly(&envoy, &expected).await;
 }
 
 fn tls_deadline() -> std::time::Duration {
@@ -301,10 +302,5 @@ async fn outbound_requests_are_counted_from_the_workload_to_the_service_and_the_
             1.0,
         ),
     ];
-    let total: f64 = expected.iter().map(|(.., count)| count).sum();
-    let metrics = envoy
-        .prometheus_when(|m| observations(m) >= total)
-        .await
-        .unwrap();
-    assert_counted_exactly(&metrics, &expected);
+    assert_scraped_exactly(&envoy, &expected).await;
 }

@@ -1,9 +1,11 @@
 //! Decisions, statement by statement from SMI.md and DESIGN.md: a realistic manifest set is
 //! compiled for a workload, and each request gets the decision the spec implies.
 
+mod common;
+
 use weft_policy::bundle::{AccessMode, Identity, StickyKey};
-use weft_policy::check;
-use weft_policy::compile::{Options, Side, compile};
+
+use weft_policy::compile::Side;
 use weft_policy::config::PluginConfig;
 use weft_policy::engine::{
     Decision, DenyReason, Engine, EngineError, HttpRequest, Routing, cookie, sticky_roll,
@@ -86,19 +88,7 @@ spec:
 "#;
 
 fn config_for(identity: &str, side: Side, manifests: &str) -> PluginConfig {
-    let (catalog, diagnostics) = check([("m.yaml", manifests)]);
-    assert!(
-        diagnostics.iter().all(|d| !d.is_error()),
-        "{diagnostics:#?}"
-    );
-    compile(
-        &catalog,
-        &diagnostics,
-        &identity.parse::<Identity>().unwrap(),
-        side,
-        &Options::default(),
-    )
-    .unwrap()
+    common::compiled(identity, side, manifests)
 }
 
 fn engine(identity: &str) -> Engine {

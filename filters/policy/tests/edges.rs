@@ -2,9 +2,10 @@
 //! (inbound) or the workload itself (outbound), destinations are the services the manifests
 //! name, the backend is the split's choice, and anything else is `unknown`.
 
-use weft_policy::bundle::{Direction, Identity};
-use weft_policy::check;
-use weft_policy::compile::{Options, Side, compile};
+mod common;
+
+use weft_policy::bundle::Direction;
+use weft_policy::compile::Side;
 use weft_policy::config::PluginConfig;
 use weft_policy::engine::{Engine, EngineError};
 use weft_policy::metrics::{EDGE_LABELS, MetricsTable, Source, UNKNOWN};
@@ -29,19 +30,7 @@ spec:
 "#;
 
 fn config(identity: &str, side: Side) -> PluginConfig {
-    let (catalog, diagnostics) = check([("m.yaml", MANIFESTS)]);
-    assert!(
-        diagnostics.iter().all(|d| !d.is_error()),
-        "{diagnostics:#?}"
-    );
-    compile(
-        &catalog,
-        &diagnostics,
-        &identity.parse::<Identity>().unwrap(),
-        side,
-        &Options::default(),
-    )
-    .unwrap()
+    common::compiled(identity, side, MANIFESTS)
 }
 
 fn table(engine: &Engine) -> &MetricsTable {

@@ -166,15 +166,7 @@ async fn run_suite(
     for round in 1..=options.rounds {
         for (index, (name, config)) in suite.variants.iter().enumerate() {
             let measured = Envoy::start(config).await?;
-            let measured_addr = measured.listener(MEASURED_LISTENER).await?;
-            let sidecar = match suite.through_sidecar {
-                true => Some(Envoy::start(&client_sidecar(pki, client, measured_addr)).await?),
-                false => None,
-            };
-            let entry = match &sidecar {
-                Some(sidecar) => sidecar.listener("outbound").await?,
-                None => measured_addr,
-            };
+            let (entry, _sidecar) = entry_to(suite, &measured, pki, client).await?;
             let url = format!("http://{entry}{}", suite.path);
             let wrk = |seconds| wrk(&url, suite.host, seconds, options.connections);
             // Warm up connections, the VM and Envoy's caches; not measured.
@@ -230,6 +222,23 @@ async fn run_suite(
     Ok(())
 }
 
+/// Where wrk or the counting client sends a suite's requests to reach `measured`: its listener,
+/// or the listener of a client sidecar started here (kept alive by the returned handle) that
+/// calls it over mTLS.
+async fn entry_to(
+    suite: &Suite,
+    measured: &Envoy,
+    pki: &Pki,
+    client: &Issued,
+) -> anyhow::Result<(std::net::SocketAddr, Option<Envoy>)> {
+    let measured_addr = measured.listener(MEASURED_LISTENER).await?;
+    if !suite.through_sidecar {
+        return Ok((measured_addr, None));
+    }
+    let sidecar = Envoy::start(&client_sidecar(pki, client, measured_addr)).await?;
+    Ok((sidecar.listener("outbound").await?, Some(sidecar)))
+}
+
 /// Requests sent before counting, so that V8 has compiled the module's hot code and Envoy's
 /// caches and connections are warm.
 const WARM_UP_REQUESTS: u64 = 500;
@@ -245,15 +254,7 @@ async fn count_instructions(
     let mut counts = Vec::new();
     for (name, config) in &suite.variants {
         let measured = Envoy::start_counting_instructions(config).await?;
-        let measured_addr = measured.listener(MEASURED_LISTENER).await?;
-        let sidecar = match suite.through_sidecar {
-            true => Some(Envoy::start(&client_sidecar(pki, client, measured_addr)).await?),
-            false => None,
-        };
-        let entry = match &sidecar {
-            Some(sidecar) => sidecar.listener("outbound").await?,
-            None => measured_addr,
-        };
+        let (entry, _sidecar) = entry_to(suite, &measured, pki, client).await?;
         let session = Session::keep_alive(entry);
         let headers: Vec<(&str, &str)> =
             suite.host.map(|host| ("host", host)).into_iter().collect();
