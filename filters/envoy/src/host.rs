@@ -55,6 +55,8 @@ pub fn request_header(name: &str) -> Option<String> {
 pub struct RequestHeaders {
     /// Names (lower-case, as Envoy keeps them) and values, in Envoy's order.
     pairs: Vec<(String, Vec<u8>)>,
+    /// Every header of the request was fetched, so one absent here is absent from the request.
+    complete: bool,
 }
 
 impl RequestHeaders {
@@ -62,8 +64,13 @@ impl RequestHeaders {
     pub fn fetch_all() -> Self {
         // The SDK decodes names as UTF-8 and would panic otherwise; Envoy's HTTP/1 and HTTP/2
         // codecs admit only token characters in header names, so that cannot come from a client.
-        let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        Self { pairs }
+        match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(pairs) => Self {
+                pairs,
+                complete: true,
+            },
+            Err(_) => Self::default(),
+        }
     }
 
     /// Only header `name`, in one host call.
@@ -73,7 +80,20 @@ impl RequestHeaders {
             .flatten()
             .map(|value| vec![(name.to_owned(), value)])
             .unwrap_or_default();
-        Self { pairs }
+        Self {
+            pairs,
+            complete: false,
+        }
+    }
+
+    /// Whether the request certainly has no header `name`: known only when every header was
+    /// fetched, so that a host call to remove it can be skipped.
+    pub fn certainly_lacks(&self, name: &str) -> bool {
+        self.complete
+            && !self
+                .pairs
+                .iter()
+                .any(|(key, _)| key.eq_ignore_ascii_case(name))
     }
 }
 
@@ -108,18 +128,16 @@ pub fn is_grpc(content_type: Option<&str>) -> bool {
 
 /// Defines a counter; `None` if Envoy refuses, because metrics never block traffic.
 pub fn define_counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("could not define metric {name}: {status:?}");
-            None
-        }
-    }
+    define_metric(MetricType::Counter, name)
 }
 
 /// Defines a histogram; `None` if Envoy refuses, because metrics never block traffic.
 pub fn define_histogram(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Histogram, name) {
+    define_metric(MetricType::Histogram, name)
+}
+
+fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(status) => {
             log::warn!("could not define metric {name}: {status:?}");

@@ -137,7 +137,9 @@ fn route_split<'s>(state: &'s FilterState, headers: &RequestHeaders) -> Option<&
             .and_then(|host| state.engine.split_for_host(host))
     };
     let Some(split) = split else {
-        if !host::remove_request_header(ROUTE_HEADER) {
+        // Most requests are for no root service and carry no route header: when every header
+        // was fetched that is known, and the host call to remove it is saved.
+        if !headers.certainly_lacks(ROUTE_HEADER) && !host::remove_request_header(ROUTE_HEADER) {
             host::reset_request(&format!("could not remove {ROUTE_HEADER}"));
         }
         return None;

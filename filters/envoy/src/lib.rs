@@ -28,9 +28,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use weft_policy::bundle::{AccessMode, Direction};
 use weft_policy::engine::Engine;
+use weft_policy::{ConfigError, PluginConfig};
 
 use crate::edges::EdgeRecorder;
-use weft_policy::{ConfigError, PluginConfig};
 
 /// HTTP requests the access feature denied (enforce mode).
 pub const HTTP_DENIED_METRIC: &str = "weft_access_http_denied_total";
@@ -400,6 +400,17 @@ mod tests {
         );
         // The fallback routes nothing itself: it only removes a client's route header.
         assert_eq!(plan(r#"{"version": 1}"#, true), HeaderPlan::Nothing);
+        // Metrics read the host and content-type, alone or with a weighted split.
+        const METRICS: &str =
+            r#""metrics": {"direction": "outbound", "trust_domain": "cluster.local"}"#;
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {METRICS}}}"#), false),
+            HeaderPlan::Every
+        );
+        assert_eq!(
+            plan(&format!(r#"{{"version": 1, {SPLIT}, {METRICS}}}"#), false),
+            HeaderPlan::Every
+        );
     }
 
     #[test]
