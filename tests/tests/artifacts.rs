@@ -150,7 +150,7 @@ fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
         let yaml =
             std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
                 .unwrap();
-        let config: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let config = read_yaml(&yaml);
         assert_eq!(
             config["stats_config"], expected,
             "{file}: copy stats_config from weft_policy::metrics::envoy_stats_config()"
@@ -158,12 +158,21 @@ fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
     }
 }
 
+/// A shipped YAML configuration as a value, read by weft's own YAML reader.
+fn read_yaml(text: &str) -> serde_json::Value {
+    let mut documents = weft_policy::document::read_yaml(text, 1).unwrap();
+    assert_eq!(documents.len(), 1);
+    let document = documents.remove(0);
+    assert!(document.duplicates.is_empty(), "{:?}", document.duplicates);
+    document.value
+}
+
 /// The failure policy and plugin configuration of the weft filter in a shipped configuration
 /// with one HTTP listener.
 fn embedded_plugin(file: &str) -> (String, PluginConfig) {
     let yaml =
         std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file)).unwrap();
-    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let config = read_yaml(&yaml);
     let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
     let plugin = &manager["typed_config"]["http_filters"][0]["typed_config"]["config"];
     let embedded = PluginConfig::from_json(

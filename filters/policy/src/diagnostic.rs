@@ -15,13 +15,41 @@ pub enum Severity {
     Warning,
 }
 
-/// Where an object was read from.
+/// Where an object (or, in a diagnostic, the field it is about) was read from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Origin {
     /// The file name as given to the loader.
     pub file: String,
-    /// 1-based line of the object's first line in that file.
+    /// 1-based line in that file: of the object's first line, and in a diagnostic returned by
+    /// [`crate::check`], of the field the diagnostic is about.
     pub line: usize,
+    /// Where the object's document is, so that the line of any of its fields can be found.
+    #[serde(skip)]
+    pub locator: Option<Locator>,
+}
+
+impl Origin {
+    /// An origin at `line` of `file`, with nothing to find fields by.
+    pub fn at(file: &str, line: usize) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            locator: None,
+        }
+    }
+}
+
+/// Where an object sits in its file: the text of its YAML document and its path in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Locator {
+    /// Byte offset of the document's text in the file.
+    pub start: usize,
+    /// Byte offset just past the document's text.
+    pub end: usize,
+    /// 1-based line of the document text's first line.
+    pub first_line: usize,
+    /// The object's field path in its document: empty, or `items[3]` in a `kind: List`.
+    pub object_path: String,
 }
 
 /// One problem.
@@ -96,4 +124,51 @@ pub fn sort(diagnostics: &mut [Diagnostic]) {
                 b.severity,
             ))
     });
+}
+
+/// Points every diagnostic that concerns a field at the line of that field (or of its nearest
+/// ancestor written in the file) instead of its object's first line. `files` maps each file
+/// name to its text; only the documents that have diagnostics are read again.
+pub fn locate_fields(files: &std::collections::HashMap<&str, &str>, diagnostics: &mut [Diagnostic]) {
+    let mut lines_of: std::collections::HashMap<(String, usize), std::collections::HashMap<String, usize>> =
+        std::collections::HashMap::new();
+    for diagnostic in diagnostics.iter_mut() {
+        let Some(origin) = diagnostic.origin.as_mut() else {
+            continue;
+        };
+        let Some(locator) = origin.locator.take() else {
+            continue;
+        };
+        let Some(text) = files.get(origin.file.as_str()) else {
+            continue;
+        };
+        let lines = lines_of
+            .entry((origin.file.clone(), locator.start))
+            .or_insert_with(|| {
+                text.get(locator.start..locator.end)
+                    .map(|body| crate::document::yaml_field_lines(body, locator.first_line))
+                    .unwrap_or_default()
+            });
+        let mut path = locator.object_path.clone();
+        if !diagnostic.field.is_empty() {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&diagnostic.field);
+        }
+        // The nearest ancestor that is written: a missing field is reported where it belongs.
+        loop {
+            if let Some(line) = lines.get(&path) {
+                origin.line = *line;
+                break;
+            }
+            if path.len() <= locator.object_path.len() {
+                break;
+            }
+            match path.rfind(['.', '[']) {
+                Some(at) if at >= locator.object_path.len() => path.truncate(at),
+                _ => path.truncate(locator.object_path.len()),
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod compile;
 pub mod config;
 pub mod diagnostic;
+pub mod document;
 pub mod engine;
 pub mod load;
 pub mod metrics;
@@ -21,17 +22,20 @@ pub use config::{ConfigError, PluginConfig};
 
 /// Reads every `(file name, YAML text)` source and validates the whole set: the catalog (sorted,
 /// so nothing built from it depends on the order of the sources) and every problem found,
-/// loading and cross-object alike, in a stable order.
+/// loading and cross-object alike, each at the line of the field it is about, in a stable order.
 pub fn check<'a>(
     sources: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> (model::Catalog, Vec<diagnostic::Diagnostic>) {
     let mut catalog = model::Catalog::default();
     let mut diagnostics = Vec::new();
+    let mut files = std::collections::HashMap::new();
     for (file, text) in sources {
         load::load_yaml(file, text, &mut catalog, &mut diagnostics);
+        files.insert(file, text);
     }
     catalog.sort();
     diagnostics.extend(validate::validate(&catalog));
+    diagnostic::locate_fields(&files, &mut diagnostics);
     diagnostic::sort(&mut diagnostics);
     (catalog, diagnostics)
 }

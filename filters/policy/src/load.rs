@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Origin, Severity};
+use crate::diagnostic::{Diagnostic, Locator, Origin, Severity};
+use crate::document::{DocumentError, DuplicateKey};
 use crate::model::{
     Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute, Service,
     SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
@@ -25,6 +26,11 @@ pub enum LoadError {
     /// The YAML itself is malformed.
     #[error("not valid YAML: {0}")]
     Yaml(String),
+    /// A key given twice in one mapping.
+    #[error(
+        "is given twice; give each key once (Kubernetes refuses an object with a repeated key, and the second value would silently replace the first)"
+    )]
+    DuplicateKey,
     /// The document is not a mapping with `apiVersion` and `kind`.
     #[error("not a Kubernetes object: it needs string fields `apiVersion` and `kind`")]
     NotAnObject,
@@ -73,6 +79,11 @@ pub enum LoadError {
         "headers must map header names to regex strings, as a map or a list of single-key maps"
     )]
     BadHeaders,
+    /// A header named twice in one match (names differ only in letter case).
+    #[error(
+        "header {0} is already given in this match (header names are case-insensitive); give each header once"
+    )]
+    DuplicateHeader(String),
 }
 
 const ACCESS_GROUP: &str = "access.smi-spec.io";
@@ -86,70 +97,99 @@ const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Reads every document of one YAML file into `catalog`, appending problems to `diagnostics`.
-/// Documents that are not SMI objects or Services (Deployments, ...) are skipped silently.
+/// Documents that are not SMI objects or Services (Deployments, ...) are skipped silently. A
+/// document that is not YAML is reported and the file's other documents are still read.
 pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
-    for (line, document) in split_documents(text) {
-        let origin = Origin {
-            file: file.to_owned(),
-            line,
-        };
-        match serde_yaml_ng::from_str::<Value>(document) {
-            Ok(Value::Null) => {}
-            Ok(value) => load_value(value, &origin, catalog, diagnostics),
-            Err(err) => {
-                let line = err
-                    .location()
-                    .map_or(line, |at| line + at.line().saturating_sub(1));
-                diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    kind: None,
-                    namespace: None,
-                    name: None,
-                    field: String::new(),
-                    origin: Some(Origin {
+    for document in split_documents(text) {
+        let body = &text[document.start..document.end];
+        match crate::document::read_yaml(body, document.first_line) {
+            Ok(values) => {
+                for value in values {
+                    if value.value.is_null() {
+                        continue;
+                    }
+                    let origin = Origin {
                         file: file.to_owned(),
-                        line,
-                    }),
-                    message: LoadError::Yaml(err.to_string()).to_string(),
-                });
+                        line: document.content_line,
+                        locator: Some(Locator {
+                            start: document.start,
+                            end: document.end,
+                            first_line: document.first_line,
+                            object_path: String::new(),
+                        }),
+                    };
+                    load_value(value.value, &origin, &value.duplicates, catalog, diagnostics);
+                }
             }
+            Err(err) => diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                kind: None,
+                namespace: None,
+                name: None,
+                field: String::new(),
+                origin: Some(Origin::at(file, err.line())),
+                message: match err {
+                    DocumentError::Syntax { message, .. } => LoadError::Yaml(message).to_string(),
+                    other => other.to_string(),
+                },
+            }),
         }
     }
 }
 
-/// Splits YAML text at `---` lines, returning each document with the 1-based line of its first
-/// content line (skipping blank and comment lines), so diagnostics can point at the object.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+/// One YAML document of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DocumentText {
+    /// Byte offsets of its text.
+    start: usize,
+    end: usize,
+    /// 1-based line of its text's first line.
+    first_line: usize,
+    /// 1-based line of its first content line (not blank, not a comment).
+    content_line: usize,
+}
+
+/// Splits YAML text at `---` (and `...`) lines, so that a document that is not YAML does not
+/// hide the others, and so that each object's line is known.
+fn split_documents(text: &str) -> Vec<DocumentText> {
     let mut documents = Vec::new();
-    let mut start_byte = 0;
-    let mut start_line = 1;
+    let mut start = 0;
+    let mut first_line = 1;
     let mut offset = 0;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_end();
         if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
-            documents.push((start_line, &text[start_byte..offset]));
-            start_byte = offset + line.len();
-            start_line = index + 2;
+            documents.push((start, offset, first_line));
+            start = offset + line.len();
+            first_line = index + 2;
         }
         offset += line.len();
     }
-    documents.push((start_line, &text[start_byte..]));
+    documents.push((start, text.len(), first_line));
     documents
         .into_iter()
-        .filter_map(|(line, document)| {
-            let skip = document
+        .filter_map(|(start, end, first_line)| {
+            let body = &text[start..end];
+            let skip = body
                 .lines()
                 .take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
                 .count();
-            (skip < document.lines().count()).then_some((line + skip, document))
+            (skip < body.lines().count()).then_some(DocumentText {
+                start,
+                end,
+                first_line,
+                content_line: first_line + skip,
+            })
         })
         .collect()
 }
 
-/// Reads one parsed document (an object or a `kind: List`).
+/// Reads one parsed document (an object or a `kind: List`); `duplicates` are the keys the
+/// document repeats, with paths from its root.
 pub fn load_value(
     mut value: Value,
     origin: &Origin,
+    duplicates: &[DuplicateKey],
     catalog: &mut Catalog,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
@@ -164,9 +204,36 @@ pub fn load_value(
         return;
     };
     if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+        for duplicate in duplicates
+            .iter()
+            .filter(|d| !d.path.starts_with("items["))
+        {
+            diagnostics.push(problem(
+                None,
+                &Origin::at(&origin.file, duplicate.line),
+                &duplicate.path,
+                LoadError::DuplicateKey,
+            ));
+        }
         if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
-            for item in items {
-                load_value(item, origin, catalog, diagnostics);
+            for (index, item) in items.into_iter().enumerate() {
+                let object_path = format!("items[{index}]");
+                let item_duplicates: Vec<DuplicateKey> = duplicates
+                    .iter()
+                    .filter_map(|d| {
+                        let rest = d.path.strip_prefix(&object_path)?;
+                        let path = rest.strip_prefix('.').or(rest.is_empty().then_some(rest))?;
+                        Some(DuplicateKey {
+                            path: path.to_owned(),
+                            line: d.line,
+                        })
+                    })
+                    .collect();
+                let mut item_origin = origin.clone();
+                if let Some(locator) = item_origin.locator.as_mut() {
+                    locator.object_path = object_path;
+                }
+                load_value(item, &item_origin, &item_duplicates, catalog, diagnostics);
             }
         }
         return;
@@ -188,6 +255,8 @@ pub fn load_value(
         SPECS_GROUP => SPECS_VERSIONS,
         SPLIT_GROUP => SPLIT_VERSIONS,
         "" if version == "v1" && kind == "Service" => {
+            reader.identify(&value);
+            reader.duplicates(duplicates);
             if let Some(service) = reader.service(value, &api_version) {
                 catalog.services.push(service);
             }
@@ -196,6 +265,7 @@ pub fn load_value(
         _ => return,
     };
     reader.identify(&value);
+    reader.duplicates(duplicates);
     if !served.contains(&version) {
         reader.error(
             "apiVersion",
@@ -412,6 +482,19 @@ impl Reader<'_> {
             .push(problem(Some(&self.object), self.origin, field, error));
     }
 
+    /// Reports each repeated key at the line of its repetition.
+    fn duplicates(&mut self, duplicates: &[DuplicateKey]) {
+        for duplicate in duplicates {
+            let origin = Origin::at(&self.origin.file, duplicate.line);
+            self.diagnostics.push(problem(
+                Some(&self.object),
+                &origin,
+                &duplicate.path,
+                LoadError::DuplicateKey,
+            ));
+        }
+    }
+
     /// Records name and namespace for diagnostics, before the object is read.
     fn identify(&mut self, value: &Value) {
         let metadata = value
@@ -477,6 +560,15 @@ impl Reader<'_> {
         let in_spec = wire.spec.is_some();
         let body = wire.spec.unwrap_or(wire.root);
         let prefix = if in_spec { "spec." } else { "" };
+        let rules_field = if body.rules.is_none() && body.specs.is_some() {
+            "specs"
+        } else {
+            "rules"
+        };
+        let written = crate::model::TargetFields {
+            body: prefix.to_owned(),
+            rules: format!("{prefix}{rules_field}"),
+        };
         let mut destination_port = None;
         let destination = match body.destination {
             None => {
@@ -488,7 +580,7 @@ impl Reader<'_> {
                 if let Some(port) = &subject.port {
                     destination_port = self.port(&format!("{field}.port"), port);
                 }
-                self.subject(&field, subject)
+                self.subject(&field, 0, subject)
             }
         };
         let sources = body
@@ -496,16 +588,12 @@ impl Reader<'_> {
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .filter_map(|(i, subject)| self.subject(&format!("{prefix}sources[{i}]"), subject))
+            .filter_map(|(i, subject)| self.subject(&format!("{prefix}sources[{i}]"), i, subject))
             .collect();
-        let (rules_field, wire_rules) = match (body.rules, body.specs) {
-            (Some(rules), _) => ("rules", rules),
-            (None, Some(specs)) => ("specs", specs),
-            (None, None) => ("rules", Vec::new()),
-        };
+        let wire_rules = body.rules.or(body.specs).unwrap_or_default();
         let mut rules = Vec::new();
         for (i, rule) in wire_rules.into_iter().enumerate() {
-            let field = format!("{prefix}{rules_field}[{i}]");
+            let field = format!("{}[{i}]", written.rules);
             let kind = rule.kind.unwrap_or_default();
             let name = rule.name.unwrap_or_default();
             if kind.is_empty() {
@@ -519,6 +607,7 @@ impl Reader<'_> {
                     kind,
                     name,
                     matches: rule.matches,
+                    position: i,
                 });
             }
         }
@@ -528,10 +617,11 @@ impl Reader<'_> {
             sources,
             rules,
             destination_port,
+            written,
         })
     }
 
-    fn subject(&mut self, field: &str, subject: WireSubject) -> Option<Subject> {
+    fn subject(&mut self, field: &str, position: usize, subject: WireSubject) -> Option<Subject> {
         let name = subject.name.filter(|n| !n.is_empty());
         if name.is_none() {
             self.error(&format!("{field}.name"), LoadError::Missing);
@@ -544,6 +634,7 @@ impl Reader<'_> {
             kind: kind?,
             name: name?,
             namespace: subject.namespace.filter(|n| !n.is_empty()),
+            position,
         })
     }
 
@@ -589,14 +680,35 @@ impl Reader<'_> {
                     }
                 },
             };
+            let mut by_name: BTreeMap<String, (String, String)> = BTreeMap::new();
+            for (written, name, regex) in headers {
+                if by_name.contains_key(&name) {
+                    self.error(
+                        &format!("{field}.{written}"),
+                        LoadError::DuplicateHeader(name),
+                    );
+                } else {
+                    by_name.insert(name, (regex, written));
+                }
+            }
+            let (headers, header_fields) = by_name
+                .into_iter()
+                .map(|(name, (regex, written))| ((name, regex), written))
+                .unzip();
             matches.push(HttpMatch {
                 name,
                 path_regex: wire.path_regex,
                 methods: wire.methods.unwrap_or_default(),
                 headers,
+                header_fields,
+                position: i,
             });
         }
-        Some(HttpRouteGroup { meta, matches })
+        Some(HttpRouteGroup {
+            meta,
+            matches,
+            matches_field: prefix.to_owned(),
+        })
     }
 
     fn port_route(
@@ -677,7 +789,11 @@ impl Reader<'_> {
                 },
             };
             if let (Some(service), Some(weight)) = (name, weight) {
-                backends.push(SplitBackend { service, weight });
+                backends.push(SplitBackend {
+                    service,
+                    weight,
+                    position: i,
+                });
             }
         }
         let mut matches = Vec::new();
@@ -687,7 +803,11 @@ impl Reader<'_> {
                 reference.kind.filter(|k| !k.is_empty()),
                 reference.name.filter(|n| !n.is_empty()),
             ) {
-                (Some(kind), Some(name)) => matches.push(LocalRef { kind, name }),
+                (Some(kind), Some(name)) => matches.push(LocalRef {
+                    kind,
+                    name,
+                    position: i,
+                }),
                 (kind, _) => {
                     let missing = if kind.is_none() { "kind" } else { "name" };
                     self.error(&format!("{field}.{missing}"), LoadError::Missing);
@@ -703,7 +823,6 @@ impl Reader<'_> {
     }
 
     fn service(&mut self, value: Value, api_version: &str) -> Option<Service> {
-        self.identify(&value);
         // A Service has many fields weft does not read; none of them is worth a warning.
         let wire: WireService = serde_json::from_value(value).ok()?;
         let meta = self.meta(api_version)?;
@@ -738,27 +857,33 @@ fn field_path(path: &str) -> String {
     out
 }
 
-/// Headers as a map, or as a list of maps (each usually with one key); names lower-cased,
-/// because HTTP header names are case-insensitive and Envoy presents them lower-case.
-fn headers(value: Value) -> Option<Vec<(String, String)>> {
-    let maps = match value {
-        Value::Object(map) => vec![map],
+/// Headers as a map, or as a list of maps (each usually with one key), as `(where it is
+/// written relative to the match, lower-case name, regex)`, in the order written. Names are
+/// lower-cased because HTTP header names are case-insensitive and Envoy presents them so.
+fn headers(value: Value) -> Option<Vec<(String, String, String)>> {
+    let maps: Vec<(Option<usize>, serde_json::Map<String, Value>)> = match value {
+        Value::Object(map) => vec![(None, map)],
         Value::Array(items) => items
             .into_iter()
-            .map(|item| match item {
-                Value::Object(map) => Some(map),
+            .enumerate()
+            .map(|(index, item)| match item {
+                Value::Object(map) => Some((Some(index), map)),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?,
         _ => return None,
     };
-    let mut headers = BTreeMap::new();
-    for map in maps {
+    let mut headers = Vec::new();
+    for (index, map) in maps {
         for (name, regex) in map {
-            headers.insert(name.to_ascii_lowercase(), regex.as_str()?.to_owned());
+            let written = match index {
+                None => format!("headers.{name}"),
+                Some(index) => format!("headers[{index}].{name}"),
+            };
+            headers.push((written, name.to_ascii_lowercase(), regex.as_str()?.to_owned()));
         }
     }
-    Some(headers.into_iter().collect())
+    Some(headers)
 }
 
 /// A whole number of 0 or more (an integral float such as `2.0` counts; the CRD says `number`).
@@ -827,7 +952,14 @@ mod tests {
     fn documents_are_split_with_the_line_of_their_first_content() {
         let text = "# header\n---\n\napiVersion: v1\n---\n# only a comment\n---\nkind: X\n";
         let documents = split_documents(text);
-        assert_eq!(documents.iter().map(|d| d.0).collect::<Vec<_>>(), [4, 8]);
+        assert_eq!(
+            documents
+                .iter()
+                .map(|d| (d.first_line, d.content_line))
+                .collect::<Vec<_>>(),
+            [(3, 4), (8, 8)]
+        );
+        assert_eq!(&text[documents[1].start..documents[1].end], "kind: X\n");
     }
 
     #[test]

@@ -86,6 +86,27 @@ pub struct TrafficTarget {
     /// `destination.port` of v1alpha1/v1alpha2: when set, every rule is limited to this port.
     /// Dropping it, as the SDK's conversion does, would widen access; weft honours it.
     pub destination_port: Option<u16>,
+    /// Where the body's fields are written, so that diagnostics name them as the file does.
+    pub written: TargetFields,
+}
+
+/// How a TrafficTarget's version writes its fields: v1alpha1 keeps the body at the root and
+/// calls its rules `specs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetFields {
+    /// Prefix of `destination` and `sources`: `spec.`, or empty for a body at the root.
+    pub body: String,
+    /// Path of the rules: `spec.rules`, `specs` or `rules`.
+    pub rules: String,
+}
+
+impl Default for TargetFields {
+    fn default() -> Self {
+        Self {
+            body: "spec.".to_owned(),
+            rules: "spec.rules".to_owned(),
+        }
+    }
 }
 
 /// A subject of a TrafficTarget (a ServiceAccount).
@@ -97,6 +118,8 @@ pub struct Subject {
     pub name: String,
     /// ServiceAccount namespace; `None` means the TrafficTarget's namespace.
     pub namespace: Option<String>,
+    /// Its index in the list it is written in (`sources`); 0 for the destination.
+    pub position: usize,
 }
 
 /// One entry of `spec.rules`.
@@ -108,6 +131,8 @@ pub struct TrafficTargetRule {
     pub name: String,
     /// Names of HTTPRouteGroup matches; `None` means all of the group's matches.
     pub matches: Option<Vec<String>>,
+    /// Its index in the list it is written in.
+    pub position: usize,
 }
 
 /// An HTTPRouteGroup: named HTTP request matches.
@@ -117,6 +142,8 @@ pub struct HttpRouteGroup {
     pub meta: Meta,
     /// `spec.matches` (or root `matches` in v1alpha1/v1alpha2).
     pub matches: Vec<HttpMatch>,
+    /// Where the matches are written: `spec.matches` or `matches`.
+    pub matches_field: String,
 }
 
 /// One HTTP match: path regex AND method AND every header regex.
@@ -128,8 +155,13 @@ pub struct HttpMatch {
     pub path_regex: Option<String>,
     /// Allowed methods; empty or containing `*` means any method.
     pub methods: Vec<String>,
-    /// Header name and value regex pairs, all of which must match.
+    /// Header name (lower case) and value regex pairs, all of which must match.
     pub headers: Vec<(String, String)>,
+    /// Where each header of `headers` is written, relative to the match (`headers.User-Agent`,
+    /// `headers[0].user-agent`), in the same order.
+    pub header_fields: Vec<String>,
+    /// Its index in the list it is written in.
+    pub position: usize,
 }
 
 /// Layer-4 protocol of a port route.
@@ -182,6 +214,8 @@ pub struct SplitBackend {
     pub service: String,
     /// Relative weight (v1alpha1 quantities are converted to thousandths, which keeps ratios).
     pub weight: u64,
+    /// Its index in the list it is written in.
+    pub position: usize,
 }
 
 /// A reference to an object in the same namespace.
@@ -191,6 +225,8 @@ pub struct LocalRef {
     pub kind: String,
     /// Object name.
     pub name: String,
+    /// Its index in the list it is written in.
+    pub position: usize,
 }
 
 /// The Service fields weft needs: its ports.

@@ -142,11 +142,15 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
             push(out, &group.meta, Kind::HttpRouteGroup, field, error)
         };
         if group.matches.is_empty() {
-            report(&mut out, "spec.matches".into(), ValidationError::NoMatches);
+            report(
+                &mut out,
+                group.matches_field.clone(),
+                ValidationError::NoMatches,
+            );
         }
         let mut names = BTreeSet::new();
-        for (i, m) in group.matches.iter().enumerate() {
-            let field = format!("spec.matches[{i}]");
+        for m in &group.matches {
+            let field = format!("{}[{}]", group.matches_field, m.position);
             if !names.insert(m.name.as_str()) {
                 report(
                     &mut out,
@@ -172,11 +176,11 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                     );
                 }
             }
-            for (header, pattern) in &m.headers {
+            for ((_, pattern), written) in m.headers.iter().zip(&m.header_fields) {
                 if let Err(err) = engine::header_regex(pattern) {
                     report(
                         &mut out,
-                        format!("{field}.headers.{header}"),
+                        format!("{field}.{written}"),
                         ValidationError::Regex(err.to_string()),
                     );
                 }
@@ -239,10 +243,11 @@ fn duplicates(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
 fn traffic_target(catalog: &Catalog, target: &TrafficTarget, out: &mut Vec<Diagnostic>) {
     let meta = &target.meta;
     let mut report = |field: String, error| push(out, meta, Kind::TrafficTarget, field, error);
+    let body = target.written.body.as_str();
     if let Some(destination) = &target.destination {
         if destination.kind != SERVICE_ACCOUNT {
             report(
-                "spec.destination.kind".into(),
+                format!("{body}destination.kind"),
                 ValidationError::SubjectKind(destination.kind.clone()),
             );
         }
@@ -250,7 +255,7 @@ fn traffic_target(catalog: &Catalog, target: &TrafficTarget, out: &mut Vec<Diagn
             && namespace != &meta.namespace
         {
             report(
-                "spec.destination.namespace".into(),
+                format!("{body}destination.namespace"),
                 ValidationError::DestinationNamespace {
                     destination: namespace.clone(),
                     object: meta.namespace.clone(),
@@ -259,21 +264,21 @@ fn traffic_target(catalog: &Catalog, target: &TrafficTarget, out: &mut Vec<Diagn
         }
     }
     if target.sources.is_empty() {
-        report("spec.sources".into(), ValidationError::NoSources);
+        report(format!("{body}sources"), ValidationError::NoSources);
     }
-    for (i, source) in target.sources.iter().enumerate() {
+    for source in &target.sources {
         if source.kind != SERVICE_ACCOUNT {
             report(
-                format!("spec.sources[{i}].kind"),
+                format!("{body}sources[{}].kind", source.position),
                 ValidationError::SubjectKind(source.kind.clone()),
             );
         }
     }
     if target.rules.is_empty() {
-        report("spec.rules".into(), ValidationError::NoRules);
+        report(target.written.rules.clone(), ValidationError::NoRules);
     }
-    for (i, rule) in target.rules.iter().enumerate() {
-        let field = format!("spec.rules[{i}]");
+    for rule in &target.rules {
+        let field = format!("{}[{}]", target.written.rules, rule.position);
         let Some(kind) = Kind::of_rule(&rule.kind) else {
             report(
                 format!("{field}.kind"),
@@ -384,8 +389,8 @@ fn traffic_split(
         );
     }
     let mut seen = BTreeSet::new();
-    for (i, backend) in split.backends.iter().enumerate() {
-        let field = format!("spec.backends[{i}].service");
+    for backend in &split.backends {
+        let field = format!("spec.backends[{}].service", backend.position);
         let name = short_service_name(&backend.service, &meta.namespace);
         if !seen.insert(name) {
             report(
@@ -421,8 +426,8 @@ fn traffic_split(
             }
         }
     }
-    for (i, reference) in split.matches.iter().enumerate() {
-        let field = format!("spec.matches[{i}]");
+    for reference in &split.matches {
+        let field = format!("spec.matches[{}]", reference.position);
         if reference.kind != "HTTPRouteGroup" {
             report(
                 format!("{field}.kind"),

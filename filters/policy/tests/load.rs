@@ -49,7 +49,8 @@ spec:
         [Subject {
             kind: "ServiceAccount".into(),
             name: "service-a".into(),
-            namespace: Some("other".into())
+            namespace: Some("other".into()),
+            position: 0,
         }]
     );
     assert_eq!(target.rules[0].matches, Some(vec!["metrics".to_owned()]));
@@ -120,7 +121,16 @@ spec:
     let [map, list] = &catalog.http_route_groups[..] else {
         panic!("two groups")
     };
-    assert_eq!(map.matches, list.matches);
+    assert_eq!(map.matches[0].headers, list.matches[0].headers);
+    assert_eq!(
+        map.matches[0].header_fields,
+        ["headers.cookie", "headers.User-Agent"],
+        "where each header is written, for diagnostics"
+    );
+    assert_eq!(
+        list.matches[0].header_fields,
+        ["headers[1].cookie", "headers[0].User-Agent"]
+    );
     assert_eq!(
         map.matches[0].headers[0],
         (
@@ -158,7 +168,9 @@ spec:
             name: "metrics".into(),
             path_regex: Some("/metrics".into()),
             methods: vec!["GET".into()],
-            headers: vec![]
+            headers: vec![],
+            header_fields: vec![],
+            position: 0,
         }]
     );
     assert_eq!(catalog.http_route_groups[1].matches[0].name, "spec");

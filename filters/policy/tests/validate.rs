@@ -88,22 +88,32 @@ fn unknown_subject_and_rule_kinds_are_rejected() {
     ));
     let fields: Vec<_> = found
         .iter()
-        .map(|d| (d.field.as_str(), d.message.as_str()))
+        .map(|d| {
+            (
+                d.origin.as_ref().unwrap().line,
+                d.field.as_str(),
+                d.message.as_str(),
+            )
+        })
         .collect();
+    // Each problem is reported at the line of its own field in m.yaml, not at the object.
     assert_eq!(
         fields,
         [
             (
+                20,
                 "spec.destination.kind",
                 "kind Group is not supported; SMI defines only ServiceAccount"
             ),
             (
-                "spec.rules[0].kind",
-                "kind GRPCRoute is not a rule kind; use HTTPRouteGroup, TCPRoute or UDPRoute"
-            ),
-            (
+                21,
                 "spec.sources[0].kind",
                 "kind User is not supported; SMI defines only ServiceAccount"
+            ),
+            (
+                22,
+                "spec.rules[0].kind",
+                "kind GRPCRoute is not a rule kind; use HTTPRouteGroup, TCPRoute or UDPRoute"
             ),
         ]
     );
@@ -299,4 +309,70 @@ fn service_names_are_shortened_only_within_their_namespace() {
     ] {
         assert_eq!(short_service_name(given, "ns"), short, "{given}");
     }
+}
+
+#[test]
+fn a_v1alpha1_traffic_target_is_reported_at_the_fields_and_lines_it_writes() {
+    let text = "\
+apiVersion: specs.smi-spec.io/v1alpha1
+kind: HTTPRouteGroup
+metadata: {name: routes, namespace: ns}
+matches:
+- name: ok
+  pathRegex: /ok$
+- name: bad
+  pathRegex: \"(\"
+---
+apiVersion: access.smi-spec.io/v1alpha1
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+destination: {kind: ServiceAccount, name: b, namespace: ns, port: 80}
+sources:
+- kind: ServiceAccount
+  name: a
+specs:
+- kind: HTTPRouteGroup
+  name: routes
+- kind: HTTPRouteGroup
+  name: missing
+";
+    let found: Vec<_> = check([("old.yaml", text)])
+        .1
+        .into_iter()
+        .map(|d| (d.origin.unwrap().line, d.field))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (8, "matches[1].pathRegex".to_owned()),
+            (21, "specs[1].name".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_missing_field_is_reported_at_the_line_of_its_parent_and_list_items_at_their_own() {
+    let text = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: specs.smi-spec.io/v1alpha4
+  kind: HTTPRouteGroup
+  metadata: {name: routes, namespace: ns}
+  spec: {matches: [{name: m}]}
+- apiVersion: access.smi-spec.io/v1alpha3
+  kind: TrafficTarget
+  metadata: {name: t, namespace: ns}
+  spec:
+    destination: {kind: ServiceAccount, name: b}
+    rules: [{kind: HTTPRouteGroup, name: routes}]
+";
+    let found = check([("list.yaml", text)]).1;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].field, "spec.sources");
+    assert_eq!(
+        found[0].origin.as_ref().unwrap().line,
+        11,
+        "the line of spec, where sources belong"
+    );
 }
