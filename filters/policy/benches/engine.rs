@@ -1,7 +1,9 @@
 //! Engine benchmarks (`make bench`): the cost of one access decision with 10 to 10,000
 //! TrafficTargets protecting one workload over realistic route groups, of one split routing
 //! decision among 1,000 TrafficSplits, of checking and compiling 10,000 TrafficTargets from
-//! YAML, and the size of the compiled bundle.
+//! YAML, and the size of the compiled bundle; how checking and compiling scale with the number
+//! of objects (1k, 10k, 100k: the time per object should stay flat) and that nesting depth
+//! costs nothing past the reader's bound.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -194,5 +196,64 @@ fn compilation(c: &mut Criterion) {
     black_box(config);
 }
 
-criterion_group!(benches, decisions, routing, compilation);
+/// `count` objects of four kinds in equal numbers (HTTPRouteGroups, TrafficTargets naming them,
+/// Services, TrafficSplits between the Services), each referring to its neighbours.
+fn mixed_manifests(count: usize) -> String {
+    let each = count / 4;
+    let mut out = String::new();
+    for i in 0..each {
+        out.push_str(&format!(
+            "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: routes-{i}, namespace: ns}}\nspec:\n  matches:\n  - {{name: m, pathRegex: '/api/{i}$', methods: [GET]}}\n---\n\
+             apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: tt-{i}, namespace: ns}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-{}, namespace: ns}}\n  sources: [{{kind: ServiceAccount, name: client-{i}, namespace: ns}}]\n  rules: [{{kind: HTTPRouteGroup, name: routes-{i}}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: ns}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
+             apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: split-{i}, namespace: ns}}\nspec:\n  service: svc-{i}\n  backends: [{{service: svc-{}, weight: 1}}]\n---\n",
+            i % 100,
+            (i + 1) % each
+        ));
+    }
+    out
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scaling with objects (time per object)");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for count in [1_000, 10_000, 100_000] {
+        let text = mixed_manifests(count);
+        group.throughput(criterion::Throughput::Elements(count as u64));
+        group.bench_with_input(BenchmarkId::new("check", count), &text, |b, text| {
+            b.iter(|| {
+                let (catalog, diagnostics) = check([("scale.yaml", text.as_str())]);
+                assert!(diagnostics.is_empty(), "{diagnostics:?}");
+                black_box(catalog)
+            })
+        });
+        let (catalog, diagnostics) = check([("scale.yaml", text.as_str())]);
+        let identity: Identity = "ns/sa-1".parse().unwrap();
+        group.bench_with_input(BenchmarkId::new("compile inbound", count), &catalog, |b, catalog| {
+            b.iter(|| {
+                black_box(
+                    compile(catalog, &diagnostics, &identity, Side::Inbound, &Options::default())
+                        .unwrap(),
+                )
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("nesting depth (refused past 64 levels)");
+    for depth in [1_000, 10_000, 100_000] {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: deep}}\nspec: {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        group.bench_with_input(BenchmarkId::new("check", depth), &text, |b, text| {
+            b.iter(|| black_box(check([("deep.yaml", text.as_str())])))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, routing, compilation, scaling);
 criterion_main!(benches);

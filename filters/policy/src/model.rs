@@ -251,6 +251,30 @@ pub struct Catalog {
     pub traffic_splits: Vec<TrafficSplit>,
     /// Services.
     pub services: Vec<Service>,
+    /// The lists are in [`Catalog::sort`]'s order, so lookups search them by halves (sort
+    /// again after changing a list).
+    #[serde(skip)]
+    sorted: bool,
+}
+
+/// The object `namespace/name` of a list sorted by namespace and name (by halves), or of any
+/// list (one by one): the first of that name either way.
+fn find<'a, T>(
+    list: &'a [T],
+    sorted: bool,
+    meta: impl Fn(&T) -> &Meta,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a T> {
+    if !sorted {
+        return list
+            .iter()
+            .find(|item| meta(item).namespace == namespace && meta(item).name == name);
+    }
+    let key = (namespace, name);
+    let first = list.partition_point(|item| (meta(item).namespace.as_str(), meta(item).name.as_str()) < key);
+    list.get(first)
+        .filter(|item| meta(item).namespace == namespace && meta(item).name == name)
 }
 
 impl Catalog {
@@ -270,9 +294,13 @@ impl Catalog {
 
     /// The HTTPRouteGroup `namespace/name`.
     pub fn http_route_group(&self, namespace: &str, name: &str) -> Option<&HttpRouteGroup> {
-        self.http_route_groups
-            .iter()
-            .find(|group| group.meta.namespace == namespace && group.meta.name == name)
+        find(
+            &self.http_route_groups,
+            self.sorted,
+            |group| &group.meta,
+            namespace,
+            name,
+        )
     }
 
     /// The TCPRoute or UDPRoute `namespace/name`.
@@ -282,22 +310,38 @@ impl Catalog {
         namespace: &str,
         name: &str,
     ) -> Option<&PortRoute> {
-        self.port_routes.iter().find(|route| {
-            route.protocol == protocol
-                && route.meta.namespace == namespace
-                && route.meta.name == name
-        })
+        if !self.sorted {
+            return self.port_routes.iter().find(|route| {
+                route.protocol == protocol
+                    && route.meta.namespace == namespace
+                    && route.meta.name == name
+            });
+        }
+        // Sorted by kind first: TCPRoutes, then UDPRoutes.
+        let udp_from = self
+            .port_routes
+            .partition_point(|route| route.protocol == L4Protocol::Tcp);
+        let (tcp, udp) = self.port_routes.split_at(udp_from);
+        let list = match protocol {
+            L4Protocol::Tcp => tcp,
+            L4Protocol::Udp => udp,
+        };
+        find(list, true, |route| &route.meta, namespace, name)
     }
 
     /// The Service `namespace/name`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services
-            .iter()
-            .find(|service| service.meta.namespace == namespace && service.meta.name == name)
+        find(
+            &self.services,
+            self.sorted,
+            |service| &service.meta,
+            namespace,
+            name,
+        )
     }
 
     /// Sorts every list by namespace and name, so that what is built from the catalog does not
-    /// depend on the order in which objects were read.
+    /// depend on the order in which objects were read, and lookups take logarithmic time.
     pub fn sort(&mut self) {
         fn key(meta: &Meta) -> (&str, &str) {
             (&meta.namespace, &meta.name)
@@ -312,5 +356,6 @@ impl Catalog {
             .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
         self.services
             .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.sorted = true;
     }
 }
