@@ -102,6 +102,12 @@ async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upst
             "field `access.sources.spiffe://cluster.local/ns/a/sa/b`: index 3 is out of range; there are 0 grants",
         ),
         (
+            // A second `access` appended to a compiled configuration must not switch it to
+            // permissive: a repeated key refuses the whole configuration.
+            r#"{"version": 1, "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}, "access": {"mode": "permissive", "trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            "field `access`: `access` is given twice; give each key once",
+        ),
+        (
             // With access policy beside splits, an error anywhere refuses: access fails closed.
             r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": [], "sticky": {"cookie": ""}}], "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
             "field `splits[0].sticky.cookie`: \"\" is not a valid cookie name",

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{AccessPolicy, HttpMatchSpec, Identity, MetricsConfig, SplitTable};
+use crate::document::JsonError;
 
 /// The plugin configuration format this build reads and writes.
 pub const CONFIG_VERSION: u32 = 1;
@@ -114,8 +115,13 @@ impl PluginConfig {
             field: "(root)".to_owned(),
             reason,
         };
-        let document: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|err| root(err.to_string()))?;
+        let document = crate::document::read_json(bytes).map_err(|err| match err {
+            JsonError::DuplicateKey { path } => ConfigError::Invalid {
+                reason: JsonError::DuplicateKey { path: path.clone() }.to_string(),
+                field: path,
+            },
+            JsonError::Syntax(message) => root(message),
+        })?;
         // serde would also build a struct from a JSON array; a configuration is an object.
         if !document.is_object() {
             return Err(root(format!(
@@ -207,6 +213,33 @@ mod tests {
                 other => panic!("{text:?} should be invalid at the root, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_naming_it_wherever_it_is() {
+        // Appending a second `access` to a compiled configuration must not switch the mode.
+        let err = parse(
+            r#"{"version": 1, "access": {"trust_domain": "d", "sources": {}, "grants": []},
+                "access": {"mode": "permissive", "trust_domain": "d", "sources": {}, "grants": []}}"#,
+        )
+        .unwrap_err();
+        match &err {
+            ConfigError::Invalid { field, reason } => {
+                assert_eq!(field, "access");
+                assert!(reason.contains("given twice"), "{reason}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        assert!(err.to_string().contains("`access`"), "{err}");
+        let nested = parse(
+            r#"{"access": {"trust_domain": "d", "grants": [],
+                "sources": {"spiffe://d/ns/a/sa/b": [], "spiffe://d/ns/a/sa/b": [0]}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&nested, ConfigError::Invalid { field, .. } if field == "access.sources.spiffe://d/ns/a/sa/b"),
+            "{nested:?}"
+        );
     }
 
     #[test]

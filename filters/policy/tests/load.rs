@@ -368,3 +368,57 @@ items:
     );
     assert_eq!(catalog.port_routes[0].meta.namespace, "default");
 }
+
+#[test]
+fn a_repeated_key_is_an_error_with_file_line_object_and_field() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: routes, namespace: ns}
+spec:
+  matches:
+  - name: orders
+    pathRegex: /orders$
+    pathRegex: /.*
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+spec:
+  destination: {kind: ServiceAccount, name: b, namespace: ns}
+  sources: [{kind: ServiceAccount, name: a, namespace: ns}]
+  rules: [{kind: HTTPRouteGroup, name: routes}]
+  rules: [{kind: TCPRoute, name: ports}]
+"#,
+    );
+    assert_eq!(
+        messages(&diagnostics),
+        [
+            "test.yaml:9: error: HTTPRouteGroup ns/routes: spec.matches[0].pathRegex: is given twice; give each key once (Kubernetes refuses an object with a repeated key, and the second value would silently replace the first)",
+            "test.yaml:18: error: TrafficTarget ns/t: spec.rules: is given twice; give each key once (Kubernetes refuses an object with a repeated key, and the second value would silently replace the first)",
+        ]
+    );
+}
+
+#[test]
+fn a_header_given_twice_in_other_letter_cases_is_an_error() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: routes, namespace: ns}
+spec:
+  matches:
+  - name: roles
+    headers: {x-role: reader, X-Role: admin}
+"#,
+    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0].field, "spec.matches[0].headers.x-role");
+    assert!(
+        diagnostics[0].message.contains("header x-role is already given"),
+        "{}",
+        diagnostics[0].message
+    );
+}
