@@ -8,7 +8,7 @@ use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::PluginConfig;
 use weft_policy::diagnostic::Diagnostic;
-use weft_policy::engine::{Engine, HttpRequest};
+use weft_policy::engine::{Decision, Engine, HttpRequest};
 use weft_policy::model::Catalog;
 
 use crate::manifests;
@@ -177,6 +177,10 @@ pub fn explain(
         }),
     };
     let mut report = serde_json::to_value(&decision).unwrap_or(Value::Null);
+    if let (Value::Object(fields), Decision::Deny { reason }) = (&mut report, &decision) {
+        // The sentence a denied caller reads in Envoy's reply, word for word.
+        fields.insert("message".into(), json!(reason.to_string()));
+    }
     if let Value::Object(fields) = &mut report {
         fields.insert("from".into(), json!(source));
         fields.insert(
@@ -235,6 +239,7 @@ fn human_decision(report: &Value) -> String {
         Some("no_traffic_target") => {
             "no TrafficTarget lists this source for this destination".to_owned()
         }
+        Some("path_not_normal") => report["message"].as_str().unwrap_or_default().to_owned(),
         Some("no_matching_rule") => format!(
             "TrafficTarget(s) {} list this source, but none of their rules matches",
             reason["traffic_targets"]

@@ -282,3 +282,55 @@ impl LdsFile {
         config
     }
 }
+
+/// A configuration shipped in `envoy-configs/`, made runnable in a test: each `filename` that
+/// `files` names (as written in the file) is replaced by the path given, each socket address
+/// whose port `ports` maps gets the new port, and every other port becomes 0, so the kernel
+/// chooses (the harness reads listener and admin ports back from Envoy).
+pub fn shipped(file: &str, files: &[(&str, &Path)], ports: &[(u16, u16)]) -> anyhow::Result<Value> {
+    let path = crate::paths::workspace_root()
+        .join("envoy-configs")
+        .join(file);
+    let text = std::fs::read_to_string(&path)?;
+    let mut documents = weft_policy::document::read_yaml(&text, 1)?;
+    anyhow::ensure!(
+        documents.len() == 1,
+        "{}: one document expected",
+        path.display()
+    );
+    let mut config = documents.remove(0).value;
+    rewrite(&mut config, files, ports);
+    Ok(config)
+}
+
+fn rewrite(value: &mut Value, files: &[(&str, &Path)], ports: &[(u16, u16)]) {
+    match value {
+        Value::Object(fields) => {
+            if let Some(Value::String(name)) = fields.get("filename")
+                && let Some((_, path)) = files.iter().find(|(written, _)| written == name)
+            {
+                fields.insert("filename".into(), json!(path.display().to_string()));
+            }
+            if let Some(Value::Object(address)) = fields.get_mut("socket_address") {
+                let written = address
+                    .get("port_value")
+                    .and_then(Value::as_u64)
+                    .unwrap_or_default();
+                let port = ports
+                    .iter()
+                    .find(|(from, _)| u64::from(*from) == written)
+                    .map_or(0, |(_, to)| *to);
+                address.insert("port_value".into(), json!(port));
+            }
+            for child in fields.values_mut() {
+                rewrite(child, files, ports);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite(item, files, ports);
+            }
+        }
+        _ => {}
+    }
+}

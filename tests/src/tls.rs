@@ -246,3 +246,53 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The status and body of a response read by [`TlsClient::raw`].
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body (lossy UTF-8), read to the end of the connection.
+    pub body: String,
+}
+
+impl TlsClient {
+    /// Sends `method target` over HTTP/1.1 on a fresh TLS connection exactly as given, byte for
+    /// byte (no client library normalises or refuses the target), with `Host: localhost`,
+    /// `connection: close` and `headers`, and reads the whole response.
+    pub async fn raw(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<RawReply> {
+        tokio::time::timeout(IO_DEADLINE, async {
+            let mut stream = self.connect(addr, Some(b"http/1.1")).await?;
+            let mut request =
+                format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+            for (name, value) in headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            stream.flush().await?;
+            let mut response = Vec::new();
+            // Envoy closes the TLS connection without close_notify at times; what was read counts.
+            let _ = stream.read_to_end(&mut response).await;
+            let text = String::from_utf8_lossy(&response).into_owned();
+            let status = text
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .with_context(|| format!("no status line in {text:?}"))?;
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default();
+            Ok(RawReply { status, body })
+        })
+        .await
+        .context("no response within the deadline")?
+    }
+}

@@ -235,3 +235,143 @@ impl Drop for TcpEcho {
         self.task.abort();
     }
 }
+
+/// An HTTP/1.1 application that normalises request paths the way web frameworks do before they
+/// route, more eagerly than any one of them: it decodes percent-escapes once, reads `\` as `/`
+/// (as servers on Windows and some Java ones do), drops `;parameters` from each segment (as
+/// servlet containers do, so `..;` is `..`), merges empty segments and resolves `.` and `..`
+/// (as Python's `http.server` and most frameworks do). It answers 200 with
+/// `upstream <name>: <method> <resolved path>` and records every request as the raw target and
+/// the path it resolved it to, so a test sees which resource a request would really reach.
+/// It reads request heads with bodies only by `content-length`, which is all Envoy sends it in
+/// tests.
+#[derive(Debug)]
+pub struct NormalisingUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    task: JoinHandle<()>,
+}
+
+impl NormalisingUpstream {
+    /// Starts the server on a free loopback port.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_normalising(stream, name.clone(), Arc::clone(&record)));
+            }
+        });
+        Ok(Self { addr, seen, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request so far as `(request target as received, path it resolved to)`.
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.seen
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NormalisingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_normalising(
+    mut stream: tokio::net::TcpStream,
+    name: String,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One request head (and its body, by content-length) at a time, keep-alive.
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default().to_owned();
+        let target = request_line.next().unwrap_or_default().to_owned();
+        let body_length: usize = lines
+            .filter_map(|line| line.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < head_end + body_length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+        buffer.drain(..head_end + body_length);
+        let resolved = normalise_like_a_framework(&target);
+        if let Ok(mut seen) = seen.lock() {
+            seen.push((target.clone(), resolved.clone()));
+        }
+        let body = format!("upstream {name}: {method} {resolved}\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The path an eager framework serves for request target `target` (see
+/// [`NormalisingUpstream`]); the query string is dropped.
+pub fn normalise_like_a_framework(target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            decoded.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        let name = segment.split(';').next().unwrap_or(segment);
+        match name {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            _ => resolved.push(name),
+        }
+    }
+    let trailing = decoded.ends_with('/') && !resolved.is_empty();
+    format!("/{}{}", resolved.join("/"), if trailing { "/" } else { "" })
+}

@@ -158,6 +158,25 @@ fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
     }
 }
 
+#[test]
+fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_them() {
+    let expected = weft_policy::path::envoy_http_connection_manager_settings();
+    for file in ["standalone.yaml", "inbound-access.yaml"] {
+        let yaml =
+            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
+                .unwrap();
+        let config = read_yaml(&yaml);
+        let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        for (field, value) in expected.as_object().unwrap() {
+            assert_eq!(
+                &manager[field], value,
+                "{file}: set {field} as weft_policy::path::envoy_http_connection_manager_settings() says"
+            );
+        }
+    }
+}
+
 /// A shipped YAML configuration as a value, read by weft's own YAML reader.
 fn read_yaml(text: &str) -> serde_json::Value {
     let mut documents = weft_policy::document::read_yaml(text, 1).unwrap();

@@ -67,3 +67,22 @@ async fn an_upstream_started_for_load_answers_but_keeps_no_record() {
     assert_eq!(recording.seen().len(), 1);
     assert!(load.seen().is_empty());
 }
+
+#[test]
+fn the_normalising_upstream_resolves_paths_as_eagerly_as_any_framework() {
+    use weft_e2e::upstream::normalise_like_a_framework as resolve;
+    for (target, path) in [
+        ("/orders/../admin", "/admin"),
+        ("/orders/%2e%2e/admin", "/admin"),
+        ("/orders%2F..%2Fadmin", "/admin"),
+        ("/orders\\..\\admin", "/admin"),
+        ("/orders/..;/admin", "/admin"),
+        ("/orders;x/./42", "/orders/42"),
+        ("//admin", "/admin"),
+        ("/%61dmin?x=/../y", "/admin"),
+        ("/orders/", "/orders/"),
+        ("/", "/"),
+    ] {
+        assert_eq!(resolve(target), path, "{target}");
+    }
+}

@@ -231,14 +231,24 @@ fn scaling(c: &mut Criterion) {
         });
         let (catalog, diagnostics) = check([("scale.yaml", text.as_str())]);
         let identity: Identity = "ns/sa-1".parse().unwrap();
-        group.bench_with_input(BenchmarkId::new("compile inbound", count), &catalog, |b, catalog| {
-            b.iter(|| {
-                black_box(
-                    compile(catalog, &diagnostics, &identity, Side::Inbound, &Options::default())
+        group.bench_with_input(
+            BenchmarkId::new("compile inbound", count),
+            &catalog,
+            |b, catalog| {
+                b.iter(|| {
+                    black_box(
+                        compile(
+                            catalog,
+                            &diagnostics,
+                            &identity,
+                            Side::Inbound,
+                            &Options::default(),
+                        )
                         .unwrap(),
-                )
-            })
-        });
+                    )
+                })
+            },
+        );
     }
     group.finish();
     let mut group = c.benchmark_group("nesting depth (refused past 64 levels)");

@@ -129,9 +129,14 @@ pub fn sort(diagnostics: &mut [Diagnostic]) {
 /// Points every diagnostic that concerns a field at the line of that field (or of its nearest
 /// ancestor written in the file) instead of its object's first line. `files` maps each file
 /// name to its text; only the documents that have diagnostics are read again.
-pub fn locate_fields(files: &std::collections::HashMap<&str, &str>, diagnostics: &mut [Diagnostic]) {
-    let mut lines_of: std::collections::HashMap<(String, usize), std::collections::HashMap<String, usize>> =
-        std::collections::HashMap::new();
+pub fn locate_fields(
+    files: &std::collections::HashMap<&str, &str>,
+    diagnostics: &mut [Diagnostic],
+) {
+    let mut lines_of: std::collections::HashMap<
+        (String, usize),
+        std::collections::HashMap<String, usize>,
+    > = std::collections::HashMap::new();
     for diagnostic in diagnostics.iter_mut() {
         let Some(origin) = diagnostic.origin.as_mut() else {
             continue;

@@ -56,7 +56,9 @@ pub enum DocumentError {
         line: usize,
     },
     /// A mapping or sequence used as a key.
-    #[error("a mapping key must be a scalar (a string, number or boolean), not a mapping or sequence")]
+    #[error(
+        "a mapping key must be a scalar (a string, number or boolean), not a mapping or sequence"
+    )]
     ComplexKey {
         /// 1-based line of the key.
         line: usize,
@@ -435,10 +437,18 @@ fn plain(text: &str) -> Option<Value> {
             return Some(Value::from(n));
         }
         // Too large for 64 bits: a float, as other YAML readers make it.
-        return text.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number);
+        return text
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number);
     }
     if is_float(digits) {
-        return text.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number);
+        return text
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number);
     }
     None
 }
@@ -733,7 +743,10 @@ mod tests {
                 path: "access".into()
             })
         );
-        assert_eq!(read_json(br#"{"a": [1, {"b": null}]}"#), Ok(json!({"a": [1, {"b": null}]})));
+        assert_eq!(
+            read_json(br#"{"a": [1, {"b": null}]}"#),
+            Ok(json!({"a": [1, {"b": null}]}))
+        );
         assert!(matches!(read_json(b"{} {}"), Err(JsonError::Syntax(_))));
     }
 }

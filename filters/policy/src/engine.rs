@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::bundle::{AccessMode, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
 use crate::metrics::MetricsTable;
+use crate::path::{NotNormal, path_only};
 
 /// Largest compiled regex weft accepts, so that a hostile pattern cannot exhaust memory.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -193,6 +194,15 @@ pub enum DenyReason<'a> {
         /// The TrafficTargets that list the caller.
         traffic_targets: Vec<&'a str>,
     },
+    /// The request's path is not in normal form, so the application could serve another path
+    /// than the one the policy would judge ([`crate::path`]).
+    PathNotNormal {
+        /// The path, as the request gave it.
+        path: &'a str,
+        /// What is not normal about it.
+        #[serde(flatten)]
+        problem: NotNormal<'a>,
+    },
 }
 
 impl std::fmt::Display for DenyReason<'_> {
@@ -215,6 +225,10 @@ impl std::fmt::Display for DenyReason<'_> {
                 f,
                 "no TrafficTarget allows {source} this request: {} list it as a source, but no rule matches",
                 traffic_targets.join(", ")
+            ),
+            DenyReason::PathNotNormal { path, problem } => write!(
+                f,
+                "the path {path} is not in normal form, so no TrafficTarget can judge it: {problem}"
             ),
         }
     }
@@ -543,11 +557,23 @@ impl Engine {
             .map_or(&[], |access| access.header_names.as_slice())
     }
 
-    /// The access decision for an HTTP request.
+    /// The access decision for an HTTP request. A request whose path is not in normal form
+    /// ([`crate::path::check`]) is denied whoever sends it: the application might serve it as
+    /// another path than the one a rule would allow.
     pub fn decide_http<'e, H: Headers + ?Sized>(
         &'e self,
         request: &HttpRequest<'e, H>,
     ) -> Decision<'e> {
+        if self.access.is_some()
+            && let Err(problem) = crate::path::check(request.path)
+        {
+            return Decision::Deny {
+                reason: DenyReason::PathNotNormal {
+                    path: request.path,
+                    problem,
+                },
+            };
+        }
         self.decide(request.source, request.port, |grant| match &grant.allows {
             Allows::Http {
                 route_group,
@@ -838,11 +864,6 @@ pub fn host_key(host: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(name)
     }
-}
-
-/// A path without its query string or fragment.
-fn path_only(path: &str) -> &str {
-    path.split(['?', '#']).next().unwrap_or(path)
 }
 
 /// A stable 64-bit roll from a sticky key (FNV-1a), so the same key keeps choosing the same

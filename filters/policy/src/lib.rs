@@ -16,6 +16,7 @@ pub mod engine;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod path;
 pub mod validate;
 
 pub use config::{ConfigError, PluginConfig};

@@ -118,7 +118,13 @@ pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mu
                             object_path: String::new(),
                         }),
                     };
-                    load_value(value.value, &origin, &value.duplicates, catalog, diagnostics);
+                    load_value(
+                        value.value,
+                        &origin,
+                        &value.duplicates,
+                        catalog,
+                        diagnostics,
+                    );
                 }
             }
             Err(err) => diagnostics.push(Diagnostic {
@@ -204,10 +210,7 @@ pub fn load_value(
         return;
     };
     if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        for duplicate in duplicates
-            .iter()
-            .filter(|d| !d.path.starts_with("items["))
-        {
+        for duplicate in duplicates.iter().filter(|d| !d.path.starts_with("items[")) {
             diagnostics.push(problem(
                 None,
                 &Origin::at(&origin.file, duplicate.line),
@@ -682,13 +685,14 @@ impl Reader<'_> {
             };
             let mut by_name: BTreeMap<String, (String, String)> = BTreeMap::new();
             for (written, name, regex) in headers {
-                if by_name.contains_key(&name) {
-                    self.error(
+                match by_name.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(taken) => self.error(
                         &format!("{field}.{written}"),
-                        LoadError::DuplicateHeader(name),
-                    );
-                } else {
-                    by_name.insert(name, (regex, written));
+                        LoadError::DuplicateHeader(taken.key().clone()),
+                    ),
+                    std::collections::btree_map::Entry::Vacant(free) => {
+                        free.insert((regex, written));
+                    }
                 }
             }
             let (headers, header_fields) = by_name
@@ -880,7 +884,11 @@ fn headers(value: Value) -> Option<Vec<(String, String, String)>> {
                 None => format!("headers.{name}"),
                 Some(index) => format!("headers[{index}].{name}"),
             };
-            headers.push((written, name.to_ascii_lowercase(), regex.as_str()?.to_owned()));
+            headers.push((
+                written,
+                name.to_ascii_lowercase(),
+                regex.as_str()?.to_owned(),
+            ));
         }
     }
     Some(headers)

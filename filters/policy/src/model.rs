@@ -272,7 +272,8 @@ fn find<'a, T>(
             .find(|item| meta(item).namespace == namespace && meta(item).name == name);
     }
     let key = (namespace, name);
-    let first = list.partition_point(|item| (meta(item).namespace.as_str(), meta(item).name.as_str()) < key);
+    let first = list
+        .partition_point(|item| (meta(item).namespace.as_str(), meta(item).name.as_str()) < key);
     list.get(first)
         .filter(|item| meta(item).namespace == namespace && meta(item).name == name)
 }

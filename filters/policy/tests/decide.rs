@@ -771,3 +771,57 @@ fn the_mode_defaults_to_enforce_and_access_reads_only_its_match_headers() {
     assert!(!client.access_reads_port());
     assert!(client.access_header_names().is_empty());
 }
+
+#[test]
+fn a_path_not_in_normal_form_is_denied_even_where_a_rule_would_allow_it() {
+    let engine = engine("shop/api");
+    // ops/admin may do anything, shop/frontend may POST /orders...: neither passes a path an
+    // application would resolve elsewhere.
+    for (from, method, path) in [
+        ("ops/admin", "GET", "/metrics/../admin"),
+        ("shop/frontend", "POST", "/orders/../admin"),
+        ("shop/frontend", "POST", "/orders/%2e%2e/admin"),
+        ("shop/frontend", "POST", "/orders%2F..%2Fadmin"),
+        ("shop/frontend", "POST", "/orders/..;/admin"),
+        ("shop/frontend", "POST", "/orders//admin"),
+        ("shop/frontend", "POST", "/orders\\admin"),
+        ("shop/frontend", "POST", "/orders/%61dmin"),
+    ] {
+        assert_eq!(http(&engine, from, method, path, &[], 8080), None, "{path}");
+    }
+    assert!(
+        http(
+            &engine,
+            "shop/frontend",
+            "POST",
+            "/orders/42?next=/../admin",
+            &[],
+            80
+        )
+        .is_some()
+    );
+    let source = spiffe("shop/frontend");
+    let request = HttpRequest {
+        source: Some(&source),
+        method: "POST",
+        path: "/orders/../admin",
+        port: 80,
+        headers: &Vec::<(String, String)>::new(),
+    };
+    let Decision::Deny { reason } = engine.decide_http(&request) else {
+        panic!("allowed")
+    };
+    assert!(matches!(
+        reason,
+        DenyReason::PathNotNormal {
+            path: "/orders/../admin",
+            ..
+        }
+    ));
+    assert!(
+        reason
+            .to_string()
+            .starts_with("the path /orders/../admin is not in normal form"),
+        "{reason}"
+    );
+}

@@ -417,7 +417,9 @@ spec:
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert_eq!(diagnostics[0].field, "spec.matches[0].headers.x-role");
     assert!(
-        diagnostics[0].message.contains("header x-role is already given"),
+        diagnostics[0]
+            .message
+            .contains("header x-role is already given"),
         "{}",
         diagnostics[0].message
     );
