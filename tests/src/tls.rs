@@ -135,6 +135,35 @@ impl TlsClient {
         waited.context("the condition to give up on never came")
     }
 
+    /// `method path` over HTTP/2 on a fresh TLS connection, with `:authority` `localhost` and
+    /// `headers` (a name given twice is sent twice).
+    pub async fn request_http2(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let stream = self.connect(addr, Some(b"h2")).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = tokio::time::timeout(
+            IO_DEADLINE,
+            sender.send_request(builder.body(Full::new(Bytes::new()))?),
+        )
+        .await
+        .context("no response within the deadline")??;
+        Reply::read(response).await
+    }
+
     /// A unary gRPC call to `path` (`/package.Service/Method`) with an empty message, over
     /// HTTP/2, with the authority `localhost`.
     pub async fn grpc(&self, addr: SocketAddr, path: &str) -> anyhow::Result<GrpcReply> {

@@ -476,3 +476,43 @@ async fn callers_without_a_verified_certificate_are_refused() {
 
     assert_eq!(mesh.upstream_paths(), ["/metrics", "/healthz"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_twice_is_matched_on_all_its_values_over_http1_and_http2() {
+    let mesh = Mesh::start().await;
+    let enforce = mesh.addr("enforce").await;
+    let mobile = mesh.caller("shop/mobile");
+    // The rule allows x-user-type insider or staff. Sent twice, the header reads
+    // "insider,admin", as Envoy's RBAC reads it: the upstream would receive both values.
+    const TWICE: &[(&str, &str)] = &[("x-user-type", "insider"), ("x-user-type", "admin")];
+    const ONCE: &[(&str, &str)] = &[("x-user-type", "insider")];
+    for http2 in [false, true] {
+        let send = |headers: &'static [(&'static str, &'static str)]| {
+            let mobile = mobile.clone();
+            async move {
+                match http2 {
+                    false => mobile.request(enforce, "GET", "/beta", headers).await,
+                    true => mobile.request_http2(enforce, "GET", "/beta", headers).await,
+                }
+                .unwrap()
+            }
+        };
+        let reply = send(TWICE).await;
+        assert_denied(&reply, "spiffe://cluster.local/ns/shop/sa/mobile");
+        let reply = send(ONCE).await;
+        assert_eq!(reply.status, 200, "http2 {http2}: {reply:?}");
+    }
+    let seen = mesh.upstream.seen();
+    assert_eq!(
+        seen.len(),
+        2,
+        "only the single-valued requests passed: {seen:?}"
+    );
+    assert!(seen.iter().all(|s| {
+        s.headers
+            .iter()
+            .filter(|(name, _)| name == "x-user-type")
+            .count()
+            == 1
+    }));
+}

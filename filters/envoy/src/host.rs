@@ -98,13 +98,19 @@ impl RequestHeaders {
 }
 
 impl weft_policy::engine::Headers for RequestHeaders {
-    /// The first value of `name` (as Envoy's single-header call answers), as text; a value that
-    /// is not UTF-8 is `None`, so a regex over it does not match, which can only deny.
-    fn header(&self, name: &str) -> Option<&str> {
-        self.pairs
+    /// Every value of `name` joined with `,`, as text (see the trait); a value that is not
+    /// UTF-8 makes the whole header `None`, so a regex over it does not match, which can only
+    /// deny.
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let mut values = self
+            .pairs
             .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| std::str::from_utf8(value));
+        if values.clone().any(|value| value.is_err()) {
+            return None;
+        }
+        weft_policy::engine::join_values(values.by_ref().filter_map(Result::ok))
     }
 }
 

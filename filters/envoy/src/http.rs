@@ -88,9 +88,9 @@ impl HttpContext for WeftHttp {
             self.pending = Some(edges.begin(
                 table,
                 peer.as_deref(),
-                headers.header(":authority"),
+                headers.header(":authority").as_deref(),
                 backend,
-                host::is_grpc(headers.header("content-type")),
+                host::is_grpc(headers.header("content-type").as_deref()),
                 started,
             ));
         }
@@ -134,7 +134,7 @@ fn route_split<'s>(state: &'s FilterState, headers: &RequestHeaders) -> Option<&
     } else {
         headers
             .header(":authority")
-            .and_then(|host| state.engine.split_for_host(host))
+            .and_then(|host| state.engine.split_for_host(&host))
     };
     let Some(split) = split else {
         // Most requests are for no root service and carry no route header: when every header
@@ -144,10 +144,14 @@ fn route_split<'s>(state: &'s FilterState, headers: &RequestHeaders) -> Option<&
         }
         return None;
     };
+    let (method, path) = (
+        headers.header(":method").unwrap_or_default(),
+        headers.header(":path").unwrap_or_default(),
+    );
     let request = HttpRequest {
         source: None,
-        method: headers.header(":method").unwrap_or_default(),
-        path: headers.header(":path").unwrap_or_default(),
+        method: &method,
+        path: &path,
         port: 0,
         headers,
     };
@@ -180,10 +184,14 @@ fn check_access(
     headers: &RequestHeaders,
     source: Option<&str>,
 ) -> Action {
+    let (method, path) = (
+        headers.header(":method").unwrap_or_default(),
+        headers.header(":path").unwrap_or_default(),
+    );
     let request = HttpRequest {
         source,
-        method: headers.header(":method").unwrap_or_default(),
-        path: headers.header(":path").unwrap_or_default(),
+        method: &method,
+        path: &path,
         port: state.destination_port(),
         headers,
     };
@@ -207,7 +215,7 @@ fn check_access(
         request.port
     );
     host::refuse_request(
-        host::is_grpc(headers.header("content-type")),
+        host::is_grpc(headers.header("content-type").as_deref()),
         DENIED_STATUS,
         GrpcStatusCode::PermissionDenied,
         DENIED_HEADER,

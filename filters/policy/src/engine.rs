@@ -101,22 +101,43 @@ impl EngineError {
     }
 }
 
-/// Read access to a request's headers (names are lower-case).
+/// Read access to a request's headers.
 pub trait Headers {
-    /// The value of header `name`, if present.
-    fn header(&self, name: &str) -> Option<&str>;
+    /// The value of header `name` (any letter case), if present. A header that appears several
+    /// times reads as all its values joined with `,` in order, as Envoy's RBAC filter reads it
+    /// (and as HTTP defines a repeated field): a rule cannot be passed with one value while
+    /// the application also receives another.
+    fn header(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+/// Joins the values `matching` yields with `,`, borrowing when there is only one.
+pub fn join_values<'v>(mut matching: impl Iterator<Item = &'v str>) -> Option<Cow<'v, str>> {
+    let first = matching.next()?;
+    match matching.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            for value in matching {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
 }
 
 impl Headers for [(String, String)] {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        join_values(
+            self.iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str()),
+        )
     }
 }
 
 impl Headers for Vec<(String, String)> {
-    fn header(&self, name: &str) -> Option<&str> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         self.as_slice().header(name)
     }
 }
@@ -297,7 +318,7 @@ impl CompiledMatch {
                 request
                     .headers
                     .header(name)
-                    .is_some_and(|actual| value.is_match(actual))
+                    .is_some_and(|actual| value.is_match(&actual))
             })
     }
 }
@@ -792,7 +813,7 @@ impl<'e> Split<'e> {
         if total == 0 {
             return root(RootReason::NoEligibleBackend);
         }
-        let roll = sticky_key(split.sticky.as_ref(), request.headers).map_or(random, sticky_roll);
+        let roll = sticky_key_roll(split.sticky.as_ref(), request.headers).unwrap_or(random);
         let point = u128::from(roll) % total;
         let chosen = split.cumulative.partition_point(|edge| *edge <= point);
         match table.backends.get(chosen) {
@@ -805,21 +826,19 @@ impl<'e> Split<'e> {
     }
 }
 
-/// The bytes of the sticky key in `headers`, if the split is sticky and the request has it.
-fn sticky_key<'h, H: Headers + ?Sized>(
-    sticky: Option<&StickyKey>,
-    headers: &'h H,
-) -> Option<&'h [u8]> {
-    let value = match sticky? {
-        StickyKey::Header(name) => headers.header(name)?,
-        StickyKey::Cookie(name) => cookie(headers.header("cookie")?, name)?,
-    };
-    (!value.is_empty()).then_some(value.as_bytes())
+/// The roll of the sticky key in `headers`, if the split is sticky and the request has it.
+fn sticky_key_roll<H: Headers + ?Sized>(sticky: Option<&StickyKey>, headers: &H) -> Option<u64> {
+    let roll = |value: &str| (!value.is_empty()).then(|| sticky_roll(value.as_bytes()));
+    match sticky? {
+        StickyKey::Header(name) => roll(&headers.header(name)?),
+        StickyKey::Cookie(name) => roll(cookie(&headers.header("cookie")?, name)?),
+    }
 }
 
-/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.
+/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes;
+/// several `cookie` headers joined with `,` are read as one (a cookie value never holds `,`).
 pub fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
-    header.split(';').find_map(|pair| {
+    header.split([';', ',']).find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
         (key.trim() == name).then(|| {
             let value = value.trim();

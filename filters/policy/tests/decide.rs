@@ -825,3 +825,47 @@ fn a_path_not_in_normal_form_is_denied_even_where_a_rule_would_allow_it() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_header_that_appears_several_times_is_matched_on_its_values_joined_with_commas() {
+    let manifests = r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: roles, namespace: shop}
+spec:
+  matches: [{name: readers, headers: {x-role: "reader|viewer"}}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: t, namespace: shop}
+spec:
+  destination: {kind: ServiceAccount, name: api, namespace: shop}
+  sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]
+  rules: [{kind: HTTPRouteGroup, name: roles}]
+"#;
+    let engine = Engine::new(&config_for("shop/api", Side::Inbound, manifests)).unwrap();
+    let reader = ("x-role", "reader");
+    assert!(http(&engine, "shop/frontend", "GET", "/", &[reader], 80).is_some());
+    // The upstream would receive both values, so the rule reads "reader,admin": denied, in any
+    // letter case of the name, as Envoy's RBAC decides.
+    for second in [
+        ("x-role", "admin"),
+        ("X-Role", "admin"),
+        ("x-role", "reader"),
+    ] {
+        assert_eq!(
+            http(&engine, "shop/frontend", "GET", "/", &[reader, second], 80),
+            None,
+            "{second:?}"
+        );
+    }
+    use weft_policy::engine::Headers;
+    let headers = vec![
+        ("x-role".to_owned(), "reader".to_owned()),
+        ("X-Role".to_owned(), "admin".to_owned()),
+    ];
+    assert_eq!(headers.header("x-role").as_deref(), Some("reader,admin"));
+    assert_eq!(headers[..1].header("x-role").as_deref(), Some("reader"));
+    // Several cookie headers joined with "," are still read cookie by cookie.
+    assert_eq!(cookie("a=1, user=u-7; b=2", "user"), Some("u-7"));
+}
