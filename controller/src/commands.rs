@@ -273,6 +273,24 @@ pub fn compile_config(
                 .to_owned(),
         );
     }
+    if side == Side::Outbound && listener.service.is_some() {
+        return Outcome::fail(
+            EXIT_USAGE,
+            "weft: --service names the Service an inbound listener serves; use it with --side inbound\n"
+                .to_owned(),
+        );
+    }
+    if let Some(service) = &listener.service
+        && service.contains('.')
+    {
+        return Outcome::fail(
+            EXIT_USAGE,
+            format!(
+                "weft: --service {service}: give the Service's name only; its namespace is the workload's ({})\n",
+                identity.namespace
+            ),
+        );
+    }
     if side == Side::Inbound && listener.sticky.is_some() {
         return Outcome::fail(
             EXIT_USAGE,
@@ -293,6 +311,9 @@ pub fn compile_config(
             }
             for split in &mut config.splits {
                 split.sticky.clone_from(&listener.sticky);
+            }
+            if let (Some(metrics), Some(service)) = (config.metrics.as_mut(), &listener.service) {
+                metrics.service = Some(format!("{service}.{}", identity.namespace));
             }
             if !listener.metrics {
                 config.metrics = None;
@@ -327,6 +348,8 @@ pub struct ListenerSettings {
     pub unauthenticated_ports: Vec<u16>,
     /// The port that port rules see, when the listener's port is not the application's.
     pub destination_port: Option<u16>,
+    /// The Service the workload serves, by name (inbound only).
+    pub service: Option<String>,
     /// Where every TrafficSplit reads its sticky key (outbound only).
     pub sticky: Option<StickyKey>,
     /// Whether the plugin records per-edge metrics.
@@ -339,6 +362,7 @@ impl Default for ListenerSettings {
             mode: AccessMode::default(),
             unauthenticated_ports: Vec::new(),
             destination_port: None,
+            service: None,
             sticky: None,
             metrics: true,
         }

@@ -167,6 +167,11 @@ enum Command {
         /// explicit inbound listener in front of the application).
         #[arg(long)]
         destination_port: Option<u16>,
+        /// Inbound: the Service (its name, in the workload's namespace) that the workload
+        /// serves, the destination_service label of every request it receives; without it
+        /// that label is `unknown`.
+        #[arg(long)]
+        service: Option<String>,
         /// Outbound: keep requests with the same value of this header on the same backend of
         /// every TrafficSplit while the weights do not change.
         #[arg(long, conflicts_with = "sticky_cookie")]
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
             mode,
             unauthenticated_ports,
             destination_port,
+            service,
             sticky_header,
             sticky_cookie,
             no_metrics,
@@ -256,6 +262,7 @@ fn main() -> ExitCode {
                 },
                 unauthenticated_ports,
                 destination_port,
+                service,
                 sticky: sticky_header
                     .map(StickyKey::Header)
                     .or(sticky_cookie.map(StickyKey::Cookie)),

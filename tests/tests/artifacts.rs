@@ -216,6 +216,9 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
     )
     .unwrap();
     compiled.destination_port = Some(8080);
+    if let Some(metrics) = compiled.metrics.as_mut() {
+        metrics.service = Some("api.shop".to_owned());
+    }
     assert_eq!(
         embedded, compiled,
         "re-run the weft compile command in the file's comment"

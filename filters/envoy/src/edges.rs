@@ -91,7 +91,7 @@ impl EdgeRecorder {
         PendingRequest {
             edge: EdgeKey {
                 source,
-                destination: host.and_then(|host| table.service_for_host(host)),
+                destination: table.destination(host),
                 backend: backend.and_then(|service| table.service_named(service)),
             },
             started_ns,
@@ -222,7 +222,9 @@ mod tests {
     }
 
     fn table(direction: Direction) -> MetricsTable {
+        let service = (direction == Direction::Inbound).then(|| "api.shop".to_owned());
         let config = MetricsConfig {
+            service,
             direction,
             trust_domain: "cluster.local".to_owned(),
             services: vec![
@@ -314,6 +316,27 @@ mod tests {
         ] {
             assert!(name.contains(part), "{part} in {name}");
         }
+    }
+
+    #[test]
+    fn an_inbound_request_counts_against_the_workload_whatever_host_it_sends() {
+        let table = table(Direction::Inbound);
+        let mut recorder = EdgeRecorder::default();
+        let mut host = FakeHost::default();
+        for claimed in [Some("api-v2.shop"), Some("checkout"), None] {
+            let request = recorder.begin(&table, Some(WEB), claimed, None, false, 0);
+            recorder.finish(&table, &mut host, &request, 200, None, 0);
+        }
+        let counted = host.received(REQUESTS);
+        assert_eq!(counted.len(), 1, "one edge: {:?}", host.names);
+        assert!(
+            counted[0]
+                .0
+                .contains("destination_service=.api;;.destination_backend=.api;"),
+            "{}",
+            counted[0].0
+        );
+        assert_eq!(counted[0].1, [1, 1, 1]);
     }
 
     #[test]

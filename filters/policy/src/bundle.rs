@@ -264,10 +264,17 @@ pub struct MetricsConfig {
     pub direction: Direction,
     /// SPIFFE trust domain of peer identities; a peer of another domain is `unknown`.
     pub trust_domain: String,
-    /// The services a request may address, with the host names that address each from this
-    /// workload; a request for any other host has destination `unknown`.
+    /// Outbound: the services a request may address, with the host names that address each
+    /// from this workload; a request for any other host has destination `unknown`. Inbound
+    /// listeners ignore it: their destination is the workload itself, never what a caller
+    /// writes in `Host`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceHosts>,
+    /// Inbound: the Service this workload serves (`name.namespace`, in the workload's
+    /// namespace), the destination of every request the listener receives; absent means the
+    /// destination service is `unknown` (its namespace is the workload's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A Kubernetes Service and the host names that address it.

@@ -87,7 +87,13 @@ pub fn compile(
     config.metrics = Some(MetricsConfig {
         direction,
         trust_domain: options.trust_domain.clone(),
-        services: known_services(catalog, identity, options),
+        // Inbound, the destination is the workload itself (`service`, set by the caller of
+        // compile when it knows the workload's Service), never a Host a caller sends.
+        services: match side {
+            Side::Outbound => known_services(catalog, identity, options),
+            Side::Inbound => Vec::new(),
+        },
+        service: None,
     });
     Ok(config)
 }

@@ -173,15 +173,44 @@ pub enum MetricsError {
         /// The value found.
         value: String,
     },
+    /// The inbound service in another namespace than the workload's.
+    #[error(
+        "{field}: {service} is not in the workload's namespace {namespace}; a Service selects workloads of its own namespace only"
+    )]
+    ForeignService {
+        /// Path of the field.
+        field: String,
+        /// The service given.
+        service: String,
+        /// The workload's namespace.
+        namespace: String,
+    },
+    /// `service` on an outbound listener.
+    #[error(
+        "{field}: only an inbound listener has a service of its own; outbound destinations come from `metrics.services`"
+    )]
+    OutboundService {
+        /// Path of the field.
+        field: String,
+    },
 }
 
 impl MetricsError {
     /// Path of the field at fault.
     pub fn field(&self) -> &str {
         match self {
-            MetricsError::Service { field, .. } => field,
+            MetricsError::Service { field, .. }
+            | MetricsError::ForeignService { field, .. }
+            | MetricsError::OutboundService { field } => field,
         }
     }
+}
+
+/// `name.namespace` split into `(name, namespace)`, both non-empty.
+fn split_service(service: &str) -> Option<(&str, &str)> {
+    service
+        .split_once('.')
+        .filter(|(name, namespace)| !name.is_empty() && !namespace.is_empty())
 }
 
 /// Who sent a request, as far as labels go.
@@ -207,6 +236,9 @@ pub struct MetricsTable {
     services: Vec<(String, String)>,
     by_host: HashMap<String, u32>,
     by_name: HashMap<String, u32>,
+    /// Inbound: the workload itself, the destination of every request (its service, or
+    /// `unknown` in its namespace).
+    inbound_destination: Option<u32>,
 }
 
 impl MetricsTable {
@@ -218,12 +250,50 @@ impl MetricsTable {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_host = HashMap::new();
         let mut by_name = HashMap::new();
-        for (i, entry) in config.services.iter().enumerate() {
-            let Some((name, namespace)) = entry
-                .service
-                .split_once('.')
-                .filter(|(name, namespace)| !name.is_empty() && !namespace.is_empty())
-            else {
+        let inbound_destination = match config.direction {
+            Direction::Outbound => {
+                if config.service.is_some() {
+                    return Err(MetricsError::OutboundService {
+                        field: "metrics.service".to_owned(),
+                    });
+                }
+                None
+            }
+            Direction::Inbound => {
+                let local = match &config.service {
+                    Some(service) => {
+                        let field = || "metrics.service".to_owned();
+                        let (name, namespace) =
+                            split_service(service).ok_or_else(|| MetricsError::Service {
+                                field: field(),
+                                value: service.clone(),
+                            })?;
+                        if let Some(identity) = identity
+                            && identity.namespace != namespace
+                        {
+                            return Err(MetricsError::ForeignService {
+                                field: field(),
+                                service: service.clone(),
+                                namespace: identity.namespace.clone(),
+                            });
+                        }
+                        Some((namespace.to_owned(), name.to_owned()))
+                    }
+                    None => identity.map(|id| (id.namespace.clone(), UNKNOWN.to_owned())),
+                };
+                local.map(|service| {
+                    services.push(service);
+                    0
+                })
+            }
+        };
+        // Inbound, what a caller writes in Host never names the destination.
+        let listed = match config.direction {
+            Direction::Outbound => config.services.as_slice(),
+            Direction::Inbound => &[],
+        };
+        for (i, entry) in listed.iter().enumerate() {
+            let Some((name, namespace)) = split_service(&entry.service) else {
                 return Err(MetricsError::Service {
                     field: format!("metrics.services[{i}].service"),
                     value: entry.service.clone(),
@@ -243,7 +313,17 @@ impl MetricsTable {
             services,
             by_host,
             by_name,
+            inbound_destination,
         })
+    }
+
+    /// The destination of a request whose `Host` is `host`: outbound, the service the host
+    /// names; inbound, the workload itself whatever the host says.
+    pub fn destination(&self, host: Option<&str>) -> Option<u32> {
+        match self.direction {
+            Direction::Outbound => host.and_then(|host| self.service_for_host(host)),
+            Direction::Inbound => self.inbound_destination,
+        }
     }
 
     /// Which side the listener measures.
@@ -252,7 +332,7 @@ impl MetricsTable {
     }
 
     /// The service `host` addresses (any form the configuration lists, with or without a port
-    /// or trailing dot, any letter case).
+    /// or trailing dot, any letter case); outbound only, none inbound.
     pub fn service_for_host(&self, host: &str) -> Option<u32> {
         self.by_host.get(host_key(host).as_ref()).copied()
     }

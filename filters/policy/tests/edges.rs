@@ -44,7 +44,7 @@ fn labels(
     host: &str,
     backend: Option<&str>,
 ) -> Vec<String> {
-    let destination = table.service_for_host(host);
+    let destination = table.destination(Some(host));
     let backend = backend.and_then(|name| table.service_named(name));
     let labels = table.edge_labels(&source, destination, backend);
     assert_eq!(labels.map(|(name, _)| name), EDGE_LABELS);
@@ -55,13 +55,13 @@ fn labels(
 }
 
 #[test]
-fn weft_compile_enables_metrics_on_both_sides_with_every_service_the_manifests_name() {
-    for (side, direction) in [
-        (Side::Inbound, Direction::Inbound),
-        (Side::Outbound, Direction::Outbound),
-    ] {
-        let metrics = config("shop/frontend", side).metrics.unwrap();
-        assert_eq!(metrics.direction, direction);
+fn weft_compile_enables_metrics_on_both_sides_and_outbound_with_every_service_the_manifests_name() {
+    let inbound = config("shop/frontend", Side::Inbound).metrics.unwrap();
+    assert_eq!(inbound.direction, Direction::Inbound);
+    assert_eq!(inbound.trust_domain, "cluster.local");
+    {
+        let metrics = config("shop/frontend", Side::Outbound).metrics.unwrap();
+        assert_eq!(metrics.direction, Direction::Outbound);
         assert_eq!(metrics.trust_domain, "cluster.local");
         let services: Vec<&str> = metrics
             .services
@@ -136,9 +136,18 @@ fn outbound_edges_run_from_the_workload_to_the_addressed_service_and_the_chosen_
     );
 }
 
+/// The inbound configuration of shop/api, serving the Service `api` (`weft compile --service`).
+fn inbound_api() -> PluginConfig {
+    let mut config = config("shop/api", Side::Inbound);
+    if let Some(metrics) = config.metrics.as_mut() {
+        metrics.service = Some("api.shop".to_owned());
+    }
+    config
+}
+
 #[test]
 fn inbound_edges_run_from_the_verified_peer_and_anything_unverified_is_unknown() {
-    let engine = Engine::new(&config("shop/api", Side::Inbound)).unwrap();
+    let engine = Engine::new(&inbound_api()).unwrap();
     let table = table(&engine);
     let peer = table.source(Some("spiffe://cluster.local/ns/web/sa/client"));
     assert_eq!(peer, Source::Peer("web", "client"));
@@ -170,6 +179,62 @@ fn a_service_not_written_name_dot_namespace_is_refused_naming_the_field() {
     assert_eq!(err.field(), "metrics.services[1].service");
     assert!(
         err.reason().contains("write name.namespace"),
+        "{}",
+        err.reason()
+    );
+}
+
+#[test]
+fn an_inbound_destination_is_the_workload_never_the_host_a_caller_sends() {
+    let engine = Engine::new(&inbound_api()).unwrap();
+    let table = table(&engine);
+    let peer = table.source(Some("spiffe://cluster.local/ns/web/sa/client"));
+    for claimed in ["checkout.shop", "checkout-v2", "api", "anything.example"] {
+        assert_eq!(
+            labels(table, peer, claimed, None),
+            ["inbound", "web", "client", "client", "shop", "api", "api"],
+            "Host {claimed}"
+        );
+    }
+    // Without a service of its own, the destination is unknown within the workload's namespace.
+    let engine = Engine::new(&config("shop/api", Side::Inbound)).unwrap();
+    assert_eq!(
+        labels(table_of(&engine), peer, "checkout.shop", None),
+        [
+            "inbound", "web", "client", "client", "shop", UNKNOWN, UNKNOWN
+        ]
+    );
+    assert!(
+        config("shop/api", Side::Inbound)
+            .metrics
+            .unwrap()
+            .services
+            .is_empty(),
+        "an inbound plugin lists no services to look hosts up in"
+    );
+}
+
+fn table_of(engine: &Engine) -> &MetricsTable {
+    table(engine)
+}
+
+#[test]
+fn an_inbound_service_outside_the_workloads_namespace_or_on_outbound_is_refused() {
+    let mut foreign = inbound_api();
+    foreign.metrics.as_mut().unwrap().service = Some("api.other".to_owned());
+    let err = Engine::new(&foreign).unwrap_err();
+    assert_eq!(err.field(), "metrics.service");
+    assert!(
+        err.reason()
+            .contains("not in the workload's namespace shop"),
+        "{}",
+        err.reason()
+    );
+    let mut outbound = config("shop/frontend", Side::Outbound);
+    outbound.metrics.as_mut().unwrap().service = Some("frontend.shop".to_owned());
+    let err = Engine::new(&outbound).unwrap_err();
+    assert!(
+        err.reason().contains("only an inbound listener"),
         "{}",
         err.reason()
     );
