@@ -49,12 +49,13 @@ fn check_exits_1_and_reports_every_error_with_file_line_object_and_field() {
     assert_eq!(output.status.code(), Some(1));
     let text = stdout(&output);
     for expected in [
-        "broken.yaml:1: error: TrafficTarget shop/no-sources: spec.sources: at least one source is required",
-        "broken.yaml:1: error: TrafficTarget shop/no-sources: spec.rules[0].name: HTTPRouteGroup shop/missing-routes does not exist",
-        "broken.yaml:9: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].pathRegex: invalid regex",
-        "broken.yaml:9: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].methods[0]: method \"FETCH\" is not one of",
-        "broken.yaml:16: error: TrafficSplit shop/bad-split: spec.backends[0].service: the root service web cannot be its own backend",
-        "broken.yaml:16: error: TrafficSplit shop/bad-split: spec.backends[1].weight: -3 is not a valid weight",
+        // A missing field at the line of the object that should hold it, others at their own.
+        "broken.yaml:4: error: TrafficTarget shop/no-sources: spec.sources: at least one source is required",
+        "broken.yaml:7: error: TrafficTarget shop/no-sources: spec.rules[0].name: HTTPRouteGroup shop/missing-routes does not exist",
+        "broken.yaml:14: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].pathRegex: invalid regex",
+        "broken.yaml:14: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].methods[0]: method \"FETCH\" is not one of",
+        "broken.yaml:22: error: TrafficSplit shop/bad-split: spec.backends[0].service: the root service web cannot be its own backend",
+        "broken.yaml:23: error: TrafficSplit shop/bad-split: spec.backends[1].weight: -3 is not a valid weight",
         "6 error(s), 0 warning(s)",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
@@ -70,7 +71,7 @@ fn check_json_output_is_for_tools() {
     let first = &report["diagnostics"][0];
     assert_eq!(first["severity"], "error");
     assert_eq!(first["kind"], "TrafficTarget");
-    assert_eq!(first["origin"]["line"], 1);
+    assert_eq!(first["origin"]["line"], 4);
     assert!(first["field"].as_str().unwrap().starts_with("spec."));
 }
 
@@ -290,8 +291,42 @@ fn compile_records_metrics_on_both_sides_unless_told_not_to() {
         };
         let metrics = compile(&[]).metrics.expect("metrics are on by default");
         assert_eq!(serde_json::to_value(metrics.direction).unwrap(), side);
-        assert!(!metrics.services.is_empty());
+        // Outbound destinations are looked up by Host; inbound, the destination is the workload.
+        assert_eq!(metrics.services.is_empty(), side == "inbound");
         assert_eq!(compile(&["--no-metrics"]).metrics, None);
+    }
+}
+
+#[test]
+fn compile_service_names_the_inbound_destination_in_the_workloads_namespace() {
+    let manifests = fixtures("shop");
+    let base = [
+        "compile",
+        "--manifests",
+        &manifests,
+        "--identity",
+        "shop/client",
+    ];
+    let output = weft(&[&base[..], &["--service", "client"]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let config = PluginConfig::from_json(&output.stdout).unwrap();
+    assert_eq!(
+        config.metrics.unwrap().service.as_deref(),
+        Some("client.shop")
+    );
+    for (extra, complaint) in [
+        (
+            &["--service", "client.shop"][..],
+            "give the Service's name only",
+        ),
+        (
+            &["--service", "client", "--side", "outbound"][..],
+            "use it with --side inbound",
+        ),
+    ] {
+        let output = weft(&[&base[..], extra].concat());
+        assert_eq!(output.status.code(), Some(2));
+        assert!(stderr(&output).contains(complaint), "{}", stderr(&output));
     }
 }
 
