@@ -105,6 +105,17 @@ pub enum ValidationError {
     /// A Service the split names is not in the set (ports cannot be checked).
     #[error("Service {0} is not among the manifests, so its ports cannot be checked")]
     ServiceNotFound(String),
+    /// A path regex that reads like exact paths but also matches longer ones.
+    #[error(
+        "also matches every longer path that starts with a match{example}, because SMI anchors pathRegex at the start only; to allow exactly the paths it spells, write {anchored:?}",
+        example = example.as_ref().map(|e| format!(", such as {e}")).unwrap_or_default()
+    )]
+    OpenPathRegex {
+        /// A longer path it matches, where one is easy to find.
+        example: Option<String>,
+        /// The pattern anchored at the end.
+        anchored: String,
+    },
     /// A backend Service with no port of the root Service.
     #[error(
         "Service {backend} has none of the root service's ports ({ports}), so it receives no traffic"
@@ -121,6 +132,7 @@ impl ValidationError {
     fn severity(&self) -> Severity {
         match self {
             ValidationError::MatchesOnPortRule(_)
+            | ValidationError::OpenPathRegex { .. }
             | ValidationError::NoMatches
             | ValidationError::AllZeroWeights
             | ValidationError::ServiceNotFound(_)
@@ -158,14 +170,19 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                     ValidationError::DuplicateMatch(m.name.clone()),
                 );
             }
-            if let Some(pattern) = &m.path_regex
-                && let Err(err) = engine::path_regex(pattern)
-            {
-                report(
-                    &mut out,
-                    format!("{field}.pathRegex"),
-                    ValidationError::Regex(err.to_string()),
-                );
+            if let Some(pattern) = &m.path_regex {
+                match engine::path_regex(pattern) {
+                    Err(err) => report(
+                        &mut out,
+                        format!("{field}.pathRegex"),
+                        ValidationError::Regex(err.to_string()),
+                    ),
+                    Ok(compiled) => {
+                        if let Some(open) = open_path_regex(pattern, &compiled) {
+                            report(&mut out, format!("{field}.pathRegex"), open);
+                        }
+                    }
+                }
             }
             for (j, method) in m.methods.iter().enumerate() {
                 if !METHODS.contains(&method.as_str()) {
@@ -445,6 +462,154 @@ fn traffic_split(
                     name: reference.name.clone(),
                 },
             );
+        }
+    }
+}
+
+/// A warning when `pattern` (compiled as weft matches it, `compiled`) can stop matching in the
+/// middle of a path segment with no `$`, so it also allows longer paths than it spells:
+/// `/orders` allows `/ordersadmin`. A pattern that ends with `/` (a directory prefix) or with
+/// `.*`/`.+` (any continuation, on purpose) is taken as meant.
+fn open_path_regex(pattern: &str, compiled: &regex::Regex) -> Option<ValidationError> {
+    use regex_syntax::hir::HirKind;
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    if !open_end(&hir) {
+        return None;
+    }
+    let anchored = match hir.kind() {
+        HirKind::Alternation(_) => format!("(?:{pattern})$"),
+        _ => format!("{pattern}$"),
+    };
+    let whole = engine::path_regex(&anchored).ok()?;
+    let mut prefixes: Vec<String> = regex_syntax::hir::literal::Extractor::new()
+        .extract(&hir)
+        .literals()
+        .into_iter()
+        .flatten()
+        .filter_map(|literal| std::str::from_utf8(literal.as_bytes()).ok())
+        .map(str::to_owned)
+        .collect();
+    prefixes.sort_by_key(String::len);
+    let example = prefixes
+        .iter()
+        .map(|prefix| format!("{prefix}admin"))
+        .find(|longer| compiled.is_match(longer) && !whole.is_match(longer));
+    Some(ValidationError::OpenPathRegex { example, anchored })
+}
+
+/// Whether a match of `hir`, as the last part of a pattern, can end where one more character
+/// would also match: not at an end anchor, a `/`, or a repetition of any character.
+fn open_end(hir: &regex_syntax::hir::Hir) -> bool {
+    use regex_syntax::hir::{Class, HirKind, Look};
+    match hir.kind() {
+        HirKind::Empty => false,
+        HirKind::Literal(literal) => literal.0.last() != Some(&b'/'),
+        HirKind::Class(class) => match class {
+            Class::Unicode(c) => !c
+                .ranges()
+                .iter()
+                .all(|r| r.start() == '/' && r.end() == '/'),
+            Class::Bytes(c) => !c
+                .ranges()
+                .iter()
+                .all(|r| r.start() == b'/' && r.end() == b'/'),
+        },
+        HirKind::Look(look) => !matches!(look, Look::End | Look::EndLF | Look::EndCRLF),
+        HirKind::Repetition(repetition) => {
+            !(repetition.max.is_none() && matches_any(&repetition.sub)) && open_end(&repetition.sub)
+        }
+        HirKind::Capture(capture) => open_end(&capture.sub),
+        HirKind::Concat(items) => {
+            for item in items.iter().rev() {
+                if open_end(item) {
+                    return true;
+                }
+                if matches!(
+                    item.kind(),
+                    HirKind::Look(Look::End | Look::EndLF | Look::EndCRLF)
+                ) {
+                    return false;
+                }
+                // An item that can match nothing leaves the end to the one before it, unless it
+                // absorbs any continuation itself.
+                let absorbs = matches!(item.kind(), HirKind::Repetition(r) if r.max.is_none() && matches_any(&r.sub));
+                if absorbs || item.properties().minimum_len() != Some(0) {
+                    return false;
+                }
+            }
+            false
+        }
+        HirKind::Alternation(branches) => branches.iter().any(open_end),
+    }
+}
+
+/// Whether `hir` is a class of every character (but perhaps `\n`): `.`.
+fn matches_any(hir: &regex_syntax::hir::Hir) -> bool {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(c)) => {
+            let covered: u32 = c
+                .ranges()
+                .iter()
+                .map(|r| u32::from(r.end()) - u32::from(r.start()) + 1)
+                .sum();
+            // Every scalar value but the surrogates, less perhaps `\n`.
+            covered >= 0x10_F7FF
+        }
+        HirKind::Class(Class::Bytes(c)) => {
+            let covered: u32 = c
+                .ranges()
+                .iter()
+                .map(|r| u32::from(r.end()) - u32::from(r.start()) + 1)
+                .sum();
+            covered >= 255
+        }
+        HirKind::Capture(capture) => matches_any(&capture.sub),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warning(pattern: &str) -> Option<String> {
+        let compiled = engine::path_regex(pattern).unwrap();
+        open_path_regex(pattern, &compiled).map(|w| w.to_string())
+    }
+
+    #[test]
+    fn a_path_regex_that_reads_like_an_exact_path_is_warned_with_its_anchored_form() {
+        let w = warning("/orders").unwrap();
+        assert!(w.contains("such as /ordersadmin"), "{w}");
+        assert!(w.contains("write \"/orders$\""), "{w}");
+        let w = warning("/orders(/[0-9]+)?").unwrap();
+        assert!(w.contains("such as /ordersadmin"), "{w}");
+        assert!(w.contains("\"/orders(/[0-9]+)?$\""), "{w}");
+        assert!(
+            warning("/orders/[0-9]+")
+                .unwrap()
+                .contains("/orders/[0-9]+$")
+        );
+        assert!(warning("/a|/b").unwrap().contains("(?:/a|/b)$"));
+        assert!(warning("/metrics\\b").is_some());
+    }
+
+    #[test]
+    fn anchored_prefixes_and_catch_alls_are_taken_as_meant() {
+        for pattern in [
+            "/orders$",
+            "/orders(/[0-9]+)?$",
+            "/api/",
+            "/api/.*",
+            ".*",
+            "/files/.+",
+            "(?s)/x.*",
+            "",
+            "/echo.Echo/",
+            "/a$|/b/",
+        ] {
+            assert_eq!(warning(pattern), None, "{pattern}");
         }
     }
 }
