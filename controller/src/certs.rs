@@ -60,6 +60,15 @@ pub fn make_workload(
     trust_domain: &str,
     out: &Path,
 ) -> Outcome {
+    if ca_dir.exists() && !ca_dir.is_dir() {
+        return Outcome::fail(
+            EXIT_INVALID,
+            format!(
+                "weft: {} is not a directory; --ca names the directory `weft cert ca --out` wrote\n",
+                ca_dir.display()
+            ),
+        );
+    }
     let read = |name: &str| {
         let path: PathBuf = ca_dir.join(name);
         std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()))
@@ -97,16 +106,62 @@ pub fn make_workload(
     }
 }
 
+/// Why certificate files could not be written; each names its path.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFilesError {
+    /// `--out` names something that is not a directory.
+    #[error(
+        "{0} is not a directory; --out names the directory to write the certificate and key into"
+    )]
+    NotADirectory(String),
+    /// The directory could not be made.
+    #[error("cannot create the directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
 /// Writes a certificate and its key; the key is readable by its owner only.
-fn write_pair(out: &Path, cert: (&str, &str), key: (&str, &str)) -> std::io::Result<()> {
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join(cert.0), cert.1)?;
-    let key_path = out.join(key.0);
-    std::fs::write(&key_path, key.1)?;
+fn write_pair(out: &Path, cert: (&str, &str), key: (&str, &str)) -> Result<(), CertFilesError> {
+    let shown = |path: &Path| path.display().to_string();
+    if out.exists() && !out.is_dir() {
+        return Err(CertFilesError::NotADirectory(shown(out)));
+    }
+    std::fs::create_dir_all(out).map_err(|source| CertFilesError::CreateDir {
+        path: shown(out),
+        source,
+    })?;
+    let write = |name: &str, text: &str| {
+        let path = out.join(name);
+        std::fs::write(&path, text)
+            .map_err(|source| CertFilesError::Write {
+                path: shown(&path),
+                source,
+            })
+            .map(|()| path)
+    };
+    write(cert.0, cert.1)?;
+    let key_path = write(key.0, key.1)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| CertFilesError::Write {
+                path: shown(&key_path),
+                source,
+            },
+        )?;
     }
     Ok(())
 }

@@ -67,15 +67,20 @@ pub enum Protocol {
     Tcp,
 }
 
-/// Reads and checks manifests; `Err` is an outcome to return as it is.
+/// Reads and checks manifests (a file that cannot be read is one more error); `Err` is an
+/// outcome to return as it is.
 fn load(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
-    let files = manifests::read(paths)
+    let manifests = manifests::read(paths)
         .map_err(|err| Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")))?;
-    Ok(weft_policy::check(
-        files
+    let (catalog, mut diagnostics) = weft_policy::check(
+        manifests
+            .files
             .iter()
             .map(|(name, text)| (name.as_str(), text.as_str())),
-    ))
+    );
+    diagnostics.extend(manifests.problems);
+    weft_policy::diagnostic::sort(&mut diagnostics);
+    Ok((catalog, diagnostics))
 }
 
 fn human_diagnostics(diagnostics: &[Diagnostic]) -> String {

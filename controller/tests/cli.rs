@@ -108,9 +108,9 @@ fn a_missing_path_is_an_error_not_a_panic() {
     let output = weft(&["check", "/nonexistent/manifests"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("cannot read /nonexistent/manifests"),
+        stdout(&output).contains("/nonexistent/manifests: error: cannot be read: No such file"),
         "{}",
-        stderr(&output)
+        stdout(&output)
     );
 }
 
@@ -490,4 +490,100 @@ fn cert_makes_a_ca_and_workload_certificates_and_never_overwrites_the_ca() {
     ]);
     assert_eq!(no_ca.status.code(), Some(1));
     assert!(stderr(&no_ca).contains("ca.pem"), "{}", stderr(&no_ca));
+}
+
+/// A directory laid out as Kubernetes mounts a ConfigMap volume: the files live in a
+/// timestamped hidden folder, `..data` links to it, and each file is a link through `..data`.
+fn configmap_volume(dir: &std::path::Path, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let data = dir.join("..2026_12_01_10_00_00.123");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).unwrap();
+        symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+    }
+    symlink("..2026_12_01_10_00_00.123", dir.join("..data")).unwrap();
+}
+
+#[test]
+fn check_reads_a_configmap_volume_once_and_every_other_file_despite_loops_and_binary_files() {
+    let root = tempfile::tempdir().unwrap();
+    let volume = root.path().join("volume");
+    let smi = std::fs::read_to_string(format!(
+        "{}/../examples/shop/smi.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    configmap_volume(&volume, &[("smi.yaml", &smi)]);
+    let other = root.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    // A link back up makes a loop; a binary file and a dangling link are reported; a broken
+    // manifest beside them is still checked.
+    std::os::unix::fs::symlink("..", other.join("up")).unwrap();
+    std::fs::write(other.join("blob.yaml"), [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/weft.yaml", other.join("gone.yaml")).unwrap();
+    std::fs::write(
+        other.join("split.yaml"),
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: web\n  backends: []\n",
+    )
+    .unwrap();
+    let output = weft(&["check", root.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let blob = other.join("blob.yaml").display().to_string();
+    let gone = other.join("gone.yaml").display().to_string();
+    for expected in [
+        format!("{blob}: error: is not UTF-8 text"),
+        format!("{gone}: error: cannot be read: No such file or directory"),
+        "TrafficSplit shop/s: spec.backends: at least one backend is required".to_owned(),
+        "3 error(s)".to_owned(),
+        // The ConfigMap's three objects once, not twice (no duplicate errors), and the split.
+        "in 4 object(s)".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("..2026"),
+        "a hidden folder was read:\n{text}"
+    );
+}
+
+#[test]
+fn certificate_commands_name_the_path_they_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let file_name = file.to_str().unwrap();
+    let output = weft(&["cert", "ca", "--out", file_name]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!("{file_name} is not a directory; --out names")),
+        "{}",
+        stderr(&output)
+    );
+    let output = weft(&[
+        "cert",
+        "workload",
+        "--ca",
+        file_name,
+        "--identity",
+        "shop/api",
+        "--out",
+        "x",
+    ]);
+    assert!(
+        stderr(&output).contains(&format!("{file_name} is not a directory; --ca names")),
+        "{}",
+        stderr(&output)
+    );
+    let below_a_file = file.join("sub");
+    let output = weft(&["cert", "ca", "--out", below_a_file.to_str().unwrap()]);
+    assert!(
+        stderr(&output).contains(&format!(
+            "cannot create the directory {}",
+            below_a_file.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
 }

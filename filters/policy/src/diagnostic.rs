@@ -21,7 +21,7 @@ pub struct Origin {
     /// The file name as given to the loader.
     pub file: String,
     /// 1-based line in that file: of the object's first line, and in a diagnostic returned by
-    /// [`crate::check`], of the field the diagnostic is about.
+    /// [`crate::check`], of the field the diagnostic is about; 0 for the file as a whole.
     pub line: usize,
     /// Where the object's document is, so that the line of any of its fields can be found.
     #[serde(skip)]
@@ -80,8 +80,11 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(origin) = &self.origin {
-            write!(f, "{}:{}: ", origin.file, origin.line)?;
+        match &self.origin {
+            // Line 0: the file as a whole.
+            Some(origin) if origin.line == 0 => write!(f, "{}: ", origin.file)?,
+            Some(origin) => write!(f, "{}:{}: ", origin.file, origin.line)?,
+            None => {}
         }
         let severity = match self.severity {
             Severity::Error => "error",
