@@ -67,10 +67,19 @@ pub enum Protocol {
     Tcp,
 }
 
+/// Where a command reads its manifests from, and how strictly.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Files or directories.
+    pub paths: Vec<PathBuf>,
+    /// Every warning is an error (`--strict`).
+    pub strict: bool,
+}
+
 /// Reads and checks manifests (a file that cannot be read is one more error); `Err` is an
 /// outcome to return as it is.
-fn load(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
-    let manifests = manifests::read(paths)
+fn load(sources: &Sources) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
+    let manifests = manifests::read(&sources.paths)
         .map_err(|err| Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")))?;
     let (catalog, mut diagnostics) = weft_policy::check(
         manifests
@@ -79,6 +88,9 @@ fn load(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
             .map(|(name, text)| (name.as_str(), text.as_str())),
     );
     diagnostics.extend(manifests.problems);
+    if sources.strict {
+        weft_policy::diagnostic::make_strict(&mut diagnostics);
+    }
     weft_policy::diagnostic::sort(&mut diagnostics);
     Ok((catalog, diagnostics))
 }
@@ -89,8 +101,8 @@ fn human_diagnostics(diagnostics: &[Diagnostic]) -> String {
 
 /// Reads manifests for a command that decides or compiles: a set with errors stops it, with
 /// the errors printed, so nothing is decided or compiled from a broken set.
-fn load_valid(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
-    let (catalog, diagnostics) = load(paths)?;
+fn load_valid(sources: &Sources) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
+    let (catalog, diagnostics) = load(sources)?;
     if diagnostics.iter().any(Diagnostic::is_error) {
         let errors = diagnostics.iter().filter(|d| d.is_error()).count();
         return Err(Outcome::fail(
@@ -105,8 +117,8 @@ fn load_valid(paths: &[PathBuf]) -> Result<(Catalog, Vec<Diagnostic>), Outcome> 
 }
 
 /// `weft check`.
-pub fn check(paths: &[PathBuf], format: Format) -> Outcome {
-    let (catalog, diagnostics) = match load(paths) {
+pub fn check(sources: &Sources, format: Format) -> Outcome {
+    let (catalog, diagnostics) = match load(sources) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
     };
@@ -148,7 +160,7 @@ pub struct ExplainRequest {
 
 /// `weft explain`.
 pub fn explain(
-    manifests: &[PathBuf],
+    manifests: &Sources,
     request: &ExplainRequest,
     options: &Options,
     format: Format,
@@ -263,7 +275,7 @@ fn human_decision(report: &Value) -> String {
 
 /// `weft compile`.
 pub fn compile_config(
-    manifests: &[PathBuf],
+    manifests: &Sources,
     identity: &Identity,
     side: Side,
     options: &Options,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use weft_controller::certs;
 use weft_controller::commands::{
-    self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol,
+    self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol, Sources,
 };
 use weft_policy::bundle::Identity;
 use weft_policy::bundle::{AccessMode, StickyKey};
@@ -107,6 +107,9 @@ enum Command {
         /// Files or directories (searched recursively for .yaml, .yml and .json).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Treat every warning as an error.
+        #[arg(long)]
+        strict: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
@@ -116,6 +119,9 @@ enum Command {
         /// Directory (or file) of manifests.
         #[arg(long, required = true)]
         manifests: Vec<PathBuf>,
+        /// Treat every warning in the manifests as an error.
+        #[arg(long)]
+        strict: bool,
         /// The caller, namespace/serviceaccount.
         #[arg(long)]
         from: Identity,
@@ -149,6 +155,9 @@ enum Command {
         /// Directory (or file) of manifests.
         #[arg(long, required = true)]
         manifests: Vec<PathBuf>,
+        /// Treat every warning in the manifests as an error.
+        #[arg(long)]
+        strict: bool,
         /// The workload, namespace/serviceaccount.
         #[arg(long)]
         identity: Identity,
@@ -213,9 +222,14 @@ fn main() -> ExitCode {
             trust_domain,
             out,
         }) => certs::make_workload(&ca, &identity, &dns_names, days, &trust_domain, &out),
-        Command::Check { paths, output } => commands::check(&paths, output),
+        Command::Check {
+            paths,
+            strict,
+            output,
+        } => commands::check(&Sources { paths, strict }, output),
         Command::Explain {
             manifests,
+            strict,
             from,
             to,
             protocol,
@@ -235,10 +249,15 @@ fn main() -> ExitCode {
                 headers,
                 port,
             };
-            commands::explain(&manifests, &request, &cluster.options(), output)
+            let sources = Sources {
+                paths: manifests,
+                strict,
+            };
+            commands::explain(&sources, &request, &cluster.options(), output)
         }
         Command::Compile {
             manifests,
+            strict,
             identity,
             side,
             mode,
@@ -268,7 +287,11 @@ fn main() -> ExitCode {
                     .or(sticky_cookie.map(StickyKey::Cookie)),
                 metrics: !no_metrics,
             };
-            commands::compile_config(&manifests, &identity, side, &cluster.options(), &listener)
+            let sources = Sources {
+                paths: manifests,
+                strict,
+            };
+            commands::compile_config(&sources, &identity, side, &cluster.options(), &listener)
         }
     };
     print!("{}", outcome.stdout);

@@ -38,7 +38,7 @@ fn check_exits_0_on_a_clean_set_of_every_served_version() {
     );
     let text = stdout(&output);
     assert!(
-        text.ends_with("0 error(s), 4 warning(s) in 12 object(s)\n"),
+        text.ends_with("0 error(s), 6 warning(s) in 12 object(s)\n"),
         "{text}"
     );
     // SMI anchors path regexes at the start only: a path written like an exact one is flagged.
@@ -61,7 +61,7 @@ fn check_exits_1_and_reports_every_error_with_file_line_object_and_field() {
         "broken.yaml:14: error: HTTPRouteGroup shop/bad-regex: spec.matches[0].methods[0]: method \"FETCH\" is not one of",
         "broken.yaml:22: error: TrafficSplit shop/bad-split: spec.backends[0].service: the root service web cannot be its own backend",
         "broken.yaml:23: error: TrafficSplit shop/bad-split: spec.backends[1].weight: -3 is not a valid weight",
-        "6 error(s), 0 warning(s)",
+        "6 error(s), 1 warning(s)",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
@@ -586,4 +586,64 @@ fn certificate_commands_name_the_path_they_cannot_use() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn strict_makes_every_warning_an_error_and_a_split_to_an_undeclared_service_is_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("split.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n---\n\
+         apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: web\n  backends: [{service: web-v1, weight: 1}]\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let output = weft(&["check", path]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let expected = "split.yaml:11: warning: TrafficSplit shop/s: spec.backends[0].service: Service shop/web-v1 is not among the manifests: requests will be sent to a service nobody declared here";
+    assert!(stdout(&output).contains(expected), "{}", stdout(&output));
+    let output = weft(&["check", "--strict", path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains(&expected.replace("warning:", "error:")),
+        "{}",
+        stdout(&output)
+    );
+    let output = weft(&[
+        "compile",
+        "--strict",
+        "--manifests",
+        path,
+        "--identity",
+        "shop/client",
+        "--side",
+        "outbound",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "compile refuses what --strict makes an error"
+    );
+}
+
+#[test]
+fn a_weight_of_the_wrong_type_or_too_large_is_reported_at_its_field_with_every_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("split.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: 5\n  backends:\n  - {service: web-v1, weight: \"50\"}\n  - {service: web-v2, weight: 4294967296}\n  - {service: web-v3, weight: 1}\n  - {service: web-v3, weight: 1}\n",
+    )
+    .unwrap();
+    let output = weft(&["check", file.to_str().unwrap()]);
+    let text = stdout(&output);
+    for expected in [
+        "split.yaml:5: error: TrafficSplit shop/s: spec.service: invalid type: integer `5`, expected a string",
+        "split.yaml:7: error: TrafficSplit shop/s: spec.backends[0].weight: \"50\" is not a valid weight; use a whole number of 0 or more",
+        "split.yaml:8: error: TrafficSplit shop/s: spec.backends[1].weight: 4294967296 is too large; weights are relative, from 0 to 4294967295",
+        "split.yaml:10: error: TrafficSplit shop/s: spec.backends[3].service: backend web-v3 is listed twice",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
 }

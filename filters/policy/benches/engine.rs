@@ -28,12 +28,12 @@ fn manifests(count: usize) -> String {
             "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: routes-{g}, namespace: shop}}\nspec:\n  matches:\n"
         ));
         for item in [
-            format!("{{name: list, pathRegex: '/api/v{g}/items', methods: [GET]}}"),
+            format!("{{name: list, pathRegex: '/api/v{g}/items$', methods: [GET]}}"),
             format!(
                 "{{name: item, pathRegex: '/api/v{g}/items/[0-9]+$', methods: [GET, PUT, DELETE]}}"
             ),
             format!("{{name: create, pathRegex: '/api/v{g}/items$', methods: [POST]}}"),
-            "{name: metrics, pathRegex: /metrics, methods: [GET]}".to_owned(),
+            "{name: metrics, pathRegex: /metrics$, methods: [GET]}".to_owned(),
             format!(
                 "{{name: beta, pathRegex: '/api/v{g}/beta/.*', headers: {{x-beta: 'true|yes'}}}}"
             ),

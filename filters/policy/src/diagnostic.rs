@@ -104,6 +104,17 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Makes every warning an error, as `--strict` asks (kubectl's `--validate=strict` does the
+/// same with unknown fields): for pipelines that want nothing questionable to pass.
+pub fn make_strict(diagnostics: &mut [Diagnostic]) {
+    for diagnostic in diagnostics
+        .iter_mut()
+        .filter(|d| d.severity == Severity::Warning)
+    {
+        diagnostic.severity = Severity::Error;
+    }
+}
+
 /// Sorts diagnostics into a stable order (file, line, object, field, message), so output does
 /// not depend on the order in which files or objects were read.
 pub fn sort(diagnostics: &mut [Diagnostic]) {

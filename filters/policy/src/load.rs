@@ -69,6 +69,14 @@ pub enum LoadError {
     /// A TrafficSplit weight that is not a whole number (v1alpha2 and later).
     #[error("{0} is not a valid weight; use a whole number of 0 or more")]
     BadWeight(String),
+    /// A weight above [`MAX_WEIGHT`].
+    #[error("{0} is too large; weights are relative, from 0 to 4294967295")]
+    WeightTooLarge(String),
+    /// A v1alpha1 weight above [`MAX_WEIGHT`] thousandths.
+    #[error(
+        "{0} is too large; v1alpha1 weights are relative quantities up to 4294967295m (about 4.29M)"
+    )]
+    QuantityTooLarge(String),
     /// A v1alpha1 TrafficSplit weight that is not a Kubernetes quantity.
     #[error(
         "{0} is not a valid v1alpha1 weight; use a quantity such as 1, 500m or 1500m (0 or more)"
@@ -361,6 +369,23 @@ struct Reader<'a> {
 
 // ---- wire shapes: lenient (every field optional) so that all problems are reported at once ----
 
+/// A leaf read leniently: a value of the wrong type is kept (with serde's reason) to be reported
+/// at its own field, instead of failing the whole object and hiding its other problems.
+enum Lenient<T> {
+    Good(T),
+    Bad(String),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Ok(match serde_json::from_value::<T>(value) {
+            Ok(good) => Lenient::Good(good),
+            Err(err) => Lenient::Bad(err.to_string()),
+        })
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct WireMeta {
     name: Option<String>,
@@ -387,17 +412,17 @@ struct WireTrafficTargetBody {
 
 #[derive(Deserialize)]
 struct WireSubject {
-    kind: Option<String>,
-    name: Option<String>,
-    namespace: Option<String>,
+    kind: Option<Lenient<String>>,
+    name: Option<Lenient<String>>,
+    namespace: Option<Lenient<String>>,
     port: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct WireRule {
-    kind: Option<String>,
-    name: Option<String>,
-    matches: Option<Vec<String>>,
+    kind: Option<Lenient<String>>,
+    name: Option<Lenient<String>>,
+    matches: Option<Lenient<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -414,9 +439,9 @@ struct WireMatchesBody {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireHttpMatch {
-    name: Option<String>,
-    path_regex: Option<String>,
-    methods: Option<Vec<String>>,
+    name: Option<Lenient<String>>,
+    path_regex: Option<Lenient<String>>,
+    methods: Option<Lenient<Vec<String>>>,
     headers: Option<Value>,
 }
 
@@ -444,22 +469,22 @@ struct WireSplit {
 
 #[derive(Deserialize)]
 struct WireSplitBody {
-    service: Option<String>,
+    service: Option<Lenient<String>>,
     backends: Option<Vec<WireBackend>>,
     matches: Option<Vec<WireLocalRef>>,
 }
 
 #[derive(Deserialize)]
 struct WireBackend {
-    service: Option<String>,
+    service: Option<Lenient<String>>,
     weight: Option<Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireLocalRef {
-    kind: Option<String>,
-    name: Option<String>,
+    kind: Option<Lenient<String>>,
+    name: Option<Lenient<String>>,
     #[serde(rename = "apiGroup")]
     _api_group: Option<Value>,
 }
@@ -483,6 +508,40 @@ impl Reader<'_> {
     fn error(&mut self, field: &str, error: LoadError) {
         self.diagnostics
             .push(problem(Some(&self.object), self.origin, field, error));
+    }
+
+    /// A string field: reported at `field` when it has the wrong type, or (when `required`) when
+    /// it is absent or empty; `None` then.
+    fn text(
+        &mut self,
+        field: &str,
+        value: Option<Lenient<String>>,
+        required: bool,
+    ) -> Option<String> {
+        match value {
+            Some(Lenient::Bad(reason)) => {
+                self.error(field, LoadError::Shape(reason));
+                None
+            }
+            Some(Lenient::Good(text)) if !text.is_empty() => Some(text),
+            _ => {
+                if required {
+                    self.error(field, LoadError::Missing);
+                }
+                None
+            }
+        }
+    }
+
+    /// A list of strings, reported at `field` when it has the wrong type.
+    fn texts(&mut self, field: &str, value: Option<Lenient<Vec<String>>>) -> Option<Vec<String>> {
+        match value? {
+            Lenient::Good(texts) => Some(texts),
+            Lenient::Bad(reason) => {
+                self.error(field, LoadError::Shape(reason));
+                None
+            }
+        }
     }
 
     /// Reports each repeated key at the line of its repetition.
@@ -597,19 +656,14 @@ impl Reader<'_> {
         let mut rules = Vec::new();
         for (i, rule) in wire_rules.into_iter().enumerate() {
             let field = format!("{}[{i}]", written.rules);
-            let kind = rule.kind.unwrap_or_default();
-            let name = rule.name.unwrap_or_default();
-            if kind.is_empty() {
-                self.error(&format!("{field}.kind"), LoadError::Missing);
-            }
-            if name.is_empty() {
-                self.error(&format!("{field}.name"), LoadError::Missing);
-            }
-            if !kind.is_empty() && !name.is_empty() {
+            let kind = self.text(&format!("{field}.kind"), rule.kind, true);
+            let name = self.text(&format!("{field}.name"), rule.name, true);
+            let matches = self.texts(&format!("{field}.matches"), rule.matches);
+            if let (Some(kind), Some(name)) = (kind, name) {
                 rules.push(TrafficTargetRule {
                     kind,
                     name,
-                    matches: rule.matches,
+                    matches,
                     position: i,
                 });
             }
@@ -625,18 +679,13 @@ impl Reader<'_> {
     }
 
     fn subject(&mut self, field: &str, position: usize, subject: WireSubject) -> Option<Subject> {
-        let name = subject.name.filter(|n| !n.is_empty());
-        if name.is_none() {
-            self.error(&format!("{field}.name"), LoadError::Missing);
-        }
-        let kind = subject.kind.filter(|k| !k.is_empty());
-        if kind.is_none() {
-            self.error(&format!("{field}.kind"), LoadError::Missing);
-        }
+        let name = self.text(&format!("{field}.name"), subject.name, true);
+        let kind = self.text(&format!("{field}.kind"), subject.kind, true);
+        let namespace = self.text(&format!("{field}.namespace"), subject.namespace, false);
         Some(Subject {
             kind: kind?,
             name: name?,
-            namespace: subject.namespace.filter(|n| !n.is_empty()),
+            namespace,
             position,
         })
     }
@@ -669,8 +718,10 @@ impl Reader<'_> {
         let mut matches = Vec::new();
         for (i, wire) in wire_matches.into_iter().enumerate() {
             let field = format!("{prefix}[{i}]");
-            let Some(name) = wire.name.filter(|n| !n.is_empty()) else {
-                self.error(&format!("{field}.name"), LoadError::Missing);
+            let name = self.text(&format!("{field}.name"), wire.name, true);
+            let path_regex = self.text(&format!("{field}.pathRegex"), wire.path_regex, false);
+            let methods = self.texts(&format!("{field}.methods"), wire.methods);
+            let Some(name) = name else {
                 continue;
             };
             let headers = match wire.headers {
@@ -701,8 +752,8 @@ impl Reader<'_> {
                 .unzip();
             matches.push(HttpMatch {
                 name,
-                path_regex: wire.path_regex,
-                methods: wire.methods.unwrap_or_default(),
+                path_regex,
+                methods: methods.unwrap_or_default(),
                 headers,
                 header_fields,
                 position: i,
@@ -755,42 +806,47 @@ impl Reader<'_> {
             self.error("spec", LoadError::Missing);
             return None;
         };
-        let service = spec.service.filter(|s| !s.is_empty());
-        if service.is_none() {
-            self.error("spec.service", LoadError::Missing);
-        }
+        // A split without a readable root service is still read, so that its other problems
+        // are reported too; validation skips what needs the root.
+        let service = self
+            .text("spec.service", spec.service, true)
+            .unwrap_or_default();
         let mut backends = Vec::new();
         for (i, backend) in spec.backends.unwrap_or_default().into_iter().enumerate() {
             let field = format!("spec.backends[{i}]");
-            let name = backend.service.filter(|s| !s.is_empty());
-            if name.is_none() {
-                self.error(&format!("{field}.service"), LoadError::Missing);
-            }
+            let name = self.text(&format!("{field}.service"), backend.service, true);
+            let weight_field = format!("{field}.weight");
             let weight = match backend.weight {
                 None => {
-                    self.error(&format!("{field}.weight"), LoadError::Missing);
+                    self.error(&weight_field, LoadError::Missing);
                     None
                 }
-                Some(value) if quantity_weights => match quantity_milli(&value) {
-                    Some(weight) => Some(weight),
-                    None => {
-                        self.error(
-                            &format!("{field}.weight"),
-                            LoadError::BadQuantity(value.to_string()),
-                        );
-                        None
+                Some(value) => {
+                    let read = match quantity_weights {
+                        true => quantity_milli(&value),
+                        false => whole_number(&value),
+                    };
+                    match read {
+                        Ok(weight) => Some(weight),
+                        Err(problem) => {
+                            let shown = value.to_string();
+                            self.error(
+                                &weight_field,
+                                match (problem, quantity_weights) {
+                                    (WeightProblem::TooLarge, true) => {
+                                        LoadError::QuantityTooLarge(shown)
+                                    }
+                                    (WeightProblem::TooLarge, false) => {
+                                        LoadError::WeightTooLarge(shown)
+                                    }
+                                    (WeightProblem::Invalid, true) => LoadError::BadQuantity(shown),
+                                    (WeightProblem::Invalid, false) => LoadError::BadWeight(shown),
+                                },
+                            );
+                            None
+                        }
                     }
-                },
-                Some(value) => match whole_number(&value) {
-                    Some(weight) => Some(weight),
-                    None => {
-                        self.error(
-                            &format!("{field}.weight"),
-                            LoadError::BadWeight(value.to_string()),
-                        );
-                        None
-                    }
-                },
+                }
             };
             if let (Some(service), Some(weight)) = (name, weight) {
                 backends.push(SplitBackend {
@@ -803,24 +859,19 @@ impl Reader<'_> {
         let mut matches = Vec::new();
         for (i, reference) in spec.matches.unwrap_or_default().into_iter().enumerate() {
             let field = format!("spec.matches[{i}]");
-            match (
-                reference.kind.filter(|k| !k.is_empty()),
-                reference.name.filter(|n| !n.is_empty()),
-            ) {
-                (Some(kind), Some(name)) => matches.push(LocalRef {
+            let kind = self.text(&format!("{field}.kind"), reference.kind, true);
+            let name = self.text(&format!("{field}.name"), reference.name, true);
+            if let (Some(kind), Some(name)) = (kind, name) {
+                matches.push(LocalRef {
                     kind,
                     name,
                     position: i,
-                }),
-                (kind, _) => {
-                    let missing = if kind.is_none() { "kind" } else { "name" };
-                    self.error(&format!("{field}.{missing}"), LoadError::Missing);
-                }
+                });
             }
         }
         Some(TrafficSplit {
             meta,
-            service: service?,
+            service,
             backends,
             matches,
         })
@@ -894,30 +945,59 @@ fn headers(value: Value) -> Option<Vec<(String, String, String)>> {
     Some(headers)
 }
 
-/// A whole number of 0 or more (an integral float such as `2.0` counts; the CRD says `number`).
-fn whole_number(value: &Value) -> Option<u64> {
-    if let Some(n) = value.as_u64() {
-        return Some(n);
-    }
-    let f = value.as_f64()?;
-    (f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64).then_some(f as u64)
+/// The largest weight a backend may have: Envoy's own cluster weights are 32-bit, and relative
+/// weights need no more.
+pub const MAX_WEIGHT: u64 = u32::MAX as u64;
+
+/// Why a weight could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightProblem {
+    /// Not a whole number of 0 or more (or not a quantity).
+    Invalid,
+    /// Above [`MAX_WEIGHT`].
+    TooLarge,
 }
 
-/// A Kubernetes quantity (`1`, `500m`, `1.5`, `2k`, `1M`; decimal suffixes only) in thousandths, which keeps the ratios of a
-/// v1alpha1 split exact. Negative or sub-milli values are refused.
-fn quantity_milli(value: &Value) -> Option<u64> {
+/// A whole number from 0 to [`MAX_WEIGHT`] (an integral float such as `2.0` counts; the CRD
+/// says `number`).
+fn whole_number(value: &Value) -> Result<u64, WeightProblem> {
+    let Value::Number(number) = value else {
+        return Err(WeightProblem::Invalid);
+    };
+    if let Some(n) = number.as_u64() {
+        return if n <= MAX_WEIGHT {
+            Ok(n)
+        } else {
+            Err(WeightProblem::TooLarge)
+        };
+    }
+    let f = number.as_f64().ok_or(WeightProblem::Invalid)?;
+    if f < 0.0 || f.fract() != 0.0 {
+        return Err(WeightProblem::Invalid);
+    }
+    if f > MAX_WEIGHT as f64 {
+        return Err(WeightProblem::TooLarge);
+    }
+    Ok(f as u64)
+}
+
+/// A Kubernetes quantity (`1`, `500m`, `1.5`, `2k`, `1M`; decimal suffixes only) in thousandths,
+/// which keeps the ratios of a v1alpha1 split exact, at most [`MAX_WEIGHT`] thousandths.
+/// Negative or sub-milli values are refused.
+fn quantity_milli(value: &Value) -> Result<u64, WeightProblem> {
     let text = match value {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.trim().to_owned(),
-        _ => return None,
+        _ => return Err(WeightProblem::Invalid),
     };
+    let invalid = WeightProblem::Invalid;
     let (number, scale) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((at, _)) => {
-            let scale: u64 = match &text[at..] {
+            let scale: u128 = match &text[at..] {
                 "m" => 1,
                 "k" => 1_000_000,
                 "M" => 1_000_000_000,
-                _ => return None,
+                _ => return Err(invalid),
             };
             (&text[..at], scale)
         }
@@ -928,28 +1008,35 @@ fn quantity_milli(value: &Value) -> Option<u64> {
         || !whole.chars().all(|c| c.is_ascii_digit())
         || !fraction.chars().all(|c| c.is_ascii_digit())
     {
-        return None;
+        return Err(invalid);
     }
-    let whole: u64 = if whole.is_empty() {
+    // Too many digits for any weight: say so rather than overflow.
+    if whole.trim_start_matches('0').len() > 20 {
+        return Err(WeightProblem::TooLarge);
+    }
+    let whole: u128 = if whole.is_empty() {
         0
     } else {
-        whole.parse().ok()?
+        whole.parse().map_err(|_| invalid)?
     };
     // Digits below a thousandth must be zeros: a weight is a whole number of thousandths.
-    let mut value = whole.checked_mul(scale)?;
+    let mut value = whole * scale;
     let mut unit = scale;
     for digit in fraction.chars() {
-        let digit = u64::from(digit.to_digit(10)?);
+        let digit = u128::from(digit.to_digit(10).ok_or(invalid)?);
         if unit == 1 {
             if digit != 0 {
-                return None;
+                return Err(invalid);
             }
             continue;
         }
         unit /= 10;
-        value = value.checked_add(digit * unit)?;
+        value += digit * unit;
     }
-    Some(value)
+    u64::try_from(value)
+        .ok()
+        .filter(|milli| *milli <= MAX_WEIGHT)
+        .ok_or(WeightProblem::TooLarge)
 }
 
 #[cfg(test)]
@@ -973,15 +1060,38 @@ mod tests {
     #[test]
     fn quantities_become_thousandths() {
         let q = |s: &str| quantity_milli(&Value::String(s.into()));
-        assert_eq!(q("1"), Some(1000));
-        assert_eq!(q("100m"), Some(100));
-        assert_eq!(q("1500m"), Some(1500));
-        assert_eq!(q("1.5"), Some(1500));
-        assert_eq!(q("0.25"), Some(250));
-        assert_eq!(q("2k"), Some(2_000_000));
-        assert_eq!(quantity_milli(&serde_json::json!(3)), Some(3000));
+        assert_eq!(q("1"), Ok(1000));
+        assert_eq!(q("100m"), Ok(100));
+        assert_eq!(q("1500m"), Ok(1500));
+        assert_eq!(q("1.5"), Ok(1500));
+        assert_eq!(q("0.25"), Ok(250));
+        assert_eq!(q("2k"), Ok(2_000_000));
+        assert_eq!(quantity_milli(&serde_json::json!(3)), Ok(3000));
         for bad in ["-1", "1.0005", "abc", "", "1x", "0.5m", "."] {
-            assert_eq!(q(bad), None, "{bad}");
+            assert_eq!(q(bad), Err(WeightProblem::Invalid), "{bad}");
+        }
+        for large in ["5M", "99999999999M", "123456789012345678901234567890"] {
+            assert_eq!(q(large), Err(WeightProblem::TooLarge), "{large}");
+        }
+    }
+
+    #[test]
+    fn weights_are_whole_numbers_up_to_32_bits() {
+        let w = |v: serde_json::Value| whole_number(&v);
+        assert_eq!(w(serde_json::json!(90)), Ok(90));
+        assert_eq!(w(serde_json::json!(2.0)), Ok(2));
+        assert_eq!(w(serde_json::json!(4_294_967_295u64)), Ok(MAX_WEIGHT));
+        assert_eq!(
+            w(serde_json::json!(4_294_967_296u64)),
+            Err(WeightProblem::TooLarge)
+        );
+        assert_eq!(w(serde_json::json!(1e23)), Err(WeightProblem::TooLarge));
+        for bad in [
+            serde_json::json!("50"),
+            serde_json::json!(-3),
+            serde_json::json!(1.5),
+        ] {
+            assert_eq!(w(bad.clone()), Err(WeightProblem::Invalid), "{bad}");
         }
     }
 

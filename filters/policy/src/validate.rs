@@ -102,8 +102,11 @@ pub enum ValidationError {
         "TrafficSplit {0} already splits this root service; use one TrafficSplit per root service"
     )]
     SecondSplit(String),
-    /// A Service the split names is not in the set (ports cannot be checked).
-    #[error("Service {0} is not among the manifests, so its ports cannot be checked")]
+    /// A Service the split names is not in the set: requests may go to a service nobody
+    /// declared (a misspelt name), and its ports cannot be checked.
+    #[error(
+        "Service {0} is not among the manifests: requests will be sent to a service nobody declared here (check the name), and its ports cannot be checked; weft check --strict makes this an error"
+    )]
     ServiceNotFound(String),
     /// A path regex that reads like exact paths but also matches longer ones.
     #[error(
@@ -382,28 +385,35 @@ fn traffic_split(
     let meta = &split.meta;
     let mut report = |field: String, error| push(out, meta, Kind::TrafficSplit, field, error);
     let root = short_service_name(&split.service, &meta.namespace);
-    if let Some(first) = roots.get(&(meta.namespace.clone(), root.to_owned())) {
-        report(
-            "spec.service".into(),
-            ValidationError::SecondSplit(first.clone()),
-        );
-    } else {
-        roots.insert(
-            (meta.namespace.clone(), root.to_owned()),
-            format!("{}/{}", meta.namespace, meta.name),
-        );
-    }
+    // A root service that could not be read was reported by the loader; the checks that need
+    // it are skipped, the others still run.
+    let root_service = match root {
+        "" => None,
+        _ => {
+            let key = (meta.namespace.clone(), root.to_owned());
+            match roots.get(&key) {
+                Some(first) => report(
+                    "spec.service".into(),
+                    ValidationError::SecondSplit(first.clone()),
+                ),
+                None => {
+                    roots.insert(key, format!("{}/{}", meta.namespace, meta.name));
+                }
+            }
+            let service = catalog.service(&meta.namespace, root);
+            if service.is_none() {
+                report(
+                    "spec.service".into(),
+                    ValidationError::ServiceNotFound(format!("{}/{root}", meta.namespace)),
+                );
+            }
+            service
+        }
+    };
     if split.backends.is_empty() {
         report("spec.backends".into(), ValidationError::NoBackends);
     } else if split.backends.iter().all(|b| b.weight == 0) {
         report("spec.backends".into(), ValidationError::AllZeroWeights);
-    }
-    let root_service = catalog.service(&meta.namespace, root);
-    if root_service.is_none() && !catalog.services.is_empty() {
-        report(
-            "spec.service".into(),
-            ValidationError::ServiceNotFound(format!("{}/{root}", meta.namespace)),
-        );
     }
     let mut seen = BTreeSet::new();
     for backend in &split.backends {
@@ -419,28 +429,28 @@ fn traffic_split(
             report(field.clone(), ValidationError::SelfBackend(root.to_owned()));
             continue;
         }
-        if let Some(root_service) = root_service {
-            match catalog.service(&meta.namespace, name) {
-                None => report(
+        match (catalog.service(&meta.namespace, name), root_service) {
+            (None, _) => report(
+                field,
+                ValidationError::ServiceNotFound(format!("{}/{name}", meta.namespace)),
+            ),
+            (Some(service), Some(root_service))
+                if !service.ports.iter().any(|p| root_service.ports.contains(p)) =>
+            {
+                report(
                     field,
-                    ValidationError::ServiceNotFound(format!("{}/{name}", meta.namespace)),
-                ),
-                Some(service) if !service.ports.iter().any(|p| root_service.ports.contains(p)) => {
-                    report(
-                        field,
-                        ValidationError::NoCommonPort {
-                            backend: format!("{}/{name}", meta.namespace),
-                            ports: root_service
-                                .ports
-                                .iter()
-                                .map(u16::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                        },
-                    )
-                }
-                Some(_) => {}
+                    ValidationError::NoCommonPort {
+                        backend: format!("{}/{name}", meta.namespace),
+                        ports: root_service
+                            .ports
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    },
+                )
             }
+            (Some(_), _) => {}
         }
     }
     for reference in &split.matches {
