@@ -19,6 +19,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_INVALID: i32 = 1;
 /// Exit code: bad usage (clap uses it too).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code of `weft explain --exit-code` when the decision is to deny.
+pub const EXIT_DENIED: i32 = 3;
 
 /// What a command prints and how it exits.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub struct Outcome {
     pub stderr: String,
     /// Process exit code.
     pub code: i32,
+    /// `weft explain` decided to deny (its exit code is still 0 unless asked otherwise).
+    pub denied: bool,
 }
 
 impl Outcome {
@@ -37,6 +41,7 @@ impl Outcome {
             stdout,
             stderr: String::new(),
             code: EXIT_OK,
+            denied: false,
         }
     }
 
@@ -45,6 +50,7 @@ impl Outcome {
             stdout: String::new(),
             stderr,
             code,
+            denied: false,
         }
     }
 }
@@ -136,6 +142,7 @@ pub fn check(sources: &Sources, format: Format) -> Outcome {
         stdout,
         stderr: String::new(),
         code: if errors > 0 { EXIT_INVALID } else { EXIT_OK },
+        denied: false,
     }
 }
 
@@ -213,10 +220,12 @@ pub fn explain(
         };
         fields.insert("request".into(), described);
     }
-    match format {
+    let mut outcome = match format {
         Format::Json => Outcome::ok(report.to_string() + "\n"),
         Format::Human => Outcome::ok(human_decision(&report)),
-    }
+    };
+    outcome.denied = !decision.is_allowed();
+    outcome
 }
 
 fn human_decision(report: &Value) -> String {

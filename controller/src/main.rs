@@ -12,9 +12,14 @@ use weft_policy::bundle::Identity;
 use weft_policy::bundle::{AccessMode, StickyKey};
 use weft_policy::compile::{Options, Side};
 
-/// Check, explain and compile SMI manifests for weft.
+/// Check, explain and compile SMI manifests for weft, and make the mesh's certificates.
 #[derive(Parser)]
-#[command(name = "weft", version, about)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: check, explain and compile SMI manifests for weft.wasm in Envoy, and make the mesh CA and workload certificates.",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,11 +44,21 @@ impl Cluster {
     }
 }
 
+/// The exit codes of every command, shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: no error in the manifests (warnings allowed), the decision explained, the
+     configuration printed, the files written
+  1  the manifests have errors or cannot be read (or, with --strict, have warnings); a
+     certificate file cannot be read or written
+  2  bad usage (unknown option, missing argument, options that do not go together)
+  3  weft explain --exit-code: the request or connection would be denied";
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SideArg {
-    /// Server side: access control (and metrics, later).
+    /// Server side: access control and per-edge metrics.
     Inbound,
-    /// Client side: split routing (and metrics, later).
+    /// Client side: split routing and per-edge metrics.
     Outbound,
 }
 
@@ -99,10 +114,11 @@ enum CertCommand {
 #[derive(Subcommand)]
 enum Command {
     /// Make the mesh CA and workload certificates for mTLS between Envoys.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES)]
     Cert(CertCommand),
     /// Validate manifests: every problem, with file, line, object and field. Exit 0 when there
     /// is no error (warnings allowed), 1 when there are errors, 2 on bad usage.
+    #[command(after_help = EXIT_CODES)]
     Check {
         /// Files or directories (searched recursively for .yaml, .yml and .json).
         #[arg(required = true)]
@@ -114,7 +130,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
     },
-    /// Decide whether a request or connection would be allowed, and say why.
+    /// Decide whether a request or connection would be allowed, and say why. Exit 0 whatever
+    /// the decision, or with --exit-code 3 when it would be denied.
+    #[command(after_help = EXIT_CODES)]
     Explain {
         /// Directory (or file) of manifests.
         #[arg(long, required = true)]
@@ -146,11 +164,15 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
+        /// Exit 3 when the request or connection would be denied (for scripts).
+        #[arg(long)]
+        exit_code: bool,
         #[command(flatten)]
         cluster: Cluster,
     },
     /// Print the weft plugin configuration of one workload's listener, for the `configuration`
     /// value of the weft filter in an envoy.yaml.
+    #[command(after_help = EXIT_CODES)]
     Compile {
         /// Directory (or file) of manifests.
         #[arg(long, required = true)]
@@ -238,6 +260,7 @@ fn main() -> ExitCode {
             headers,
             port,
             output,
+            exit_code,
             cluster,
         } => {
             let request = ExplainRequest {
@@ -253,7 +276,11 @@ fn main() -> ExitCode {
                 paths: manifests,
                 strict,
             };
-            commands::explain(&sources, &request, &cluster.options(), output)
+            let mut outcome = commands::explain(&sources, &request, &cluster.options(), output);
+            if exit_code && outcome.denied {
+                outcome.code = commands::EXIT_DENIED;
+            }
+            outcome
         }
         Command::Compile {
             manifests,

@@ -647,3 +647,53 @@ fn a_weight_of_the_wrong_type_or_too_large_is_reported_at_its_field_with_every_o
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 }
+
+#[test]
+fn help_lists_every_command_and_the_exit_codes_and_promises_nothing_for_later() {
+    let help = stdout(&weft(&["--help"]));
+    for command in ["cert", "check", "explain", "compile"] {
+        assert!(
+            help.contains(&format!("  {command} ")),
+            "{command} in\n{help}"
+        );
+    }
+    assert!(
+        help.contains("Exit codes:") && help.contains("3  weft explain --exit-code"),
+        "{help}"
+    );
+    for command in ["check", "explain", "compile", "cert"] {
+        let text = stdout(&weft(&[command, "--help"]));
+        assert!(text.contains("Exit codes:"), "{command} --help:\n{text}");
+        assert!(
+            !text.contains("later"),
+            "{command} --help promises something:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn explain_exits_3_on_deny_only_when_asked() {
+    let manifests = format!("{}/../examples/shop", env!("CARGO_MANIFEST_DIR"));
+    let explain = |from: &str, extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--manifests",
+            &manifests,
+            "--from",
+            from,
+            "--to",
+            "shop/api",
+            "--path",
+            "/orders",
+        ];
+        args.extend_from_slice(extra);
+        weft(&args).status.code()
+    };
+    assert_eq!(
+        explain("shop/stranger", &[]),
+        Some(0),
+        "a decision was made"
+    );
+    assert_eq!(explain("shop/stranger", &["--exit-code"]), Some(3));
+    assert_eq!(explain("shop/frontend", &["--exit-code"]), Some(0));
+}
