@@ -12,9 +12,10 @@ help:
 setup:
 	bash scripts/setup.sh
 
-# Build target/wasm/weft.wasm (release profile, wasm-opt where it helps) and target/wasm/manifest.json.
+# Build target/wasm/weft.wasm (release profile, wasm-opt where it helps), target/wasm/manifest.json, and the commands the walk-throughs use: target/debug/weft and target/debug/weft-upstream.
 build:
 	$(CARGO) run --quiet -p weft-wasm-build
+	$(CARGO) build --quiet -p weft-controller -p weft-e2e --bin weft --bin weft-upstream
 
 # Run every check: formatting, clippy, unit and property tests, end-to-end tests against real Envoy, a short fuzz run.
 test: build lint

@@ -18,3 +18,4 @@ pub mod poll;
 pub mod prometheus;
 pub mod tls;
 pub mod upstream;
+pub mod walkthrough;

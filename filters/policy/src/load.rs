@@ -3,7 +3,7 @@
 //! on the way. Loading never stops at the first problem: an object that cannot be read is
 //! skipped with an error, every other object is still read.
 //!
-//! Wire-format quirks accepted (see SMI.md): `headers` as a map or as a list of single-key
+//! Wire-format quirks accepted (see docs/smi.md): `headers` as a map or as a list of single-key
 //! maps; `matches` at the object root when `spec.matches` is absent (`spec` wins when both
 //! exist); v1alpha1 TrafficTargets with root-level `destination`/`sources`/`specs`; v1alpha1
 //! quantity weights (`100m`); `destination.port` on v1alpha1/v1alpha2 TrafficTargets.

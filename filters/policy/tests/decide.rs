@@ -1,4 +1,4 @@
-//! Decisions, statement by statement from SMI.md and DESIGN.md: a realistic manifest set is
+//! Decisions, statement by statement from docs/smi.md (the SMI specification as weft reads it): a realistic manifest set is
 //! compiled for a workload, and each request gets the decision the spec implies.
 
 mod common;

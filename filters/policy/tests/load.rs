@@ -1,4 +1,4 @@
-//! Loading SMI manifests of every served version and wire quirk (SMI.md sections 1-3).
+//! Loading SMI manifests of every served version and wire quirk (docs/smi.md).
 
 use weft_policy::diagnostic::{Diagnostic, Severity};
 use weft_policy::load::load_yaml;

@@ -1,4 +1,4 @@
-//! Cross-object validation: each SMI rule of SMI.md that a single document cannot show.
+//! Cross-object validation: each SMI rule of docs/smi.md that a single document cannot show.
 
 use weft_policy::check;
 use weft_policy::diagnostic::{Diagnostic, Severity};
