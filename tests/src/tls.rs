@@ -135,6 +135,19 @@ impl TlsClient {
         waited.context("the condition to give up on never came")
     }
 
+    /// A fresh TLS connection speaking HTTP/2, ready for requests.
+    async fn http2(
+        &self,
+        addr: SocketAddr,
+    ) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+        let stream = self.connect(addr, Some(b"h2")).await?;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
     /// `method path` over HTTP/2 on a fresh TLS connection, with `:authority` `localhost` and
     /// `headers` (a name given twice is sent twice).
     pub async fn request_http2(
@@ -144,11 +157,7 @@ impl TlsClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Reply> {
-        let stream = self.connect(addr, Some(b"h2")).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::spawn(connection);
+        let mut sender = self.http2(addr).await?;
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("https://localhost{path}"));
@@ -177,11 +186,7 @@ impl TlsClient {
         authority: &str,
         path: &str,
     ) -> anyhow::Result<GrpcReply> {
-        let stream = self.connect(addr, Some(b"h2")).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::spawn(connection);
+        let mut sender = self.http2(addr).await?;
         // One gRPC message: not compressed, zero bytes long.
         let frame = Bytes::from_static(&[0, 0, 0, 0, 0]);
         let request = Request::builder()
