@@ -102,7 +102,7 @@ impl weft_policy::engine::Headers for RequestHeaders {
     /// UTF-8 makes the whole header `None`, so a regex over it does not match, which can only
     /// deny.
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        let mut values = self
+        let values = self
             .pairs
             .iter()
             .filter(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -110,7 +110,7 @@ impl weft_policy::engine::Headers for RequestHeaders {
         if values.clone().any(|value| value.is_err()) {
             return None;
         }
-        weft_policy::engine::join_values(values.by_ref().filter_map(Result::ok))
+        weft_policy::engine::join_values(values.filter_map(Result::ok))
     }
 }
 
