@@ -99,7 +99,9 @@ pub fn extract(file: &str, markdown: &str) -> Result<Vec<Walkthrough>, String> {
             };
             walkthrough.steps.extend(steps(file, &block)?);
         } else if trimmed.starts_with("```") {
-            // Another language: skip to its end, so its lines are not read as markers.
+            // Another language: skip to its end, so its lines are not read as markers. An
+            // exemption was for the block right after it, which this is.
+            exempt = false;
             for (_, line) in lines.by_ref() {
                 if line.trim() == "```" {
                     break;
@@ -322,6 +324,13 @@ c \\
             err.starts_with("doc.md:2: a sh block outside a walk-through"),
             "{err}"
         );
+        // An exemption covers the next block only.
+        let err = extract(
+            "doc.md",
+            "<!-- not run: x -->\n```yaml\na: 1\n```\n```sh\nweft check x\n```\n",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("doc.md:5: a sh block outside"), "{err}");
         assert!(extract("doc.md", "<!-- walkthrough: x -->\n").is_err());
     }
 
