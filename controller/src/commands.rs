@@ -31,8 +31,6 @@ pub struct Outcome {
     pub stderr: String,
     /// Process exit code.
     pub code: i32,
-    /// `weft explain` decided to deny (its exit code is still 0 unless asked otherwise).
-    pub denied: bool,
 }
 
 impl Outcome {
@@ -41,7 +39,6 @@ impl Outcome {
             stdout,
             stderr: String::new(),
             code: EXIT_OK,
-            denied: false,
         }
     }
 
@@ -50,7 +47,6 @@ impl Outcome {
             stdout: String::new(),
             stderr,
             code,
-            denied: false,
         }
     }
 }
@@ -142,7 +138,6 @@ pub fn check(sources: &Sources, format: Format) -> Outcome {
         stdout,
         stderr: String::new(),
         code: if errors > 0 { EXIT_INVALID } else { EXIT_OK },
-        denied: false,
     }
 }
 
@@ -165,12 +160,14 @@ pub struct ExplainRequest {
     pub port: u16,
 }
 
-/// `weft explain`.
+/// `weft explain`: exit 0 whatever the decision, or with `exit_code` [`EXIT_DENIED`] for a
+/// denial.
 pub fn explain(
     manifests: &Sources,
     request: &ExplainRequest,
     options: &Options,
     format: Format,
+    exit_code: bool,
 ) -> Outcome {
     let (catalog, diagnostics) = match load_valid(manifests) {
         Ok(loaded) => loaded,
@@ -224,7 +221,9 @@ pub fn explain(
         Format::Json => Outcome::ok(report.to_string() + "\n"),
         Format::Human => Outcome::ok(human_decision(&report)),
     };
-    outcome.denied = !decision.is_allowed();
+    if exit_code && !decision.is_allowed() {
+        outcome.code = EXIT_DENIED;
+    }
     outcome
 }
 

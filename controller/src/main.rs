@@ -276,11 +276,7 @@ fn main() -> ExitCode {
                 paths: manifests,
                 strict,
             };
-            let mut outcome = commands::explain(&sources, &request, &cluster.options(), output);
-            if exit_code && outcome.denied {
-                outcome.code = commands::EXIT_DENIED;
-            }
-            outcome
+            commands::explain(&sources, &request, &cluster.options(), output, exit_code)
         }
         Command::Compile {
             manifests,

@@ -260,18 +260,18 @@ fn http1_request(
     Ok(builder.body(Full::new(Bytes::new()))?)
 }
 
-/// Decodes `%XX` escapes (gRPC's `grpc-message` encoding).
-fn percent_decode(text: &str) -> String {
+/// Decodes `%XX` escapes (gRPC's `grpc-message` encoding, and paths as applications decode
+/// them); anything else, a lone `%` included, is kept as it is.
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
+    let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(value) = u8::from_str_radix(hex, 16)
+            && let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2))
         {
-            out.push(value);
+            out.push((high * 16 + low) as u8);
             i += 3;
         } else {
             out.push(bytes[i]);

@@ -342,25 +342,7 @@ async fn serve_normalising(
 /// [`NormalisingUpstream`]); the query string is dropped.
 pub fn normalise_like_a_framework(target: &str) -> String {
     let path = target.split(['?', '#']).next().unwrap_or(target);
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(high), Some(low)) = (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            )
-        {
-            decoded.push((high * 16 + low) as u8);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let decoded = crate::tls::percent_decode(path).replace('\\', "/");
     let mut resolved: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         let name = segment.split(';').next().unwrap_or(segment);

@@ -144,11 +144,11 @@ fn steps(file: &str, block: &[(usize, &str)]) -> Result<Vec<Step>, String> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
+        let code = without_comment(line).trim_end();
         let step = Step {
             at: format!("{file}:{number}"),
             command: (*line).to_owned(),
-            background: without_comment(line).trim_end().ends_with('&')
-                && !without_comment(line).trim_end().ends_with("&&"),
+            background: code.ends_with('&') && !code.ends_with("&&"),
             expected: Vec::new(),
             fails: false,
         };

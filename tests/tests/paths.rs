@@ -15,6 +15,7 @@ use weft_e2e::pki::Pki;
 use weft_e2e::tls::TlsClient;
 use weft_e2e::upstream::NormalisingUpstream;
 use weft_e2e::{paths, policy};
+use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
 use weft_policy::engine::{Engine, HttpRequest};
 
@@ -55,6 +56,8 @@ const ALLOWED: &[&str] = &["/orders", "/orders/42", "/metrics"];
 struct Setup {
     pki: Pki,
     upstream: NormalisingUpstream,
+    /// shop/api's inbound plugin configuration, compiled from the example policy.
+    config: PluginConfig,
     engine: Engine,
 }
 
@@ -67,6 +70,7 @@ impl Setup {
             pki: Pki::new().unwrap(),
             upstream: NormalisingUpstream::start("api").await.unwrap(),
             engine: Engine::new(&config).unwrap(),
+            config,
         }
     }
 
@@ -103,17 +107,10 @@ impl Setup {
         // Whatever got through, the application served only paths the policy allows.
         for (raw, resolved) in self.upstream.seen() {
             assert!(
-                self.allows(&resolved),
+                resolved != "/admin" && self.allows(&resolved),
                 "{raw:?} reached the application as {resolved:?}, which the policy denies"
             );
         }
-        let reached: Vec<String> = self
-            .upstream
-            .seen()
-            .into_iter()
-            .map(|(_, resolved)| resolved)
-            .collect();
-        assert!(!reached.iter().any(|path| path == "/admin"), "{reached:?}");
         outcomes
     }
 }
@@ -144,6 +141,13 @@ async fn no_path_trick_reaches_a_denied_path_through_the_shipped_inbound_configu
         if status == 403 {
             assert!(body.contains("access denied"), "{trick}: {body}");
         }
+        // Envoy decodes `%2e%2e;` into `..;` and leaves it: only weft's own check stops it.
+        if trick == "/orders/%2e%2e;/admin" {
+            assert!(
+                body.contains("is not in normal form") && body.contains("`..;`"),
+                "{trick}: {status} {body}"
+            );
+        }
     }
 }
 
@@ -152,13 +156,10 @@ async fn without_normalisation_in_envoy_weft_refuses_every_path_not_in_normal_fo
     let setup = Setup::new().await;
     let server = setup.pki.server("shop/api").unwrap();
     let module = paths::weft_wasm().unwrap();
-    let manifests = policy::example("shop").unwrap();
-    let mut config = policy::inbound(&manifests, "shop/api", AccessMode::Enforce).unwrap();
-    config.destination_port = Some(8080);
     let listener = with_tls(
         http_listener(
             "plain",
-            vec![weft_http_filter(&module, &policy::json(&config))],
+            vec![weft_http_filter(&module, &policy::json(&setup.config))],
             "api",
         ),
         &ServerTls {

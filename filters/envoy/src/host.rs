@@ -102,6 +102,14 @@ impl weft_policy::engine::Headers for RequestHeaders {
     /// UTF-8 makes the whole header `None`, so a regex over it does not match, which can only
     /// deny.
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        // A pseudo-header appears once (Envoy's codecs make each one; HTTP/2 forbids repeating
+        // them), and Envoy puts them first: stop at it instead of scanning every header.
+        if name.starts_with(':') {
+            let (_, value) = self.pairs.iter().find(|(key, _)| key == name)?;
+            return std::str::from_utf8(value)
+                .ok()
+                .map(std::borrow::Cow::Borrowed);
+        }
         let values = self
             .pairs
             .iter()

@@ -124,25 +124,24 @@ pub fn yaml_field_lines(text: &str, first_line: usize) -> HashMap<String, usize>
 
 /// One step of a field path.
 #[derive(Debug, Clone)]
-enum Segment {
-    Key(String),
+enum Segment<'a> {
+    Key(&'a str),
     Index(usize),
 }
 
-fn write_path(segments: &[Segment], out: &mut String) {
-    for segment in segments {
-        match segment {
-            Segment::Key(key) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
+/// Appends one step to a field path written as the loader writes them: `a.b[0].c`.
+fn push_segment(out: &mut String, segment: &Segment<'_>) {
+    match segment {
+        Segment::Key(key) => {
+            if !out.is_empty() {
+                out.push('.');
             }
-            Segment::Index(index) => {
-                out.push('[');
-                out.push_str(&index.to_string());
-                out.push(']');
-            }
+            out.push_str(key);
+        }
+        Segment::Index(index) => {
+            out.push('[');
+            out.push_str(&index.to_string());
+            out.push(']');
         }
     }
 }
@@ -167,9 +166,9 @@ enum Frame {
 /// nothing but the bound.
 struct Builder {
     first_line: usize,
+    /// The open mappings and sequences, outermost first; their pending keys and item counts
+    /// are the path of the node being read.
     stack: Vec<Frame>,
-    /// The path of the node being read: one segment per open frame, for the child it reads.
-    path: Vec<Segment>,
     /// Anchor id to the value it names and the number of values in it.
     anchors: HashMap<usize, (Value, usize)>,
     /// Values in the current document, aliases expanded.
@@ -185,7 +184,6 @@ impl Builder {
         Self {
             first_line,
             stack: Vec::new(),
-            path: Vec::new(),
             anchors: HashMap::new(),
             nodes: 0,
             duplicates: Vec::new(),
@@ -247,7 +245,6 @@ impl Builder {
                         anchor,
                         nodes: 1,
                     });
-                    self.path.push(Segment::Index(0));
                 }
                 Event::MappingStart(anchor, _) => {
                     self.open(line)?;
@@ -257,10 +254,8 @@ impl Builder {
                         anchor,
                         nodes: 1,
                     });
-                    self.path.push(Segment::Key(String::new()));
                 }
                 Event::SequenceEnd | Event::MappingEnd => {
-                    self.path.pop();
                     let (value, anchor, nodes) = match self.stack.pop() {
                         Some(Frame::Sequence {
                             items,
@@ -313,26 +308,38 @@ impl Builder {
 
     /// The next key of the innermost mapping.
     fn key(&mut self, key: String, line: usize) {
-        if let Some(Segment::Key(segment)) = self.path.last_mut() {
-            segment.clone_from(&key);
-        }
-        let repeated = matches!(
-            self.stack.last(),
-            Some(Frame::Mapping { entries, .. }) if entries.contains_key(&key)
-        );
+        let Some(Frame::Mapping {
+            entries,
+            key: pending,
+            ..
+        }) = self.stack.last_mut()
+        else {
+            return;
+        };
+        let repeated = entries.contains_key(&key);
+        *pending = Some(key);
         if repeated {
             let path = self.current_path();
             self.duplicates.push(DuplicateKey { path, line });
         }
-        if let Some(Frame::Mapping { key: pending, .. }) = self.stack.last_mut() {
-            *pending = Some(key);
-        }
         self.record_line(line);
     }
 
+    /// The field path of the node being read, from the open frames: each mapping's pending
+    /// key, each sequence's next index. Built only for a repeated key or a line asked for.
     fn current_path(&self) -> String {
         let mut path = String::new();
-        write_path(&self.path, &mut path);
+        for frame in &self.stack {
+            match frame {
+                Frame::Mapping { key: Some(key), .. } => {
+                    push_segment(&mut path, &Segment::Key(key));
+                }
+                Frame::Mapping { key: None, .. } => {}
+                Frame::Sequence { items, .. } => {
+                    push_segment(&mut path, &Segment::Index(items.len()));
+                }
+            }
+        }
         path
     }
 
@@ -374,9 +381,6 @@ impl Builder {
             }) => {
                 items.push(value);
                 *total += nodes;
-                if let Some(Segment::Index(index)) = self.path.last_mut() {
-                    *index = items.len();
-                }
             }
             Some(Frame::Mapping {
                 entries,
@@ -427,23 +431,19 @@ fn plain(text: &str) -> Option<Value> {
         return u64::from_str_radix(octal, 8).ok().map(Value::from);
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+    let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if integer {
         if let Ok(n) = text.parse::<i64>() {
             return Some(Value::from(n));
         }
-        if let Ok(n) = digits.parse::<u64>()
-            && !text.starts_with('-')
+        if !text.starts_with('-')
+            && let Ok(n) = digits.parse::<u64>()
         {
             return Some(Value::from(n));
         }
-        // Too large for 64 bits: a float, as other YAML readers make it.
-        return text
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number);
     }
-    if is_float(digits) {
+    // A float, or an integer too large for 64 bits, which other YAML readers make a float too.
+    if integer || is_float(digits) {
         return text
             .parse::<f64>()
             .ok()
@@ -522,9 +522,9 @@ struct StrictValue<'a> {
 }
 
 impl StrictValue<'_> {
-    fn child(&self, segment: Segment) -> Self {
+    fn child(&self, segment: Segment<'_>) -> Self {
         let mut path = self.path.clone();
-        write_path(&[segment], &mut path);
+        push_segment(&mut path, &segment);
         StrictValue {
             path,
             duplicate: self.duplicate,
@@ -590,7 +590,7 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let child = self.child(Segment::Key(key.clone()));
+            let child = self.child(Segment::Key(&key));
             if entries.contains_key(&key) {
                 let path = child.path.clone();
                 *self.duplicate.borrow_mut() = Some(path.clone());

@@ -544,6 +544,29 @@ impl Reader<'_> {
         }
     }
 
+    /// A backend's weight: a whole number, or a v1alpha1 quantity in thousandths; reported at
+    /// `field` when absent, invalid or too large.
+    fn weight(&mut self, field: &str, value: Option<Value>, quantity: bool) -> Option<u64> {
+        let Some(value) = value else {
+            self.error(field, LoadError::Missing);
+            return None;
+        };
+        let read = match quantity {
+            true => quantity_milli(&value),
+            false => whole_number(&value),
+        };
+        let shown = || value.to_string();
+        let error = match (read, quantity) {
+            (Ok(weight), _) => return Some(weight),
+            (Err(WeightProblem::TooLarge), true) => LoadError::QuantityTooLarge(shown()),
+            (Err(WeightProblem::TooLarge), false) => LoadError::WeightTooLarge(shown()),
+            (Err(WeightProblem::Invalid), true) => LoadError::BadQuantity(shown()),
+            (Err(WeightProblem::Invalid), false) => LoadError::BadWeight(shown()),
+        };
+        self.error(field, error);
+        None
+    }
+
     /// Reports each repeated key at the line of its repetition.
     fn duplicates(&mut self, duplicates: &[DuplicateKey]) {
         for duplicate in duplicates {
@@ -815,39 +838,7 @@ impl Reader<'_> {
         for (i, backend) in spec.backends.unwrap_or_default().into_iter().enumerate() {
             let field = format!("spec.backends[{i}]");
             let name = self.text(&format!("{field}.service"), backend.service, true);
-            let weight_field = format!("{field}.weight");
-            let weight = match backend.weight {
-                None => {
-                    self.error(&weight_field, LoadError::Missing);
-                    None
-                }
-                Some(value) => {
-                    let read = match quantity_weights {
-                        true => quantity_milli(&value),
-                        false => whole_number(&value),
-                    };
-                    match read {
-                        Ok(weight) => Some(weight),
-                        Err(problem) => {
-                            let shown = value.to_string();
-                            self.error(
-                                &weight_field,
-                                match (problem, quantity_weights) {
-                                    (WeightProblem::TooLarge, true) => {
-                                        LoadError::QuantityTooLarge(shown)
-                                    }
-                                    (WeightProblem::TooLarge, false) => {
-                                        LoadError::WeightTooLarge(shown)
-                                    }
-                                    (WeightProblem::Invalid, true) => LoadError::BadQuantity(shown),
-                                    (WeightProblem::Invalid, false) => LoadError::BadWeight(shown),
-                                },
-                            );
-                            None
-                        }
-                    }
-                }
-            };
+            let weight = self.weight(&format!("{field}.weight"), backend.weight, quantity_weights);
             if let (Some(service), Some(weight)) = (name, weight) {
                 backends.push(SplitBackend {
                     service,

@@ -187,11 +187,11 @@ fn a_service_not_written_name_dot_namespace_is_refused_naming_the_field() {
 #[test]
 fn an_inbound_destination_is_the_workload_never_the_host_a_caller_sends() {
     let engine = Engine::new(&inbound_api()).unwrap();
-    let table = table(&engine);
-    let peer = table.source(Some("spiffe://cluster.local/ns/web/sa/client"));
+    let api = table(&engine);
+    let peer = api.source(Some("spiffe://cluster.local/ns/web/sa/client"));
     for claimed in ["checkout.shop", "checkout-v2", "api", "anything.example"] {
         assert_eq!(
-            labels(table, peer, claimed, None),
+            labels(api, peer, claimed, None),
             ["inbound", "web", "client", "client", "shop", "api", "api"],
             "Host {claimed}"
         );
@@ -199,7 +199,7 @@ fn an_inbound_destination_is_the_workload_never_the_host_a_caller_sends() {
     // Without a service of its own, the destination is unknown within the workload's namespace.
     let engine = Engine::new(&config("shop/api", Side::Inbound)).unwrap();
     assert_eq!(
-        labels(table_of(&engine), peer, "checkout.shop", None),
+        labels(table(&engine), peer, "checkout.shop", None),
         [
             "inbound", "web", "client", "client", "shop", UNKNOWN, UNKNOWN
         ]
@@ -212,10 +212,6 @@ fn an_inbound_destination_is_the_workload_never_the_host_a_caller_sends() {
             .is_empty(),
         "an inbound plugin lists no services to look hosts up in"
     );
-}
-
-fn table_of(engine: &Engine) -> &MetricsTable {
-    table(engine)
 }
 
 #[test]
