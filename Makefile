@@ -1,7 +1,7 @@
 # weft: the three commands a fresh clone needs are `make setup`, `make test` and `make demo`.
 CARGO ?= cargo
 .DEFAULT_GOAL := help
-.PHONY: help setup build test lint fuzz bench demo clean
+.PHONY: help setup build test lint fuzz bench demo demo-standalone envoy-configs clean
 FUZZ_SECONDS ?= 20
 
 # List the targets.
@@ -38,9 +38,16 @@ bench: build
 	$(CARGO) bench --quiet -p weft-policy --bench engine
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 
+# The main job; until local mode lands it is the standalone demo.
+demo: demo-standalone
+
+# Rewrite envoy-configs/ from envoy-config/src/shipped.rs and examples/shop (a test fails when they differ).
+envoy-configs:
+	$(CARGO) run --quiet -p weft-envoy-config --bin weft-envoy-configs
+
 # Start Envoy with envoy-configs/standalone.yaml in front of an upstream and send a request through weft.
-demo: build
-	bash scripts/demo.sh
+demo-standalone: build
+	bash scripts/demo-standalone.sh
 
 # Remove build outputs (keeps .venv).
 clean:

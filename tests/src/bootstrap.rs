@@ -1,49 +1,71 @@
-//! Envoy bootstrap configurations for tests, built as JSON values (Envoy reads JSON as YAML),
-//! so that no test hand-quotes YAML. Every listener and the admin bind `127.0.0.1:0`; the
-//! harness reads the ports Envoy chose back from the admin API.
+//! Envoy configurations for tests, as JSON values (Envoy reads JSON as YAML) rendered from the
+//! typed resources of `weft-envoy-config`, the crate the controller and the shipped
+//! configurations use, so the tests run what weft generates. Every listener and the admin bind
+//! `127.0.0.1:0`; the harness reads the ports Envoy chose back from the admin API.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use weft_envoy_config::filters::{Code, Kind, WeftPlugin, http_filter};
+use weft_envoy_config::listeners::{self as envoy_listeners, HttpListener, Routes};
+use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
+use weft_envoy_config::pb::envoy::config::route::v3::{Route, VirtualHost};
+use weft_envoy_config::render::to_json;
+use weft_envoy_config::tls::{Credentials, downstream_tls};
 
-/// Name of the HTTP filter and plugin that carry weft in generated configurations.
-pub const WEFT_PLUGIN: &str = "weft";
+pub use weft_envoy_config::filters::WEFT as WEFT_PLUGIN;
+pub use weft_envoy_config::listeners::ROUTE_HEADER;
 
-/// A loopback socket address with a port the kernel chooses.
-fn any_loopback_port() -> Value {
-    json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}})
+/// A loopback address with a port the kernel chooses.
+fn any_loopback_port() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Envoy's JSON form of a resource weft-envoy-config built. Rendering only fails for a message
+/// type missing from its descriptors, which is a bug in that crate: fail the test loudly.
+fn json_of<M: prost::Message + prost::Name>(message: &M) -> Value {
+    match to_json(message) {
+        Ok(value) => value,
+        Err(err) => panic!("rendering {}: {err}", M::full_name()),
+    }
 }
 
 /// A bootstrap with the given listeners and clusters, and an admin interface on loopback.
 pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
-    json!({
-        // xDS (also file-based LDS) needs a node identity.
-        "node": {"id": "weft-test", "cluster": "weft-test"},
-        "admin": {"address": any_loopback_port()},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-        // weft's metric labels and histogram buckets, as in the shipped configurations.
-        "stats_config": weft_policy::metrics::envoy_stats_config(),
-        // Histograms merge when stats flush; flushing on every admin request makes a scrape
-        // show every request recorded before it, so tests need not wait for a timer.
-        "stats_flush_on_admin": true,
-    })
+    let mut config = json_of(&weft_envoy_config::bootstrap::bootstrap(
+        any_loopback_port(),
+        Vec::new(),
+        Vec::new(),
+    ));
+    // xDS (also file-based LDS) needs a node identity.
+    config["node"] = json_of(&weft_envoy_config::bootstrap::node(
+        "weft-test",
+        "weft-test",
+    ));
+    config["static_resources"] = json!({"listeners": listeners, "clusters": clusters});
+    // Histograms merge when stats flush; flushing on every admin request makes a scrape show
+    // every request recorded before it, so tests need not wait for a timer.
+    config["stats_flush_on_admin"] = json!(true);
+    config
 }
 
 /// A static cluster with one endpoint.
 pub fn cluster(name: &str, endpoint: SocketAddr) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": endpoint.ip().to_string(),
-                "port_value": endpoint.port(),
-            }}}}]}],
-        },
-    })
+    json_of(&weft_envoy_config::clusters::static_cluster(
+        name,
+        &[endpoint],
+    ))
+}
+
+fn plugin(module: &Path, name: &str, kind: Kind, configuration: &str) -> WeftPlugin {
+    let mut plugin = WeftPlugin::new(
+        kind,
+        Code::File(module.display().to_string()),
+        configuration,
+    );
+    name.clone_into(&mut plugin.name);
+    plugin
 }
 
 /// The weft HTTP filter loading `module` with `configuration` (the plugin's JSON, passed to the
@@ -56,37 +78,23 @@ pub fn weft_http_filter(module: &Path, configuration: &str) -> Value {
 /// [`weft_http_filter`] with the plugin named `name`, so that several weft plugins can sit in
 /// one filter chain; they share one VM (`vm_id` `weft`) as every weft plugin does.
 pub fn weft_http_plugin(module: &Path, name: &str, configuration: &str) -> Value {
-    json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": name,
-                "root_id": WEFT_PLUGIN,
-                "vm_config": {
-                    "vm_id": WEFT_PLUGIN,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": module.display().to_string()}},
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": configuration,
-                },
-                "failure_policy": "FAIL_CLOSED",
-            },
-        },
-    })
+    json_of(&http_filter(&plugin(
+        module,
+        name,
+        Kind::Http,
+        configuration,
+    )))
 }
 
 /// The weft network filter (`root_id` `weft.tcp`) for TCP listeners, loading `module` with
 /// `configuration`; fails closed like [`weft_http_filter`]. It shares the VM of the HTTP filter.
 pub fn weft_network_filter(module: &Path, configuration: &str) -> Value {
-    let mut filter = weft_http_filter(module, configuration);
-    filter["name"] = json!("envoy.filters.network.wasm");
-    filter["typed_config"]["@type"] =
-        json!("type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm");
-    filter["typed_config"]["config"]["root_id"] = json!("weft.tcp");
-    filter
+    json_of(&weft_envoy_config::filters::network_filter(&plugin(
+        module,
+        WEFT_PLUGIN,
+        Kind::Tcp,
+        configuration,
+    )))
 }
 
 /// How a test listener terminates TLS.
@@ -104,21 +112,15 @@ pub struct ServerTls {
 
 /// Terminates TLS on `listener` (its first filter chain) as `tls` says.
 pub fn with_tls(mut listener: Value, tls: &ServerTls) -> Value {
-    listener["filter_chains"][0]["transport_socket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": tls.require_client_certificate,
-            "common_tls_context": {
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": tls.cert_file.display().to_string()},
-                    "private_key": {"filename": tls.key_file.display().to_string()},
-                }],
-                "validation_context": {"trusted_ca": {"filename": tls.ca_file.display().to_string()}},
-                "alpn_protocols": ["h2", "http/1.1"],
-            },
-        },
-    });
+    let credentials = Credentials::Files {
+        cert: tls.cert_file.display().to_string(),
+        key: tls.key_file.display().to_string(),
+        ca: tls.ca_file.display().to_string(),
+    };
+    listener["filter_chains"][0]["transport_socket"] = json_of(&downstream_tls(
+        &credentials,
+        tls.require_client_certificate,
+    ));
     listener
 }
 
@@ -147,55 +149,48 @@ pub fn http_listener(name: &str, http_filters: Vec<Value>, cluster: &str) -> Val
     )
 }
 
+fn typed<M: prost::Message + prost::Name + Default>(value: &Value) -> M {
+    match weft_envoy_config::render::from_json(value) {
+        Ok(message) => message,
+        Err(err) => panic!("a test built an invalid {}: {err}", M::full_name()),
+    }
+}
+
 /// An HTTP listener named `name` that runs `http_filters` (the router is appended) and routes
-/// by `virtual_hosts`.
+/// by `virtual_hosts`. Test listeners do not normalise paths, so that tests see what weft
+/// itself does with a path (the shipped and generated inbound listeners do).
 pub fn http_listener_with_hosts(
     name: &str,
     http_filters: Vec<Value>,
     virtual_hosts: Vec<Value>,
 ) -> Value {
-    let mut filters = http_filters;
-    filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
-    json!({
-        "name": name,
-        "address": any_loopback_port(),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": name,
-                "route_config": {"virtual_hosts": virtual_hosts},
-                "http_filters": filters,
-            },
-        }]}],
-    })
+    let hosts: Vec<VirtualHost> = virtual_hosts.iter().map(typed).collect();
+    let mut listener = HttpListener::new(
+        name,
+        any_loopback_port(),
+        Routes::Inline(Box::new(envoy_listeners::route_configuration("", hosts))),
+    );
+    listener.filters = http_filters.iter().map(typed).collect();
+    json_of(&listener.build())
 }
 
 /// A virtual host named `name` for `domains` with `routes`.
 pub fn virtual_host(name: &str, domains: &[&str], routes: Vec<Value>) -> Value {
-    json!({"name": name, "domains": domains, "routes": routes})
+    let domains: Vec<String> = domains.iter().map(|d| (*d).to_owned()).collect();
+    let routes: Vec<Route> = routes.iter().map(typed).collect();
+    json_of(&envoy_listeners::virtual_host(name, &domains, routes))
 }
 
 /// A route sending every request to `cluster`, with retries off so counts are exact.
 pub fn route_to(cluster: &str) -> Value {
-    json!({"match": {"prefix": "/"}, "route": {"cluster": cluster, "retry_policy": {"num_retries": 0}}})
+    json_of(&envoy_listeners::route_to(cluster))
 }
-
-/// Header in which weft's split routing names the cluster it chose (`weft_envoy::ROUTE_HEADER`).
-pub const ROUTE_HEADER: &str = "x-weft-cluster";
 
 /// The route that sends a request to the cluster weft's split routing named in
 /// [`ROUTE_HEADER`], and removes the header before the request leaves Envoy. It goes first in a
 /// virtual host; requests without the header fall through to the routes after it.
 pub fn split_route() -> Value {
-    json!({
-        "match": {"prefix": "/", "headers": [{"name": ROUTE_HEADER, "present_match": true}]},
-        "route": {"cluster_header": ROUTE_HEADER, "retry_policy": {"num_retries": 0}},
-        "request_headers_to_remove": [ROUTE_HEADER],
-    })
+    json_of(&envoy_listeners::split_route())
 }
 
 /// A TCP listener named `name` that proxies every connection to `cluster`.
@@ -206,24 +201,14 @@ pub fn tcp_listener(name: &str, cluster: &str) -> Value {
 /// A TCP listener named `name` that runs `filters` and then proxies to `cluster`, connecting
 /// upstream on the first data from the client.
 pub fn tcp_listener_with(name: &str, filters: Vec<Value>, cluster: &str) -> Value {
-    let mut chain = filters;
-    chain.push(json!({
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": name,
-            "cluster": cluster,
-            // Connect upstream only once data passed the filters before the proxy, so a
-            // connection they close never costs an upstream connection.
-            "upstream_connect_mode": "ON_DOWNSTREAM_DATA",
-            "max_early_data_bytes": 65536,
-        },
-    }));
-    json!({
-        "name": name,
-        "address": any_loopback_port(),
-        "filter_chains": [{"filters": chain}],
-    })
+    let listener: Listener = envoy_listeners::tcp_listener(
+        name,
+        any_loopback_port(),
+        filters.iter().map(typed).collect(),
+        cluster,
+        None,
+    );
+    json_of(&listener)
 }
 
 /// Listeners served to Envoy from a file (filesystem LDS), so a test can change a running

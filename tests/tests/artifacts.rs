@@ -5,6 +5,9 @@ use std::process::Command;
 
 use weft_certs::{MeshCa, Validity};
 use weft_e2e::{paths, policy};
+use weft_envoy_config::pb::envoy::config::metrics::v3::StatsConfig;
+use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
 use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
@@ -141,7 +144,7 @@ fn envoy_validation_rejects_a_broken_configuration() {
 
 #[test]
 fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
-    let expected = weft_policy::metrics::envoy_stats_config();
+    let expected = weft_envoy_config::bootstrap::stats_config();
     for file in [
         "standalone.yaml",
         "inbound-access.yaml",
@@ -151,16 +154,20 @@ fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
             std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
                 .unwrap();
         let config = read_yaml(&yaml);
+        let written: StatsConfig = from_json(&config["stats_config"]).unwrap();
         assert_eq!(
-            config["stats_config"], expected,
-            "{file}: copy stats_config from weft_policy::metrics::envoy_stats_config()"
+            written, expected,
+            "{file}: weft_envoy_config::bootstrap::stats_config() is missing"
         );
     }
 }
 
 #[test]
 fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_them() {
-    let expected = weft_policy::path::envoy_http_connection_manager_settings();
+    let mut normalised = HttpConnectionManager::default();
+    weft_envoy_config::listeners::normalise_paths(&mut normalised);
+    let expected = to_json(&normalised).unwrap();
+    assert!(!expected.as_object().unwrap().is_empty());
     for file in ["standalone.yaml", "inbound-access.yaml"] {
         let yaml =
             std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
@@ -171,7 +178,7 @@ fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_the
         for (field, value) in expected.as_object().unwrap() {
             assert_eq!(
                 &manager[field], value,
-                "{file}: set {field} as weft_policy::path::envoy_http_connection_manager_settings() says"
+                "{file}: set {field} as weft_envoy_config::listeners::normalise_paths does"
             );
         }
     }

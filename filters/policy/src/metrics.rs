@@ -4,14 +4,12 @@
 //! SPIFFE ID becomes label values. The filter records; docs/metrics.md is the user's side.
 //!
 //! Envoy keeps a wasm metric under one flat name. weft writes each label into that name as
-//! `;.label=.value;` after the family name, and the `stats_tags` of [`envoy_stats_config`]
+//! `;.label=.value;` after the family name, and the `stats_tags` of weft-envoy-config's `stats_config`
 //! (one regex per label) take each back out as a tag, leaving the family name; Envoy's
 //! Prometheus output strips the `wasmcustom.` namespace it puts wasm metrics in. Label values
 //! never contain `;`, so the lazy regexes stop at the right place.
 
 use std::collections::HashMap;
-
-use serde_json::{Value, json};
 
 use crate::bundle::{Direction, Identity, MetricsConfig};
 use crate::engine::host_key;
@@ -52,7 +50,7 @@ pub const DURATION_BUCKETS_MS: [u64; 24] = [
 pub const WASM_STAT_NAMESPACE: &str = "wasmcustom";
 
 /// The Envoy stat name of `family` with `labels`, which Envoy configured with
-/// [`envoy_stats_config`] exports as `family{label="value",...}`.
+/// weft-envoy-config's `stats_config` exports as `family{label="value",...}`.
 pub fn stat_name<'a>(family: &str, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut name = family.to_owned();
     for (label, value) in labels {
@@ -69,23 +67,6 @@ pub fn stat_name<'a>(family: &str, labels: impl IntoIterator<Item = (&'a str, &'
 /// name to remove, its second the tag's value.
 pub fn tag_regex(label: &str) -> String {
     format!(r"(;\.{label}=\.(.*?);)")
-}
-
-/// The bootstrap `stats_config` an Envoy running weft needs: a tag extractor per label and the
-/// duration histogram's buckets. Envoy's default tag extractors stay on.
-pub fn envoy_stats_config() -> Value {
-    let tags: Vec<Value> = EDGE_LABELS
-        .iter()
-        .chain(RESPONSE_LABELS.iter())
-        .map(|label| json!({"tag_name": label, "regex": tag_regex(label)}))
-        .collect();
-    json!({
-        "stats_tags": tags,
-        "histogram_bucket_settings": [{
-            "match": {"prefix": format!("{WASM_STAT_NAMESPACE}.{DURATION}")},
-            "buckets": DURATION_BUCKETS_MS,
-        }],
-    })
 }
 
 /// Whether a request succeeded, for the `outcome` label.
@@ -421,19 +402,6 @@ mod tests {
             rest = rest.replacen(&captures[1], "", 1);
         }
         assert_eq!(rest, REQUESTS);
-    }
-
-    #[test]
-    fn the_stats_config_has_a_tag_per_label_and_whole_millisecond_buckets() {
-        let config = envoy_stats_config();
-        let tags = config["stats_tags"].as_array().unwrap();
-        assert_eq!(tags.len(), EDGE_LABELS.len() + RESPONSE_LABELS.len());
-        assert_eq!(tags[0]["tag_name"], "direction");
-        assert_eq!(
-            config["histogram_bucket_settings"][0]["match"]["prefix"],
-            "wasmcustom.weft_request_duration_milliseconds"
-        );
-        assert!(DURATION_BUCKETS_MS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -4,14 +4,13 @@
 //! `/orders/../admin` passes a rule for `/orders.*` and reaches `/admin`. So a path is in normal
 //! form only when no such step would change which resource it names, and the access feature
 //! refuses any other ([`check`]). The first line of defence is Envoy's own normalisation
-//! ([`envoy_http_connection_manager_settings`]), which every inbound listener weft ships sets;
+//! (weft-envoy-config's `normalise_paths`), which every inbound listener weft ships sets;
 //! the check catches what a listener without it (or Envoy itself: it decodes `%2e%2e;` into
 //! `..;` without resolving it) lets through.
 
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::{Value, json};
 
 /// What makes a path not normal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,19 +168,6 @@ fn hex(byte: u8) -> Option<u8> {
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
     }
-}
-
-/// The fields of Envoy's HTTP connection manager that put paths in normal form before any
-/// filter sees them, as every inbound listener weft ships sets them: dot segments resolved
-/// (with `%2e` and other needlessly encoded characters decoded, and `\` read as `/`), slashes
-/// merged, and requests with an encoded slash or backslash refused with 400 (mesh callers are
-/// programs, which send normal paths; Envoy's edge guidance recommends this for such clients).
-pub fn envoy_http_connection_manager_settings() -> Value {
-    json!({
-        "normalize_path": true,
-        "merge_slashes": true,
-        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-    })
 }
 
 #[cfg(test)]

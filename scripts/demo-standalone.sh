@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: starts the demo upstream on 127.0.0.1:8080 and Envoy with
+# `make demo-standalone`: starts the demo upstream on 127.0.0.1:8080 and Envoy with
 # envoy-configs/standalone.yaml (weft.wasm on 127.0.0.1:10000, admin on 127.0.0.1:9901), waits
 # for Envoy to be ready, sends a request through weft, shows what weft logged and counted, and
 # stops both processes, also when interrupted.

@@ -1,0 +1,102 @@
+//! Bootstraps: the node, the admin interface, weft's stats settings, static resources, and
+//! for a sidecar of the controller, ADS over gRPC to it.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, GrpcService, Node, api_config_source, grpc_service,
+};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::metrics::v3::{
+    HistogramBucketSettings, StatsConfig, TagSpecifier, tag_specifier,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use weft_policy::metrics::{
+    DURATION, DURATION_BUCKETS_MS, EDGE_LABELS, RESPONSE_LABELS, WASM_STAT_NAMESPACE, tag_regex,
+};
+
+use crate::sources::{ads, socket_address};
+
+/// weft's stats settings: each label weft writes into a metric's name (docs/metrics.md)
+/// becomes a Prometheus label in `/stats/prometheus`, and request durations get
+/// whole-millisecond buckets.
+pub fn stats_config() -> StatsConfig {
+    StatsConfig {
+        stats_tags: EDGE_LABELS
+            .iter()
+            .chain(RESPONSE_LABELS.iter())
+            .map(|label| TagSpecifier {
+                tag_name: (*label).to_owned(),
+                tag_value: Some(tag_specifier::TagValue::Regex(tag_regex(label))),
+            })
+            .collect(),
+        histogram_bucket_settings: vec![HistogramBucketSettings {
+            r#match: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Prefix(format!(
+                    "{WASM_STAT_NAMESPACE}.{DURATION}"
+                ))),
+                ..StringMatcher::default()
+            }),
+            #[allow(clippy::cast_precision_loss)]
+            buckets: DURATION_BUCKETS_MS.iter().map(|ms| *ms as f64).collect(),
+            ..HistogramBucketSettings::default()
+        }],
+        ..StatsConfig::default()
+    }
+}
+
+/// What every bootstrap weft writes has: the admin interface on `admin`, weft's stats
+/// settings, and `listeners` and `clusters` as static resources.
+pub fn bootstrap(admin: SocketAddr, listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
+    Bootstrap {
+        admin: Some(Admin {
+            address: Some(socket_address(admin)),
+            ..Admin::default()
+        }),
+        stats_config: Some(stats_config()),
+        static_resources: Some(bootstrap::StaticResources {
+            listeners,
+            clusters,
+            ..bootstrap::StaticResources::default()
+        }),
+        ..Bootstrap::default()
+    }
+}
+
+/// A node: `id` names the proxy, `cluster` its workload. Envoy needs both for any dynamic
+/// resource (and for ECDS even in a static configuration).
+pub fn node(id: &str, cluster: &str) -> Node {
+    Node {
+        id: id.to_owned(),
+        cluster: cluster.to_owned(),
+        ..Node::default()
+    }
+}
+
+/// `bootstrap` with its listeners and clusters (beyond the static ones) from ADS over gRPC to
+/// the static cluster `xds_cluster`.
+pub fn with_ads(mut bootstrap: Bootstrap, xds_cluster: &str) -> Bootstrap {
+    bootstrap.dynamic_resources = Some(bootstrap::DynamicResources {
+        ads_config: Some(ApiConfigSource {
+            api_type: api_config_source::ApiType::AggregatedGrpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: xds_cluster.to_owned(),
+                        ..grpc_service::EnvoyGrpc::default()
+                    },
+                )),
+                ..GrpcService::default()
+            }],
+            set_node_on_first_message_only: true,
+            ..ApiConfigSource::default()
+        }),
+        lds_config: Some(ads()),
+        cds_config: Some(ads()),
+        ..bootstrap::DynamicResources::default()
+    });
+    bootstrap
+}
