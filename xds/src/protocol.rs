@@ -1,0 +1,550 @@
+//! The ADS state-of-the-world protocol of one stream, as a synchronous state machine: a request
+//! or a new snapshot in, responses and events out. No I/O, so every rule is tested in plain unit
+//! tests; the tonic service only moves messages.
+//!
+//! The rules (xDS protocol, "ACK/NACK and resource type instance version"):
+//! - a response's version names its content (`set_version`): the same content, the same
+//!   version; a change is pushed only when the version changes;
+//! - a request whose nonce is not the last one sent for its type is stale and ignored;
+//! - a NACK is recorded and never answered by sending the same version again (Envoy would
+//!   ACK a byte-identical resend without applying it, or refuse it again); the next change
+//!   is sent as usual;
+//! - a new stream's first request for a type gets the current state, unless the proxy says it
+//!   already has that version (a reconnect after a controller restart causes no push storm);
+//! - nothing is sent before the proxy's snapshot exists (a sidecar with no configuration
+//!   serves nothing, which is what it should do);
+//! - a snapshot change is pushed type by type in [`PUSH_ORDER`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use crate::snapshot::{PUSH_ORDER, Resource, SharedSnapshot, is_wildcard_type, set_version};
+
+/// Something the stream observed that the controller records (logs, metrics, status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The proxy applied `version` of `type_url`.
+    Ack {
+        /// xDS type.
+        type_url: String,
+        /// Version applied.
+        version: String,
+    },
+    /// The proxy refused `version` of `type_url`.
+    Nack {
+        /// xDS type.
+        type_url: String,
+        /// Version refused.
+        version: String,
+        /// Envoy's reason.
+        error: String,
+    },
+    /// A request answered a response that is no longer the latest; ignored.
+    StaleNonce {
+        /// xDS type.
+        type_url: String,
+        /// The nonce it carried.
+        nonce: String,
+    },
+    /// The proxy asked for resources its snapshot does not hold (for secrets: another
+    /// workload's certificate, which it is refused).
+    Missing {
+        /// xDS type.
+        type_url: String,
+        /// Names asked for and not served.
+        names: Vec<String>,
+    },
+}
+
+/// What one step produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Responses to send, in order.
+    pub responses: Vec<DiscoveryResponse>,
+    /// What happened.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    version: String,
+    nonce: String,
+}
+
+/// The state of one type on one stream.
+#[derive(Debug, Clone, Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    sent: Option<Sent>,
+    acked: Option<String>,
+    nacked: Option<(String, String)>,
+}
+
+/// One type's protocol state, for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// xDS type.
+    pub type_url: String,
+    /// Last version sent.
+    pub sent: Option<String>,
+    /// Last version the proxy applied.
+    pub acked: Option<String>,
+    /// Last version the proxy refused, and why.
+    pub nacked: Option<(String, String)>,
+}
+
+/// One ADS stream.
+#[derive(Debug, Default)]
+pub struct Stream {
+    snapshot: Option<SharedSnapshot>,
+    types: BTreeMap<String, TypeState>,
+    nonces: u64,
+}
+
+impl Stream {
+    /// A stream with no snapshot yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handles a request from the proxy.
+    pub fn on_request(&mut self, request: &DiscoveryRequest) -> Output {
+        let mut output = Output::default();
+        let type_url = request.type_url.clone();
+        let state = self.types.entry(type_url.clone()).or_default();
+        let first = request.response_nonce.is_empty();
+        if !first {
+            let current = state
+                .sent
+                .as_ref()
+                .is_some_and(|sent| sent.nonce == request.response_nonce);
+            if !current {
+                output.events.push(Event::StaleNonce {
+                    type_url,
+                    nonce: request.response_nonce.clone(),
+                });
+                return output;
+            }
+            let sent_version = state
+                .sent
+                .as_ref()
+                .map(|s| s.version.clone())
+                .unwrap_or_default();
+            match &request.error_detail {
+                Some(status) => {
+                    state.nacked = Some((sent_version.clone(), status.message.clone()));
+                    output.events.push(Event::Nack {
+                        type_url: type_url.clone(),
+                        version: sent_version,
+                        error: status.message.clone(),
+                    });
+                }
+                None => {
+                    state.acked = Some(request.version_info.clone());
+                    output.events.push(Event::Ack {
+                        type_url: type_url.clone(),
+                        version: request.version_info.clone(),
+                    });
+                }
+            }
+        }
+        let wildcard = is_wildcard_type(&type_url)
+            && (request.resource_names.is_empty()
+                || request.resource_names.iter().any(|name| name == "*"));
+        let names: BTreeSet<String> = request
+            .resource_names
+            .iter()
+            .filter(|name| name.as_str() != "*")
+            .cloned()
+            .collect();
+        let subscription_changed = wildcard != state.wildcard || names != state.names;
+        state.wildcard = wildcard;
+        state.names = names;
+        if first {
+            // The proxy's own version: after a reconnect it may already have the current one.
+            state.sent = None;
+            if !request.version_info.is_empty() {
+                state.acked = Some(request.version_info.clone());
+            }
+        }
+        if first || subscription_changed {
+            if let Some(missing) = self.missing(&type_url) {
+                output.events.push(missing);
+            }
+            self.respond(&type_url, first, &mut output);
+        }
+        output
+    }
+
+    /// Takes a new snapshot of the proxy's resources and pushes what changed.
+    pub fn on_snapshot(&mut self, snapshot: SharedSnapshot) -> Output {
+        self.snapshot = Some(snapshot);
+        let mut output = Output::default();
+        let mut order: Vec<String> = PUSH_ORDER.iter().map(|t| (*t).to_owned()).collect();
+        order.extend(
+            self.types
+                .keys()
+                .filter(|t| !PUSH_ORDER.contains(&t.as_str()))
+                .cloned(),
+        );
+        for type_url in order {
+            if self.types.contains_key(&type_url) {
+                self.respond(&type_url, false, &mut output);
+            }
+        }
+        output
+    }
+
+    /// Every type's protocol state.
+    pub fn status(&self) -> Vec<TypeStatus> {
+        self.types
+            .iter()
+            .map(|(type_url, state)| TypeStatus {
+                type_url: type_url.clone(),
+                sent: state.sent.as_ref().map(|s| s.version.clone()),
+                acked: state.acked.clone(),
+                nacked: state.nacked.clone(),
+            })
+            .collect()
+    }
+
+    fn selected(&self, type_url: &str) -> Vec<&Resource> {
+        let (Some(snapshot), Some(state)) = (&self.snapshot, self.types.get(type_url)) else {
+            return Vec::new();
+        };
+        let Some(resources) = snapshot.resources(type_url) else {
+            return Vec::new();
+        };
+        if state.wildcard {
+            resources.values().collect()
+        } else {
+            state
+                .names
+                .iter()
+                .filter_map(|name| resources.get(name))
+                .collect()
+        }
+    }
+
+    fn missing(&self, type_url: &str) -> Option<Event> {
+        let snapshot = self.snapshot.as_ref()?;
+        let state = self.types.get(type_url)?;
+        let names: Vec<String> = state
+            .names
+            .iter()
+            .filter(|name| {
+                snapshot
+                    .resources(type_url)
+                    .is_none_or(|resources| !resources.contains_key(*name))
+            })
+            .cloned()
+            .collect();
+        (!names.is_empty()).then(|| Event::Missing {
+            type_url: type_url.to_owned(),
+            names,
+        })
+    }
+
+    /// Sends `type_url`'s current resources unless the proxy has them, refused them, or (for a
+    /// change, not a first request) they are what was last sent.
+    fn respond(&mut self, type_url: &str, first: bool, output: &mut Output) {
+        if self.snapshot.is_none() {
+            return;
+        }
+        let resources = self.selected(type_url);
+        let version = set_version(resources.iter().copied());
+        let bodies: Vec<_> = resources.iter().map(|r| r.body.clone()).collect();
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
+        let refused = state.nacked.as_ref().is_some_and(|(v, _)| *v == version);
+        let unchanged = if first {
+            state.acked.as_deref() == Some(version.as_str())
+        } else {
+            state.sent.as_ref().map(|s| s.version.as_str()) == Some(version.as_str())
+        };
+        if refused || unchanged {
+            if first && unchanged {
+                // The proxy has it; later changes compare against it.
+                state.sent = Some(Sent {
+                    version,
+                    nonce: String::new(),
+                });
+            }
+            return;
+        }
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        state.sent = Some(Sent {
+            version: version.clone(),
+            nonce: nonce.clone(),
+        });
+        output.responses.push(DiscoveryResponse {
+            version_info: version,
+            resources: bodies,
+            type_url: type_url.to_owned(),
+            nonce,
+            ..DiscoveryResponse::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status;
+
+    use super::*;
+    use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot};
+
+    fn resource(name: &str, content: &str) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: content.to_owned(),
+            body: Any {
+                type_url: String::new(),
+                value: content.as_bytes().to_vec(),
+            },
+        }
+    }
+
+    fn snapshot(entries: &[(&str, &str, &str)]) -> SharedSnapshot {
+        let mut snapshot = Snapshot::new();
+        for (type_url, name, content) in entries {
+            snapshot.insert(type_url, resource(name, content));
+        }
+        Arc::new(snapshot)
+    }
+
+    fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.to_owned(),
+            resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            version_info: version.to_owned(),
+            response_nonce: nonce.to_owned(),
+            node: Some(Node::default()),
+            ..DiscoveryRequest::default()
+        }
+    }
+
+    fn nack(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "Unable to create Wasm plugin weft".to_owned(),
+                details: Vec::new(),
+            }),
+            ..request(type_url, names, version, nonce)
+        }
+    }
+
+    fn one(output: &Output) -> &DiscoveryResponse {
+        assert_eq!(output.responses.len(), 1, "{:?}", output.responses);
+        &output.responses[0]
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_proxy_has_a_snapshot() {
+        let mut stream = Stream::new();
+        assert!(
+            stream
+                .on_request(&request(LISTENER, &[], "", ""))
+                .responses
+                .is_empty()
+        );
+        let output = stream.on_snapshot(snapshot(&[(LISTENER, "inbound", "a")]));
+        assert_eq!(one(&output).resources.len(), 1);
+    }
+
+    #[test]
+    fn an_ack_is_recorded_and_an_unchanged_snapshot_sends_nothing() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(LISTENER, "inbound", "a")]));
+        let first = stream.on_request(&request(LISTENER, &[], "", ""));
+        let sent = one(&first).clone();
+        let ack = stream.on_request(&request(LISTENER, &[], &sent.version_info, &sent.nonce));
+        assert!(ack.responses.is_empty());
+        assert_eq!(
+            ack.events,
+            vec![Event::Ack {
+                type_url: LISTENER.to_owned(),
+                version: sent.version_info.clone()
+            }]
+        );
+        // The same content rebuilt: no push.
+        assert!(
+            stream
+                .on_snapshot(snapshot(&[(LISTENER, "inbound", "a")]))
+                .responses
+                .is_empty()
+        );
+        assert_eq!(
+            stream.status()[0].acked.as_deref(),
+            Some(sent.version_info.as_str())
+        );
+    }
+
+    #[test]
+    fn a_nack_is_recorded_and_never_answered_with_the_same_version() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(LISTENER, "inbound", "good")]));
+        let good = one(&stream.on_request(&request(LISTENER, &[], "", ""))).clone();
+        stream.on_request(&request(LISTENER, &[], &good.version_info, &good.nonce));
+        let bad = one(&stream.on_snapshot(snapshot(&[(LISTENER, "inbound", "bad")]))).clone();
+        let refused = stream.on_request(&nack(LISTENER, &[], &good.version_info, &bad.nonce));
+        assert!(refused.responses.is_empty(), "a NACK is not answered");
+        assert_eq!(
+            refused.events,
+            vec![Event::Nack {
+                type_url: LISTENER.to_owned(),
+                version: bad.version_info.clone(),
+                error: "Unable to create Wasm plugin weft".to_owned(),
+            }]
+        );
+        // The same bad content again (a rebuild): still not sent.
+        assert!(
+            stream
+                .on_snapshot(snapshot(&[(LISTENER, "inbound", "bad")]))
+                .responses
+                .is_empty()
+        );
+        let status = &stream.status()[0];
+        assert_eq!(status.acked.as_deref(), Some(good.version_info.as_str()));
+        assert_eq!(
+            status.nacked.as_ref().map(|n| n.0.as_str()),
+            Some(bad.version_info.as_str())
+        );
+        // A fix is sent.
+        let fixed = stream.on_snapshot(snapshot(&[(LISTENER, "inbound", "fixed")]));
+        assert_ne!(one(&fixed).version_info, bad.version_info);
+    }
+
+    #[test]
+    fn a_stale_nonce_is_ignored() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(CLUSTER, "a", "1")]));
+        let first = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        let second = one(&stream.on_snapshot(snapshot(&[(CLUSTER, "a", "2")]))).clone();
+        // The ACK of the first response arrives after the second was sent (an update racing an
+        // ACK): it is stale, changes nothing and sends nothing.
+        let late = stream.on_request(&request(CLUSTER, &[], &first.version_info, &first.nonce));
+        assert!(late.responses.is_empty());
+        assert!(matches!(late.events[..], [Event::StaleNonce { .. }]));
+        assert_eq!(stream.status()[0].acked, None);
+        // Even a stale NACK is not recorded.
+        let late_nack = stream.on_request(&nack(CLUSTER, &[], "", &first.nonce));
+        assert!(matches!(late_nack.events[..], [Event::StaleNonce { .. }]));
+        assert_eq!(stream.status()[0].nacked, None);
+        let ack = stream.on_request(&request(CLUSTER, &[], &second.version_info, &second.nonce));
+        assert!(matches!(ack.events[..], [Event::Ack { .. }]));
+    }
+
+    #[test]
+    fn a_subscription_change_sends_the_resources_now_named() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]));
+        let first = one(&stream.on_request(&request(ENDPOINT, &["a"], "", ""))).clone();
+        assert_eq!(first.resources.len(), 1);
+        let more = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &first.version_info,
+            &first.nonce,
+        ));
+        assert_eq!(one(&more).resources.len(), 2);
+        // The same names again with the new nonce: an ACK, nothing to send.
+        let sent = one(&more).clone();
+        let ack = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &sent.version_info,
+            &sent.nonce,
+        ));
+        assert!(ack.responses.is_empty());
+        // A change to a resource nobody asked for sends nothing.
+        let mut all = Snapshot::new();
+        for (name, content) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            all.insert(ENDPOINT, resource(name, content));
+        }
+        assert!(stream.on_snapshot(Arc::new(all)).responses.is_empty());
+    }
+
+    #[test]
+    fn a_request_for_a_resource_the_snapshot_lacks_is_reported_and_not_served() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(
+            SECRET,
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "cert",
+        )]));
+        let output = stream.on_request(&request(
+            SECRET,
+            &["spiffe://cluster.local/ns/shop/sa/admin"],
+            "",
+            "",
+        ));
+        assert_eq!(
+            output.events,
+            vec![Event::Missing {
+                type_url: SECRET.to_owned(),
+                names: vec!["spiffe://cluster.local/ns/shop/sa/admin".to_owned()],
+            }]
+        );
+        assert!(one(&output).resources.is_empty());
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_gets_its_current_state_and_one_that_has_it_gets_no_push() {
+        let current = snapshot(&[(LISTENER, "inbound", "a")]);
+        let mut before = Stream::new();
+        before.on_snapshot(current.clone());
+        let sent = one(&before.on_request(&request(LISTENER, &[], "", ""))).clone();
+        // A new stream (controller restart, or proxy reconnect) from a proxy at that version.
+        let mut after = Stream::new();
+        after.on_snapshot(current.clone());
+        let resumed = after.on_request(&request(LISTENER, &[], &sent.version_info, ""));
+        assert!(resumed.responses.is_empty(), "no push storm on reconnect");
+        // One that has an older version gets the current one.
+        let mut behind = Stream::new();
+        behind.on_snapshot(current);
+        let caught_up = behind.on_request(&request(LISTENER, &[], "older", ""));
+        assert_eq!(one(&caught_up).version_info, sent.version_info);
+        // And the resumed stream still pushes later changes.
+        let changed = after.on_snapshot(snapshot(&[(LISTENER, "inbound", "b")]));
+        assert_ne!(one(&changed).version_info, sent.version_info);
+    }
+
+    #[test]
+    fn a_change_is_pushed_clusters_first_routes_last() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[]));
+        for type_url in [ROUTE, LISTENER, SECRET, ENDPOINT, CLUSTER] {
+            let names: &[&str] = if is_wildcard_type(type_url) {
+                &[]
+            } else {
+                &["x"]
+            };
+            let output = stream.on_request(&request(type_url, names, "", ""));
+            let sent = one(&output).clone();
+            stream.on_request(&request(type_url, names, &sent.version_info, &sent.nonce));
+        }
+        let output = stream.on_snapshot(snapshot(&[
+            (ROUTE, "x", "1"),
+            (LISTENER, "x", "1"),
+            (SECRET, "x", "1"),
+            (ENDPOINT, "x", "1"),
+            (CLUSTER, "x", "1"),
+        ]));
+        let order: Vec<&str> = output
+            .responses
+            .iter()
+            .map(|r| r.type_url.as_str())
+            .collect();
+        assert_eq!(order, vec![CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE]);
+    }
+}
