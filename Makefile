@@ -15,7 +15,7 @@ setup:
 # Build target/wasm/weft.wasm (release profile, wasm-opt where it helps), target/wasm/manifest.json, and the commands the walk-throughs use: target/debug/weft and target/debug/weft-upstream.
 build:
 	$(CARGO) run --quiet -p weft-wasm-build
-	$(CARGO) build --quiet -p weft-controller -p weft-e2e --bin weft --bin weft-upstream
+	$(CARGO) build --quiet -p weft-cli -p weft-e2e --bin weft --bin weft-upstream
 
 # Run every check: formatting, clippy, unit and property tests, end-to-end tests against real Envoy, a short fuzz run.
 test: build lint

@@ -25,6 +25,9 @@ pub enum CertError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// Bytes that are not an X.509 certificate.
+    #[error("not an X.509 certificate: {0}")]
+    Parse(String),
     /// A validity period that ends before it starts.
     #[error("the validity period ends ({not_after}) before it starts ({not_before})")]
     Validity {
@@ -78,6 +81,71 @@ impl Validity {
         params.not_after = self.not_after;
         Ok(())
     }
+}
+
+/// When to renew a certificate: at a fraction of its lifetime, less a random part of it
+/// (jitter), so that certificates issued together are not all renewed together. The deadline
+/// is an instant on the wall clock derived from the certificate's own validity, so a process
+/// that sleeps, a suspended machine or a clock that jumps renews late at worst by the time it
+/// takes to notice, never by a timer's accumulated drift (OSM's outage #5000 came from a
+/// monotonic timer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotationPolicy {
+    /// Lifetime of a workload certificate.
+    pub lifetime: Duration,
+    /// Renew when this fraction of the validity has passed (0.5: half-way).
+    pub renew_at: f64,
+    /// Renew up to this fraction of the validity earlier, at random (0.1).
+    pub jitter: f64,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        Self {
+            lifetime: Duration::from_secs(24 * 3600),
+            renew_at: 0.5,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// The instant a certificate valid for `validity` is to be renewed, with `sample` (from 0
+    /// to 1) choosing the jitter.
+    pub fn renewal(&self, validity: Validity, sample: f64) -> OffsetDateTime {
+        let span = validity.not_after - validity.not_before;
+        let fraction = (self.renew_at - self.jitter * sample.clamp(0.0, 1.0)).clamp(0.0, 1.0);
+        validity.not_before + span * fraction
+    }
+}
+
+/// The URI SANs of a DER certificate (a workload certificate has one: its SPIFFE ID) and when
+/// it expires.
+///
+/// # Errors
+/// [`CertError::Parse`] when the bytes are not an X.509 certificate.
+pub fn inspect(der: &[u8]) -> Result<(Vec<String>, OffsetDateTime), CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| CertError::Parse(err.to_string()))?;
+    let mut uris = Vec::new();
+    if let Ok(Some(names)) = cert.subject_alternative_name() {
+        for name in &names.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                uris.push((*uri).to_owned());
+            }
+        }
+    }
+    Ok((uris, cert.validity().not_after.to_datetime()))
+}
+
+/// The DER bytes of the first certificate in `pem`.
+///
+/// # Errors
+/// [`CertError::Parse`] when `pem` holds no certificate.
+pub fn first_certificate_der(pem: &str) -> Result<Vec<u8>, CertError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|err| CertError::Parse(err.to_string()))?;
+    Ok(block.contents)
 }
 
 /// A certificate with its private key, both PEM.
@@ -261,6 +329,53 @@ mod tests {
             .unwrap();
         assert!(workload.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(workload.key_pem.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn renewal_falls_between_the_jittered_and_the_plain_fraction_of_the_validity() {
+        let now = OffsetDateTime::now_utc();
+        let validity = Validity {
+            not_before: now,
+            not_after: now + Duration::from_secs(1000),
+        };
+        let policy = RotationPolicy::default();
+        assert_eq!(
+            policy.renewal(validity, 0.0),
+            now + Duration::from_secs(500)
+        );
+        assert_eq!(
+            policy.renewal(validity, 1.0),
+            now + Duration::from_secs(400)
+        );
+        let halfway = policy.renewal(validity, 0.5);
+        assert!(
+            halfway > now + Duration::from_secs(400) && halfway < now + Duration::from_secs(500)
+        );
+        // The deadline follows the certificate, not when it is computed.
+        let later = Validity {
+            not_before: now + Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(4600),
+        };
+        assert_eq!(policy.renewal(later, 0.0), now + Duration::from_secs(4100));
+    }
+
+    #[test]
+    fn inspecting_a_workload_certificate_gives_its_spiffe_id_and_expiry() {
+        let ca = MeshCa::generate(
+            "cluster.local",
+            Validity::starting_now(Duration::from_secs(3600)),
+        )
+        .unwrap();
+        let validity = Validity::starting_now(Duration::from_secs(600));
+        let cert = ca.issue(&"shop/api".parse().unwrap(), validity).unwrap();
+        let der = first_certificate_der(&cert.cert_pem).unwrap();
+        let (uris, not_after) = inspect(&der).unwrap();
+        assert_eq!(uris, ["spiffe://cluster.local/ns/shop/sa/api"]);
+        assert_eq!(
+            not_after.unix_timestamp(),
+            validity.not_after.unix_timestamp()
+        );
+        assert!(inspect(b"not a certificate").is_err());
     }
 
     #[test]

@@ -1,9 +1,5 @@
-//! `weft-controller` holds the `weft` command (and, later, the controller that serves xDS,
-//! certificates and the filter module). The command is a thin adapter over `weft-policy`:
-//! [`manifests`] reads files and directories, [`commands`] runs `check`, `explain` and
-//! `compile` and returns what to print and the exit code, and [`certs`] makes the mesh CA and
-//! workload certificates, so `main` only parses arguments.
-
-pub mod certs;
-pub mod commands;
-pub mod manifests;
+//! `weft-controller` wires weft's pieces into a controller: sources (a watched directory of
+//! YAML now, Kubernetes later) feed one index of SMI objects, Services, workloads and pods; for
+//! each connected proxy it derives that workload's Envoy resources (weft-envoy-config) with its
+//! compiled policy bundle and certificates, and serves them over ADS (weft-xds); it runs the
+//! mesh CA and rotates workload certificates on wall-clock time, and reports status.

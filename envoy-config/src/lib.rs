@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod clusters;
 pub mod filters;
 pub mod listeners;
+pub mod mesh;
 pub mod render;
 pub mod shipped;
 pub mod sources;

@@ -5,8 +5,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     DataSource, TransportSocket, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext, common_tls_context,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext, common_tls_context, secret,
     subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
@@ -152,5 +152,38 @@ pub fn upstream_tls(
     TransportSocket {
         name: TLS_TRANSPORT_SOCKET.to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    }
+}
+
+/// An SDS secret holding a certificate chain and its key, inline (PEM): one secret, so a
+/// rotation swaps both at once (two files rotated apart make Envoy see a mismatched pair).
+pub fn certificate_secret(name: &str, cert_pem: &str, key_pem: &str) -> Secret {
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(cert_pem)),
+            private_key: Some(inline(key_pem)),
+            ..TlsCertificate::default()
+        })),
+    }
+}
+
+/// An SDS secret holding the trusted CA certificates (the mesh's trust bundle), inline (PEM).
+pub fn trust_secret(name: &str, bundle_pem: &str) -> Secret {
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(inline(bundle_pem)),
+                ..CertificateValidationContext::default()
+            },
+        )),
+    }
+}
+
+fn inline(text: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineString(text.to_owned())),
+        ..DataSource::default()
     }
 }

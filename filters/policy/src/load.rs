@@ -16,8 +16,9 @@ use serde_json::Value;
 use crate::diagnostic::{Diagnostic, Locator, Origin, Severity};
 use crate::document::{DocumentError, DuplicateKey};
 use crate::model::{
-    Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute, Service,
-    SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
+    AppProtocol, Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute,
+    Service, ServicePort, SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
+    Workload,
 };
 
 /// Why one document or field could not be read.
@@ -105,7 +106,7 @@ const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Reads every document of one YAML file into `catalog`, appending problems to `diagnostics`.
-/// Documents that are not SMI objects or Services (Deployments, ...) are skipped silently. A
+/// Documents that are not SMI objects, Services, Deployments or Pods are skipped silently. A
 /// document that is not YAML is reported and the file's other documents are still read.
 pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
     for document in split_documents(text) {
@@ -270,6 +271,22 @@ pub fn load_value(
             reader.duplicates(duplicates);
             if let Some(service) = reader.service(value, &api_version) {
                 catalog.services.push(service);
+            }
+            return;
+        }
+        "apps" if version == "v1" && kind == "Deployment" => {
+            reader.identify(&value);
+            reader.duplicates(duplicates);
+            if let Some(workload) = reader.workload(value, &api_version, true) {
+                catalog.workloads.push(workload);
+            }
+            return;
+        }
+        "" if version == "v1" && kind == "Pod" => {
+            reader.identify(&value);
+            reader.duplicates(duplicates);
+            if let Some(workload) = reader.workload(value, &api_version, false) {
+                catalog.workloads.push(workload);
             }
             return;
         }
@@ -497,11 +514,63 @@ struct WireService {
 #[derive(Deserialize)]
 struct WireServiceSpec {
     ports: Option<Vec<WireServicePort>>,
+    selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireServicePort {
     port: Option<Value>,
+    name: Option<String>,
+    target_port: Option<Value>,
+    app_protocol: Option<String>,
+}
+
+// Kubernetes workloads: every field weft does not read is ignored, as kubectl would accept it.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireDeploymentSpec {
+    replicas: Option<u32>,
+    template: Option<WirePodTemplate>,
+}
+
+#[derive(Deserialize, Default)]
+struct WirePodTemplate {
+    metadata: Option<WirePodMeta>,
+    spec: Option<WirePodSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct WirePodMeta {
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WirePodSpec {
+    service_account_name: Option<String>,
+    containers: Option<Vec<WireContainer>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireContainer {
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    env: Option<Vec<WireEnv>>,
+    ports: Option<Vec<WireContainerPort>>,
+}
+
+#[derive(Deserialize)]
+struct WireEnv {
+    name: String,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainerPort {
+    container_port: u16,
 }
 
 impl Reader<'_> {
@@ -870,19 +939,143 @@ impl Reader<'_> {
 
     fn service(&mut self, value: Value, api_version: &str) -> Option<Service> {
         // A Service has many fields weft does not read; none of them is worth a warning.
-        let wire: WireService = serde_json::from_value(value).ok()?;
+        let wire: WireService = self.read_shape(value)?;
         let meta = self.meta(api_version)?;
-        let mut ports: Vec<u16> = wire
-            .spec
-            .and_then(|spec| spec.ports)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|port| port.port.as_ref()?.as_u64()?.try_into().ok())
-            .collect();
+        let spec = wire.spec.unwrap_or(WireServiceSpec {
+            ports: None,
+            selector: None,
+        });
+        let mut port_specs = Vec::new();
+        for (index, port) in spec.ports.unwrap_or_default().into_iter().enumerate() {
+            let Some(number) = port.port.as_ref().and_then(port_number) else {
+                let shown = port
+                    .port
+                    .map_or_else(|| "nothing".to_owned(), |v| v.to_string());
+                self.error(
+                    &format!("spec.ports[{index}].port"),
+                    LoadError::BadPort(shown),
+                );
+                continue;
+            };
+            let target_port = match &port.target_port {
+                None => number,
+                Some(value) => match port_number(value) {
+                    Some(target) => target,
+                    None => {
+                        self.error(
+                            &format!("spec.ports[{index}].targetPort"),
+                            LoadError::Shape(format!(
+                                "{value} is not a port number; weft reads targetPort as a number from 1 to 65535 (named container ports are not supported)"
+                            )),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let name = port.name.unwrap_or_default();
+            let protocol = match port.app_protocol.as_deref() {
+                Some("tcp") => AppProtocol::Tcp,
+                Some(_) => AppProtocol::Http,
+                None if name == "tcp" || name.starts_with("tcp-") => AppProtocol::Tcp,
+                None => AppProtocol::Http,
+            };
+            port_specs.push(ServicePort {
+                name,
+                port: number,
+                target_port,
+                protocol,
+            });
+        }
+        let mut ports: Vec<u16> = port_specs.iter().map(|p| p.port).collect();
         ports.sort_unstable();
         ports.dedup();
-        Some(Service { meta, ports })
+        Some(Service {
+            meta,
+            ports,
+            selector: spec.selector.unwrap_or_default(),
+            port_specs,
+        })
     }
+
+    /// A value read into `T`, or an error at the field serde stopped at.
+    fn read_shape<T: serde::de::DeserializeOwned>(&mut self, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize(value) {
+            Ok(read) => Some(read),
+            Err(err) => {
+                let field = field_path(&err.path().to_string());
+                self.error(&field, LoadError::Shape(err.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    /// A Deployment (`deployment`) or a Pod.
+    fn workload(&mut self, value: Value, api_version: &str, deployment: bool) -> Option<Workload> {
+        let labels_field;
+        let (replicas, metadata, pod) = if deployment {
+            #[derive(Deserialize)]
+            struct Wire {
+                spec: Option<WireDeploymentSpec>,
+            }
+            let wire: Wire = self.read_shape(value)?;
+            let spec = wire.spec.unwrap_or_default();
+            let template = spec.template.unwrap_or_default();
+            labels_field = "spec.template.metadata.labels";
+            (spec.replicas.unwrap_or(1), template.metadata, template.spec)
+        } else {
+            #[derive(Deserialize)]
+            struct Wire {
+                metadata: Option<WirePodMeta>,
+                spec: Option<WirePodSpec>,
+            }
+            let wire: Wire = self.read_shape(value)?;
+            labels_field = "metadata.labels";
+            (1, wire.metadata, wire.spec)
+        };
+        let meta = self.meta(api_version)?;
+        let pod = pod.unwrap_or_default();
+        let labels = metadata.and_then(|m| m.labels).unwrap_or_default();
+        if deployment && labels.is_empty() {
+            self.error(labels_field, LoadError::Missing);
+        }
+        let container = pod
+            .containers
+            .and_then(|containers| containers.into_iter().next())
+            .unwrap_or_default();
+        let mut command = container.command.unwrap_or_default();
+        command.extend(container.args.unwrap_or_default());
+        Some(Workload {
+            meta,
+            kind: if deployment { "Deployment" } else { "Pod" }.to_owned(),
+            service_account: pod
+                .service_account_name
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            labels,
+            replicas,
+            command,
+            env: container
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .map(|env| (env.name, env.value.unwrap_or_default()))
+                .collect(),
+            ports: container
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|port| port.container_port)
+                .collect(),
+        })
+    }
+}
+
+/// A port number from 1 to 65535.
+fn port_number(value: &Value) -> Option<u16> {
+    value
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|n| *n > 0)
 }
 
 /// `spec.rules.0.name` (serde's path) as `spec.rules[0].name`.

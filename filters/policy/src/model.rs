@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::diagnostic::Origin;
@@ -234,7 +236,56 @@ pub struct LocalRef {
 pub struct Service {
     /// Object identity.
     pub meta: Meta,
-    /// `spec.ports[].port`.
+    /// `spec.ports[].port`, sorted, without repeats.
+    pub ports: Vec<u16>,
+    /// `spec.selector`: the labels of the workloads behind it.
+    pub selector: BTreeMap<String, String>,
+    /// `spec.ports`, as written (those that could be read).
+    pub port_specs: Vec<ServicePort>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// `name` (may be empty).
+    pub name: String,
+    /// `port`: the port callers use.
+    pub port: u16,
+    /// `targetPort`: the workload's port (`port` when absent).
+    pub target_port: u16,
+    /// How it is spoken: `appProtocol`, else a name prefix (`tcp-`, `http-`), else HTTP.
+    pub protocol: AppProtocol,
+}
+
+/// How a Service port is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1 or HTTP/2: access per request, split, metrics.
+    Http,
+    /// Opaque TCP: access per connection.
+    Tcp,
+}
+
+/// A workload: a Deployment (its pod template) or a Pod, as weft needs it to identify its
+/// proxies and, in local mode, to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// Object identity.
+    pub meta: Meta,
+    /// `Deployment` or `Pod`.
+    pub kind: String,
+    /// `serviceAccountName` (`default` when absent, as Kubernetes does): its identity.
+    pub service_account: String,
+    /// The pods' labels (a Deployment's `spec.template.metadata.labels`).
+    pub labels: BTreeMap<String, String>,
+    /// `spec.replicas` (1 when absent; 1 for a Pod).
+    pub replicas: u32,
+    /// The first container's `command` followed by its `args`: what local mode runs.
+    pub command: Vec<String>,
+    /// The first container's `env` (name, value), in order.
+    pub env: Vec<(String, String)>,
+    /// The first container's `ports[].containerPort`.
     pub ports: Vec<u16>,
 }
 
@@ -251,6 +302,8 @@ pub struct Catalog {
     pub traffic_splits: Vec<TrafficSplit>,
     /// Services.
     pub services: Vec<Service>,
+    /// Deployments and Pods.
+    pub workloads: Vec<Workload>,
     /// The lists are in [`Catalog::sort`]'s order, so lookups search them by halves (sort
     /// again after changing a list).
     #[serde(skip)]
@@ -286,6 +339,7 @@ impl Catalog {
             + self.port_routes.len()
             + self.traffic_splits.len()
             + self.services.len()
+            + self.workloads.len()
     }
 
     /// Whether the catalog holds no object.
@@ -357,6 +411,8 @@ impl Catalog {
             .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
         self.services
             .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.workloads
+            .sort_by(|a, b| (key(&a.meta), &a.kind).cmp(&(key(&b.meta), &b.kind)));
         self.sorted = true;
     }
 }

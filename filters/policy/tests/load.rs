@@ -2,6 +2,7 @@
 
 use weft_policy::diagnostic::{Diagnostic, Severity};
 use weft_policy::load::load_yaml;
+use weft_policy::model::AppProtocol;
 use weft_policy::model::{Catalog, HttpMatch, L4Protocol, Subject};
 
 fn load(text: &str) -> (Catalog, Vec<Diagnostic>) {
@@ -286,8 +287,8 @@ apiVersion: specs.smi-spec.io/v1alpha4
 kind: GRPCRoute
 metadata: {name: g}
 ---
-apiVersion: apps/v1
-kind: Deployment
+apiVersion: v1
+kind: ConfigMap
 metadata: {name: ignored}
 "#,
     );
@@ -423,4 +424,107 @@ spec:
         "{}",
         diagnostics[0].message
     );
+}
+
+#[test]
+fn workloads_and_services_are_read_as_local_mode_runs_them() {
+    let (catalog, diagnostics) = load(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {app: db}
+  ports:
+  - {name: tcp-postgres, port: 5432, targetPort: 15432}
+  - {name: admin, port: 8081, appProtocol: tcp}
+  - {name: web, port: 8080}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db, namespace: shop}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      serviceAccountName: database
+      containers:
+      - command: [weft-upstream]
+        args: ["$(APP_IP):15432", db]
+        env: [{name: MODE, value: tcp}]
+        ports: [{containerPort: 15432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: debug, namespace: shop, labels: {app: debug}}
+spec:
+  containers: [{command: [sleep, "60"]}]
+"#,
+    );
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let service = &catalog.services[0];
+    assert_eq!(service.selector.get("app").map(String::as_str), Some("db"));
+    let ports: Vec<_> = service
+        .port_specs
+        .iter()
+        .map(|p| (p.port, p.target_port, p.protocol))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (5432, 15432, AppProtocol::Tcp),
+            (8081, 8081, AppProtocol::Tcp),
+            (8080, 8080, AppProtocol::Http),
+        ]
+    );
+    let db = &catalog.workloads[0];
+    assert_eq!(
+        (db.kind.as_str(), db.meta.name.as_str()),
+        ("Deployment", "db")
+    );
+    assert_eq!(db.service_account, "database");
+    assert_eq!(db.replicas, 2);
+    assert_eq!(db.command, ["weft-upstream", "$(APP_IP):15432", "db"]);
+    assert_eq!(db.env, [("MODE".to_owned(), "tcp".to_owned())]);
+    assert_eq!(db.ports, [15432]);
+    let debug = &catalog.workloads[1];
+    assert_eq!(
+        (debug.kind.as_str(), debug.service_account.as_str()),
+        ("Pod", "default")
+    );
+    assert_eq!(debug.replicas, 1);
+}
+
+#[test]
+fn a_bad_workload_or_service_port_is_an_error_at_its_field() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: many
+"#,
+    );
+    let messages = messages(&diagnostics);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(
+        messages[0]
+            .contains("Service shop/web: spec.ports[0].targetPort: \"http\" is not a port number"),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].contains("Deployment shop/web: spec.replicas: invalid type"),
+        "{}",
+        messages[1]
+    );
+    assert!(messages[1].starts_with("test.yaml:8:"), "{}", messages[1]);
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weft_controller::certs;
-use weft_controller::commands::{
+use weft_cli::certs;
+use weft_cli::commands::{
     self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol, Sources,
 };
 use weft_policy::bundle::Identity;

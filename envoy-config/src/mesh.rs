@@ -1,0 +1,310 @@
+//! A mesh sidecar's resources, from a plain description of its workload: what the controller
+//! serves over xDS to each proxy. The names of the generated resources are a contract (users
+//! patch them, status pages show them): see the constants and docs/controller.md.
+//!
+//! - Inbound: one listener per application port `P` on the pod's address, port `P` (the
+//!   address other workloads reach), terminating mTLS with the workload's certificate (SDS) and
+//!   requiring a client certificate from the mesh, with weft's filter from ECDS, in front of the
+//!   application on its own private address, port `P`.
+//! - Outbound: an HTTP listener on the pod's address, port [`OUTBOUND_PORT`] (the application's
+//!   `HTTP_PROXY`), routed by Host to one cluster per Service, with weft's split and metrics
+//!   from ECDS; a TCP listener per TCP Service port, on the pod's address and that port.
+//! - Clusters of Services get their endpoints over EDS and speak mTLS, accepting only the
+//!   identities of the Service's workloads.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
+
+use crate::bootstrap::{bootstrap, node, with_ads};
+use crate::clusters::{eds_cluster, load_assignment, static_cluster, with_http2, with_tls};
+use crate::filters::{Code, Kind, WeftPlugin, discovered_http_filter, discovered_network_filter};
+use crate::listeners::{
+    HttpListener, ROUTE_HEADER, Routes, direct_response, route_configuration, route_to,
+    split_route, tcp_listener, virtual_host,
+};
+use crate::tls::{Credentials, downstream_tls, upstream_tls};
+
+/// The sidecar's admin port on the pod's address.
+pub const ADMIN_PORT: u16 = 15000;
+/// The outbound HTTP listener's port on the pod's address (`HTTP_PROXY`).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The outbound HTTP listener, and its route configuration (RDS).
+pub const OUTBOUND: &str = "outbound";
+/// The ECDS resource of the outbound weft plugin.
+pub const OUTBOUND_PLUGIN: &str = "weft.outbound";
+/// The static cluster that reaches the controller's xDS server.
+pub const XDS_CLUSTER: &str = "weft-xds";
+
+/// The inbound listener (and the cluster of the application) for port `port`.
+pub fn inbound_name(port: u16) -> String {
+    format!("inbound:{port}")
+}
+
+/// The ECDS resource of the inbound weft plugin for port `port`.
+pub fn inbound_plugin_name(port: u16) -> String {
+    format!("weft.inbound:{port}")
+}
+
+/// The outbound TCP listener for `cluster`'s `port`.
+pub fn outbound_tcp_name(cluster: &str, port: u16) -> String {
+    format!("outbound:{cluster}:{port}")
+}
+
+/// How a port is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2.
+    Http,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// One application port behind the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundPort {
+    /// The port, on the pod's and the application's addresses.
+    pub port: u16,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+}
+
+/// A Service the workload may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundService {
+    /// Its cluster: `name.namespace`.
+    pub cluster: String,
+    /// The names it is called by (`name`, `name.namespace`, ... as weft compiles them).
+    pub hosts: Vec<String>,
+    /// Its port.
+    pub port: u16,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+    /// SPIFFE IDs of the workloads behind it: the only certificates its endpoints may present.
+    pub identities: Vec<String>,
+}
+
+/// One sidecar, as the controller describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    /// The pod's address: its listeners.
+    pub pod_ip: Ipv4Addr,
+    /// The application's private address.
+    pub app_ip: Ipv4Addr,
+    /// The module.
+    pub module: Code,
+    /// SDS name of the workload's certificate.
+    pub certificate_secret: String,
+    /// SDS name of the trust bundle.
+    pub trust_secret: String,
+    /// The application's ports.
+    pub inbound: Vec<InboundPort>,
+    /// The Services it may call.
+    pub services: Vec<OutboundService>,
+}
+
+/// Everything a sidecar is served, by xDS type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidecarResources {
+    /// LDS.
+    pub listeners: Vec<Listener>,
+    /// CDS.
+    pub clusters: Vec<Cluster>,
+    /// RDS.
+    pub routes: Vec<RouteConfiguration>,
+}
+
+fn on(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+impl Sidecar {
+    fn credentials(&self) -> Credentials {
+        Credentials::Sds {
+            certificate: self.certificate_secret.clone(),
+            trust: self.trust_secret.clone(),
+        }
+    }
+
+    /// The listeners, clusters and routes of this sidecar (endpoints, secrets and plugin
+    /// configurations are served beside them: see [`Sidecar::endpoints`],
+    /// [`Sidecar::plugin`]).
+    pub fn resources(&self) -> SidecarResources {
+        let mut resources = SidecarResources::default();
+        for port in &self.inbound {
+            let name = inbound_name(port.port);
+            let tls = Some(downstream_tls(&self.credentials(), true));
+            let listener = match port.protocol {
+                Protocol::Http => {
+                    let mut listener = HttpListener::new(
+                        &name,
+                        on(self.pod_ip, port.port),
+                        Routes::Inline(Box::new(route_configuration(
+                            &name,
+                            vec![virtual_host(
+                                "app",
+                                &["*".to_owned()],
+                                vec![route_to(&name)],
+                            )],
+                        ))),
+                    );
+                    listener.filters =
+                        vec![discovered_http_filter(&inbound_plugin_name(port.port))];
+                    listener.normalise_paths = true;
+                    listener.tls = tls;
+                    listener.build()
+                }
+                Protocol::Tcp => tcp_listener(
+                    &name,
+                    on(self.pod_ip, port.port),
+                    vec![discovered_network_filter(&inbound_plugin_name(port.port))],
+                    &name,
+                    tls,
+                ),
+            };
+            resources.listeners.push(listener);
+            resources
+                .clusters
+                .push(static_cluster(&name, &[on(self.app_ip, port.port)]));
+        }
+        let mut virtual_hosts = Vec::new();
+        for service in &self.services {
+            let tls = upstream_tls(&self.credentials(), &service.identities, &[]);
+            resources
+                .clusters
+                .push(with_tls(eds_cluster(&service.cluster), tls));
+            match service.protocol {
+                Protocol::Http => {
+                    let domains: Vec<String> = service
+                        .hosts
+                        .iter()
+                        .cloned()
+                        .chain(
+                            service
+                                .hosts
+                                .iter()
+                                .map(|h| format!("{h}:{}", service.port)),
+                        )
+                        .collect();
+                    virtual_hosts.push(virtual_host(
+                        &service.cluster,
+                        &domains,
+                        vec![split_route(), route_to(&service.cluster)],
+                    ));
+                }
+                Protocol::Tcp => resources.listeners.push(tcp_listener(
+                    &outbound_tcp_name(&service.cluster, service.port),
+                    on(self.pod_ip, service.port),
+                    Vec::new(),
+                    &service.cluster,
+                    None,
+                )),
+            }
+        }
+        virtual_hosts.push(virtual_host(
+            "unknown",
+            &["*".to_owned()],
+            vec![
+                split_route(),
+                direct_response(404, "weft: no Service of the mesh has that name\n"),
+            ],
+        ));
+        resources
+            .routes
+            .push(route_configuration(OUTBOUND, virtual_hosts));
+        let mut outbound = HttpListener::new(
+            OUTBOUND,
+            on(self.pod_ip, OUTBOUND_PORT),
+            Routes::Discovered(OUTBOUND.to_owned()),
+        );
+        outbound.filters = vec![discovered_http_filter(OUTBOUND_PLUGIN)];
+        outbound.strip_request_headers = vec![ROUTE_HEADER.to_owned()];
+        resources.listeners.push(outbound.build());
+        resources
+    }
+
+    /// A weft plugin of this sidecar (ECDS resource `resource_name`) with `configuration`.
+    /// Inbound plugins fail closed; the outbound one fails open (split falls back to the root
+    /// service).
+    pub fn plugin(
+        &self,
+        resource_name: &str,
+        kind: Kind,
+        configuration: String,
+    ) -> TypedExtensionConfig {
+        let mut plugin = WeftPlugin::new(kind, self.module.clone(), configuration);
+        plugin.fail_open = resource_name == OUTBOUND_PLUGIN;
+        plugin.extension_config(resource_name)
+    }
+}
+
+/// The endpoints of `cluster`: the pod addresses (and Service target port) of its workloads.
+pub fn endpoints(cluster: &str, addresses: &[SocketAddr]) -> ClusterLoadAssignment {
+    load_assignment(cluster, addresses)
+}
+
+/// How a sidecar reaches the controller and proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerLink {
+    /// The xDS server.
+    pub address: SocketAddr,
+    /// The controller's SPIFFE ID, checked on its certificate.
+    pub identity: String,
+    /// The bootstrap credential (files): the workload's certificate and key, and the mesh CA.
+    pub credentials: Credentials,
+}
+
+/// A sidecar's bootstrap: node `node_id` of workload `workload` (`namespace/serviceaccount`)
+/// with `metadata`, admin on the pod's address, ADS over mTLS to the controller. Everything
+/// else comes over xDS.
+pub fn sidecar_bootstrap(
+    node_id: &str,
+    workload: &str,
+    metadata: &[(&str, &str)],
+    pod_ip: Ipv4Addr,
+    link: &ControllerLink,
+) -> Bootstrap {
+    let xds = with_http2(with_tls(
+        static_cluster(XDS_CLUSTER, &[link.address]),
+        upstream_tls(
+            &link.credentials,
+            std::slice::from_ref(&link.identity),
+            &["h2"],
+        ),
+    ));
+    let mut config = with_ads(
+        bootstrap(on(pod_ip, ADMIN_PORT), Vec::new(), vec![xds]),
+        XDS_CLUSTER,
+    );
+    let mut node: Node = node(node_id, workload);
+    node.metadata = Some(Struct {
+        fields: metadata
+            .iter()
+            .map(|(key, text)| {
+                (
+                    (*key).to_owned(),
+                    Value {
+                        kind: Some(value::Kind::StringValue((*text).to_owned())),
+                    },
+                )
+            })
+            .collect(),
+    });
+    config.node = Some(node);
+    config
+}
+
+/// A string field of a node's metadata.
+pub fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
+    let fields = &node.metadata.as_ref()?.fields;
+    match &fields.get(key)?.kind {
+        Some(value::Kind::StringValue(text)) => Some(text),
+        _ => None,
+    }
+}
