@@ -11,8 +11,6 @@ use weft_policy::diagnostic::Diagnostic;
 use weft_policy::engine::{Decision, Engine, HttpRequest};
 use weft_policy::model::Catalog;
 
-use crate::manifests;
-
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: the manifests have errors (or cannot be read).
@@ -34,7 +32,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn ok(stdout: String) -> Self {
+    /// Success, printing `stdout`.
+    pub fn ok(stdout: String) -> Self {
         Self {
             stdout,
             stderr: String::new(),
@@ -42,7 +41,8 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn fail(code: i32, stderr: String) -> Self {
+    /// Failure with exit `code`, printing `stderr`.
+    pub fn fail(code: i32, stderr: String) -> Self {
         Self {
             stdout: String::new(),
             stderr,
@@ -81,20 +81,8 @@ pub struct Sources {
 /// Reads and checks manifests (a file that cannot be read is one more error); `Err` is an
 /// outcome to return as it is.
 fn load(sources: &Sources) -> Result<(Catalog, Vec<Diagnostic>), Outcome> {
-    let manifests = manifests::read(&sources.paths)
-        .map_err(|err| Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")))?;
-    let (catalog, mut diagnostics) = weft_policy::check(
-        manifests
-            .files
-            .iter()
-            .map(|(name, text)| (name.as_str(), text.as_str())),
-    );
-    diagnostics.extend(manifests.problems);
-    if sources.strict {
-        weft_policy::diagnostic::make_strict(&mut diagnostics);
-    }
-    weft_policy::diagnostic::sort(&mut diagnostics);
-    Ok((catalog, diagnostics))
+    weft_controller::index::load(&sources.paths, sources.strict)
+        .map_err(|err| Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")))
 }
 
 fn human_diagnostics(diagnostics: &[Diagnostic]) -> String {

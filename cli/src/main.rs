@@ -113,6 +113,50 @@ enum CertCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a mesh on this machine (local mode): the controller and, for each replica of each
+    /// workload in DIR, its application and an Envoy sidecar on its own loopback address.
+    /// Policy changes in DIR apply while it runs. Ctrl-C stops every process it started.
+    Up {
+        /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
+        dir: PathBuf,
+        /// Where the CA, the module and each pod's files and logs are kept [default: DIR/.weft].
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The Envoy binary [default: .venv/bin/envoy, else envoy on PATH].
+        #[arg(long)]
+        envoy: Option<PathBuf>,
+        /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// Where the xDS server listens.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds: std::net::SocketAddr,
+        /// Where the status server listens (`weft status`).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        admin: std::net::SocketAddr,
+        /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
+        #[arg(long, default_value_t = 86400)]
+        certificate_lifetime: u64,
+        /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The mesh CA's key (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Stop as soon as every sidecar is ready (scripts, tests).
+        #[arg(long)]
+        exit_when_ready: bool,
+    },
+    /// Show every pod of a running controller: identity, address, readiness, the plugin
+    /// configuration version it applied, refusals, certificate expiry.
+    Status {
+        /// The controller's status address.
+        #[arg(long, default_value = "http://127.0.0.1:15014")]
+        controller: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+    },
     /// Make the mesh CA and workload certificates for mTLS between Envoys.
     #[command(subcommand, after_help = EXIT_CODES)]
     Cert(CertCommand),
@@ -231,6 +275,41 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
+        Command::Up {
+            dir,
+            state,
+            envoy,
+            module,
+            xds,
+            admin,
+            certificate_lifetime,
+            ca_cert,
+            ca_key,
+            exit_when_ready,
+        } => {
+            let args = weft_cli::mesh::UpArgs {
+                dir,
+                state,
+                envoy,
+                module,
+                xds,
+                admin,
+                certificate_lifetime: std::time::Duration::from_secs(certificate_lifetime),
+                ca: ca_cert.zip(ca_key),
+                exit_when_ready,
+            };
+            match weft_cli::mesh::up(&args) {
+                Ok(()) => Outcome::ok(String::new()),
+                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
+            }
+        }
+        Command::Status { controller, output } => match weft_cli::mesh::fetch_status(&controller) {
+            Ok(status) => Outcome::ok(match output {
+                Format::Json => format!("{status}\n"),
+                Format::Human => weft_cli::mesh::status_table(&status),
+            }),
+            Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
+        },
         Command::Cert(CertCommand::Ca {
             out,
             trust_domain,

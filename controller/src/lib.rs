@@ -3,3 +3,11 @@
 //! each connected proxy it derives that workload's Envoy resources (weft-envoy-config) with its
 //! compiled policy bundle and certificates, and serves them over ADS (weft-xds); it runs the
 //! mesh CA and rotates workload certificates on wall-clock time, and reports status.
+
+pub mod admin;
+pub mod index;
+pub mod manifests;
+pub mod mesh;
+pub mod pki;
+pub mod runtime;
+pub mod status;

@@ -80,7 +80,7 @@ pub fn node(id: &str, cluster: &str) -> Node {
 pub fn with_ads(mut bootstrap: Bootstrap, xds_cluster: &str) -> Bootstrap {
     bootstrap.dynamic_resources = Some(bootstrap::DynamicResources {
         ads_config: Some(ApiConfigSource {
-            api_type: api_config_source::ApiType::AggregatedGrpc as i32,
+            api_type: api_config_source::ApiType::Grpc as i32,
             transport_api_version: ApiVersion::V3 as i32,
             grpc_services: vec![GrpcService {
                 target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(

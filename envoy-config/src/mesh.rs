@@ -52,9 +52,9 @@ pub fn inbound_plugin_name(port: u16) -> String {
     format!("weft.inbound:{port}")
 }
 
-/// The outbound TCP listener for `cluster`'s `port`.
-pub fn outbound_tcp_name(cluster: &str, port: u16) -> String {
-    format!("outbound:{cluster}:{port}")
+/// The outbound TCP listener of the TCP Service port whose cluster is `cluster`.
+pub fn outbound_tcp_name(cluster: &str) -> String {
+    format!("outbound:{cluster}")
 }
 
 /// How a port is spoken.
@@ -198,8 +198,10 @@ impl Sidecar {
                         vec![split_route(), route_to(&service.cluster)],
                     ));
                 }
+                // The pod's own port is its inbound listener; it does not call itself there.
+                Protocol::Tcp if self.inbound.iter().any(|p| p.port == service.port) => {}
                 Protocol::Tcp => resources.listeners.push(tcp_listener(
-                    &outbound_tcp_name(&service.cluster, service.port),
+                    &outbound_tcp_name(&service.cluster),
                     on(self.pod_ip, service.port),
                     Vec::new(),
                     &service.cluster,

@@ -1,3 +1,427 @@
 //! `weft-local` runs a mesh on one machine: the controller, and for each workload replica its
 //! application process and an Envoy sidecar bootstrapped against the controller, each replica
 //! on its own loopback address. It supervises the processes and stops them all on the way out.
+//!
+//! Addresses: the `n`-th replica of the `k`-th workload (in name order) is the pod
+//! `<workload>-<n>` at `127.0.k.(n+1)` (its sidecar's listeners: inbound on each application
+//! port, outbound HTTP on 15001, admin on 15000), and its application listens on
+//! `127.1.k.(n+1)`, which it is told as `APP_IP`. Loopback is shared by every local process, so
+//! local mode shows and tests the mesh; it is not a security boundary against processes of the
+//! same machine.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use time::OffsetDateTime;
+use weft_controller::mesh::Pod;
+use weft_controller::pki::write_private;
+use weft_controller::runtime::{Controller, Options};
+use weft_envoy_config::mesh::{ControllerLink, OUTBOUND_PORT, sidecar_bootstrap};
+use weft_envoy_config::render::to_json;
+use weft_envoy_config::tls::Credentials;
+use weft_policy::compile::{Options as CompileOptions, service_hosts};
+use weft_policy::model::{AppProtocol, Catalog, Workload};
+
+/// How local mode runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The controller's options (its manifests are the mesh's).
+    pub controller: Options,
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// Folders searched for application commands before `PATH` (weft's own folder).
+    pub command_path: Vec<PathBuf>,
+}
+
+/// One running replica.
+#[derive(Debug)]
+pub struct Replica {
+    /// The pod.
+    pub pod: Pod,
+    /// Its folder: bootstrap, credentials, logs.
+    pub dir: PathBuf,
+    envoy: Child,
+    app: Option<Child>,
+}
+
+impl Replica {
+    /// The sidecar's admin address.
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::from((self.pod.pod_ip, weft_envoy_config::mesh::ADMIN_PORT))
+    }
+
+    /// The sidecar's outbound HTTP proxy (`HTTP_PROXY`).
+    pub fn outbound(&self) -> SocketAddr {
+        SocketAddr::from((self.pod.pod_ip, OUTBOUND_PORT))
+    }
+}
+
+/// A mesh running on this machine.
+pub struct LocalMesh {
+    /// The controller.
+    pub controller: Controller,
+    /// Every replica, in pod order.
+    pub replicas: Vec<Replica>,
+}
+
+/// The pods of `catalog`'s workloads, with their addresses.
+pub fn plan(catalog: &Catalog) -> anyhow::Result<Vec<(Pod, Workload)>> {
+    let mut pods = Vec::new();
+    for (k, workload) in catalog.workloads.iter().enumerate() {
+        let k = u8::try_from(k + 1)
+            .ok()
+            .filter(|k| *k < 255)
+            .context("local mode runs at most 254 workloads")?;
+        for n in 0..workload.replicas {
+            let host = u8::try_from(n + 1)
+                .ok()
+                .filter(|h| *h < 255)
+                .with_context(|| {
+                    format!(
+                        "{}: local mode runs at most 254 replicas",
+                        workload.meta.name
+                    )
+                })?;
+            let name = if workload.kind == "Pod" {
+                workload.meta.name.clone()
+            } else {
+                format!("{}-{n}", workload.meta.name)
+            };
+            pods.push((
+                Pod {
+                    namespace: workload.meta.namespace.clone(),
+                    name,
+                    workload: workload.meta.name.clone(),
+                    service_account: workload.service_account.clone(),
+                    labels: workload.labels.clone(),
+                    pod_ip: Ipv4Addr::new(127, 0, k, host),
+                    app_ip: Ipv4Addr::new(127, 1, k, host),
+                    ports: workload.ports.clone(),
+                    module: None,
+                },
+                workload.clone(),
+            ));
+        }
+    }
+    Ok(pods)
+}
+
+/// What a pod's application is told, the way Kubernetes tells a pod: who and where it is,
+/// its proxy, and where each Service of its namespace is (`<NAME>_SERVICE_HOST`/`_PORT`: an
+/// HTTP Service by name, through `HTTP_PROXY`; a TCP Service at the sidecar's listener on the
+/// pod's own address).
+pub fn environment(catalog: &Catalog, pod: &Pod, workload: &Workload) -> Vec<(String, String)> {
+    let proxy = format!("http://{}:{OUTBOUND_PORT}", pod.pod_ip);
+    let mut env = vec![
+        ("POD_NAME".to_owned(), pod.name.clone()),
+        ("POD_NAMESPACE".to_owned(), pod.namespace.clone()),
+        ("POD_IP".to_owned(), pod.pod_ip.to_string()),
+        ("APP_IP".to_owned(), pod.app_ip.to_string()),
+        ("HTTP_PROXY".to_owned(), proxy.clone()),
+        ("http_proxy".to_owned(), proxy),
+    ];
+    for service in catalog
+        .services
+        .iter()
+        .filter(|s| s.meta.namespace == pod.namespace)
+    {
+        let Some(first) = service.port_specs.first() else {
+            continue;
+        };
+        let prefix = service.meta.name.to_ascii_uppercase().replace('-', "_");
+        let host = match first.protocol {
+            AppProtocol::Http => service_hosts(
+                &service.meta.name,
+                &service.meta.namespace,
+                &pod.namespace,
+                &CompileOptions::default(),
+            )
+            .pop()
+            .unwrap_or_default(),
+            AppProtocol::Tcp => pod.pod_ip.to_string(),
+        };
+        env.push((format!("{prefix}_SERVICE_HOST"), host));
+        env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+    }
+    env.extend(workload.env.iter().cloned());
+    env
+}
+
+/// `text` with each `$(NAME)` replaced by `NAME`'s value in `env`, as Kubernetes expands a
+/// container's command and args (`$$` is a literal `$`; an unknown name is left as written).
+pub fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, value)) = env.iter().rev().find(|(name, _)| *name == inner[..end])
+        {
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Starts `command`, killed with SIGKILL if this process dies first, so nothing outlives
+/// local mode even when it is killed.
+fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))
+}
+
+fn find_command(name: &str, search: &[PathBuf]) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    search
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl LocalMesh {
+    /// Starts the controller, then every replica: its credentials and bootstrap, its Envoy,
+    /// its application.
+    ///
+    /// # Errors
+    /// When the manifests have errors, or a process or file cannot be had; whatever was
+    /// started is stopped.
+    pub async fn up(options: UpOptions) -> anyhow::Result<Self> {
+        let controller = Controller::start(options.controller.clone()).await?;
+        let mut mesh = Self {
+            controller,
+            replicas: Vec::new(),
+        };
+        if let Err(err) = mesh.start_replicas(&options) {
+            mesh.down().await;
+            return Err(err);
+        }
+        Ok(mesh)
+    }
+
+    fn start_replicas(&mut self, options: &UpOptions) -> anyhow::Result<()> {
+        let shared = self.controller.shared.clone();
+        let catalog = shared.catalog();
+        let (controller_identity, trust_domain) = {
+            let pki = shared.pki();
+            (pki.controller_identity(), pki.trust_domain().to_owned())
+        };
+        for (pod, workload) in plan(&catalog)? {
+            let dir = options
+                .controller
+                .state
+                .join("pods")
+                .join(&pod.namespace)
+                .join(&pod.name);
+            std::fs::create_dir_all(&dir)?;
+            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
+            let credential = {
+                let pki = shared.pki();
+                std::fs::write(dir.join("ca.pem"), pki.bundle_pem())?;
+                pki.bootstrap_credential(&spiffe_id, OffsetDateTime::now_utc())?
+            };
+            std::fs::write(dir.join("cert.pem"), &credential.cert_pem)?;
+            write_private(&dir.join("key.pem"), &credential.key_pem)?;
+            let link = ControllerLink {
+                address: self.controller.xds_address,
+                identity: controller_identity.clone(),
+                credentials: Credentials::Files {
+                    cert: dir.join("cert.pem").display().to_string(),
+                    key: dir.join("key.pem").display().to_string(),
+                    ca: dir.join("ca.pem").display().to_string(),
+                },
+            };
+            let workload_id = format!("{}/{}", pod.namespace, pod.service_account);
+            let bootstrap = sidecar_bootstrap(
+                &pod.node_id(),
+                &workload_id,
+                &[("workload", &pod.workload)],
+                pod.pod_ip,
+                &link,
+            );
+            let bootstrap_path = dir.join("bootstrap.json");
+            std::fs::write(&bootstrap_path, to_json(&bootstrap)?.to_string())?;
+            shared.register_pod(pod.clone());
+
+            let mut envoy = Command::new(&options.envoy);
+            envoy
+                .arg("-c")
+                .arg(&bootstrap_path)
+                .args(["--use-dynamic-base-id", "--concurrency", "1"])
+                .args([
+                    "--log-level",
+                    "warning",
+                    "--component-log-level",
+                    "wasm:info",
+                ]);
+            let envoy = spawn(envoy, &dir.join("envoy.log"))?;
+
+            let env = environment(&catalog, &pod, &workload);
+            let app = match workload.command.split_first() {
+                Some((program, args)) => {
+                    let mut command =
+                        Command::new(find_command(&expand(program, &env), &options.command_path));
+                    command.args(args.iter().map(|arg| expand(arg, &env)));
+                    command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    Some(spawn(command, &dir.join("app.log"))?)
+                }
+                None => None,
+            };
+            self.replicas.push(Replica {
+                pod,
+                dir,
+                envoy,
+                app,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every sidecar has applied its listeners, or `timeout`; a process that
+    /// exits meanwhile is an error naming it and its log.
+    ///
+    /// # Errors
+    /// When a process exits or time runs out.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            self.check_processes()?;
+            let waiting: Vec<String> = self
+                .replicas
+                .iter()
+                .filter(|r| !self.controller.shared.is_ready(&r.pod.node_id()))
+                .map(|r| r.pod.node_id())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "not ready after {timeout:?}: {}",
+                waiting.join(", ")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails naming the first process that exited, with the tail of its log.
+    ///
+    /// # Errors
+    /// When one did.
+    pub fn check_processes(&mut self) -> anyhow::Result<()> {
+        for replica in &mut self.replicas {
+            let node = replica.pod.node_id();
+            if let Some(status) = replica.envoy.try_wait()? {
+                anyhow::bail!(
+                    "the sidecar of {node} exited ({status}):\n{}",
+                    tail(&replica.dir.join("envoy.log"))
+                );
+            }
+            if let Some(app) = replica.app.as_mut()
+                && let Some(status) = app.try_wait()?
+            {
+                anyhow::bail!(
+                    "the application of {node} exited ({status}):\n{}",
+                    tail(&replica.dir.join("app.log"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after 5 s) and the controller.
+    pub async fn down(mut self) {
+        let mut children: Vec<&mut Child> = Vec::new();
+        for replica in &mut self.replicas {
+            children.push(&mut replica.envoy);
+            if let Some(app) = replica.app.as_mut() {
+                children.push(app);
+            }
+        }
+        stop_all(&mut children);
+        self.controller.stop().await;
+    }
+}
+
+/// SIGTERM to each child, SIGKILL to those still running 5 s later; every child is reaped.
+fn stop_all(children: &mut [&mut Child]) {
+    for child in children.iter() {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY-free: kill(2) through libc takes plain integers.
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for child in children.iter_mut() {
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Pod name and its replica, for lookups by callers.
+pub fn by_pod(replicas: &[Replica]) -> BTreeMap<String, &Replica> {
+    replicas.iter().map(|r| (r.pod.node_id(), r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_expand_variables_as_kubernetes_does() {
+        let env = vec![("APP_IP".to_owned(), "127.1.1.1".to_owned())];
+        assert_eq!(expand("$(APP_IP):8080", &env), "127.1.1.1:8080");
+        assert_eq!(expand("$$(APP_IP)", &env), "$(APP_IP)");
+        assert_eq!(expand("$(NOPE) $x", &env), "$(NOPE) $x");
+    }
+}

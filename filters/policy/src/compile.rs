@@ -101,7 +101,7 @@ pub fn compile(
 /// The host names that address service `name` of `namespace` from a workload in
 /// `client_namespace`: `name.namespace`, `.svc` and the full cluster domain, and the short
 /// `name` only from inside its namespace, where it resolves to this service.
-fn service_hosts(
+pub fn service_hosts(
     name: &str,
     namespace: &str,
     client_namespace: &str,

@@ -1,0 +1,109 @@
+//! The controller's admin HTTP server: `/status` (JSON: every pod, its proxy's protocol state,
+//! the last refused change), `/module` (the `weft.wasm` sidecars load, with its SHA-256 in
+//! `x-weft-module-sha256`), `/healthz` and `/readyz`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::runtime::Shared;
+
+/// The JSON `/status` answers.
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    let proxies = shared.status.all();
+    let pods: Vec<serde_json::Value> = shared
+        .pods()
+        .iter()
+        .map(|pod| {
+            let node = pod.node_id();
+            json!({
+                "pod": node,
+                "workload": format!("{}/{}", pod.namespace, pod.workload),
+                "service_account": pod.service_account,
+                "pod_ip": pod.pod_ip.to_string(),
+                "app_ip": pod.app_ip.to_string(),
+                "ready": shared.is_ready(&node),
+                "proxy": proxies.get(&node),
+            })
+        })
+        .collect();
+    json!({
+        "module_sha256": shared.module.sha256,
+        "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "pods": pods,
+    })
+}
+
+fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body, sha) = match path {
+        "/status" => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(status_json(shared).to_string()),
+            None,
+        ),
+        "/module" => (
+            StatusCode::OK,
+            "application/wasm",
+            Bytes::from(shared.module.bytes.as_ref().clone()),
+            Some(shared.module.sha256.clone()),
+        ),
+        "/healthz" | "/readyz" => (
+            StatusCode::OK,
+            "text/plain",
+            Bytes::from_static(b"ok\n"),
+            None,
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"weft controller: /status, /module, /healthz, /readyz\n"),
+            None,
+        ),
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    if let Some(sha) = sha
+        && let Ok(value) = hyper::header::HeaderValue::from_str(&sha)
+    {
+        headers.insert("x-weft-module-sha256", value);
+    }
+    response
+}
+
+/// Serves `listener` until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = crate::runtime::stopped(&mut stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = respond(&shared, request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

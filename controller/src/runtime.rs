@@ -1,0 +1,608 @@
+//! The controller at run time: the index fed by a watched directory, the pods, the PKI, a
+//! rebuild loop that keeps every proxy's snapshot current (on a change, a pod's readiness, a
+//! certificate's wall-clock renewal deadline), the ADS server over mTLS with its admission,
+//! and the admin HTTP server (status, module, health).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_certs::RotationPolicy;
+use weft_envoy_config::mesh::node_metadata;
+use weft_envoy_config::pb::envoy::config::core::v3::Node;
+use weft_policy::diagnostic::Diagnostic;
+use weft_policy::model::Catalog;
+use weft_xds::cache::SnapshotCache;
+use weft_xds::protocol::{Event, TypeStatus};
+use weft_xds::server::{Admission, AdsService};
+use weft_xds::snapshot::{LISTENER, short_name};
+
+use crate::mesh::{MeshView, Pod, sidecar_snapshot};
+use crate::pki::{CaSource, Pki};
+use crate::status::Status;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The folder of YAML (SMI, Services, workloads) it serves, watched for changes.
+    pub manifests: PathBuf,
+    /// Where it keeps its state (the CA, the module).
+    pub state: PathBuf,
+    /// Where the ADS server listens.
+    pub xds_listen: SocketAddr,
+    /// Where the admin HTTP server listens (status, module, health).
+    pub admin_listen: SocketAddr,
+    /// `weft.wasm`.
+    pub module: PathBuf,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// Where the CA comes from.
+    pub ca: CaSource,
+    /// Workload certificate lifetime and renewal.
+    pub rotation: RotationPolicy,
+    /// How often the manifests folder is looked at.
+    pub poll: Duration,
+}
+
+/// Module bytes and where the controller keeps them (content-addressed).
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// The file sidecars on this host load: `<state>/modules/weft-<sha256>.wasm`.
+    pub path: PathBuf,
+    /// The bytes (served at `/module`).
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl Module {
+    /// Reads `source` and keeps it in `state/modules` under its digest.
+    ///
+    /// # Errors
+    /// When it cannot be read or written.
+    pub fn install(source: &Path, state: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(source).map_err(|err| {
+            anyhow::anyhow!("{}: {err} (run `make build` first)", source.display())
+        })?;
+        let sha256: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = state.join("modules");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("weft-{sha256}.wasm"));
+        if !path.exists() {
+            // Written whole, then renamed: a sidecar never sees a half-written module.
+            let staging = dir.join(format!(".weft-{sha256}.tmp"));
+            std::fs::write(&staging, &bytes)?;
+            std::fs::rename(&staging, &path)?;
+        }
+        Ok(Self {
+            sha256,
+            path: std::fs::canonicalize(&path)?,
+            bytes: Arc::new(bytes),
+        })
+    }
+}
+
+/// What the controller knows, shared by its tasks.
+pub struct Shared {
+    /// Its options.
+    pub options: Options,
+    /// The last good catalog.
+    catalog: RwLock<Arc<Catalog>>,
+    /// Problems of the last change that was refused (the last good catalog keeps serving).
+    rejected: Mutex<Vec<Diagnostic>>,
+    /// Pods by node id.
+    pods: Mutex<BTreeMap<String, Pod>>,
+    /// Node ids whose sidecar has applied its listeners.
+    ready: Mutex<BTreeSet<String>>,
+    pki: Mutex<Pki>,
+    /// Snapshots served.
+    pub cache: Arc<SnapshotCache>,
+    /// Per-proxy protocol status.
+    pub status: Status,
+    /// The module.
+    pub module: Module,
+    changed: Notify,
+    generation: watch::Sender<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The last good catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Problems of the last refused change.
+    pub fn rejected(&self) -> Vec<Diagnostic> {
+        lock(&self.rejected).clone()
+    }
+
+    /// Adds or replaces a pod (a source saw it start).
+    pub fn register_pod(&self, pod: Pod) {
+        lock(&self.pods).insert(pod.node_id(), pod);
+        self.changed.notify_one();
+    }
+
+    /// Removes a pod (it stopped): its endpoints go, its snapshot is forgotten.
+    pub fn remove_pod(&self, node_id: &str) {
+        lock(&self.pods).remove(node_id);
+        lock(&self.ready).remove(node_id);
+        self.cache.remove(node_id);
+        self.changed.notify_one();
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> Vec<Pod> {
+        lock(&self.pods).values().cloned().collect()
+    }
+
+    /// Whether `node_id`'s sidecar has applied its listeners.
+    pub fn is_ready(&self, node_id: &str) -> bool {
+        lock(&self.ready).contains(node_id)
+    }
+
+    /// The PKI.
+    pub fn pki(&self) -> std::sync::MutexGuard<'_, Pki> {
+        lock(&self.pki)
+    }
+
+    /// Rebuilds counted so far; changes each time snapshots were rebuilt.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Reloads the manifests; a set with errors is refused (logged with file and line, kept
+    /// for status) and the last good catalog keeps serving. Returns whether the catalog
+    /// changed.
+    pub fn reload(&self) -> bool {
+        match crate::index::load(std::slice::from_ref(&self.options.manifests), false) {
+            Ok((catalog, diagnostics)) if !diagnostics.iter().any(Diagnostic::is_error) => {
+                lock(&self.rejected).clear();
+                let mut current = self
+                    .catalog
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if **current == catalog {
+                    return false;
+                }
+                *current = Arc::new(catalog);
+                drop(current);
+                log::info!("weft: manifests changed; rebuilding every proxy's configuration");
+                self.changed.notify_one();
+                true
+            }
+            Ok((_, diagnostics)) => {
+                let mut rejected = lock(&self.rejected);
+                if *rejected != diagnostics {
+                    for diagnostic in diagnostics.iter().filter(|d| d.is_error()) {
+                        log::error!("{diagnostic}");
+                    }
+                    log::error!("weft: change refused; the last good configuration keeps serving");
+                    *rejected = diagnostics;
+                }
+                false
+            }
+            Err(err) => {
+                log::error!("weft: {}: {err}", self.options.manifests.display());
+                false
+            }
+        }
+    }
+
+    /// Rebuilds the snapshot of every pod at wall-clock `now` (certificates past their
+    /// renewal deadline are renewed). A pod whose configuration cannot be built keeps its last
+    /// one, and the error is logged.
+    pub fn rebuild(&self, now: OffsetDateTime) {
+        let catalog = self.catalog();
+        let pods = self.pods();
+        let ready = lock(&self.ready).clone();
+        let mut pki = lock(&self.pki);
+        let bundle = pki.bundle_pem().to_owned();
+        let trust_domain = pki.trust_domain().to_owned();
+        let module = self.module.path.display().to_string();
+        let view = MeshView {
+            catalog: &catalog,
+            pods: &pods,
+            ready: &ready,
+            trust_domain: &trust_domain,
+            bundle: &bundle,
+            module: &module,
+        };
+        for pod in &pods {
+            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
+            let certificate = match pki.workload(&spiffe_id, now) {
+                Ok((issued, renewed)) => {
+                    if renewed {
+                        log::info!(
+                            "weft: issued a certificate for {spiffe_id}, valid until {}",
+                            issued.validity.not_after
+                        );
+                    }
+                    self.status
+                        .set_certificate(&pod.node_id(), issued.validity.not_after);
+                    issued.pem
+                }
+                Err(err) => {
+                    log::error!("weft: {err}");
+                    continue;
+                }
+            };
+            match sidecar_snapshot(&view, pod, &certificate) {
+                Ok(snapshot) => {
+                    self.cache.set(&pod.node_id(), Arc::new(snapshot));
+                }
+                Err(err) => log::error!(
+                    "weft: {}: {err}; it keeps its last configuration",
+                    pod.node_id()
+                ),
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn next_renewal(&self) -> Option<OffsetDateTime> {
+        lock(&self.pki).next_renewal()
+    }
+}
+
+/// The controller's admission and bookkeeping of each ADS stream.
+struct Gate {
+    shared: Arc<Shared>,
+}
+
+impl Gate {
+    fn admit_node(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
+        let leaf = peer.and_then(<[Vec<u8>]>::first).ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "a sidecar connects with its bootstrap certificate (mTLS)",
+            )
+        })?;
+        let (uris, _) = weft_certs::inspect(leaf)
+            .map_err(|err| tonic::Status::unauthenticated(err.to_string()))?;
+        let trust_domain = self.shared.pki().trust_domain().to_owned();
+        let (namespace, pod_name) = node.id.split_once('/').ok_or_else(|| {
+            tonic::Status::invalid_argument(format!("node id {:?} is not namespace/pod", node.id))
+        })?;
+        let (_, service_account) = node.cluster.split_once('/').ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "node cluster {:?} is not namespace/serviceaccount",
+                node.cluster
+            ))
+        })?;
+        let claimed = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        if !uris.contains(&claimed) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} claims {claimed}, but its certificate is for {}",
+                node.id,
+                uris.join(", ")
+            )));
+        }
+        let known = lock(&self.shared.pods).get(&node.id).cloned();
+        match known {
+            Some(pod) if pod.service_account == service_account => {}
+            Some(pod) => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "pod {} runs as {}, not {service_account}",
+                    node.id, pod.service_account
+                )));
+            }
+            None => {
+                let pod = self.remote_pod(node, namespace, pod_name, service_account)?;
+                self.shared.register_pod(pod);
+            }
+        }
+        self.shared.status.connected(&node.id, &claimed);
+        Ok(node.id.clone())
+    }
+
+    /// A sidecar started by `weft sidecar` describes its pod in its node metadata; it must name
+    /// a workload of the index that runs as the identity it proved.
+    fn remote_pod(
+        &self,
+        node: &Node,
+        namespace: &str,
+        pod_name: &str,
+        service_account: &str,
+    ) -> Result<Pod, tonic::Status> {
+        let field = |key: &str| {
+            node_metadata(node, key).map(str::to_owned).ok_or_else(|| {
+                tonic::Status::invalid_argument(format!(
+                    "node {} is not a pod weft knows, and its metadata has no {key}",
+                    node.id
+                ))
+            })
+        };
+        let workload_name = field("workload")?;
+        let catalog = self.shared.catalog();
+        let workload = catalog
+            .workloads
+            .iter()
+            .find(|w| w.meta.namespace == namespace && w.meta.name == workload_name)
+            .ok_or_else(|| {
+                tonic::Status::permission_denied(format!(
+                    "no workload {namespace}/{workload_name} in the index"
+                ))
+            })?;
+        if workload.service_account != service_account {
+            return Err(tonic::Status::permission_denied(format!(
+                "workload {namespace}/{workload_name} runs as {}, not {service_account}",
+                workload.service_account
+            )));
+        }
+        let address = |key: &str| {
+            field(key)?.parse().map_err(|_| {
+                tonic::Status::invalid_argument(format!(
+                    "node metadata {key} is not an IPv4 address"
+                ))
+            })
+        };
+        Ok(Pod {
+            namespace: namespace.to_owned(),
+            name: pod_name.to_owned(),
+            workload: workload_name,
+            service_account: service_account.to_owned(),
+            labels: workload.labels.clone(),
+            pod_ip: address("pod_ip")?,
+            app_ip: address("app_ip")?,
+            ports: workload.ports.clone(),
+            module: node_metadata(node, "module").map(str::to_owned),
+        })
+    }
+}
+
+impl Admission for Gate {
+    fn admit(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
+        let result = self.admit_node(node, peer);
+        if let Err(status) = &result {
+            log::warn!(
+                "weft: refused an xDS connection from {}: {}",
+                node.id,
+                status.message()
+            );
+        }
+        result
+    }
+
+    fn on_event(&self, key: &str, event: &Event) {
+        match event {
+            Event::Ack { type_url, version } => {
+                self.shared.status.acked(key, short_name(type_url), version);
+                if type_url == LISTENER && lock(&self.shared.ready).insert(key.to_owned()) {
+                    log::info!("weft: {key} is ready");
+                    self.shared.changed.notify_one();
+                }
+            }
+            Event::Nack {
+                type_url,
+                version,
+                error,
+            } => {
+                log::warn!(
+                    "weft: proxy {key} refused {} version {version}: {error}",
+                    short_name(type_url)
+                );
+                self.shared
+                    .status
+                    .nacked(key, short_name(type_url), version, error);
+            }
+            Event::StaleNonce { .. } => {}
+            Event::Missing { type_url, names } => {
+                log::warn!(
+                    "weft: proxy {key} asked for {} {} it is not given",
+                    short_name(type_url),
+                    names.join(", ")
+                );
+                self.shared.status.refused(key, names);
+            }
+        }
+    }
+
+    fn on_disconnect(&self, key: &str, _status: &[TypeStatus]) {
+        // A sidecar that lost the controller keeps serving what it has: it stays ready.
+        self.shared.status.disconnected(key);
+    }
+}
+
+/// A running controller.
+pub struct Controller {
+    /// What it knows.
+    pub shared: Arc<Shared>,
+    /// Where the ADS server listens.
+    pub xds_address: SocketAddr,
+    /// Where the admin server listens.
+    pub admin_address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Controller {
+    /// Starts the controller: loads the manifests (a set with errors does not start), opens
+    /// the PKI, installs the module, and starts the ADS server, the admin server, the watcher
+    /// and the rebuild loop.
+    ///
+    /// # Errors
+    /// When the manifests have errors, or a port, file or certificate cannot be had.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let (catalog, diagnostics) =
+            crate::index::load(std::slice::from_ref(&options.manifests), false)?;
+        let errors: Vec<String> = diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        anyhow::ensure!(
+            errors.is_empty(),
+            "{}\nweft: the manifests have {} error(s); fix them first (weft check)",
+            errors.join("\n"),
+            errors.len()
+        );
+        std::fs::create_dir_all(&options.state)?;
+        let pki = Pki::open(
+            &options.state,
+            &options.ca,
+            &options.trust_domain,
+            options.rotation,
+        )?;
+        let module = Module::install(&options.module, &options.state)?;
+        let now = OffsetDateTime::now_utc();
+        let server = pki.server_credential(now)?;
+        let bundle = pki.bundle_pem().to_owned();
+        let shared = Arc::new(Shared {
+            catalog: RwLock::new(Arc::new(catalog)),
+            rejected: Mutex::new(Vec::new()),
+            pods: Mutex::new(BTreeMap::new()),
+            ready: Mutex::new(BTreeSet::new()),
+            pki: Mutex::new(pki),
+            cache: Arc::new(SnapshotCache::new()),
+            status: Status::default(),
+            module,
+            changed: Notify::new(),
+            generation: watch::Sender::new(0),
+            options,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let xds = tokio::net::TcpListener::bind(shared.options.xds_listen).await?;
+        let xds_address = xds.local_addr()?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &server.cert_pem,
+                &server.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&bundle));
+        let service = AdsService::new(
+            shared.cache.clone(),
+            Arc::new(Gate {
+                shared: shared.clone(),
+            }),
+        );
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)?
+            .add_service(service.into_server());
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let until = async move { stopped(&mut stop).await };
+            if let Err(err) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(xds), until)
+                .await
+            {
+                log::error!("weft: the xDS server stopped: {err}");
+            }
+        });
+
+        let admin = tokio::net::TcpListener::bind(shared.options.admin_listen).await?;
+        let admin_address = admin.local_addr()?;
+        tasks.spawn(crate::admin::serve(
+            admin,
+            shared.clone(),
+            shutdown.subscribe(),
+        ));
+
+        let watcher = shared.clone();
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let mut last = fingerprint(&watcher.options.manifests);
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(watcher.options.poll) => {}
+                }
+                let now = fingerprint(&watcher.options.manifests);
+                if now != last {
+                    last = now;
+                    watcher.reload();
+                }
+            }
+        });
+
+        let rebuilder = shared.clone();
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            loop {
+                rebuilder.rebuild(OffsetDateTime::now_utc());
+                // Wake for a change, or at the next renewal deadline read off the wall clock
+                // (checked at least every second, so a clock that jumps is noticed).
+                let until_renewal = rebuilder.next_renewal().map_or(Duration::from_secs(1), |at| {
+                    let left = at - OffsetDateTime::now_utc();
+                    Duration::try_from(left).unwrap_or(Duration::ZERO)
+                });
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = rebuilder.changed.notified() => {
+                        // Changes often come in bursts (an editor writes twice): gather them.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    () = tokio::time::sleep(until_renewal.min(Duration::from_secs(1))) => {
+                        let due = rebuilder.next_renewal().is_some_and(|at| at <= OffsetDateTime::now_utc());
+                        if !due {
+                            continue;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            shared,
+            xds_address,
+            admin_address,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// What changes when a manifest changes: each file's path, size and modification time.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut seen = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                // Hidden entries are skipped, as the manifests reader skips them (local mode
+                // keeps its state in DIR/.weft).
+                stack.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                        .map(|e| e.path()),
+                );
+            }
+        } else {
+            seen.push((path, metadata.len(), metadata.modified().ok()));
+        }
+    }
+    seen.sort();
+    seen
+}
