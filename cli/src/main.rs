@@ -146,6 +146,9 @@ enum Command {
         /// Stop as soon as every sidecar is ready (scripts, tests).
         #[arg(long)]
         exit_when_ready: bool,
+        /// Pods get 127.SUBNET.k.n and applications 127.(SUBNET+1).k.n.
+        #[arg(long, default_value_t = 0)]
+        subnet: u8,
     },
     /// Show every pod of a running controller: identity, address, readiness, the plugin
     /// configuration version it applied, refusals, certificate expiry.
@@ -286,8 +289,10 @@ fn main() -> ExitCode {
             ca_cert,
             ca_key,
             exit_when_ready,
+            subnet,
         } => {
             let args = weft_cli::mesh::UpArgs {
+                subnet,
                 dir,
                 state,
                 envoy,

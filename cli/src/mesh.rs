@@ -34,6 +34,8 @@ pub struct UpArgs {
     pub ca: Option<(PathBuf, PathBuf)>,
     /// Stop once every sidecar is ready (for scripts and tests).
     pub exit_when_ready: bool,
+    /// Address block (see weft-local).
+    pub subnet: u8,
 }
 
 fn beside_exe(relative: &str) -> Option<PathBuf> {
@@ -95,6 +97,7 @@ async fn run_up(args: &UpArgs) -> anyhow::Result<()> {
             .and_then(|exe| exe.parent().map(Path::to_path_buf))
             .into_iter()
             .collect(),
+        subnet: args.subnet,
     };
     let mut mesh = LocalMesh::up(options).await?;
     eprintln!(

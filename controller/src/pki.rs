@@ -141,6 +141,16 @@ impl Pki {
         lifetime: Duration,
         now: OffsetDateTime,
     ) -> Result<(CertifiedKey, Validity), PkiError> {
+        self.issue_with_dns(spiffe_id, &[], lifetime, now)
+    }
+
+    fn issue_with_dns(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(CertifiedKey, Validity), PkiError> {
         let validity = Validity {
             // A little in the past, so a peer's slightly slow clock accepts it.
             not_before: now - Duration::from_secs(5 * 60),
@@ -148,7 +158,7 @@ impl Pki {
         };
         let pem = self
             .ca
-            .issue_for(spiffe_id, &[], validity)
+            .issue_for(spiffe_id, dns_names, validity)
             .map_err(|source| PkiError::Cert {
                 what: format!("issuing a certificate for {spiffe_id}"),
                 source,

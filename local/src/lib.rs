@@ -5,7 +5,8 @@
 //! Addresses: the `n`-th replica of the `k`-th workload (in name order) is the pod
 //! `<workload>-<n>` at `127.0.k.(n+1)` (its sidecar's listeners: inbound on each application
 //! port, outbound HTTP on 15001, admin on 15000), and its application listens on
-//! `127.1.k.(n+1)`, which it is told as `APP_IP`. Loopback is shared by every local process, so
+//! `127.1.k.(n+1)`, which it is told as `APP_IP` (`--subnet S` moves both to `127.S` and
+//! `127.S+1`). Loopback is shared by every local process, so
 //! local mode shows and tests the mesh; it is not a security boundary against processes of the
 //! same machine.
 
@@ -35,6 +36,9 @@ pub struct UpOptions {
     pub envoy: PathBuf,
     /// Folders searched for application commands before `PATH` (weft's own folder).
     pub command_path: Vec<PathBuf>,
+    /// Pods get `127.<subnet>.k.n`, applications `127.<subnet + 1>.k.n` (0 by default; two
+    /// meshes on one machine need different subnets).
+    pub subnet: u8,
 }
 
 /// One running replica.
@@ -54,9 +58,29 @@ impl Replica {
         SocketAddr::from((self.pod.pod_ip, weft_envoy_config::mesh::ADMIN_PORT))
     }
 
+    /// The process ids of its Envoy and its application.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.envoy.id())
+            .chain(self.app.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// The sidecar's outbound HTTP proxy (`HTTP_PROXY`).
     pub fn outbound(&self) -> SocketAddr {
         SocketAddr::from((self.pod.pod_ip, OUTBOUND_PORT))
+    }
+}
+
+impl Drop for Replica {
+    /// A replica dropped without [`LocalMesh::down`] (a panic) still takes its processes with
+    /// it.
+    fn drop(&mut self) {
+        for child in std::iter::once(&mut self.envoy).chain(self.app.as_mut()) {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -68,8 +92,11 @@ pub struct LocalMesh {
     pub replicas: Vec<Replica>,
 }
 
-/// The pods of `catalog`'s workloads, with their addresses.
-pub fn plan(catalog: &Catalog) -> anyhow::Result<Vec<(Pod, Workload)>> {
+/// The pods of `catalog`'s workloads, with their addresses in `subnet`.
+pub fn plan(catalog: &Catalog, subnet: u8) -> anyhow::Result<Vec<(Pod, Workload)>> {
+    let app_subnet = subnet
+        .checked_add(1)
+        .context("the subnet must be below 255")?;
     let mut pods = Vec::new();
     for (k, workload) in catalog.workloads.iter().enumerate() {
         let k = u8::try_from(k + 1)
@@ -98,8 +125,8 @@ pub fn plan(catalog: &Catalog) -> anyhow::Result<Vec<(Pod, Workload)>> {
                     workload: workload.meta.name.clone(),
                     service_account: workload.service_account.clone(),
                     labels: workload.labels.clone(),
-                    pod_ip: Ipv4Addr::new(127, 0, k, host),
-                    app_ip: Ipv4Addr::new(127, 1, k, host),
+                    pod_ip: Ipv4Addr::new(127, subnet, k, host),
+                    app_ip: Ipv4Addr::new(127, app_subnet, k, host),
                     ports: workload.ports.clone(),
                     module: None,
                 },
@@ -240,7 +267,7 @@ impl LocalMesh {
             let pki = shared.pki();
             (pki.controller_identity(), pki.trust_domain().to_owned())
         };
-        for (pod, workload) in plan(&catalog)? {
+        for (pod, workload) in plan(&catalog, options.subnet)? {
             let dir = options
                 .controller
                 .state
@@ -311,8 +338,9 @@ impl LocalMesh {
         Ok(())
     }
 
-    /// Waits until every sidecar has applied its listeners, or `timeout`; a process that
-    /// exits meanwhile is an error naming it and its log.
+    /// Waits until every sidecar has applied its listeners and says it is live (its admin's
+    /// `/ready`: its listeners warmed, so they accept connections), or `timeout`; a process
+    /// that exits meanwhile is an error naming it and its log.
     ///
     /// # Errors
     /// When a process exits or time runs out.
@@ -320,12 +348,14 @@ impl LocalMesh {
         let start = Instant::now();
         loop {
             self.check_processes()?;
-            let waiting: Vec<String> = self
-                .replicas
-                .iter()
-                .filter(|r| !self.controller.shared.is_ready(&r.pod.node_id()))
-                .map(|r| r.pod.node_id())
-                .collect();
+            let mut waiting = Vec::new();
+            for replica in &self.replicas {
+                if !self.controller.shared.is_ready(&replica.pod.node_id())
+                    || !live(replica.admin()).await
+                {
+                    waiting.push(replica.pod.node_id());
+                }
+            }
             if waiting.is_empty() {
                 return Ok(start.elapsed());
             }
@@ -400,6 +430,20 @@ fn stop_all(children: &mut [&mut Child]) {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Whether the Envoy whose admin is at `admin` answers `/ready` with 200 (state LIVE).
+async fn live(admin: SocketAddr) -> bool {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let Ok(uri) = format!("http://{admin}/ready").parse() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await,
+        Ok(Ok(response)) if response.status() == 200
+    )
 }
 
 fn tail(path: &Path) -> String {

@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod envoy;
+pub mod mesh;
 pub mod paths;
 pub mod pki;
 pub mod policy;

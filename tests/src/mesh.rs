@@ -1,0 +1,181 @@
+//! A local mesh for tests: local mode (weft-local) on a copy of `examples/mesh`, with the
+//! controller's ports chosen by the kernel, and helpers to call Services as a given workload
+//! (through that replica's sidecar, which presents its controller-issued certificate).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use weft_certs::RotationPolicy;
+use weft_controller::pki::CaSource;
+use weft_controller::runtime::Options;
+use weft_local::{LocalMesh, Replica, UpOptions};
+
+use crate::client::{Reply, request};
+use crate::paths;
+
+/// A running mesh and the folders it uses (removed when dropped, after the mesh is down).
+pub struct TestMesh {
+    /// The mesh (`None` once stopped).
+    pub mesh: Option<LocalMesh>,
+    /// Its manifests: a copy of the example, free to edit.
+    pub manifests: tempfile::TempDir,
+    /// Its state.
+    pub state: tempfile::TempDir,
+}
+
+/// Subnets of meshes started by this process, so that tests running at once do not collide
+/// (10, 12, 14, ...: each mesh uses its subnet and the next).
+static NEXT_SUBNET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(10);
+
+/// Options for a mesh on `manifests` keeping its state in `state`, in a subnet of its own.
+pub fn options(manifests: &Path, state: &Path) -> anyhow::Result<UpOptions> {
+    let subnet = NEXT_SUBNET.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    Ok(UpOptions {
+        controller: Options {
+            manifests: manifests.to_path_buf(),
+            state: state.to_path_buf(),
+            xds_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            module: paths::weft_wasm()?,
+            trust_domain: "cluster.local".to_owned(),
+            ca: CaSource::State,
+            rotation: RotationPolicy::default(),
+            poll: Duration::from_millis(50),
+        },
+        envoy: paths::envoy_binary()?,
+        command_path: vec![paths::workspace_root().join("target/debug")],
+        subnet,
+    })
+}
+
+/// Copies the files of `examples/<name>` into a new folder.
+pub fn copy_example(name: &str) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("weft-mesh-").tempdir()?;
+    let from = paths::workspace_root().join("examples").join(name);
+    for entry in std::fs::read_dir(&from).with_context(|| from.display().to_string())? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(
+                &path,
+                dir.path().join(path.file_name().context("a file name")?),
+            )?;
+        }
+    }
+    Ok(dir)
+}
+
+impl TestMesh {
+    /// Starts `examples/mesh` and waits until every sidecar is ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let manifests = copy_example("mesh")?;
+        let state = tempfile::Builder::new().prefix("weft-state-").tempdir()?;
+        let mut mesh = LocalMesh::up(options(manifests.path(), state.path())?).await?;
+        mesh.wait_ready(Duration::from_secs(30)).await?;
+        Ok(Self {
+            mesh: Some(mesh),
+            manifests,
+            state,
+        })
+    }
+
+    /// The running mesh.
+    pub fn mesh(&self) -> &LocalMesh {
+        self.mesh.as_ref().expect("the mesh is running")
+    }
+
+    /// The replica of pod `node` (`namespace/name`).
+    pub fn replica(&self, node: &str) -> &Replica {
+        self.mesh()
+            .replicas
+            .iter()
+            .find(|r| r.pod.node_id() == node)
+            .unwrap_or_else(|| panic!("no pod {node}"))
+    }
+
+    /// `method path` to the Service `host`, sent as pod `from` (through its outbound proxy).
+    pub async fn call(
+        &self,
+        from: &str,
+        method: &str,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<Reply> {
+        request(
+            self.replica(from).outbound(),
+            method,
+            path,
+            &[("host", host)],
+        )
+        .await
+    }
+
+    /// Sends `line` to TCP Service port `port` as pod `from` (through its outbound listener on
+    /// its own address) and returns the answer line, or `None` if the connection was closed.
+    pub async fn tcp(&self, from: &str, port: u16, line: &str) -> anyhow::Result<Option<String>> {
+        let address = SocketAddr::from((self.replica(from).pod.pod_ip, port));
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            BufReader::new(&mut stream).read_line(&mut answer),
+        )
+        .await
+        .context("no answer and no close within 5 s")?;
+        Ok(match read {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(answer.trim_end().to_owned()),
+        })
+    }
+
+    /// A stat of pod `node`'s sidecar (0 when absent).
+    pub async fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
+        let reply = request(
+            self.replica(node).admin(),
+            "GET",
+            &format!("/stats?filter=^{name}$"),
+            &[],
+        )
+        .await?;
+        Ok(reply
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Pod `node`'s sidecar's Prometheus metrics.
+    pub async fn metrics(&self, node: &str) -> anyhow::Result<crate::prometheus::Metrics> {
+        let reply = request(self.replica(node).admin(), "GET", "/stats/prometheus", &[]).await?;
+        crate::prometheus::Metrics::parse(&reply.body)
+    }
+
+    /// The controller's status.
+    pub fn status(&self) -> serde_json::Value {
+        weft_controller::admin::status_json(&self.mesh().controller.shared)
+    }
+
+    /// Writes `text` to the manifest file `name`, atomically (write, then rename).
+    pub fn write_manifest(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let staging = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&staging, text)?;
+        std::fs::rename(&staging, self.manifests.path().join(name))?;
+        Ok(())
+    }
+
+    /// The manifest file `name`.
+    pub fn manifest(&self, name: &str) -> PathBuf {
+        self.manifests.path().join(name)
+    }
+
+    /// Stops every process and the controller.
+    pub async fn stop(&mut self) {
+        if let Some(mesh) = self.mesh.take() {
+            mesh.down().await;
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! A whole mesh in local mode: real Envoys configured only by the controller over xDS, with
+//! certificates it issued, running examples/mesh (frontend -> checkout split v1/v2 -> db over
+//! TCP; analytics, which nothing lets in).
+
+use std::time::{Duration, Instant};
+
+use weft_e2e::mesh::TestMesh;
+use weft_e2e::poll::until;
+
+const FRONTEND: &str = "shop/frontend-0";
+const ANALYTICS: &str = "shop/analytics-0";
+const CHECKOUT_V1: &str = "shop/checkout-v1-0";
+const CHECKOUT_V2: &str = "shop/checkout-v2-0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_split_tcp_and_metrics_work_over_certificates_the_controller_issued() {
+    let mut mesh = TestMesh::start().await.unwrap();
+
+    // Allowed: frontend may GET /cart; the split sends it to v1 or v2.
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..100 {
+        let reply = mesh
+            .call(FRONTEND, "GET", "checkout", "/cart")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        match reply.body.trim_end() {
+            "upstream checkout-v1: GET /cart" => v1 += 1,
+            "upstream checkout-v2: GET /cart" => v2 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // 90/10: v2 gets between 1 and 30 of 100 with overwhelming probability.
+    assert!(v2 > 0 && v2 <= 30 && v1 + v2 == 100, "v1 {v1}, v2 {v2}");
+
+    // Denied: a path no rule allows, and a workload no TrafficTarget names. The 403 names the
+    // caller's identity, which the inbound sidecar read from the certificate the controller
+    // issued to the caller's sidecar.
+    let admin = mesh
+        .call(FRONTEND, "GET", "checkout", "/admin")
+        .await
+        .unwrap();
+    assert_eq!(admin.status, 403);
+    assert!(
+        admin
+            .body
+            .contains("spiffe://cluster.local/ns/shop/sa/frontend"),
+        "{}",
+        admin.body
+    );
+    let intruder = mesh
+        .call(ANALYTICS, "GET", "checkout", "/cart")
+        .await
+        .unwrap();
+    assert_eq!(intruder.status, 403);
+    assert!(
+        intruder
+            .body
+            .contains("spiffe://cluster.local/ns/shop/sa/analytics"),
+        "{}",
+        intruder.body
+    );
+
+    // TCP: checkout may reach the database, analytics may not.
+    assert_eq!(
+        mesh.tcp(CHECKOUT_V1, 5432, "select 1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("db: select 1")
+    );
+    assert_eq!(mesh.tcp(ANALYTICS, 5432, "select 1").await.unwrap(), None);
+
+    // Metrics: each checkout sidecar counted exactly the requests it served, per edge.
+    for (node, served) in [(CHECKOUT_V1, v1), (CHECKOUT_V2, v2)] {
+        let metrics = mesh.metrics(node).await.unwrap();
+        let allowed = metrics.counter(
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("source_service_account", "frontend"),
+                ("destination_service", "checkout"),
+                ("response_code_class", "2xx"),
+            ],
+        );
+        assert_eq!(allowed, f64::from(served), "{node}");
+    }
+    let status = mesh.status();
+    for pod in status["pods"].as_array().unwrap() {
+        assert_eq!(pod["ready"], true, "{pod}");
+        assert!(pod["proxy"]["certificate_expires"].is_string(), "{pod}");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_is_refused() {
+    let mut mesh = TestMesh::start().await.unwrap();
+    assert_eq!(
+        mesh.call(ANALYTICS, "GET", "checkout", "/cart")
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    let access = std::fs::read_to_string(mesh.manifest("access.yaml")).unwrap();
+    let opened = access.replace(
+        "sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]",
+        "sources: [{kind: ServiceAccount, name: frontend, namespace: shop}, {kind: ServiceAccount, name: analytics, namespace: shop}]",
+    );
+    assert_ne!(opened, access);
+    let edited = Instant::now();
+    mesh.write_manifest("access.yaml", &opened).unwrap();
+    until(
+        "analytics allowed on both checkout backends",
+        Duration::from_secs(10),
+        || async {
+            for _ in 0..10 {
+                if mesh
+                    .call(ANALYTICS, "GET", "checkout", "/cart")
+                    .await?
+                    .status
+                    != 200
+                {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "policy edit enforced {} ms after the file changed",
+        edited.elapsed().as_millis()
+    );
+    // The change travelled as plugin configuration only: no listener was modified or drained.
+    for node in [CHECKOUT_V1, CHECKOUT_V2] {
+        assert_eq!(
+            mesh.stat(node, "listener_manager.listener_modified")
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            mesh.stat(node, "listener_manager.total_listeners_draining")
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(
+            mesh.stat(
+                node,
+                "extension_config_discovery.http_filter.weft.inbound_8080.config_reload"
+            )
+            .await
+            .unwrap()
+                >= 2,
+            "{node} reloaded its plugin configuration"
+        );
+    }
+
+    // A broken edit: refused with file and line, and the last good policy keeps serving.
+    let broken = opened.replace("kind: TCPRoute", "kind: TCPRoutes");
+    mesh.write_manifest("access.yaml", &broken).unwrap();
+    let rejected = until(
+        "the broken edit reported",
+        Duration::from_secs(10),
+        || async {
+            let rejected = mesh.status()["rejected_change"].clone();
+            Ok((!rejected.as_array().unwrap().is_empty()).then_some(rejected))
+        },
+    )
+    .await
+    .unwrap();
+    let first = rejected[0].as_str().unwrap();
+    assert!(first.contains("access.yaml:20:"), "{first}");
+    assert!(first.contains("TCPRoutes"), "{first}");
+    assert_eq!(
+        mesh.call(ANALYTICS, "GET", "checkout", "/cart")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        mesh.call(FRONTEND, "GET", "checkout", "/cart")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resent() {
+    let mut mesh = TestMesh::start().await.unwrap();
+    // A second TCP Service on the database's port: each caller would get two listeners on one
+    // address, which Envoy refuses (a NACK of the whole listener update).
+    let services = std::fs::read_to_string(mesh.manifest("services.yaml")).unwrap();
+    let clash = format!(
+        "{services}---\napiVersion: v1\nkind: Service\nmetadata: {{name: replica, namespace: shop}}\nspec:\n  selector: {{app: db}}\n  ports: [{{name: tcp-postgres, port: 5432, appProtocol: tcp}}]\n"
+    );
+    mesh.write_manifest("services.yaml", &clash).unwrap();
+    until(
+        "frontend refused its listeners",
+        Duration::from_secs(10),
+        || async {
+            let status = mesh.status();
+            let pod = status["pods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["pod"] == FRONTEND)
+                .cloned()
+                .unwrap();
+            Ok((pod["proxy"]["types"]["lds"]["nacks"] == 1).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let rejected_before = mesh
+        .stat(FRONTEND, "listener_manager.lds.update_rejected")
+        .await
+        .unwrap();
+    assert_eq!(rejected_before, 1);
+    // Unrelated changes come and go (a new TrafficSplit weight): the refused listeners are not
+    // sent again, the split change is, and the last good listeners keep serving.
+    let split = std::fs::read_to_string(mesh.manifest("split.yaml")).unwrap();
+    mesh.write_manifest("split.yaml", &split.replace("weight: 90", "weight: 0"))
+        .unwrap();
+    until(
+        "every request to checkout-v2",
+        Duration::from_secs(10),
+        || async {
+            for _ in 0..10 {
+                let reply = mesh.call(FRONTEND, "GET", "checkout", "/cart").await?;
+                if reply.body.trim_end() != "upstream checkout-v2: GET /cart" {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        mesh.stat(FRONTEND, "listener_manager.lds.update_rejected")
+            .await
+            .unwrap(),
+        1
+    );
+    let status = mesh.status();
+    let pod = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"] == FRONTEND)
+        .unwrap();
+    let lds = &pod["proxy"]["types"]["lds"];
+    assert_eq!(lds["nacks"], 1, "{lds}");
+    assert!(
+        lds["error"].as_str().unwrap().contains("duplicate address"),
+        "{lds}"
+    );
+    // The fix is sent and applied.
+    mesh.write_manifest("services.yaml", &services).unwrap();
+    until("the fix applied", Duration::from_secs(10), || async {
+        Ok((mesh
+            .stat(FRONTEND, "listener_manager.lds.update_success")
+            .await?
+            >= 2)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_mesh_leaves_no_process_behind() {
+    let mut mesh = TestMesh::start().await.unwrap();
+    let pids: Vec<u32> = mesh.mesh().replicas.iter().flat_map(|r| r.pids()).collect();
+    assert_eq!(pids.len(), 10, "an Envoy and an application per replica");
+    for pid in &pids {
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+    mesh.stop().await;
+    for pid in &pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty(), "process {pid} is still there: {stat}");
+    }
+}
