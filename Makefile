@@ -38,8 +38,9 @@ bench: build
 	$(CARGO) bench --quiet -p weft-policy --bench engine
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 
-# The main job; until local mode lands it is the standalone demo.
-demo: demo-standalone
+# The main job: a mesh of real Envoys driven by weft's controller (examples/mesh): access, split and metrics over mTLS, then policy edits enforced live; under a minute, nothing left behind.
+demo: build
+	bash scripts/demo.sh
 
 # Rewrite envoy-configs/ from envoy-config/src/shipped.rs and examples/shop (a test fails when they differ).
 envoy-configs:
