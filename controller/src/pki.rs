@@ -213,13 +213,15 @@ impl Pki {
         Ok(self.issue(spiffe_id, BOOTSTRAP_LIFETIME, now)?.0)
     }
 
-    /// The controller's server certificate.
+    /// The controller's server certificate: its SPIFFE ID (which sidecars check) and the
+    /// DNS name `localhost` (for gRPC clients that verify a host name).
     ///
     /// # Errors
     /// When it cannot be made.
     pub fn server_credential(&self, now: OffsetDateTime) -> Result<CertifiedKey, PkiError> {
+        let dns = ["localhost".to_owned()];
         Ok(self
-            .issue(&self.controller_identity(), BOOTSTRAP_LIFETIME, now)?
+            .issue_with_dns(&self.controller_identity(), &dns, BOOTSTRAP_LIFETIME, now)?
             .0)
     }
 }

@@ -292,3 +292,117 @@ async fn stopping_the_mesh_leaves_no_process_behind() {
         assert!(stat.is_empty(), "process {pid} is still there: {stat}");
     }
 }
+
+/// An ADS stream to the mesh's controller with the bootstrap credential local mode gave
+/// `pod`'s sidecar, claiming to be node `node_id` of `node_cluster`; the first request asks
+/// for `type_url` `names`.
+async fn ads_as(
+    mesh: &TestMesh,
+    pod: &str,
+    node_id: &str,
+    node_cluster: &str,
+    type_url: &str,
+    names: &[&str],
+) -> Result<weft_envoy_config::pb::envoy::service::discovery::v3::DiscoveryResponse, tonic::Status>
+{
+    use weft_envoy_config::pb::envoy::config::core::v3::Node;
+    use weft_envoy_config::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use weft_envoy_config::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let dir = mesh.state.path().join("pods").join(pod);
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .identity(tonic::transport::Identity::from_pem(
+            read("cert.pem"),
+            read("key.pem"),
+        ));
+    let address = mesh.mesh().controller.xds_address;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = DiscoveryRequest {
+        node: Some(Node {
+            id: node_id.to_owned(),
+            cluster: node_cluster.to_owned(),
+            ..Node::default()
+        }),
+        type_url: type_url.to_owned(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..DiscoveryRequest::default()
+    };
+    // The stream stays open (the sender lives in the returned future's scope) until a reply.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender.send(request).await.unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let reply = tokio::time::timeout(Duration::from_secs(5), responses.message())
+        .await
+        .expect("an answer within 5 s")?;
+    drop(sender);
+    reply.ok_or_else(|| tonic::Status::cancelled("no response"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_gets_no_other_workloads_secret_and_cannot_claim_its_identity() {
+    let mut mesh = TestMesh::start().await.unwrap();
+    let checkout = "spiffe://cluster.local/ns/shop/sa/checkout";
+    // analytics' own credential, asking for checkout's certificate: nothing is sent, and the
+    // refusal is recorded.
+    let reply = ads_as(
+        &mesh,
+        "shop/analytics-0",
+        ANALYTICS,
+        "shop/analytics",
+        weft_xds::snapshot::SECRET,
+        &[checkout],
+    )
+    .await
+    .unwrap();
+    assert!(reply.resources.is_empty(), "{reply:?}");
+    let status = mesh.status();
+    let analytics = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"] == ANALYTICS)
+        .unwrap();
+    assert_eq!(analytics["proxy"]["refused"], serde_json::json!([checkout]));
+    // Its own certificate, asked for by name, is served.
+    let own = ads_as(
+        &mesh,
+        "shop/analytics-0",
+        ANALYTICS,
+        "shop/analytics",
+        weft_xds::snapshot::SECRET,
+        &["spiffe://cluster.local/ns/shop/sa/analytics"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.resources.len(), 1);
+    // analytics' credential claiming to be a checkout pod: refused.
+    let status = ads_as(
+        &mesh,
+        "shop/analytics-0",
+        CHECKOUT_V1,
+        "shop/checkout",
+        weft_xds::snapshot::SECRET,
+        &[checkout],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("its certificate is for spiffe://cluster.local/ns/shop/sa/analytics"),
+        "{status}"
+    );
+    mesh.stop().await;
+}
