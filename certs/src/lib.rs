@@ -14,6 +14,15 @@ use rcgen::{
 use time::OffsetDateTime;
 use weft_policy::bundle::Identity;
 
+/// File name of a CA certificate (`weft cert ca`, the controller's state folder).
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of a CA key.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// File name of a workload certificate (`weft cert workload`, a sidecar's credentials).
+pub const CERT_FILE: &str = "cert.pem";
+/// File name of a workload key.
+pub const KEY_FILE: &str = "key.pem";
+
 /// Why a certificate could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {

@@ -10,13 +10,13 @@ use weft_policy::bundle::Identity;
 use crate::commands::{EXIT_INVALID, Outcome};
 
 /// File names inside a CA directory.
-pub const CA_CERT: &str = "ca.pem";
+pub use weft_certs::CA_CERT_FILE as CA_CERT;
 /// See [`CA_CERT`].
-pub const CA_KEY: &str = "ca-key.pem";
+pub use weft_certs::CA_KEY_FILE as CA_KEY;
 /// File names inside a workload directory.
-pub const WORKLOAD_CERT: &str = "cert.pem";
+pub use weft_certs::CERT_FILE as WORKLOAD_CERT;
 /// See [`WORKLOAD_CERT`].
-pub const WORKLOAD_KEY: &str = "key.pem";
+pub use weft_certs::KEY_FILE as WORKLOAD_KEY;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 

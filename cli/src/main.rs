@@ -150,6 +150,76 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         subnet: u8,
     },
+    /// Run the controller alone, for sidecars started with `weft sidecar` (on this host or
+    /// others): it serves the manifests in DIR over xDS and watches them for changes.
+    Controller {
+        /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Where the CA and the module are kept.
+        #[arg(long)]
+        state: PathBuf,
+        /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// Where the xDS server listens.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds: std::net::SocketAddr,
+        /// Where the status server listens (status, module).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        admin: std::net::SocketAddr,
+        /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
+        #[arg(long, default_value_t = 86400)]
+        certificate_lifetime: u64,
+        /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The mesh CA's key (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Milliseconds after a start during which nothing is pushed, so that running sidecars
+        /// reconnect first (a restart then changes nothing).
+        #[arg(long, default_value_t = 2000)]
+        resume_grace_ms: u64,
+    },
+    /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
+    /// elsewhere: fetch the module and check its SHA-256, write the bootstrap. Its credentials
+    /// come from `weft cert workload` with the controller's CA (and that CA's ca.pem).
+    Sidecar {
+        /// The controller's xDS address.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds: std::net::SocketAddr,
+        /// The controller's status address (the module is fetched from it).
+        #[arg(long, default_value = "http://127.0.0.1:15014")]
+        controller: String,
+        /// The pod, namespace/name.
+        #[arg(long)]
+        pod: String,
+        /// The Deployment or Pod it runs (as named in the controller's manifests).
+        #[arg(long)]
+        workload: String,
+        /// Its ServiceAccount (its certificate's identity).
+        #[arg(long)]
+        service_account: String,
+        /// The pod's address: other workloads reach its sidecar there.
+        #[arg(long)]
+        pod_ip: std::net::Ipv4Addr,
+        /// The address its application listens on.
+        #[arg(long)]
+        app_ip: std::net::Ipv4Addr,
+        /// Folder with cert.pem, key.pem and ca.pem.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// Where the module and bootstrap.json are written.
+        #[arg(long)]
+        out: PathBuf,
+        /// Refuse a module whose SHA-256 is not this.
+        #[arg(long)]
+        module_sha256: Option<String>,
+        /// Then become Envoy, this binary.
+        #[arg(long)]
+        exec: Option<PathBuf>,
+    },
     /// Show every pod of a running controller: identity, address, readiness, the plugin
     /// configuration version it applied, refusals, certificate expiry.
     Status {
@@ -304,6 +374,63 @@ fn main() -> ExitCode {
                 exit_when_ready,
             };
             match weft_cli::mesh::up(&args) {
+                Ok(()) => Outcome::ok(String::new()),
+                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
+            }
+        }
+        Command::Controller {
+            manifests,
+            state,
+            module,
+            xds,
+            admin,
+            certificate_lifetime,
+            ca_cert,
+            ca_key,
+            resume_grace_ms,
+        } => {
+            let args = weft_cli::mesh::ControllerArgs {
+                resume_grace: std::time::Duration::from_millis(resume_grace_ms),
+                manifests,
+                state,
+                module,
+                xds,
+                admin,
+                certificate_lifetime: std::time::Duration::from_secs(certificate_lifetime),
+                ca: ca_cert.zip(ca_key),
+            };
+            match weft_cli::mesh::controller(&args) {
+                Ok(()) => Outcome::ok(String::new()),
+                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
+            }
+        }
+        Command::Sidecar {
+            xds,
+            controller,
+            pod,
+            workload,
+            service_account,
+            pod_ip,
+            app_ip,
+            credentials,
+            out,
+            module_sha256,
+            exec,
+        } => {
+            let args = weft_cli::mesh::SidecarArgs {
+                xds,
+                controller,
+                pod,
+                workload,
+                service_account,
+                pod_ip,
+                app_ip,
+                credentials,
+                out,
+                module_sha256,
+                exec,
+            };
+            match weft_cli::mesh::sidecar(&args) {
                 Ok(()) => Outcome::ok(String::new()),
                 Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
             }

@@ -90,6 +90,7 @@ async fn run_up(args: &UpArgs) -> anyhow::Result<()> {
                 ..RotationPolicy::default()
             },
             poll: Duration::from_millis(100),
+            resume_grace: Duration::ZERO,
         },
         envoy: args.envoy.clone().unwrap_or_else(default_envoy),
         command_path: std::env::current_exe()
@@ -211,4 +212,209 @@ pub fn status_table(status: &Value) -> String {
         ));
     }
     out
+}
+
+/// What `weft controller` was asked.
+#[derive(Debug, Clone)]
+pub struct ControllerArgs {
+    /// The manifests folder.
+    pub manifests: PathBuf,
+    /// State folder (CA, module).
+    pub state: PathBuf,
+    /// weft.wasm.
+    pub module: Option<PathBuf>,
+    /// ADS address.
+    pub xds: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Workload certificate lifetime.
+    pub certificate_lifetime: Duration,
+    /// The user's CA.
+    pub ca: Option<(PathBuf, PathBuf)>,
+    /// How long after a start nothing is pushed while running sidecars reconnect.
+    pub resume_grace: Duration,
+}
+
+/// Runs the controller alone (for sidecars started with `weft sidecar`) until Ctrl-C/SIGTERM.
+///
+/// # Errors
+/// When it cannot start.
+pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let options = Options {
+            manifests: args.manifests.clone(),
+            state: args.state.clone(),
+            xds_listen: args.xds,
+            admin_listen: args.admin,
+            module: args
+                .module
+                .clone()
+                .or_else(|| beside_exe("../wasm/weft.wasm"))
+                .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
+            trust_domain: "cluster.local".to_owned(),
+            ca: match &args.ca {
+                Some((cert, key)) => CaSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                None => CaSource::State,
+            },
+            rotation: RotationPolicy {
+                lifetime: args.certificate_lifetime,
+                ..RotationPolicy::default()
+            },
+            poll: Duration::from_millis(100),
+            resume_grace: args.resume_grace,
+        };
+        let controller = weft_controller::runtime::Controller::start(options).await?;
+        eprintln!(
+            "weft: controller serving xDS on {} and status on http://{}/status; state in {}",
+            controller.xds_address,
+            controller.admin_address,
+            args.state.display()
+        );
+        interrupted().await;
+        controller.stop().await;
+        Ok(())
+    })
+}
+
+/// What `weft sidecar` was asked.
+#[derive(Debug, Clone)]
+pub struct SidecarArgs {
+    /// The controller's xDS address.
+    pub xds: SocketAddr,
+    /// The controller's admin URL (the module is fetched from it).
+    pub controller: String,
+    /// The pod: `namespace/name`.
+    pub pod: String,
+    /// Its workload (Deployment or Pod name in the manifests).
+    pub workload: String,
+    /// Its ServiceAccount.
+    pub service_account: String,
+    /// Its address (its listeners).
+    pub pod_ip: std::net::Ipv4Addr,
+    /// Its application's address.
+    pub app_ip: std::net::Ipv4Addr,
+    /// Folder with `cert.pem` and `key.pem` (from `weft cert workload`) and `ca.pem`.
+    pub credentials: PathBuf,
+    /// Where the module and the bootstrap are written.
+    pub out: PathBuf,
+    /// Refuse a module whose SHA-256 is not this.
+    pub module_sha256: Option<String>,
+    /// Then run Envoy (this process becomes it).
+    pub exec: Option<PathBuf>,
+}
+
+/// Fetches the module (checked against its SHA-256), writes the bootstrap, and with `exec`
+/// becomes Envoy.
+///
+/// # Errors
+/// When the controller cannot be reached, the module does not match, or a file cannot be
+/// written; Envoy is then not started.
+pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    let (namespace, _) = args
+        .pod
+        .split_once('/')
+        .with_context(|| format!("--pod {}: give namespace/name", args.pod))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (bytes, announced) = runtime.block_on(fetch_module(&args.controller))?;
+    let sha256: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    anyhow::ensure!(
+        announced.as_deref() == Some(sha256.as_str()),
+        "the module from {} has SHA-256 {sha256}, but the controller announced {}; not starting Envoy",
+        args.controller,
+        announced.as_deref().unwrap_or("none")
+    );
+    if let Some(pinned) = &args.module_sha256 {
+        anyhow::ensure!(
+            *pinned == sha256,
+            "the module from {} has SHA-256 {sha256}, not the pinned {pinned}; not starting Envoy",
+            args.controller
+        );
+    }
+    let modules = args.out.join("modules");
+    std::fs::create_dir_all(&modules)?;
+    let module = modules.join(format!("weft-{sha256}.wasm"));
+    let staging = modules.join(format!(".weft-{sha256}.tmp"));
+    std::fs::write(&staging, &bytes)?;
+    std::fs::rename(&staging, &module)?;
+    let module = std::fs::canonicalize(&module)?;
+    let credentials = std::fs::canonicalize(&args.credentials)
+        .with_context(|| format!("{}", args.credentials.display()))?;
+    let file = |name: &str| credentials.join(name).display().to_string();
+    let link = weft_envoy_config::mesh::ControllerLink {
+        address: args.xds,
+        identity: "spiffe://cluster.local/weft/controller".to_owned(),
+        credentials: weft_envoy_config::tls::Credentials::Files {
+            cert: file(weft_certs::CERT_FILE),
+            key: file(weft_certs::KEY_FILE),
+            ca: file(weft_certs::CA_CERT_FILE),
+        },
+    };
+    let (pod_ip, app_ip, module_path) = (
+        args.pod_ip.to_string(),
+        args.app_ip.to_string(),
+        module.display().to_string(),
+    );
+    let bootstrap = weft_envoy_config::mesh::sidecar_bootstrap(
+        &args.pod,
+        &format!("{namespace}/{}", args.service_account),
+        &[
+            ("workload", &args.workload),
+            ("pod_ip", &pod_ip),
+            ("app_ip", &app_ip),
+            ("module", &module_path),
+        ],
+        args.pod_ip,
+        &link,
+    );
+    let path = args.out.join("bootstrap.json");
+    std::fs::write(
+        &path,
+        weft_envoy_config::render::to_json(&bootstrap)?.to_string(),
+    )?;
+    eprintln!("weft: wrote {} (module {sha256})", path.display());
+    if let Some(envoy) = &args.exec {
+        use std::os::unix::process::CommandExt as _;
+        let err = std::process::Command::new(envoy)
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+            ])
+            .exec();
+        anyhow::bail!("starting {}: {err}", envoy.display());
+    }
+    Ok(())
+}
+
+async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let url = format!("{}/module", controller.trim_end_matches('/'));
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get(url.parse().with_context(|| format!("{url} is not a URL"))?),
+    )
+    .await
+    .with_context(|| format!("{url}: no answer in 10 s; not starting Envoy"))?
+    .with_context(|| format!("{url} cannot be reached; not starting Envoy"))?;
+    anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
+    let announced = response
+        .headers()
+        .get("x-weft-module-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((body, announced))
 }

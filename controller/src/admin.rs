@@ -35,7 +35,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     json!({
-        "module_sha256": shared.module.sha256,
+        "module_sha256": shared.module().sha256,
         "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pods": pods,
     })
@@ -49,12 +49,15 @@ fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
             Bytes::from(status_json(shared).to_string()),
             None,
         ),
-        "/module" => (
-            StatusCode::OK,
-            "application/wasm",
-            Bytes::from(shared.module.bytes.as_ref().clone()),
-            Some(shared.module.sha256.clone()),
-        ),
+        "/module" => {
+            let module = shared.module();
+            (
+                StatusCode::OK,
+                "application/wasm",
+                Bytes::from(module.bytes.as_ref().clone()),
+                Some(module.sha256),
+            )
+        }
         "/healthz" | "/readyz" => (
             StatusCode::OK,
             "text/plain",

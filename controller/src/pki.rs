@@ -92,7 +92,10 @@ impl Pki {
     ) -> Result<Self, PkiError> {
         let (cert_path, key_path) = match source {
             CaSource::Files { cert, key } => (cert.clone(), key.clone()),
-            CaSource::State => (state.join("ca.pem"), state.join("ca-key.pem")),
+            CaSource::State => (
+                state.join(weft_certs::CA_CERT_FILE),
+                state.join(weft_certs::CA_KEY_FILE),
+            ),
         };
         let ca = if cert_path.exists() || matches!(source, CaSource::Files { .. }) {
             let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
@@ -265,7 +268,7 @@ mod tests {
         let again = pki(dir.path());
         assert_eq!(first.bundle_pem(), again.bundle_pem());
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
+        let mode = std::fs::metadata(dir.path().join(weft_certs::CA_KEY_FILE))
             .unwrap()
             .permissions()
             .mode();

@@ -48,6 +48,11 @@ pub struct Options {
     pub rotation: RotationPolicy,
     /// How often the manifests folder is looked at.
     pub poll: Duration,
+    /// After a start, how long snapshots are computed but not served, so that sidecars that
+    /// were running reconnect (and register their pods) before anything is pushed: a
+    /// restarted controller then pushes nothing to a mesh that did not change. 0 when every
+    /// pod is known from the start (local mode).
+    pub resume_grace: Duration,
 }
 
 /// Module bytes and where the controller keeps them (content-addressed).
@@ -77,7 +82,11 @@ impl Module {
         let dir = state.join("modules");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("weft-{sha256}.wasm"));
-        if !path.exists() {
+        // A file under this name that is not these bytes (corrupted, tampered with) is
+        // replaced: the name is a promise about the content.
+        let intact = std::fs::read(&path)
+            .is_ok_and(|kept| Sha256::digest(&kept)[..] == Sha256::digest(&bytes)[..]);
+        if !intact {
             // Written whole, then renamed: a sidecar never sees a half-written module.
             let staging = dir.join(format!(".weft-{sha256}.tmp"));
             std::fs::write(&staging, &bytes)?;
@@ -108,10 +117,11 @@ pub struct Shared {
     pub cache: Arc<SnapshotCache>,
     /// Per-proxy protocol status.
     pub status: Status,
-    /// The module.
-    pub module: Module,
+    module: RwLock<Module>,
     changed: Notify,
     generation: watch::Sender<u64>,
+    /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
+    publish_after: std::time::Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +166,34 @@ impl Shared {
     /// Whether `node_id`'s sidecar has applied its listeners.
     pub fn is_ready(&self, node_id: &str) -> bool {
         lock(&self.ready).contains(node_id)
+    }
+
+    /// The module sidecars load (unless they named their own).
+    pub fn module(&self) -> Module {
+        self.module
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Upgrades the module: installs `source` and points every sidecar that did not name its
+    /// own module at it (an ECDS update; a sidecar that cannot load it refuses the update and
+    /// keeps the module it runs).
+    ///
+    /// # Errors
+    /// When it cannot be read or installed.
+    pub fn set_module(&self, source: &Path) -> anyhow::Result<()> {
+        let module = Module::install(source, &self.options.state)?;
+        log::info!(
+            "weft: module {} installed; pushing it to every sidecar",
+            module.sha256
+        );
+        *self
+            .module
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = module;
+        self.changed.notify_one();
+        Ok(())
     }
 
     /// The PKI.
@@ -210,13 +248,16 @@ impl Shared {
     /// renewal deadline are renewed). A pod whose configuration cannot be built keeps its last
     /// one, and the error is logged.
     pub fn rebuild(&self, now: OffsetDateTime) {
+        if std::time::Instant::now() < self.publish_after {
+            return;
+        }
         let catalog = self.catalog();
         let pods = self.pods();
         let ready = lock(&self.ready).clone();
         let mut pki = lock(&self.pki);
         let bundle = pki.bundle_pem().to_owned();
         let trust_domain = pki.trust_domain().to_owned();
-        let module = self.module.path.display().to_string();
+        let module = self.module().path.display().to_string();
         let view = MeshView {
             catalog: &catalog,
             pods: &pods,
@@ -472,9 +513,10 @@ impl Controller {
             pki: Mutex::new(pki),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),
-            module,
+            module: RwLock::new(module),
             changed: Notify::new(),
             generation: watch::Sender::new(0),
+            publish_after: std::time::Instant::now() + options.resume_grace,
             options,
         });
         let (shutdown, _) = watch::channel(false);
@@ -536,6 +578,14 @@ impl Controller {
         let rebuilder = shared.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
+            let grace = rebuilder.options.resume_grace;
+            if !grace.is_zero() {
+                log::info!("weft: serving configuration in {grace:?}, once running sidecars have reconnected");
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(grace) => {}
+                }
+            }
             loop {
                 rebuilder.rebuild(OffsetDateTime::now_utc());
                 // Wake for a change, or at the next renewal deadline read off the wall clock
@@ -570,8 +620,23 @@ impl Controller {
 
     /// Stops every task and waits for them.
     pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    /// Stops every task and waits for them, leaving a controller that serves nothing (its
+    /// ports are free again).
+    pub async fn shutdown(&mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        // The gRPC server's graceful stop waits for its HTTP/2 connections, which proxies keep
+        // open; after a few seconds it is cut short.
+        let drained = tokio::time::timeout(Duration::from_secs(3), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 }
 
@@ -605,4 +670,26 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)>
     }
     seen.sort();
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_module_that_does_not_match_its_name_is_replaced() {
+        let state = tempfile::tempdir().unwrap();
+        let source = state.path().join("weft.wasm");
+        std::fs::write(&source, b"\0asm module bytes").unwrap();
+        let module = Module::install(&source, state.path()).unwrap();
+        assert!(
+            module
+                .path
+                .ends_with(format!("weft-{}.wasm", module.sha256))
+        );
+        // Corrupted (or tampered with) under its content-addressed name: installed again.
+        std::fs::write(&module.path, b"something else").unwrap();
+        let again = Module::install(&source, state.path()).unwrap();
+        assert_eq!(std::fs::read(&again.path).unwrap(), b"\0asm module bytes");
+    }
 }

@@ -278,18 +278,18 @@ impl LocalMesh {
             let spiffe_id = pod.identity().spiffe_id(&trust_domain);
             let credential = {
                 let pki = shared.pki();
-                std::fs::write(dir.join("ca.pem"), pki.bundle_pem())?;
+                std::fs::write(dir.join(weft_certs::CA_CERT_FILE), pki.bundle_pem())?;
                 pki.bootstrap_credential(&spiffe_id, OffsetDateTime::now_utc())?
             };
-            std::fs::write(dir.join("cert.pem"), &credential.cert_pem)?;
-            write_private(&dir.join("key.pem"), &credential.key_pem)?;
+            std::fs::write(dir.join(weft_certs::CERT_FILE), &credential.cert_pem)?;
+            write_private(&dir.join(weft_certs::KEY_FILE), &credential.key_pem)?;
             let link = ControllerLink {
                 address: self.controller.xds_address,
                 identity: controller_identity.clone(),
                 credentials: Credentials::Files {
-                    cert: dir.join("cert.pem").display().to_string(),
-                    key: dir.join("key.pem").display().to_string(),
-                    ca: dir.join("ca.pem").display().to_string(),
+                    cert: dir.join(weft_certs::CERT_FILE).display().to_string(),
+                    key: dir.join(weft_certs::KEY_FILE).display().to_string(),
+                    ca: dir.join(weft_certs::CA_CERT_FILE).display().to_string(),
                 },
             };
             let workload_id = format!("{}/{}", pod.namespace, pod.service_account);

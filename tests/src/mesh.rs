@@ -24,6 +24,8 @@ pub struct TestMesh {
     pub manifests: tempfile::TempDir,
     /// Its state.
     pub state: tempfile::TempDir,
+    /// What it was started with.
+    pub options: UpOptions,
 }
 
 /// Subnets of meshes started by this process, so that tests running at once do not collide
@@ -44,6 +46,7 @@ pub fn options(manifests: &Path, state: &Path) -> anyhow::Result<UpOptions> {
             ca: CaSource::State,
             rotation: RotationPolicy::default(),
             poll: Duration::from_millis(50),
+            resume_grace: Duration::ZERO,
         },
         envoy: paths::envoy_binary()?,
         command_path: vec![paths::workspace_root().join("target/debug")],
@@ -72,13 +75,28 @@ impl TestMesh {
     pub async fn start() -> anyhow::Result<Self> {
         let manifests = copy_example("mesh")?;
         let state = tempfile::Builder::new().prefix("weft-state-").tempdir()?;
-        let mut mesh = LocalMesh::up(options(manifests.path(), state.path())?).await?;
+        let options = options(manifests.path(), state.path())?;
+        let mut mesh = LocalMesh::up(options.clone()).await?;
         mesh.wait_ready(Duration::from_secs(30)).await?;
         Ok(Self {
             mesh: Some(mesh),
             manifests,
             state,
+            options,
         })
+    }
+
+    /// The running mesh, to change.
+    pub fn mesh_mut(&mut self) -> &mut LocalMesh {
+        self.mesh.as_mut().expect("the mesh is running")
+    }
+
+    /// The status of pod `node`.
+    pub fn pod_status(&self, node: &str) -> serde_json::Value {
+        self.status()["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["pod"] == node).cloned())
+            .unwrap_or_default()
     }
 
     /// The running mesh.

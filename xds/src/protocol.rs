@@ -164,9 +164,15 @@ impl Stream {
         state.names = names;
         if first {
             // The proxy's own version: after a reconnect it may already have the current one.
+            // It is a version the proxy applied, so it is reported as one (a restarted
+            // controller learns which proxies already serve).
             state.sent = None;
             if !request.version_info.is_empty() {
                 state.acked = Some(request.version_info.clone());
+                output.events.push(Event::Ack {
+                    type_url: type_url.clone(),
+                    version: request.version_info.clone(),
+                });
             }
         }
         if first || subscription_changed {
@@ -509,6 +515,14 @@ mod tests {
         after.on_snapshot(current.clone());
         let resumed = after.on_request(&request(LISTENER, &[], &sent.version_info, ""));
         assert!(resumed.responses.is_empty(), "no push storm on reconnect");
+        assert_eq!(
+            resumed.events,
+            vec![Event::Ack {
+                type_url: LISTENER.to_owned(),
+                version: sent.version_info.clone()
+            }],
+            "the version the proxy has is reported as applied"
+        );
         // One that has an older version gets the current one.
         let mut behind = Stream::new();
         behind.on_snapshot(current);

@@ -41,12 +41,29 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AdsService<A> {
     cache: Arc<SnapshotCache>,
     admission: Arc<A>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Keeps the default stop signal's sender alive, so that it never fires.
+    _never: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<A: Admission> AdsService<A> {
     /// A service serving `cache`, admitting proxies through `admission`.
     pub fn new(cache: Arc<SnapshotCache>, admission: Arc<A>) -> Self {
-        Self { cache, admission }
+        let (never, stop) = tokio::sync::watch::channel(false);
+        Self {
+            cache,
+            admission,
+            stop,
+            _never: Arc::new(never),
+        }
+    }
+
+    /// The same service, ending every open stream (with UNAVAILABLE, so proxies reconnect)
+    /// when `stop` turns true: long-lived streams would otherwise outlive a server that stops.
+    #[must_use]
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// The service as tonic serves it.
@@ -78,6 +95,7 @@ async fn serve_stream<A: Admission>(
     peer_certificates: Option<Vec<Vec<u8>>>,
     mut requests: Streaming<DiscoveryRequest>,
     sink: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let first = match requests.message().await {
         Ok(Some(first)) => first,
@@ -107,6 +125,10 @@ async fn serve_stream<A: Admission>(
     let mut open = send(&sink, stream.on_request(&first), &*admission, &key).await;
     while open {
         let output = tokio::select! {
+            () = stopping(&mut stop) => {
+                let _ = sink.send(Err(Status::unavailable("the controller is stopping"))).await;
+                break;
+            }
             request = requests.message() => match request {
                 Ok(Some(request)) => stream.on_request(&request),
                 Ok(None) | Err(_) => break,
@@ -125,6 +147,13 @@ async fn serve_stream<A: Admission>(
         open = send(&sink, output, &*admission, &key).await;
     }
     admission.on_disconnect(&key, &stream.status());
+}
+
+/// Resolves when `stop` turns true, or never if its sender is gone.
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[tonic::async_trait]
@@ -146,6 +175,7 @@ impl<A: Admission> AggregatedDiscoveryService for AdsService<A> {
             peer_certificates,
             request.into_inner(),
             sink,
+            self.stop.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(responses)))
     }

@@ -1,0 +1,335 @@
+//! Sidecars started with `weft sidecar` against a separate `weft controller` process: the
+//! module fetched and checked, identity proven with a credential from `weft cert workload`,
+//! and a controller killed with SIGKILL and restarted under load-bearing sidecars that keep
+//! serving and resume without a push.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_e2e::bootstrap::free_port;
+use weft_e2e::client::request;
+use weft_e2e::mesh::copy_example;
+use weft_e2e::paths;
+use weft_e2e::poll::until;
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn weft() -> Command {
+    Command::new(paths::workspace_root().join("target/debug/weft"))
+}
+
+struct Pod {
+    name: &'static str,
+    workload: &'static str,
+    service_account: &'static str,
+    pod_ip: Ipv4Addr,
+    app_ip: Ipv4Addr,
+}
+
+const PODS: [Pod; 3] = [
+    Pod {
+        name: "frontend-0",
+        workload: "frontend",
+        service_account: "frontend",
+        pod_ip: Ipv4Addr::new(127, 70, 1, 1),
+        app_ip: Ipv4Addr::new(127, 71, 1, 1),
+    },
+    Pod {
+        name: "analytics-0",
+        workload: "analytics",
+        service_account: "analytics",
+        pod_ip: Ipv4Addr::new(127, 70, 2, 1),
+        app_ip: Ipv4Addr::new(127, 71, 2, 1),
+    },
+    Pod {
+        name: "checkout-v1-0",
+        workload: "checkout-v1",
+        service_account: "checkout",
+        pod_ip: Ipv4Addr::new(127, 70, 3, 1),
+        app_ip: Ipv4Addr::new(127, 71, 3, 1),
+    },
+];
+
+fn start_controller(manifests: &Path, state: &Path, xds: u16, admin: u16) -> Process {
+    let child = weft()
+        .arg("controller")
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--state")
+        .arg(state)
+        .args([
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--resume-grace-ms", "1500"])
+        .arg("--module")
+        .arg(paths::weft_wasm().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+async fn status(admin: u16) -> anyhow::Result<serde_json::Value> {
+    let reply = request(
+        SocketAddr::from(([127, 0, 0, 1], admin)),
+        "GET",
+        "/status",
+        &[],
+    )
+    .await?;
+    Ok(serde_json::from_str(&reply.body)?)
+}
+
+async fn stat(pod: &Pod, name: &str) -> u64 {
+    let reply = request(
+        SocketAddr::from((pod.pod_ip, 15000)),
+        "GET",
+        &format!("/stats?filter=^{name}$"),
+        &[],
+    )
+    .await
+    .unwrap();
+    reply
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn call(from: &Pod, path: &str) -> (u16, String) {
+    let reply = request(
+        SocketAddr::from((from.pod_ip, 15001)),
+        "GET",
+        path,
+        &[("host", "checkout")],
+    )
+    .await
+    .unwrap();
+    (reply.status, reply.body.trim_end().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_resume_without_a_push()
+ {
+    let manifests = copy_example("mesh").unwrap();
+    std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pods_dir = tempfile::tempdir().unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut controller = start_controller(manifests.path(), state.path(), xds, admin);
+    until("the controller", Duration::from_secs(20), || async {
+        Ok(status(admin).await.ok())
+    })
+    .await
+    .unwrap();
+
+    let app = Process(
+        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
+            .arg(format!("{}:8080", PODS[2].app_ip))
+            .arg("checkout-v1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut sidecars = Vec::new();
+    for pod in &PODS {
+        let dir: PathBuf = pods_dir.path().join(pod.name);
+        let issued = weft()
+            .args(["cert", "workload", "--ca"])
+            .arg(state.path())
+            .args([
+                "--identity",
+                &format!("shop/{}", pod.service_account),
+                "--out",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            issued.status.success(),
+            "{}",
+            String::from_utf8_lossy(&issued.stderr)
+        );
+        std::fs::copy(
+            state.path().join(weft_certs::CA_CERT_FILE),
+            dir.join(weft_certs::CA_CERT_FILE),
+        )
+        .unwrap();
+        let child = weft()
+            .arg("sidecar")
+            .args([
+                "--xds",
+                &format!("127.0.0.1:{xds}"),
+                "--controller",
+                &format!("http://127.0.0.1:{admin}"),
+            ])
+            .args([
+                "--pod",
+                &format!("shop/{}", pod.name),
+                "--workload",
+                pod.workload,
+            ])
+            .args(["--service-account", pod.service_account])
+            .args([
+                "--pod-ip",
+                &pod.pod_ip.to_string(),
+                "--app-ip",
+                &pod.app_ip.to_string(),
+            ])
+            .arg("--credentials")
+            .arg(&dir)
+            .arg("--out")
+            .arg(&dir)
+            .arg("--exec")
+            .arg(paths::envoy_binary().unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sidecars.push(Process(child));
+    }
+    for pod in &PODS {
+        until(
+            &format!("{} live", pod.name),
+            Duration::from_secs(30),
+            || async {
+                let ready =
+                    request(SocketAddr::from((pod.pod_ip, 15000)), "GET", "/ready", &[]).await;
+                Ok(ready.ok().filter(|r| r.status == 200).map(|_| ()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+    until(
+        "frontend reaches checkout",
+        Duration::from_secs(10),
+        || async { Ok((call(&PODS[0], "/cart").await.0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(&PODS[0], "/cart").await,
+        (200, "upstream checkout-v1: GET /cart".to_owned())
+    );
+    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+
+    let counted = [
+        "listener_manager.lds.update_success",
+        "cluster_manager.cds.update_success",
+        "cluster.checkout.shop.update_success",
+        "extension_config_discovery.http_filter.weft.outbound.update_success",
+    ];
+    let mut before = Vec::new();
+    for name in counted {
+        before.push(stat(&PODS[0], name).await);
+    }
+
+    controller.0.kill().unwrap(); // SIGKILL
+    controller.0.wait().unwrap();
+    for _ in 0..5 {
+        assert_eq!(call(&PODS[0], "/cart").await.0, 200);
+        assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+    }
+    let _restarted = start_controller(manifests.path(), state.path(), xds, admin);
+    until(
+        "every sidecar reconnected and resumed",
+        Duration::from_secs(30),
+        || async {
+            let Ok(status) = status(admin).await else {
+                return Ok(None);
+            };
+            let pods = status["pods"].as_array().cloned().unwrap_or_default();
+            let resumed = pods.len() == PODS.len()
+                && pods.iter().all(|p| {
+                    p["proxy"]["connected"] == true
+                        && p["ready"] == true
+                        && p["proxy"]["types"]["sds"]["acked"].is_string()
+                });
+            Ok(resumed.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // Listeners, clusters, endpoints and plugin configuration were not pushed again (the new
+    // controller only issued new certificates, over SDS).
+    for (name, count) in counted.iter().zip(before) {
+        assert_eq!(stat(&PODS[0], name).await, count, "{name}");
+    }
+    assert_eq!(call(&PODS[0], "/cart").await.0, 200);
+    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+    drop(sidecars);
+    drop(app);
+}
+
+#[test]
+fn a_sidecar_refuses_to_start_when_the_module_cannot_be_had_or_does_not_match_its_pin() {
+    let out = tempfile::tempdir().unwrap();
+    let dead = free_port().unwrap();
+    let base = |controller: String| {
+        let mut command = weft();
+        command
+            .arg("sidecar")
+            .args(["--controller", &controller])
+            .args([
+                "--pod",
+                "shop/frontend-0",
+                "--workload",
+                "frontend",
+                "--service-account",
+                "frontend",
+            ])
+            .args(["--pod-ip", "127.70.9.1", "--app-ip", "127.71.9.1"])
+            .arg("--credentials")
+            .arg(out.path())
+            .arg("--out")
+            .arg(out.path())
+            .args(["--exec", "/bin/false"]);
+        command
+    };
+    let down = base(format!("http://127.0.0.1:{dead}")).output().unwrap();
+    assert!(!down.status.success());
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("cannot be reached; not starting Envoy"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("bootstrap.json").exists());
+
+    let manifests = copy_example("mesh").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let _controller = start_controller(manifests.path(), state.path(), xds, admin);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(until("the controller", Duration::from_secs(20), || async {
+            Ok(status(admin).await.ok())
+        }))
+        .unwrap();
+    let pinned = base(format!("http://127.0.0.1:{admin}"))
+        .args(["--module-sha256", &"0".repeat(64)])
+        .output()
+        .unwrap();
+    assert!(!pinned.status.success());
+    let stderr = String::from_utf8_lossy(&pinned.stderr);
+    assert!(
+        stderr.contains("not the pinned") && stderr.contains("not starting Envoy"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("bootstrap.json").exists());
+}
