@@ -2,8 +2,11 @@
 //! running, the resources of one pod's sidecar, compiled policy and certificates included, as
 //! an xDS snapshot with content-derived versions. Pure: no clock, no I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use prost::Name;
 use weft_envoy_config::filters::{Code, Kind};
@@ -123,19 +126,69 @@ pub fn cluster_name(service: &Service, port: u16, http: bool) -> String {
     }
 }
 
-fn resource(name: &str, body: Any) -> Result<Resource, MeshError> {
-    Ok(Resource {
-        name: name.to_owned(),
-        version: content_digest(&body)?,
-        body,
-    })
+/// Resources built before, by their bytes: equal bytes are one shared resource, whose
+/// canonical digest is computed once (rendering a resource as canonical JSON is the costly part
+/// of a rebuild, and most resources are equal across the pods of a workload and across
+/// rebuilds).
+#[derive(Debug, Default)]
+pub struct Interner {
+    entries: HashMap<[u8; 32], Arc<Resource>>,
+    used: HashSet<[u8; 32]>,
 }
 
-fn compiled(
-    view: &MeshView<'_>,
-    identity: &Identity,
-    side: Side,
-) -> Result<PluginConfig, MeshError> {
+impl Interner {
+    /// The shared resource `name` with `body`.
+    ///
+    /// # Errors
+    /// When the body cannot be rendered for its digest.
+    pub fn resource(&mut self, name: &str, body: Any) -> Result<Arc<Resource>, MeshError> {
+        let mut hasher = Sha256::new();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(body.type_url.as_bytes());
+        hasher.update([0]);
+        hasher.update(&body.value);
+        let key: [u8; 32] = hasher.finalize().into();
+        self.used.insert(key);
+        if let Some(resource) = self.entries.get(&key) {
+            return Ok(resource.clone());
+        }
+        let resource = Arc::new(Resource {
+            name: name.to_owned(),
+            version: content_digest(&body)?,
+            body,
+        });
+        self.entries.insert(key, resource.clone());
+        Ok(resource)
+    }
+
+    /// Forgets the resources not used since the last sweep.
+    pub fn sweep(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.entries.retain(|key, _| used.contains(key));
+    }
+
+    /// How many resources it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What one rebuild computes once for every pod: the Services as each namespace calls them,
+/// their endpoints, and the compiled plugin configurations per identity.
+#[derive(Debug, Default)]
+pub struct Plan {
+    services: HashMap<String, Vec<OutboundService>>,
+    endpoints: Option<Vec<(String, Vec<SocketAddr>)>>,
+    compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
+}
+
+fn compiled(view: &MeshView<'_>, identity: &Identity, side: Side) -> Result<PluginConfig, MeshError> {
     let options = Options {
         trust_domain: view.trust_domain.to_owned(),
         ..Options::default()
@@ -146,16 +199,108 @@ fn compiled(
     })
 }
 
+impl Plan {
+    fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> &[OutboundService] {
+        self.services.entry(namespace.to_owned()).or_insert_with(|| {
+            let mut services = Vec::new();
+            for service in &view.catalog.services {
+                let identities: Vec<String> = view
+                    .pods
+                    .iter()
+                    .filter(|p| selects(service, p))
+                    .map(|p| p.identity().spiffe_id(view.trust_domain))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let hosts = service_hosts(
+                    &service.meta.name,
+                    &service.meta.namespace,
+                    namespace,
+                    &Options::default(),
+                );
+                for (spec, http) in service_ports(service) {
+                    services.push(OutboundService {
+                        cluster: cluster_name(service, spec.port, http),
+                        hosts: hosts.clone(),
+                        port: spec.port,
+                        protocol: protocol(spec.protocol),
+                        identities: identities.clone(),
+                    });
+                }
+            }
+            services
+        })
+    }
+
+    fn endpoints(&mut self, view: &MeshView<'_>) -> &[(String, Vec<SocketAddr>)] {
+        self.endpoints.get_or_insert_with(|| {
+            let mut sets = Vec::new();
+            for service in &view.catalog.services {
+                for (spec, http) in service_ports(service) {
+                    let addresses = view
+                        .pods
+                        .iter()
+                        .filter(|p| selects(service, p) && view.ready.contains(&p.node_id()))
+                        .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
+                        .collect();
+                    sets.push((cluster_name(service, spec.port, http), addresses));
+                }
+            }
+            sets
+        })
+    }
+
+    fn compiled(
+        &mut self,
+        view: &MeshView<'_>,
+        identity: &Identity,
+    ) -> Result<&(PluginConfig, PluginConfig), MeshError> {
+        let key = (identity.namespace.clone(), identity.service_account.clone());
+        if !self.compiled.contains_key(&key) {
+            let pair = (
+                compiled(view, identity, Side::Inbound)?,
+                compiled(view, identity, Side::Outbound)?,
+            );
+            self.compiled.insert(key.clone(), pair);
+        }
+        self.compiled
+            .get(&key)
+            .ok_or_else(|| MeshError::Compile {
+                identity: key.1.clone(),
+                reason: "not compiled".to_owned(),
+            })
+    }
+}
+
+/// The ports of a Service that get a cluster: its first HTTP port (one cluster per Service
+/// for HTTP, which split routing names) and each TCP port; with whether it is the HTTP one.
+fn service_ports(service: &Service) -> Vec<(&weft_policy::model::ServicePort, bool)> {
+    let mut ports = Vec::new();
+    let mut http_done = false;
+    for spec in &service.port_specs {
+        let http = spec.protocol == AppProtocol::Http;
+        if http && http_done {
+            continue;
+        }
+        http_done |= http;
+        ports.push((spec, http));
+    }
+    ports
+}
+
 fn json(config: &PluginConfig) -> String {
     serde_json::to_string(config).unwrap_or_default()
 }
 
-/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM).
+/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM), from
+/// what `plan` computed once for the rebuild and the resources `interner` already holds.
 ///
 /// # Errors
 /// When its policy does not compile or a resource cannot be rendered.
 pub fn sidecar_snapshot(
     view: &MeshView<'_>,
+    plan: &mut Plan,
+    interner: &mut Interner,
     pod: &Pod,
     certificate: &weft_certs::CertifiedKey,
 ) -> Result<Snapshot, MeshError> {
@@ -179,47 +324,6 @@ pub fn sidecar_snapshot(
                 .map_or(Protocol::Http, |spec| protocol(spec.protocol)),
         })
         .collect();
-    let mut services = Vec::new();
-    let mut endpoint_sets: Vec<(String, Vec<SocketAddr>)> = Vec::new();
-    for service in &view.catalog.services {
-        let behind: Vec<&Pod> = view.pods.iter().filter(|p| selects(service, p)).collect();
-        let mut identities: Vec<String> = behind
-            .iter()
-            .map(|p| p.identity().spiffe_id(view.trust_domain))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        identities.sort();
-        let hosts = service_hosts(
-            &service.meta.name,
-            &service.meta.namespace,
-            &pod.namespace,
-            &Options::default(),
-        );
-        let mut http_done = false;
-        for spec in &service.port_specs {
-            let http = spec.protocol == AppProtocol::Http;
-            if http && http_done {
-                // One cluster per Service for HTTP, on its first HTTP port.
-                continue;
-            }
-            http_done |= http;
-            let cluster = cluster_name(service, spec.port, http);
-            services.push(OutboundService {
-                cluster: cluster.clone(),
-                hosts: hosts.clone(),
-                port: spec.port,
-                protocol: protocol(spec.protocol),
-                identities: identities.clone(),
-            });
-            let addresses = behind
-                .iter()
-                .filter(|p| view.ready.contains(&p.node_id()))
-                .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
-                .collect();
-            endpoint_sets.push((cluster, addresses));
-        }
-    }
     let module = pod.module.as_deref().unwrap_or(view.module);
     let sidecar = Sidecar {
         pod_ip: pod.pod_ip,
@@ -228,41 +332,35 @@ pub fn sidecar_snapshot(
         certificate_secret: spiffe_id.clone(),
         trust_secret: TRUST_BUNDLE.to_owned(),
         inbound,
-        services,
+        services: plan.services(view, &pod.namespace).to_vec(),
     };
     let built = sidecar.resources();
     let mut snapshot = Snapshot::new();
     for listener in &built.listeners {
-        snapshot.insert(LISTENER, resource(&listener.name, any(listener))?);
+        snapshot.insert(LISTENER, interner.resource(&listener.name, any(listener))?);
     }
     for cluster in &built.clusters {
-        snapshot.insert(CLUSTER, resource(&cluster.name, any(cluster))?);
+        snapshot.insert(CLUSTER, interner.resource(&cluster.name, any(cluster))?);
     }
     for route in &built.routes {
-        snapshot.insert(ROUTE, resource(&route.name, any(route))?);
+        snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
     }
-    for (cluster, addresses) in &endpoint_sets {
-        snapshot.insert(
-            ENDPOINT,
-            resource(cluster, any(&endpoints(cluster, addresses)))?,
-        );
+    for (cluster, addresses) in plan.endpoints(view) {
+        snapshot.insert(ENDPOINT, interner.resource(cluster, any(&endpoints(cluster, addresses)))?);
     }
     snapshot.insert(
         SECRET,
-        resource(
+        interner.resource(
             &spiffe_id,
-            any(&certificate_secret(
-                &spiffe_id,
-                &certificate.cert_pem,
-                &certificate.key_pem,
-            )),
+            any(&certificate_secret(&spiffe_id, &certificate.cert_pem, &certificate.key_pem)),
         )?,
     );
     snapshot.insert(
         SECRET,
-        resource(TRUST_BUNDLE, any(&trust_secret(TRUST_BUNDLE, view.bundle)))?,
+        interner.resource(TRUST_BUNDLE, any(&trust_secret(TRUST_BUNDLE, view.bundle)))?,
     );
-    let inbound_config = compiled(view, &identity, Side::Inbound)?;
+    let (inbound_config, outbound_config) = plan.compiled(view, &identity)?;
+    let (inbound_config, outbound_config) = (inbound_config.clone(), json(outbound_config));
     let served = own_services
         .first()
         .map(|service| format!("{}.{}", service.meta.name, service.meta.namespace));
@@ -278,11 +376,10 @@ pub fn sidecar_snapshot(
         };
         let name = inbound_plugin_name(port.port);
         let plugin = sidecar.plugin(&name, kind, json(&config));
-        snapshot.insert(EXTENSION_CONFIG, resource(&name, any(&plugin))?);
+        snapshot.insert(EXTENSION_CONFIG, interner.resource(&name, any(&plugin))?);
     }
-    let outbound_config = compiled(view, &identity, Side::Outbound)?;
-    let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, json(&outbound_config));
-    snapshot.insert(EXTENSION_CONFIG, resource(OUTBOUND_PLUGIN, any(&plugin))?);
+    let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, outbound_config);
+    snapshot.insert(EXTENSION_CONFIG, interner.resource(OUTBOUND_PLUGIN, any(&plugin))?);
     debug_assert_eq!(
         weft_xds::snapshot::EXTENSION_CONFIG,
         weft_envoy_config::pb::envoy::config::core::v3::TypedExtensionConfig::type_url()

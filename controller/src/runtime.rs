@@ -113,6 +113,8 @@ pub struct Shared {
     /// Node ids whose sidecar has applied its listeners.
     ready: Mutex<BTreeSet<String>>,
     pki: Mutex<Pki>,
+    /// Resources shared by the snapshots.
+    interner: Mutex<crate::mesh::Interner>,
     /// Snapshots served.
     pub cache: Arc<SnapshotCache>,
     /// Per-proxy protocol status.
@@ -266,6 +268,8 @@ impl Shared {
             bundle: &bundle,
             module: &module,
         };
+        let mut plan = crate::mesh::Plan::default();
+        let mut interner = lock(&self.interner);
         for pod in &pods {
             let spiffe_id = pod.identity().spiffe_id(&trust_domain);
             let certificate = match pki.workload(&spiffe_id, now) {
@@ -285,7 +289,7 @@ impl Shared {
                     continue;
                 }
             };
-            match sidecar_snapshot(&view, pod, &certificate) {
+            match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate) {
                 Ok(snapshot) => {
                     self.cache.set(&pod.node_id(), Arc::new(snapshot));
                 }
@@ -295,6 +299,7 @@ impl Shared {
                 ),
             }
         }
+        interner.sweep();
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -511,6 +516,7 @@ impl Controller {
             pods: Mutex::new(BTreeMap::new()),
             ready: Mutex::new(BTreeSet::new()),
             pki: Mutex::new(pki),
+            interner: Mutex::new(crate::mesh::Interner::default()),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),
             module: RwLock::new(module),

@@ -224,12 +224,13 @@ impl Stream {
             return Vec::new();
         };
         if state.wildcard {
-            resources.values().collect()
+            resources.values().map(AsRef::as_ref).collect()
         } else {
             state
                 .names
                 .iter()
                 .filter_map(|name| resources.get(name))
+                .map(AsRef::as_ref)
                 .collect()
         }
     }

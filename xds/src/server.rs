@@ -19,7 +19,7 @@ use crate::cache::SnapshotCache;
 use crate::protocol::{Event, Output, Stream, TypeStatus};
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
-const STREAM_BUFFER: usize = 16;
+const STREAM_BUFFER: usize = 4;
 
 /// The caller's side of each stream.
 pub trait Admission: Send + Sync + 'static {

@@ -56,10 +56,11 @@ pub struct Resource {
     pub body: Any,
 }
 
-/// Every resource of one proxy, by type and name.
+/// Every resource of one proxy, by type and name. Resources are shared (`Arc`): proxies of
+/// one workload hold the same clusters, routes and plugin configuration once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, BTreeMap<String, Resource>>,
+    types: BTreeMap<String, BTreeMap<String, Arc<Resource>>>,
 }
 
 impl Snapshot {
@@ -69,7 +70,8 @@ impl Snapshot {
     }
 
     /// Adds (or replaces) a resource of `type_url`.
-    pub fn insert(&mut self, type_url: &str, resource: Resource) {
+    pub fn insert(&mut self, type_url: &str, resource: impl Into<Arc<Resource>>) {
+        let resource = resource.into();
         self.types
             .entry(type_url.to_owned())
             .or_default()
@@ -77,7 +79,7 @@ impl Snapshot {
     }
 
     /// The resources of `type_url`, by name.
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Resource>> {
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
         self.types.get(type_url)
     }
 

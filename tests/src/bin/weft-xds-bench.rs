@@ -1,0 +1,320 @@
+//! `weft-xds-bench` (run by `make bench`): the controller under many proxies. Starts
+//! `weft controller` (the release build) on a generated mesh of N pods, connects N simulated
+//! proxies that speak real ADS over gRPC and mTLS as Envoy does (subscribe to CDS and LDS, then
+//! to the EDS, RDS, SDS and ECDS resources those name; ACK every response), then edits a
+//! TrafficSplit on disk several times and measures, per change, the time from the file's
+//! rename to each proxy receiving the new plugin configuration (it ACKs at once). Also the
+//! controller's resident memory per connected proxy and CPU time per change. Prints a Markdown
+//! table. Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use prost::Message;
+use tokio::sync::mpsc;
+use weft_certs::{CertifiedKey, MeshCa, Validity};
+use weft_e2e::bootstrap::free_port;
+use weft_e2e::paths;
+use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
+use weft_envoy_config::pb::envoy::config::core::v3::Node;
+use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
+use weft_envoy_config::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use weft_envoy_config::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use weft_envoy_config::pb::google::protobuf::{Struct, Value, value};
+use weft_xds::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
+
+/// Workloads (and ServiceAccounts) the pods are spread over.
+const WORKLOADS: usize = 10;
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn manifests(dir: &Path, pods: usize, weight: u32) -> anyhow::Result<()> {
+    let mut yaml = String::new();
+    let replicas = pods / WORKLOADS;
+    for i in 0..WORKLOADS {
+        yaml += &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{i}, namespace: bench}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: app-{i}}}}}\n    spec:\n      serviceAccountName: sa-{i}\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 8080}}]\n---\n\
+             apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: to-{i}, namespace: bench}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-{i}, namespace: bench}}\n  sources: [{{kind: ServiceAccount, name: sa-{}, namespace: bench}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n---\n",
+            (i + 1) % WORKLOADS
+        );
+    }
+    yaml += "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: all, namespace: bench}\nspec:\n  matches: [{name: any, pathRegex: \".*\"}]\n";
+    std::fs::write(dir.join("mesh.yaml"), yaml)?;
+    write_split(dir, weight)
+}
+
+fn write_split(dir: &Path, weight: u32) -> anyhow::Result<()> {
+    let split = format!(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: canary, namespace: bench}}\nspec:\n  service: svc-0\n  backends:\n  - {{service: svc-1, weight: {weight}}}\n  - {{service: svc-2, weight: {}}}\n",
+        100 - weight
+    );
+    let staging = dir.join(".split.tmp");
+    std::fs::write(&staging, split)?;
+    std::fs::rename(&staging, dir.join("split.yaml"))?;
+    Ok(())
+}
+
+/// What the simulated proxies report.
+#[derive(Debug)]
+struct Received {
+    proxy: usize,
+    at: Instant,
+}
+
+#[derive(Clone)]
+struct Identity {
+    cert: CertifiedKey,
+    ca_pem: String,
+}
+
+/// One simulated proxy: Envoy's subscriptions, ACKs, and a report each time its plugin
+/// configuration (ECDS) changes.
+async fn proxy(
+    index: usize,
+    address: String,
+    identity: Identity,
+    report: mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<()> {
+    let workload = index % WORKLOADS;
+    let replica = index / WORKLOADS;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(&identity.cert.cert_pem, &identity.cert.key_pem));
+    let channel = tonic::transport::Endpoint::from_shared(address)?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let metadata = |pairs: &[(&str, String)]| Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value { kind: Some(value::Kind::StringValue(v.clone())) }))
+            .collect(),
+    };
+    let pod_ip = format!("127.90.{}.{}", workload + 1, replica + 1);
+    let node = Node {
+        id: format!("bench/app-{workload}-{replica}"),
+        cluster: format!("bench/sa-{workload}"),
+        metadata: Some(metadata(&[
+            ("workload", format!("app-{workload}")),
+            ("pod_ip", pod_ip),
+            ("app_ip", format!("127.91.{}.{}", workload + 1, replica + 1)),
+        ])),
+        ..Node::default()
+    };
+    let (sender, receiver) = mpsc::unbounded_channel::<DiscoveryRequest>();
+    let request = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+        type_url: type_url.to_owned(),
+        resource_names: names,
+        version_info: version,
+        response_nonce: nonce,
+        ..DiscoveryRequest::default()
+    };
+    let mut first = request(CLUSTER, Vec::new(), String::new(), String::new());
+    first.node = Some(node);
+    sender.send(first)?;
+    sender.send(request(LISTENER, Vec::new(), String::new(), String::new()))?;
+    let spiffe = format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}");
+    sender.send(request(SECRET, vec![spiffe, "weft-trust-bundle".to_owned()], String::new(), String::new()))?;
+    sender.send(request(ROUTE, vec!["outbound".to_owned()], String::new(), String::new()))?;
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let mut names: HashMap<String, Vec<String>> = HashMap::new();
+    names.insert(SECRET.to_owned(), vec![format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}"), "weft-trust-bundle".to_owned()]);
+    names.insert(ROUTE.to_owned(), vec!["outbound".to_owned()]);
+    while let Some(response) = responses.message().await? {
+        let at = Instant::now();
+        let type_url = response.type_url.clone();
+        let subscribed = names.get(&type_url).cloned().unwrap_or_default();
+        sender.send(request(&type_url, subscribed, response.version_info.clone(), response.nonce.clone()))?;
+        // Follow what the response names, as Envoy does.
+        match type_url.as_str() {
+            CLUSTER => {
+                let clusters: BTreeSet<String> = response
+                    .resources
+                    .iter()
+                    .filter_map(|any| Cluster::decode(any.value.as_slice()).ok())
+                    .filter(|c| c.eds_cluster_config.is_some())
+                    .map(|c| c.name)
+                    .collect();
+                let list: Vec<String> = clusters.into_iter().collect();
+                if names.get(ENDPOINT) != Some(&list) {
+                    names.insert(ENDPOINT.to_owned(), list.clone());
+                    sender.send(request(ENDPOINT, list, String::new(), String::new()))?;
+                }
+            }
+            LISTENER => {
+                let mut plugins: Vec<String> = response
+                    .resources
+                    .iter()
+                    .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
+                    .filter_map(|l| match l.name.as_str() {
+                        "outbound" => Some("weft.outbound".to_owned()),
+                        other => other.strip_prefix("inbound:").map(|port| format!("weft.inbound:{port}")),
+                    })
+                    .collect();
+                plugins.sort();
+                if names.get(EXTENSION_CONFIG) != Some(&plugins) {
+                    names.insert(EXTENSION_CONFIG.to_owned(), plugins.clone());
+                    sender.send(request(EXTENSION_CONFIG, plugins, String::new(), String::new()))?;
+                }
+            }
+            EXTENSION_CONFIG => {
+                let _ = report.send(Received { proxy: index, at });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
+    let manifests_dir = tempfile::tempdir()?;
+    let state = tempfile::tempdir()?;
+    manifests(manifests_dir.path(), proxies, 50)?;
+    let (xds, admin) = (free_port()?, free_port()?);
+    let weft = paths::workspace_root().join("target/release/weft");
+    let child = Command::new(&weft)
+        .arg("controller")
+        .arg("--manifests")
+        .arg(manifests_dir.path())
+        .arg("--state")
+        .arg(state.path())
+        .args(["--xds", &format!("127.0.0.1:{xds}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--resume-grace-ms", "0"])
+        .arg("--module")
+        .arg(paths::weft_wasm()?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("{} (cargo build --release -p weft-cli)", weft.display()))?;
+    let controller = Controller(child);
+    let pid = controller.0.id();
+    let ca_file = state.path().join(weft_certs::CA_CERT_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(ca_file.exists() && std::net::TcpStream::connect(("127.0.0.1", xds)).is_ok()) {
+        ensure!(Instant::now() < deadline, "the controller did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_file)?;
+    let key_pem = std::fs::read_to_string(state.path().join(weft_certs::CA_KEY_FILE))?;
+    let ca = MeshCa::from_pem(&ca_pem, &key_pem, "cluster.local")?;
+    let identities: Vec<Identity> = (0..WORKLOADS)
+        .map(|i| {
+            Ok(Identity {
+                cert: ca.issue(&format!("bench/sa-{i}").parse()?, Validity::starting_now(Duration::from_secs(3600)))?,
+                ca_pem: ca_pem.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let idle_kib = rss_kib(pid)?;
+    let (report, mut received) = mpsc::unbounded_channel();
+    let address = format!("https://127.0.0.1:{xds}");
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..proxies {
+        let identity = identities[index % WORKLOADS].clone();
+        tasks.spawn(proxy(index, address.clone(), identity, report.clone()));
+    }
+    // Converged: every proxy has its plugin configuration.
+    let mut configured = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while configured.len() < proxies {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = tokio::time::timeout(left, received.recv()).await.context("proxies did not converge")?;
+        if let Some(Received { proxy, .. }) = got {
+            configured.insert(proxy);
+        }
+    }
+    // Let the last pushes (endpoints of pods registered late) settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while received.try_recv().is_ok() {}
+    let connected_kib = rss_kib(pid)?;
+    let cpu_before = cpu_seconds(pid)?;
+    let mut latencies = Vec::new();
+    for change in 0..changes {
+        let weight = if change % 2 == 0 { 70 } else { 50 };
+        write_split(manifests_dir.path(), weight)?;
+        let written = Instant::now();
+        let mut seen = BTreeSet::new();
+        while seen.len() < proxies {
+            let got = tokio::time::timeout(Duration::from_secs(30), received.recv())
+                .await
+                .context("a change did not reach every proxy in 30 s")?
+                .context("reports ended")?;
+            if seen.insert(got.proxy) {
+                latencies.push(got.at.saturating_duration_since(written));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while received.try_recv().is_ok() {}
+    }
+    let cpu_per_change = (cpu_seconds(pid)? - cpu_before) / changes as f64;
+    latencies.sort();
+    tasks.abort_all();
+    drop(controller);
+    let per_proxy_kib = connected_kib.saturating_sub(idle_kib) as f64 / proxies as f64;
+    Ok(format!(
+        "| {proxies} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |",
+        latencies.len(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        per_proxy_kib,
+        connected_kib as f64 / 1024.0,
+        cpu_per_change * 1000.0,
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let proxies: Vec<usize> = value("--proxies")
+        .unwrap_or_else(|| "100,1000".to_owned())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let changes: usize = value("--changes").map_or(Ok(10), |v| v.parse())?;
+    println!("Controller under simulated proxies (real ADS over gRPC and mTLS), {changes} TrafficSplit edits each:\n");
+    println!("| proxies | samples | change to proxy p50 (ms) | p99 (ms) | max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for count in proxies {
+        println!("{}", run(count, changes).await?);
+    }
+    Ok(())
+}
