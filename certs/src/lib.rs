@@ -119,12 +119,13 @@ impl Default for RotationPolicy {
 }
 
 impl RotationPolicy {
-    /// The instant a certificate valid for `validity` is to be renewed, with `sample` (from 0
-    /// to 1) choosing the jitter.
+    /// The instant a certificate issued under this policy and valid until `validity.not_after`
+    /// is to be renewed, with `sample` (from 0 to 1) choosing the jitter: the part of
+    /// [`RotationPolicy::lifetime`] left unused before `not_after`. (A certificate's
+    /// `not_before` is set back a few minutes for slow clocks, so it does not count.)
     pub fn renewal(&self, validity: Validity, sample: f64) -> OffsetDateTime {
-        let span = validity.not_after - validity.not_before;
         let fraction = (self.renew_at - self.jitter * sample.clamp(0.0, 1.0)).clamp(0.0, 1.0);
-        validity.not_before + span * fraction
+        validity.not_after - self.lifetime.mul_f64(1.0 - fraction)
     }
 }
 
@@ -344,10 +345,13 @@ mod tests {
     fn renewal_falls_between_the_jittered_and_the_plain_fraction_of_the_validity() {
         let now = OffsetDateTime::now_utc();
         let validity = Validity {
-            not_before: now,
+            not_before: now - Duration::from_secs(300),
             not_after: now + Duration::from_secs(1000),
         };
-        let policy = RotationPolicy::default();
+        let policy = RotationPolicy {
+            lifetime: Duration::from_secs(1000),
+            ..RotationPolicy::default()
+        };
         assert_eq!(
             policy.renewal(validity, 0.0),
             now + Duration::from_secs(500)
@@ -362,7 +366,7 @@ mod tests {
         );
         // The deadline follows the certificate, not when it is computed.
         let later = Validity {
-            not_before: now + Duration::from_secs(3600),
+            not_before: now + Duration::from_secs(3300),
             not_after: now + Duration::from_secs(4600),
         };
         assert_eq!(policy.renewal(later, 0.0), now + Duration::from_secs(4100));

@@ -188,7 +188,11 @@ pub struct Plan {
     compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
 }
 
-fn compiled(view: &MeshView<'_>, identity: &Identity, side: Side) -> Result<PluginConfig, MeshError> {
+fn compiled(
+    view: &MeshView<'_>,
+    identity: &Identity,
+    side: Side,
+) -> Result<PluginConfig, MeshError> {
     let options = Options {
         trust_domain: view.trust_domain.to_owned(),
         ..Options::default()
@@ -201,35 +205,37 @@ fn compiled(view: &MeshView<'_>, identity: &Identity, side: Side) -> Result<Plug
 
 impl Plan {
     fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> &[OutboundService] {
-        self.services.entry(namespace.to_owned()).or_insert_with(|| {
-            let mut services = Vec::new();
-            for service in &view.catalog.services {
-                let identities: Vec<String> = view
-                    .pods
-                    .iter()
-                    .filter(|p| selects(service, p))
-                    .map(|p| p.identity().spiffe_id(view.trust_domain))
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let hosts = service_hosts(
-                    &service.meta.name,
-                    &service.meta.namespace,
-                    namespace,
-                    &Options::default(),
-                );
-                for (spec, http) in service_ports(service) {
-                    services.push(OutboundService {
-                        cluster: cluster_name(service, spec.port, http),
-                        hosts: hosts.clone(),
-                        port: spec.port,
-                        protocol: protocol(spec.protocol),
-                        identities: identities.clone(),
-                    });
+        self.services
+            .entry(namespace.to_owned())
+            .or_insert_with(|| {
+                let mut services = Vec::new();
+                for service in &view.catalog.services {
+                    let identities: Vec<String> = view
+                        .pods
+                        .iter()
+                        .filter(|p| selects(service, p))
+                        .map(|p| p.identity().spiffe_id(view.trust_domain))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let hosts = service_hosts(
+                        &service.meta.name,
+                        &service.meta.namespace,
+                        namespace,
+                        &Options::default(),
+                    );
+                    for (spec, http) in service_ports(service) {
+                        services.push(OutboundService {
+                            cluster: cluster_name(service, spec.port, http),
+                            hosts: hosts.clone(),
+                            port: spec.port,
+                            protocol: protocol(spec.protocol),
+                            identities: identities.clone(),
+                        });
+                    }
                 }
-            }
-            services
-        })
+                services
+            })
     }
 
     fn endpoints(&mut self, view: &MeshView<'_>) -> &[(String, Vec<SocketAddr>)] {
@@ -263,12 +269,10 @@ impl Plan {
             );
             self.compiled.insert(key.clone(), pair);
         }
-        self.compiled
-            .get(&key)
-            .ok_or_else(|| MeshError::Compile {
-                identity: key.1.clone(),
-                reason: "not compiled".to_owned(),
-            })
+        self.compiled.get(&key).ok_or_else(|| MeshError::Compile {
+            identity: key.1.clone(),
+            reason: "not compiled".to_owned(),
+        })
     }
 }
 
@@ -346,13 +350,20 @@ pub fn sidecar_snapshot(
         snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
     }
     for (cluster, addresses) in plan.endpoints(view) {
-        snapshot.insert(ENDPOINT, interner.resource(cluster, any(&endpoints(cluster, addresses)))?);
+        snapshot.insert(
+            ENDPOINT,
+            interner.resource(cluster, any(&endpoints(cluster, addresses)))?,
+        );
     }
     snapshot.insert(
         SECRET,
         interner.resource(
             &spiffe_id,
-            any(&certificate_secret(&spiffe_id, &certificate.cert_pem, &certificate.key_pem)),
+            any(&certificate_secret(
+                &spiffe_id,
+                &certificate.cert_pem,
+                &certificate.key_pem,
+            )),
         )?,
     );
     snapshot.insert(
@@ -379,7 +390,10 @@ pub fn sidecar_snapshot(
         snapshot.insert(EXTENSION_CONFIG, interner.resource(&name, any(&plugin))?);
     }
     let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, outbound_config);
-    snapshot.insert(EXTENSION_CONFIG, interner.resource(OUTBOUND_PLUGIN, any(&plugin))?);
+    snapshot.insert(
+        EXTENSION_CONFIG,
+        interner.resource(OUTBOUND_PLUGIN, any(&plugin))?,
+    );
     debug_assert_eq!(
         weft_xds::snapshot::EXTENSION_CONFIG,
         weft_envoy_config::pb::envoy::config::core::v3::TypedExtensionConfig::type_url()

@@ -282,12 +282,16 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (first, new) = pki.workload(API, now).unwrap();
         assert!(new);
-        // Deadline between 40% and 50% of the validity (which starts 5 minutes back).
+        // Deadline between 40% and 50% of the lifetime (1000 s) after issue.
         assert!(
-            first.renew_at > now
-                && first.renew_at
-                    <= first.validity.not_before
-                        + (first.validity.not_after - first.validity.not_before) * 0.5
+            first.renew_at >= now + Duration::from_secs(400),
+            "{:?}",
+            first.renew_at
+        );
+        assert!(
+            first.renew_at <= now + Duration::from_secs(500),
+            "{:?}",
+            first.renew_at
         );
         let (same, new) = pki.workload(API, now + Duration::from_secs(10)).unwrap();
         assert!(!new);

@@ -73,9 +73,15 @@ pub fn copy_example(name: &str) -> anyhow::Result<tempfile::TempDir> {
 impl TestMesh {
     /// Starts `examples/mesh` and waits until every sidecar is ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`TestMesh::start`] with options changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut UpOptions)) -> anyhow::Result<Self> {
         let manifests = copy_example("mesh")?;
         let state = tempfile::Builder::new().prefix("weft-state-").tempdir()?;
-        let options = options(manifests.path(), state.path())?;
+        let mut options = options(manifests.path(), state.path())?;
+        change(&mut options);
         let mut mesh = LocalMesh::up(options.clone()).await?;
         mesh.wait_ready(Duration::from_secs(30)).await?;
         Ok(Self {

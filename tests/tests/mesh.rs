@@ -406,3 +406,53 @@ async fn a_proxy_gets_no_other_workloads_secret_and_cannot_claim_its_identity() 
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_rotate_over_sds_while_traffic_flows() {
+    let mut mesh = TestMesh::start_with(|options| {
+        options.controller.rotation.lifetime = Duration::from_secs(8);
+    })
+    .await
+    .unwrap();
+    let expiry =
+        |mesh: &TestMesh| mesh.pod_status(CHECKOUT_V1)["proxy"]["certificate_expires"].clone();
+    let first = expiry(&mesh);
+    let mut rotations = 0;
+    let mut last = first.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Renewed at 40-50% of 8 s: at least two rotations in 20 s, with requests all along.
+    while rotations < 2 {
+        assert!(Instant::now() < deadline, "{rotations} rotation(s) in 20 s");
+        assert_eq!(
+            mesh.call(FRONTEND, "GET", "checkout", "/cart")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(
+            mesh.call(ANALYTICS, "GET", "checkout", "/cart")
+                .await
+                .unwrap()
+                .status,
+            403
+        );
+        let now = expiry(&mesh);
+        if now != last {
+            rotations += 1;
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The sidecar applied the new certificates (each a push of its certificate secret).
+    let node = mesh.replica(CHECKOUT_V1);
+    let listener = format!(
+        "listener.{}_8080.server_ssl_socket_factory.ssl_context_update_by_sds",
+        node.pod.pod_ip
+    );
+    assert!(
+        mesh.stat(CHECKOUT_V1, &listener).await.unwrap() >= 3,
+        "{listener}"
+    );
+    mesh.stop().await;
+}

@@ -91,7 +91,10 @@ async fn proxy(
     let tls = tonic::transport::ClientTlsConfig::new()
         .domain_name("localhost")
         .ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(&identity.cert.cert_pem, &identity.cert.key_pem));
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.cert.cert_pem,
+            &identity.cert.key_pem,
+        ));
     let channel = tonic::transport::Endpoint::from_shared(address)?
         .tls_config(tls)?
         .connect()
@@ -99,7 +102,14 @@ async fn proxy(
     let metadata = |pairs: &[(&str, String)]| Struct {
         fields: pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value { kind: Some(value::Kind::StringValue(v.clone())) }))
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    Value {
+                        kind: Some(value::Kind::StringValue(v.clone())),
+                    },
+                )
+            })
             .collect(),
     };
     let pod_ip = format!("127.90.{}.{}", workload + 1, replica + 1);
@@ -114,32 +124,56 @@ async fn proxy(
         ..Node::default()
     };
     let (sender, receiver) = mpsc::unbounded_channel::<DiscoveryRequest>();
-    let request = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
-        type_url: type_url.to_owned(),
-        resource_names: names,
-        version_info: version,
-        response_nonce: nonce,
-        ..DiscoveryRequest::default()
-    };
+    let request =
+        |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+            type_url: type_url.to_owned(),
+            resource_names: names,
+            version_info: version,
+            response_nonce: nonce,
+            ..DiscoveryRequest::default()
+        };
     let mut first = request(CLUSTER, Vec::new(), String::new(), String::new());
     first.node = Some(node);
     sender.send(first)?;
     sender.send(request(LISTENER, Vec::new(), String::new(), String::new()))?;
     let spiffe = format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}");
-    sender.send(request(SECRET, vec![spiffe, "weft-trust-bundle".to_owned()], String::new(), String::new()))?;
-    sender.send(request(ROUTE, vec!["outbound".to_owned()], String::new(), String::new()))?;
+    sender.send(request(
+        SECRET,
+        vec![spiffe, "weft-trust-bundle".to_owned()],
+        String::new(),
+        String::new(),
+    ))?;
+    sender.send(request(
+        ROUTE,
+        vec!["outbound".to_owned()],
+        String::new(),
+        String::new(),
+    ))?;
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            receiver,
+        ))
         .await?
         .into_inner();
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
-    names.insert(SECRET.to_owned(), vec![format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}"), "weft-trust-bundle".to_owned()]);
+    names.insert(
+        SECRET.to_owned(),
+        vec![
+            format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}"),
+            "weft-trust-bundle".to_owned(),
+        ],
+    );
     names.insert(ROUTE.to_owned(), vec!["outbound".to_owned()]);
     while let Some(response) = responses.message().await? {
         let at = Instant::now();
         let type_url = response.type_url.clone();
         let subscribed = names.get(&type_url).cloned().unwrap_or_default();
-        sender.send(request(&type_url, subscribed, response.version_info.clone(), response.nonce.clone()))?;
+        sender.send(request(
+            &type_url,
+            subscribed,
+            response.version_info.clone(),
+            response.nonce.clone(),
+        ))?;
         // Follow what the response names, as Envoy does.
         match type_url.as_str() {
             CLUSTER => {
@@ -163,13 +197,20 @@ async fn proxy(
                     .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
                     .filter_map(|l| match l.name.as_str() {
                         "outbound" => Some("weft.outbound".to_owned()),
-                        other => other.strip_prefix("inbound:").map(|port| format!("weft.inbound:{port}")),
+                        other => other
+                            .strip_prefix("inbound:")
+                            .map(|port| format!("weft.inbound:{port}")),
                     })
                     .collect();
                 plugins.sort();
                 if names.get(EXTENSION_CONFIG) != Some(&plugins) {
                     names.insert(EXTENSION_CONFIG.to_owned(), plugins.clone());
-                    sender.send(request(EXTENSION_CONFIG, plugins, String::new(), String::new()))?;
+                    sender.send(request(
+                        EXTENSION_CONFIG,
+                        plugins,
+                        String::new(),
+                        String::new(),
+                    ))?;
                 }
             }
             EXTENSION_CONFIG => {
@@ -192,13 +233,22 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     Ok(ticks / 100.0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[at.min(sorted.len() - 1)]
 }
@@ -215,7 +265,12 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
         .arg(manifests_dir.path())
         .arg("--state")
         .arg(state.path())
-        .args(["--xds", &format!("127.0.0.1:{xds}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args([
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
         .args(["--resume-grace-ms", "0"])
         .arg("--module")
         .arg(paths::weft_wasm()?)
@@ -237,7 +292,10 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
     let identities: Vec<Identity> = (0..WORKLOADS)
         .map(|i| {
             Ok(Identity {
-                cert: ca.issue(&format!("bench/sa-{i}").parse()?, Validity::starting_now(Duration::from_secs(3600)))?,
+                cert: ca.issue(
+                    &format!("bench/sa-{i}").parse()?,
+                    Validity::starting_now(Duration::from_secs(3600)),
+                )?,
                 ca_pem: ca_pem.clone(),
             })
         })
@@ -255,7 +313,9 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while configured.len() < proxies {
         let left = deadline.saturating_duration_since(Instant::now());
-        let got = tokio::time::timeout(left, received.recv()).await.context("proxies did not converge")?;
+        let got = tokio::time::timeout(left, received.recv())
+            .await
+            .context("proxies did not converge")?;
         if let Some(Received { proxy, .. }) = got {
             configured.insert(proxy);
         }
@@ -303,15 +363,24 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let proxies: Vec<usize> = value("--proxies")
         .unwrap_or_else(|| "100,1000".to_owned())
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let changes: usize = value("--changes").map_or(Ok(10), |v| v.parse())?;
-    println!("Controller under simulated proxies (real ADS over gRPC and mTLS), {changes} TrafficSplit edits each:\n");
-    println!("| proxies | samples | change to proxy p50 (ms) | p99 (ms) | max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |");
+    println!(
+        "Controller under simulated proxies (real ADS over gRPC and mTLS), {changes} TrafficSplit edits each:\n"
+    );
+    println!(
+        "| proxies | samples | change to proxy p50 (ms) | p99 (ms) | max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for count in proxies {
         println!("{}", run(count, changes).await?);
