@@ -6,10 +6,16 @@
 //! rename to each proxy receiving the new plugin configuration (it ACKs at once). Also the
 //! controller's resident memory per connected proxy and CPU time per change. Prints a Markdown
 //! table. Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10).
+//!
+//! Then a probe of the floor under the memory per proxy: the same ADS service (weft-xds over
+//! tonic, mTLS) in a process of its own with nothing to serve, and N clients that each open a
+//! connection and an ADS stream and send one request: its resident memory per connection is
+//! what the transport alone costs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -360,9 +366,126 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
     ))
 }
 
+/// Accepts every proxy and records nothing: the probe's server.
+struct AcceptAll;
+
+impl weft_xds::server::Admission for AcceptAll {
+    fn admit(&self, node: &Node, _peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
+        Ok(node.id.clone())
+    }
+    fn on_event(&self, _key: &str, _event: &weft_xds::protocol::Event) {}
+    fn on_disconnect(&self, _key: &str, _status: &[weft_xds::protocol::TypeStatus]) {}
+}
+
+/// The probe's server process: the ADS service over mTLS with an empty cache, on the port it
+/// writes to `dir/port`.
+async fn probe_server(dir: &Path) -> anyhow::Result<()> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read("server.pem")?,
+            read("server-key.pem")?,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read("ca.pem")?));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    std::fs::write(dir.join("port"), listener.local_addr()?.port().to_string())?;
+    let service = weft_xds::server::AdsService::new(
+        Arc::new(weft_xds::cache::SnapshotCache::new()),
+        Arc::new(AcceptAll),
+    );
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(service.into_server())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+/// Resident memory per open ADS stream (one connection each) of a server that serves nothing.
+async fn transport_probe(connections: usize) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let ca = MeshCa::generate(
+        "cluster.local",
+        Validity::starting_now(Duration::from_secs(3600)),
+    )?;
+    let server = ca.issue_for(
+        "spiffe://cluster.local/weft/controller",
+        &["localhost".to_owned()],
+        Validity::starting_now(Duration::from_secs(3600)),
+    )?;
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem().cert_pem)?;
+    std::fs::write(dir.path().join("server.pem"), &server.cert_pem)?;
+    std::fs::write(dir.path().join("server-key.pem"), &server.key_pem)?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--probe-server")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let server_process = Controller(child);
+    let pid = server_process.0.id();
+    let port_file = dir.path().join("port");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !port_file.exists() {
+        ensure!(Instant::now() < deadline, "the probe server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port: u16 = std::fs::read_to_string(&port_file)?.trim().parse()?;
+    let idle = rss_kib(pid)?;
+    let identity = Identity {
+        cert: ca.issue(
+            &"bench/sa-0".parse()?,
+            Validity::starting_now(Duration::from_secs(3600)),
+        )?,
+        ca_pem: ca.pem().cert_pem.clone(),
+    };
+    let mut streams = Vec::new();
+    for index in 0..connections {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &identity.cert.cert_pem,
+                &identity.cert.key_pem,
+            ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        sender.send(DiscoveryRequest {
+            node: Some(Node {
+                id: format!("probe/{index}"),
+                ..Node::default()
+            }),
+            type_url: CLUSTER.to_owned(),
+            ..DiscoveryRequest::default()
+        })?;
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                receiver,
+            ))
+            .await?;
+        streams.push((sender, responses));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = rss_kib(pid)?;
+    drop(streams);
+    #[allow(clippy::cast_precision_loss)]
+    let per = connected.saturating_sub(idle) as f64 / connections as f64;
+    Ok(format!(
+        "| {connections} | {per:.1} | {:.0} |",
+        connected as f64 / 1024.0
+    ))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--probe-server") {
+        let dir = args.get(at + 1).context("--probe-server DIR")?;
+        return probe_server(Path::new(dir)).await;
+    }
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -382,8 +505,16 @@ async fn main() -> anyhow::Result<()> {
         "| proxies | samples | change to proxy p50 (ms) | p99 (ms) | max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for count in proxies {
-        println!("{}", run(count, changes).await?);
+    for count in &proxies {
+        println!("{}", run(*count, changes).await?);
+    }
+    println!(
+        "\nThe transport alone: the same ADS service over mTLS with nothing to serve, one connection and stream per client:\n"
+    );
+    println!("| connections | server RSS per connection (KiB) | server RSS (MiB) |");
+    println!("|---|---|---|");
+    for count in &proxies {
+        println!("{}", transport_probe(*count).await?);
     }
     Ok(())
 }
