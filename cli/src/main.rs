@@ -111,6 +111,41 @@ enum CertCommand {
     },
 }
 
+/// What the controller runs with, in `weft up` and `weft controller`.
+#[derive(clap::Args)]
+struct ControllerFlags {
+    /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Where the xDS server listens.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: std::net::SocketAddr,
+    /// Where the status server listens (`weft status`, the module).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    admin: std::net::SocketAddr,
+    /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
+    #[arg(long, default_value_t = 86400)]
+    certificate_lifetime: u64,
+    /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The mesh CA's key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+impl ControllerFlags {
+    fn settings(self) -> weft_cli::mesh::ControllerSettings {
+        weft_cli::mesh::ControllerSettings {
+            module: self.module,
+            xds: self.xds,
+            admin: self.admin,
+            certificate_lifetime: std::time::Duration::from_secs(self.certificate_lifetime),
+            ca: self.ca_cert.zip(self.ca_key),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a mesh on this machine (local mode): the controller and, for each replica of each
@@ -125,24 +160,8 @@ enum Command {
         /// The Envoy binary [default: .venv/bin/envoy, else envoy on PATH].
         #[arg(long)]
         envoy: Option<PathBuf>,
-        /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
-        #[arg(long)]
-        module: Option<PathBuf>,
-        /// Where the xDS server listens.
-        #[arg(long, default_value = "127.0.0.1:15010")]
-        xds: std::net::SocketAddr,
-        /// Where the status server listens (`weft status`).
-        #[arg(long, default_value = "127.0.0.1:15014")]
-        admin: std::net::SocketAddr,
-        /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
-        #[arg(long, default_value_t = 86400)]
-        certificate_lifetime: u64,
-        /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
-        #[arg(long, requires = "ca_key")]
-        ca_cert: Option<PathBuf>,
-        /// The mesh CA's key (PEM).
-        #[arg(long, requires = "ca_cert")]
-        ca_key: Option<PathBuf>,
+        #[command(flatten)]
+        controller: ControllerFlags,
         /// Stop as soon as every sidecar is ready (scripts, tests).
         #[arg(long)]
         exit_when_ready: bool,
@@ -159,24 +178,8 @@ enum Command {
         /// Where the CA and the module are kept.
         #[arg(long)]
         state: PathBuf,
-        /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
-        #[arg(long)]
-        module: Option<PathBuf>,
-        /// Where the xDS server listens.
-        #[arg(long, default_value = "127.0.0.1:15010")]
-        xds: std::net::SocketAddr,
-        /// Where the status server listens (status, module).
-        #[arg(long, default_value = "127.0.0.1:15014")]
-        admin: std::net::SocketAddr,
-        /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
-        #[arg(long, default_value_t = 86400)]
-        certificate_lifetime: u64,
-        /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
-        #[arg(long, requires = "ca_key")]
-        ca_cert: Option<PathBuf>,
-        /// The mesh CA's key (PEM).
-        #[arg(long, requires = "ca_cert")]
-        ca_key: Option<PathBuf>,
+        #[command(flatten)]
+        controller: ControllerFlags,
         /// Milliseconds after a start during which nothing is pushed, so that running sidecars
         /// reconnect first (a restart then changes nothing).
         #[arg(long, default_value_t = 2000)]
@@ -352,12 +355,7 @@ fn main() -> ExitCode {
             dir,
             state,
             envoy,
-            module,
-            xds,
-            admin,
-            certificate_lifetime,
-            ca_cert,
-            ca_key,
+            controller,
             exit_when_ready,
             subnet,
         } => {
@@ -366,11 +364,7 @@ fn main() -> ExitCode {
                 dir,
                 state,
                 envoy,
-                module,
-                xds,
-                admin,
-                certificate_lifetime: std::time::Duration::from_secs(certificate_lifetime),
-                ca: ca_cert.zip(ca_key),
+                controller: controller.settings(),
                 exit_when_ready,
             };
             match weft_cli::mesh::up(&args) {
@@ -381,23 +375,14 @@ fn main() -> ExitCode {
         Command::Controller {
             manifests,
             state,
-            module,
-            xds,
-            admin,
-            certificate_lifetime,
-            ca_cert,
-            ca_key,
+            controller,
             resume_grace_ms,
         } => {
             let args = weft_cli::mesh::ControllerArgs {
-                resume_grace: std::time::Duration::from_millis(resume_grace_ms),
                 manifests,
                 state,
-                module,
-                xds,
-                admin,
-                certificate_lifetime: std::time::Duration::from_secs(certificate_lifetime),
-                ca: ca_cert.zip(ca_key),
+                resume_grace: std::time::Duration::from_millis(resume_grace_ms),
+                controller: controller.settings(),
             };
             match weft_cli::mesh::controller(&args) {
                 Ok(()) => Outcome::ok(String::new()),

@@ -13,6 +13,52 @@ use weft_controller::pki::CaSource;
 use weft_controller::runtime::Options;
 use weft_local::{LocalMesh, UpOptions};
 
+/// What the controller runs with, in `weft up` and `weft controller`.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// weft.wasm.
+    pub module: Option<PathBuf>,
+    /// ADS server address.
+    pub xds: SocketAddr,
+    /// Admin (status, module) address.
+    pub admin: SocketAddr,
+    /// Workload certificate lifetime.
+    pub certificate_lifetime: Duration,
+    /// The user's CA, certificate and key.
+    pub ca: Option<(PathBuf, PathBuf)>,
+}
+
+impl ControllerSettings {
+    /// The controller's options for `manifests`, keeping its state in `state`.
+    pub fn options(&self, manifests: &Path, state: &Path, resume_grace: Duration) -> Options {
+        Options {
+            manifests: manifests.to_path_buf(),
+            state: state.to_path_buf(),
+            xds_listen: self.xds,
+            admin_listen: self.admin,
+            module: self
+                .module
+                .clone()
+                .or_else(|| beside_exe("../wasm/weft.wasm"))
+                .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
+            trust_domain: "cluster.local".to_owned(),
+            ca: match &self.ca {
+                Some((cert, key)) => CaSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                None => CaSource::State,
+            },
+            rotation: RotationPolicy {
+                lifetime: self.certificate_lifetime,
+                ..RotationPolicy::default()
+            },
+            poll: Duration::from_millis(100),
+            resume_grace,
+        }
+    }
+}
+
 /// What `weft up` was asked.
 #[derive(Debug, Clone)]
 pub struct UpArgs {
@@ -22,16 +68,8 @@ pub struct UpArgs {
     pub state: Option<PathBuf>,
     /// Envoy binary.
     pub envoy: Option<PathBuf>,
-    /// weft.wasm.
-    pub module: Option<PathBuf>,
-    /// ADS server address.
-    pub xds: SocketAddr,
-    /// Admin (status) address.
-    pub admin: SocketAddr,
-    /// Workload certificate lifetime.
-    pub certificate_lifetime: Duration,
-    /// The user's CA, certificate and key.
-    pub ca: Option<(PathBuf, PathBuf)>,
+    /// The controller.
+    pub controller: ControllerSettings,
     /// Stop once every sidecar is ready (for scripts and tests).
     pub exit_when_ready: bool,
     /// Address block (see weft-local).
@@ -53,45 +91,31 @@ fn default_envoy() -> PathBuf {
     }
 }
 
+/// Logs the controller's and local mode's lines (refused changes with file and line, NACKs
+/// with the proxy, type, version and Envoy's reason, certificates issued) to stderr; `RUST_LOG`
+/// changes the level (`RUST_LOG=debug`).
+fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .try_init();
+}
+
 /// Runs local mode until Ctrl-C (or SIGTERM), a process exiting, or, with `exit_when_ready`,
 /// every sidecar being ready.
 ///
 /// # Errors
 /// When the mesh cannot start or a process exits.
 pub fn up(args: &UpArgs) -> anyhow::Result<()> {
+    init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run_up(args))
 }
 
 async fn run_up(args: &UpArgs) -> anyhow::Result<()> {
     let state = args.state.clone().unwrap_or_else(|| args.dir.join(".weft"));
-    let module = args
-        .module
-        .clone()
-        .or_else(|| beside_exe("../wasm/weft.wasm"))
-        .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm"));
     let options = UpOptions {
-        controller: Options {
-            manifests: args.dir.clone(),
-            state: state.clone(),
-            xds_listen: args.xds,
-            admin_listen: args.admin,
-            module,
-            trust_domain: "cluster.local".to_owned(),
-            ca: match &args.ca {
-                Some((cert, key)) => CaSource::Files {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-                None => CaSource::State,
-            },
-            rotation: RotationPolicy {
-                lifetime: args.certificate_lifetime,
-                ..RotationPolicy::default()
-            },
-            poll: Duration::from_millis(100),
-            resume_grace: Duration::ZERO,
-        },
+        // Local mode knows every pod from the start: no grace.
+        controller: args.controller.options(&args.dir, &state, Duration::ZERO),
         envoy: args.envoy.clone().unwrap_or_else(default_envoy),
         command_path: std::env::current_exe()
             .ok()
@@ -221,18 +245,10 @@ pub struct ControllerArgs {
     pub manifests: PathBuf,
     /// State folder (CA, module).
     pub state: PathBuf,
-    /// weft.wasm.
-    pub module: Option<PathBuf>,
-    /// ADS address.
-    pub xds: SocketAddr,
-    /// Admin address.
-    pub admin: SocketAddr,
-    /// Workload certificate lifetime.
-    pub certificate_lifetime: Duration,
-    /// The user's CA.
-    pub ca: Option<(PathBuf, PathBuf)>,
     /// How long after a start nothing is pushed while running sidecars reconnect.
     pub resume_grace: Duration,
+    /// The controller.
+    pub controller: ControllerSettings,
 }
 
 /// Runs the controller alone (for sidecars started with `weft sidecar`) until Ctrl-C/SIGTERM.
@@ -240,33 +256,12 @@ pub struct ControllerArgs {
 /// # Errors
 /// When it cannot start.
 pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
+    init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let options = Options {
-            manifests: args.manifests.clone(),
-            state: args.state.clone(),
-            xds_listen: args.xds,
-            admin_listen: args.admin,
-            module: args
-                .module
-                .clone()
-                .or_else(|| beside_exe("../wasm/weft.wasm"))
-                .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
-            trust_domain: "cluster.local".to_owned(),
-            ca: match &args.ca {
-                Some((cert, key)) => CaSource::Files {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-                None => CaSource::State,
-            },
-            rotation: RotationPolicy {
-                lifetime: args.certificate_lifetime,
-                ..RotationPolicy::default()
-            },
-            poll: Duration::from_millis(100),
-            resume_grace: args.resume_grace,
-        };
+        let options = args
+            .controller
+            .options(&args.manifests, &args.state, args.resume_grace);
         let controller = weft_controller::runtime::Controller::start(options).await?;
         eprintln!(
             "weft: controller serving xDS on {} and status on http://{}/status; state in {}",

@@ -121,7 +121,6 @@ pub struct Shared {
     pub status: Status,
     module: RwLock<Module>,
     changed: Notify,
-    generation: watch::Sender<u64>,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
 }
@@ -201,11 +200,6 @@ impl Shared {
     /// The PKI.
     pub fn pki(&self) -> std::sync::MutexGuard<'_, Pki> {
         lock(&self.pki)
-    }
-
-    /// Rebuilds counted so far; changes each time snapshots were rebuilt.
-    pub fn generations(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
     }
 
     /// Reloads the manifests; a set with errors is refused (logged with file and line, kept
@@ -300,7 +294,6 @@ impl Shared {
             }
         }
         interner.sweep();
-        self.generation.send_modify(|g| *g += 1);
     }
 
     fn next_renewal(&self) -> Option<OffsetDateTime> {
@@ -521,7 +514,6 @@ impl Controller {
             status: Status::default(),
             module: RwLock::new(module),
             changed: Notify::new(),
-            generation: watch::Sender::new(0),
             publish_after: std::time::Instant::now() + options.resume_grace,
             options,
         });

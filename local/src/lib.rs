@@ -10,7 +10,6 @@
 //! local mode shows and tests the mesh; it is not a security boundary against processes of the
 //! same machine.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -450,11 +449,6 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Pod name and its replica, for lookups by callers.
-pub fn by_pod(replicas: &[Replica]) -> BTreeMap<String, &Replica> {
-    replicas.iter().map(|r| (r.pod.node_id(), r)).collect()
 }
 
 #[cfg(test)]

@@ -136,6 +136,14 @@ impl TestMesh {
         .await
     }
 
+    /// The status of `GET path` to the Service `checkout`, sent as pod `from`.
+    pub async fn checkout_status(&self, from: &str, path: &str) -> u16 {
+        match self.call(from, "GET", "checkout", path).await {
+            Ok(reply) => reply.status,
+            Err(err) => panic!("{from} -> checkout {path}: {err:#}"),
+        }
+    }
+
     /// Sends `line` to TCP Service port `port` as pod `from` (through its outbound listener on
     /// its own address) and returns the answer line, or `None` if the connection was closed.
     pub async fn tcp(&self, from: &str, port: u16, line: &str) -> anyhow::Result<Option<String>> {

@@ -96,13 +96,7 @@ async fn access_split_tcp_and_metrics_work_over_certificates_the_controller_issu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_is_refused() {
     let mut mesh = TestMesh::start().await.unwrap();
-    assert_eq!(
-        mesh.call(ANALYTICS, "GET", "checkout", "/cart")
-            .await
-            .unwrap()
-            .status,
-        403
-    );
+    assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 403);
     let access = std::fs::read_to_string(mesh.manifest("access.yaml")).unwrap();
     let opened = access.replace(
         "sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]",
@@ -176,20 +170,8 @@ async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_i
     let first = rejected[0].as_str().unwrap();
     assert!(first.contains("access.yaml:20:"), "{first}");
     assert!(first.contains("TCPRoutes"), "{first}");
-    assert_eq!(
-        mesh.call(ANALYTICS, "GET", "checkout", "/cart")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        mesh.call(FRONTEND, "GET", "checkout", "/cart")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 200);
+    assert_eq!(mesh.checkout_status(FRONTEND, "/cart").await, 200);
     mesh.stop().await;
 }
 
@@ -423,20 +405,8 @@ async fn short_lived_certificates_rotate_over_sds_while_traffic_flows() {
     // Renewed at 40-50% of 8 s: at least two rotations in 20 s, with requests all along.
     while rotations < 2 {
         assert!(Instant::now() < deadline, "{rotations} rotation(s) in 20 s");
-        assert_eq!(
-            mesh.call(FRONTEND, "GET", "checkout", "/cart")
-                .await
-                .unwrap()
-                .status,
-            200
-        );
-        assert_eq!(
-            mesh.call(ANALYTICS, "GET", "checkout", "/cart")
-                .await
-                .unwrap()
-                .status,
-            403
-        );
+        assert_eq!(mesh.checkout_status(FRONTEND, "/cart").await, 200);
+        assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 403);
         let now = expiry(&mesh);
         if now != last {
             rotations += 1;

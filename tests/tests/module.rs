@@ -123,20 +123,8 @@ async fn a_module_upgrade_applies_in_place_and_one_envoy_cannot_load_is_refused_
     )
     .await
     .unwrap();
-    assert_eq!(
-        mesh.call(ANALYTICS, "GET", "checkout", "/cart")
-            .await
-            .unwrap()
-            .status,
-        403
-    );
-    assert_eq!(
-        mesh.call(FRONTEND, "GET", "checkout", "/cart")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 403);
+    assert_eq!(mesh.checkout_status(FRONTEND, "/cart").await, 200);
     assert_eq!(
         mesh.stat(CHECKOUT_V1, "listener_manager.total_listeners_draining")
             .await
@@ -164,20 +152,8 @@ async fn a_module_upgrade_applies_in_place_and_one_envoy_cannot_load_is_refused_
     .unwrap();
     assert_eq!(ecds_acked(&mesh, CHECKOUT_V1).await.unwrap(), upgraded);
     for _ in 0..5 {
-        assert_eq!(
-            mesh.call(ANALYTICS, "GET", "checkout", "/cart")
-                .await
-                .unwrap()
-                .status,
-            403
-        );
-        assert_eq!(
-            mesh.call(FRONTEND, "GET", "checkout", "/cart")
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 403);
+        assert_eq!(mesh.checkout_status(FRONTEND, "/cart").await, 200);
     }
     mesh.stop().await;
 }

@@ -84,6 +84,19 @@ struct Identity {
     ca_pem: String,
 }
 
+impl Identity {
+    /// mTLS as this identity, verifying the controller's certificate (for `localhost`).
+    fn client_tls(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert.cert_pem,
+                &self.cert.key_pem,
+            ))
+    }
+}
+
 /// One simulated proxy: Envoy's subscriptions, ACKs, and a report each time its plugin
 /// configuration (ECDS) changes.
 async fn proxy(
@@ -94,13 +107,7 @@ async fn proxy(
 ) -> anyhow::Result<()> {
     let workload = index % WORKLOADS;
     let replica = index / WORKLOADS;
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .domain_name("localhost")
-        .ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(
-            &identity.cert.cert_pem,
-            &identity.cert.key_pem,
-        ));
+    let tls = identity.client_tls();
     let channel = tonic::transport::Endpoint::from_shared(address)?
         .tls_config(tls)?
         .connect()
@@ -441,13 +448,7 @@ async fn transport_probe(connections: usize) -> anyhow::Result<String> {
     };
     let mut streams = Vec::new();
     for index in 0..connections {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .domain_name("localhost")
-            .ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &identity.cert.cert_pem,
-                &identity.cert.key_pem,
-            ));
+        let tls = identity.client_tls();
         let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
             .tls_config(tls)?
             .connect()
