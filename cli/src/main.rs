@@ -348,6 +348,14 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
     Ok((name.to_ascii_lowercase(), value.to_owned()))
 }
 
+/// A command that printed as it went (or prints `stdout`): exit 0, or 1 with the error.
+fn finished(result: anyhow::Result<String>) -> Outcome {
+    match result {
+        Ok(stdout) => Outcome::ok(stdout),
+        Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
@@ -367,10 +375,7 @@ fn main() -> ExitCode {
                 controller: controller.settings(),
                 exit_when_ready,
             };
-            match weft_cli::mesh::up(&args) {
-                Ok(()) => Outcome::ok(String::new()),
-                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
-            }
+            finished(weft_cli::mesh::up(&args).map(|()| String::new()))
         }
         Command::Controller {
             manifests,
@@ -384,10 +389,7 @@ fn main() -> ExitCode {
                 resume_grace: std::time::Duration::from_millis(resume_grace_ms),
                 controller: controller.settings(),
             };
-            match weft_cli::mesh::controller(&args) {
-                Ok(()) => Outcome::ok(String::new()),
-                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
-            }
+            finished(weft_cli::mesh::controller(&args).map(|()| String::new()))
         }
         Command::Sidecar {
             xds,
@@ -415,18 +417,14 @@ fn main() -> ExitCode {
                 module_sha256,
                 exec,
             };
-            match weft_cli::mesh::sidecar(&args) {
-                Ok(()) => Outcome::ok(String::new()),
-                Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
-            }
+            finished(weft_cli::mesh::sidecar(&args).map(|()| String::new()))
         }
-        Command::Status { controller, output } => match weft_cli::mesh::fetch_status(&controller) {
-            Ok(status) => Outcome::ok(match output {
+        Command::Status { controller, output } => finished(
+            weft_cli::mesh::fetch_status(&controller).map(|status| match output {
                 Format::Json => format!("{status}\n"),
                 Format::Human => weft_cli::mesh::status_table(&status),
             }),
-            Err(err) => Outcome::fail(commands::EXIT_INVALID, format!("weft: {err:#}\n")),
-        },
+        ),
         Command::Cert(CertCommand::Ca {
             out,
             trust_domain,

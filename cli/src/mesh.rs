@@ -41,7 +41,7 @@ impl ControllerSettings {
                 .clone()
                 .or_else(|| beside_exe("../wasm/weft.wasm"))
                 .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
-            trust_domain: "cluster.local".to_owned(),
+            trust_domain: weft_policy::bundle::DEFAULT_TRUST_DOMAIN.to_owned(),
             ca: match &self.ca {
                 Some((cert, key)) => CaSource::Files {
                     cert: cert.clone(),
@@ -345,7 +345,9 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
     let file = |name: &str| credentials.join(name).display().to_string();
     let link = weft_envoy_config::mesh::ControllerLink {
         address: args.xds,
-        identity: "spiffe://cluster.local/weft/controller".to_owned(),
+        identity: weft_controller::pki::controller_identity(
+            weft_policy::bundle::DEFAULT_TRUST_DOMAIN,
+        ),
         credentials: weft_envoy_config::tls::Credentials::Files {
             cert: file(weft_certs::CERT_FILE),
             key: file(weft_certs::KEY_FILE),

@@ -43,10 +43,7 @@ pub struct Manifests {
 /// # Errors
 /// [`ManifestsError::Empty`] when nothing at all was found or reported under `paths`.
 pub fn read(paths: &[PathBuf]) -> Result<Manifests, ManifestsError> {
-    let mut walk = Walk::default();
-    for path in paths {
-        walk.given(path);
-    }
+    let walk = Walk::over(paths);
     let mut manifests = Manifests {
         files: Vec::new(),
         problems: walk.problems,
@@ -71,6 +68,12 @@ pub fn read(paths: &[PathBuf]) -> Result<Manifests, ManifestsError> {
     Ok(manifests)
 }
 
+/// The manifest files under `paths`, found as [`read`] finds them (links followed once, hidden
+/// entries skipped), without reading them: what a watcher looks at.
+pub fn list(paths: &[PathBuf]) -> Vec<PathBuf> {
+    Walk::over(paths).files
+}
+
 /// An error against a whole file (line 0).
 fn problem(path: &Path, error: ManifestsError) -> Diagnostic {
     Diagnostic {
@@ -93,6 +96,14 @@ struct Walk {
 }
 
 impl Walk {
+    fn over(paths: &[PathBuf]) -> Self {
+        let mut walk = Self::default();
+        for path in paths {
+            walk.given(path);
+        }
+        walk
+    }
+
     fn unreadable(&mut self, path: &Path, source: std::io::Error) {
         self.problems
             .push(problem(path, ManifestsError::Read(source)));

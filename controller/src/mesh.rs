@@ -9,10 +9,10 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use prost::Name;
+use weft_envoy_config::clusters::load_assignment;
 use weft_envoy_config::filters::{Code, Kind};
 use weft_envoy_config::mesh::{
-    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, endpoints,
-    inbound_plugin_name,
+    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, inbound_plugin_name,
 };
 use weft_envoy_config::pb::google::protobuf::Any;
 use weft_envoy_config::render::{any, content_digest};
@@ -352,7 +352,7 @@ pub fn sidecar_snapshot(
     for (cluster, addresses) in plan.endpoints(view) {
         snapshot.insert(
             ENDPOINT,
-            interner.resource(cluster, any(&endpoints(cluster, addresses)))?,
+            interner.resource(cluster, any(&load_assignment(cluster, addresses)))?,
         );
     }
     snapshot.insert(

@@ -135,7 +135,7 @@ impl Pki {
 
     /// The controller's SPIFFE ID, which sidecars check on its certificate.
     pub fn controller_identity(&self) -> String {
-        format!("spiffe://{}/weft/controller", self.trust_domain())
+        controller_identity(self.trust_domain())
     }
 
     fn issue(
@@ -227,6 +227,12 @@ impl Pki {
             .issue_with_dns(&self.controller_identity(), &dns, BOOTSTRAP_LIFETIME, now)?
             .0)
     }
+}
+
+/// The SPIFFE ID of the controller of `trust_domain`, which its sidecars check on its
+/// certificate.
+pub fn controller_identity(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/weft/controller")
 }
 
 /// Writes `text` to `path`, readable by its owner only.

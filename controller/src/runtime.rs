@@ -151,14 +151,6 @@ impl Shared {
         self.changed.notify_one();
     }
 
-    /// Removes a pod (it stopped): its endpoints go, its snapshot is forgotten.
-    pub fn remove_pod(&self, node_id: &str) {
-        lock(&self.pods).remove(node_id);
-        lock(&self.ready).remove(node_id);
-        self.cache.remove(node_id);
-        self.changed.notify_one();
-    }
-
     /// Every pod.
     pub fn pods(&self) -> Vec<Pod> {
         lock(&self.pods).values().cloned().collect()
@@ -315,7 +307,8 @@ impl Gate {
         })?;
         let (uris, _) = weft_certs::inspect(leaf)
             .map_err(|err| tonic::Status::unauthenticated(err.to_string()))?;
-        let trust_domain = self.shared.pki().trust_domain().to_owned();
+        // From the options, not the PKI: its lock is held through a whole rebuild.
+        let trust_domain = &self.shared.options.trust_domain;
         let (namespace, pod_name) = node.id.split_once('/').ok_or_else(|| {
             tonic::Status::invalid_argument(format!("node id {:?} is not namespace/pod", node.id))
         })?;
@@ -643,36 +636,37 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// What changes when a manifest changes: each file's path, size and modification time.
+/// What changes when a manifest changes: each manifest file's path, size and modification
+/// time, found as the manifests reader finds them (so a link loop ends, hidden entries such as
+/// local mode's `DIR/.weft` are skipped).
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut seen = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if metadata.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                // Hidden entries are skipped, as the manifests reader skips them (local mode
-                // keeps its state in DIR/.weft).
-                stack.extend(
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                        .map(|e| e.path()),
-                );
-            }
-        } else {
-            seen.push((path, metadata.len(), metadata.modified().ok()));
-        }
-    }
-    seen.sort();
-    seen
+    crate::manifests::list(&[dir.to_path_buf()])
+        .into_iter()
+        .map(|path| {
+            let metadata = std::fs::metadata(&path).ok();
+            let size = metadata.as_ref().map_or(0, std::fs::Metadata::len);
+            let modified = metadata.and_then(|m| m.modified().ok());
+            (path, size, modified)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_ends_on_a_link_loop_skips_hidden_entries_and_sees_an_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "kind: x\n").unwrap();
+        std::fs::create_dir(dir.path().join(".weft")).unwrap();
+        std::fs::write(dir.path().join(".weft/state.yaml"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        let before = fingerprint(dir.path());
+        assert_eq!(before.len(), 1, "{before:?}");
+        std::fs::write(dir.path().join("a.yaml"), "kind: changed\n").unwrap();
+        assert_ne!(fingerprint(dir.path()), before);
+    }
 
     #[test]
     fn a_kept_module_that_does_not_match_its_name_is_replaced() {

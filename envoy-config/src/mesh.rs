@@ -17,13 +17,12 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 
 use crate::bootstrap::{bootstrap, node, with_ads};
-use crate::clusters::{eds_cluster, load_assignment, static_cluster, with_http2, with_tls};
+use crate::clusters::{eds_cluster, static_cluster, with_http2, with_tls};
 use crate::filters::{Code, Kind, WeftPlugin, discovered_http_filter, discovered_network_filter};
 use crate::listeners::{
     HttpListener, ROUTE_HEADER, Routes, direct_response, route_configuration, route_to,
@@ -244,11 +243,6 @@ impl Sidecar {
         plugin.fail_open = resource_name == OUTBOUND_PLUGIN;
         plugin.extension_config(resource_name)
     }
-}
-
-/// The endpoints of `cluster`: the pod addresses (and Service target port) of its workloads.
-pub fn endpoints(cluster: &str, addresses: &[SocketAddr]) -> ClusterLoadAssignment {
-    load_assignment(cluster, addresses)
 }
 
 /// How a sidecar reaches the controller and proves who it is.

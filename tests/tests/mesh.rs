@@ -12,6 +12,19 @@ const ANALYTICS: &str = "shop/analytics-0";
 const CHECKOUT_V1: &str = "shop/checkout-v1-0";
 const CHECKOUT_V2: &str = "shop/checkout-v2-0";
 
+/// `GET path` to checkout as `from` is refused with 403, naming the caller's SPIFFE identity
+/// (read by checkout's sidecar from the certificate the controller issued to the caller's).
+async fn assert_denied(mesh: &TestMesh, from: &str, path: &str, service_account: &str) {
+    let reply = mesh.call(from, "GET", "checkout", path).await.unwrap();
+    assert_eq!(reply.status, 403, "{from} {path}: {}", reply.body);
+    let identity = format!("spiffe://cluster.local/ns/shop/sa/{service_account}");
+    assert!(
+        reply.body.contains(&identity),
+        "{from} {path}: {}",
+        reply.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_split_tcp_and_metrics_work_over_certificates_the_controller_issued() {
     let mut mesh = TestMesh::start().await.unwrap();
@@ -36,30 +49,8 @@ async fn access_split_tcp_and_metrics_work_over_certificates_the_controller_issu
     // Denied: a path no rule allows, and a workload no TrafficTarget names. The 403 names the
     // caller's identity, which the inbound sidecar read from the certificate the controller
     // issued to the caller's sidecar.
-    let admin = mesh
-        .call(FRONTEND, "GET", "checkout", "/admin")
-        .await
-        .unwrap();
-    assert_eq!(admin.status, 403);
-    assert!(
-        admin
-            .body
-            .contains("spiffe://cluster.local/ns/shop/sa/frontend"),
-        "{}",
-        admin.body
-    );
-    let intruder = mesh
-        .call(ANALYTICS, "GET", "checkout", "/cart")
-        .await
-        .unwrap();
-    assert_eq!(intruder.status, 403);
-    assert!(
-        intruder
-            .body
-            .contains("spiffe://cluster.local/ns/shop/sa/analytics"),
-        "{}",
-        intruder.body
-    );
+    assert_denied(&mesh, FRONTEND, "/admin", "frontend").await;
+    assert_denied(&mesh, ANALYTICS, "/cart", "analytics").await;
 
     // TCP: checkout may reach the database, analytics may not.
     assert_eq!(
@@ -185,28 +176,27 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
         "{services}---\napiVersion: v1\nkind: Service\nmetadata: {{name: replica, namespace: shop}}\nspec:\n  selector: {{app: db}}\n  ports: [{{name: tcp-postgres, port: 5432, appProtocol: tcp}}]\n"
     );
     mesh.write_manifest("services.yaml", &clash).unwrap();
+    // Every pod but the database's (whose own port the clash is on) refuses it, once.
+    let callers = [ANALYTICS, CHECKOUT_V1, CHECKOUT_V2, FRONTEND];
     until(
-        "frontend refused its listeners",
+        "every caller refused its listeners",
         Duration::from_secs(10),
         || async {
-            let status = mesh.status();
-            let pod = status["pods"]
-                .as_array()
-                .unwrap()
+            let refused = callers
                 .iter()
-                .find(|p| p["pod"] == FRONTEND)
-                .cloned()
-                .unwrap();
-            Ok((pod["proxy"]["types"]["lds"]["nacks"] == 1).then_some(()))
+                .all(|node| mesh.pod_status(node)["proxy"]["types"]["lds"]["nacks"] == 1);
+            Ok(refused.then_some(()))
         },
     )
     .await
     .unwrap();
-    let rejected_before = mesh
-        .stat(FRONTEND, "listener_manager.lds.update_rejected")
-        .await
-        .unwrap();
-    assert_eq!(rejected_before, 1);
+    for node in callers {
+        let rejected = mesh
+            .stat(node, "listener_manager.lds.update_rejected")
+            .await
+            .unwrap();
+        assert_eq!(rejected, 1, "{node}");
+    }
     // Unrelated changes come and go (a new TrafficSplit weight): the refused listeners are not
     // sent again, the split change is, and the last good listeners keep serving.
     let split = std::fs::read_to_string(mesh.manifest("split.yaml")).unwrap();
@@ -227,25 +217,17 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     )
     .await
     .unwrap();
-    assert_eq!(
-        mesh.stat(FRONTEND, "listener_manager.lds.update_rejected")
+    for node in callers {
+        let rejected = mesh
+            .stat(node, "listener_manager.lds.update_rejected")
             .await
-            .unwrap(),
-        1
-    );
-    let status = mesh.status();
-    let pod = status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pod"] == FRONTEND)
-        .unwrap();
-    let lds = &pod["proxy"]["types"]["lds"];
-    assert_eq!(lds["nacks"], 1, "{lds}");
-    assert!(
-        lds["error"].as_str().unwrap().contains("duplicate address"),
-        "{lds}"
-    );
+            .unwrap();
+        assert_eq!(rejected, 1, "{node}: the refused listeners were sent again");
+        let lds = mesh.pod_status(node)["proxy"]["types"]["lds"].clone();
+        assert_eq!(lds["nacks"], 1, "{node}: {lds}");
+        let error = lds["error"].as_str().unwrap_or_default();
+        assert!(error.contains("duplicate address"), "{node}: {lds}");
+    }
     // The fix is sent and applied.
     mesh.write_manifest("services.yaml", &services).unwrap();
     until("the fix applied", Duration::from_secs(10), || async {

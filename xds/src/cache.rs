@@ -51,11 +51,6 @@ impl SnapshotCache {
         })
     }
 
-    /// The current snapshot of `key`.
-    pub fn get(&self, key: &str) -> Option<SharedSnapshot> {
-        self.with_entries(|entries| entries.get(key).and_then(|s| s.borrow().clone()))
-    }
-
     /// A watch on `key`'s snapshot (`None` until one is set).
     pub fn watch(&self, key: &str) -> watch::Receiver<Option<SharedSnapshot>> {
         self.with_entries(|entries| {
@@ -69,12 +64,5 @@ impl SnapshotCache {
     /// Forgets `key` (a proxy that is gone); its streams end their watch.
     pub fn remove(&self, key: &str) {
         self.with_entries(|entries| entries.remove(key));
-    }
-
-    /// Every key with a snapshot or a watch.
-    pub fn keys(&self) -> Vec<String> {
-        let mut keys = self.with_entries(|entries| entries.keys().cloned().collect::<Vec<_>>());
-        keys.sort();
-        keys
     }
 }

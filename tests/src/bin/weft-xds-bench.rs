@@ -22,8 +22,10 @@ use anyhow::{Context, ensure};
 use prost::Message;
 use tokio::sync::mpsc;
 use weft_certs::{CertifiedKey, MeshCa, Validity};
+use weft_controller::mesh::TRUST_BUNDLE;
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::paths;
+use weft_envoy_config::mesh::{OUTBOUND, OUTBOUND_PLUGIN, inbound_plugin_name};
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
@@ -152,13 +154,13 @@ async fn proxy(
     let spiffe = format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}");
     sender.send(request(
         SECRET,
-        vec![spiffe, "weft-trust-bundle".to_owned()],
+        vec![spiffe, TRUST_BUNDLE.to_owned()],
         String::new(),
         String::new(),
     ))?;
     sender.send(request(
         ROUTE,
-        vec!["outbound".to_owned()],
+        vec![OUTBOUND.to_owned()],
         String::new(),
         String::new(),
     ))?;
@@ -173,10 +175,10 @@ async fn proxy(
         SECRET.to_owned(),
         vec![
             format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}"),
-            "weft-trust-bundle".to_owned(),
+            TRUST_BUNDLE.to_owned(),
         ],
     );
-    names.insert(ROUTE.to_owned(), vec!["outbound".to_owned()]);
+    names.insert(ROUTE.to_owned(), vec![OUTBOUND.to_owned()]);
     while let Some(response) = responses.message().await? {
         let at = Instant::now();
         let type_url = response.type_url.clone();
@@ -209,10 +211,11 @@ async fn proxy(
                     .iter()
                     .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
                     .filter_map(|l| match l.name.as_str() {
-                        "outbound" => Some("weft.outbound".to_owned()),
+                        OUTBOUND => Some(OUTBOUND_PLUGIN.to_owned()),
                         other => other
                             .strip_prefix("inbound:")
-                            .map(|port| format!("weft.inbound:{port}")),
+                            .and_then(|port| port.parse().ok())
+                            .map(inbound_plugin_name),
                     })
                     .collect();
                 plugins.sort();
