@@ -184,7 +184,7 @@ impl Interner {
 #[derive(Debug, Default)]
 pub struct Plan {
     services: HashMap<String, Vec<OutboundService>>,
-    endpoints: Option<Vec<(String, Vec<SocketAddr>)>>,
+    endpoints: Option<Vec<Arc<Resource>>>,
     compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
 }
 
@@ -238,22 +238,32 @@ impl Plan {
             })
     }
 
-    fn endpoints(&mut self, view: &MeshView<'_>) -> &[(String, Vec<SocketAddr>)] {
-        self.endpoints.get_or_insert_with(|| {
-            let mut sets = Vec::new();
+    /// The endpoints of every Service port, the same for every pod: built, encoded and
+    /// digested once per rebuild (with a thousand pods, building them for each pod was most of
+    /// a rebuild).
+    fn endpoints(
+        &mut self,
+        view: &MeshView<'_>,
+        interner: &mut Interner,
+    ) -> Result<&[Arc<Resource>], MeshError> {
+        if self.endpoints.is_none() {
+            let mut resources = Vec::new();
             for service in &view.catalog.services {
                 for (spec, http) in service_ports(service) {
-                    let addresses = view
+                    let addresses: Vec<SocketAddr> = view
                         .pods
                         .iter()
                         .filter(|p| selects(service, p) && view.ready.contains(&p.node_id()))
                         .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
                         .collect();
-                    sets.push((cluster_name(service, spec.port, http), addresses));
+                    let cluster = cluster_name(service, spec.port, http);
+                    let body = any(&load_assignment(&cluster, &addresses));
+                    resources.push(interner.resource(&cluster, body)?);
                 }
             }
-            sets
-        })
+            self.endpoints = Some(resources);
+        }
+        Ok(self.endpoints.as_deref().unwrap_or_default())
     }
 
     fn compiled(
@@ -349,11 +359,8 @@ pub fn sidecar_snapshot(
     for route in &built.routes {
         snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
     }
-    for (cluster, addresses) in plan.endpoints(view) {
-        snapshot.insert(
-            ENDPOINT,
-            interner.resource(cluster, any(&load_assignment(cluster, addresses)))?,
-        );
+    for endpoints in plan.endpoints(view, interner)? {
+        snapshot.insert(ENDPOINT, endpoints.clone());
     }
     snapshot.insert(
         SECRET,

@@ -103,3 +103,14 @@ impl Reply {
 pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
     request(addr, "GET", path, &[]).await
 }
+
+/// Counter or gauge `name` from the Envoy admin at `admin` (0 when Envoy has no such stat).
+pub async fn stat(admin: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    let reply = get(admin, &format!("/stats?filter=^{name}$")).await?;
+    Ok(reply
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}

@@ -165,19 +165,7 @@ impl TestMesh {
 
     /// A stat of pod `node`'s sidecar (0 when absent).
     pub async fn stat(&self, node: &str, name: &str) -> anyhow::Result<u64> {
-        let reply = request(
-            self.replica(node).admin(),
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-        )
-        .await?;
-        Ok(reply
-            .body
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
+        crate::client::stat(self.replica(node).admin(), name).await
     }
 
     /// Pod `node`'s sidecar's Prometheus metrics.

@@ -95,20 +95,9 @@ async fn status(admin: u16) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn stat(pod: &Pod, name: &str) -> u64 {
-    let reply = request(
-        SocketAddr::from((pod.pod_ip, 15000)),
-        "GET",
-        &format!("/stats?filter=^{name}$"),
-        &[],
-    )
-    .await
-    .unwrap();
-    reply
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    weft_e2e::client::stat(SocketAddr::from((pod.pod_ip, 15000)), name)
+        .await
+        .unwrap()
 }
 
 async fn call(from: &Pod, path: &str) -> (u16, String) {

@@ -2,24 +2,43 @@
 //! [`Stream`], and writes the responses. Who a proxy is (and whether it may connect) is the
 //! caller's [`Admission`]; what happened on each stream goes back to it as [`Event`]s.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::codec::BufferSettings;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
+use tonic::{Request, Status, Streaming};
+use tonic_prost::ProstDecoder;
 
 use crate::cache::SnapshotCache;
 use crate::protocol::{Event, Output, Stream, TypeStatus};
+use crate::snapshot::SharedSnapshot;
 
-/// Responses buffered per stream before the stream waits for the proxy to read.
-const STREAM_BUFFER: usize = 4;
+/// The gRPC method of Envoy's ADS client (state of the world).
+const STREAM_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// Why every other method (the incremental one above all) is refused.
+const ONLY_STATE_OF_THE_WORLD: &str =
+    "weft serves state-of-the-world ADS; set api_type: AGGREGATED_GRPC";
+
+/// What each stream's request buffer starts with, in bytes (tonic's default is 8 KiB): requests
+/// are small, and the buffer grows for a larger one.
+const REQUEST_BUFFER: usize = 1024;
+
+/// The largest request read, as tonic's default.
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// The caller's side of each stream.
 pub trait Admission: Send + Sync + 'static {
@@ -41,15 +60,15 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AdsService<A> {
     cache: Arc<SnapshotCache>,
     admission: Arc<A>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     /// Keeps the default stop signal's sender alive, so that it never fires.
-    _never: Arc<tokio::sync::watch::Sender<bool>>,
+    _never: Arc<watch::Sender<bool>>,
 }
 
 impl<A: Admission> AdsService<A> {
     /// A service serving `cache`, admitting proxies through `admission`.
     pub fn new(cache: Arc<SnapshotCache>, admission: Arc<A>) -> Self {
-        let (never, stop) = tokio::sync::watch::channel(false);
+        let (never, stop) = watch::channel(false);
         Self {
             cache,
             admission,
@@ -61,131 +80,278 @@ impl<A: Admission> AdsService<A> {
     /// The same service, ending every open stream (with UNAVAILABLE, so proxies reconnect)
     /// when `stop` turns true: long-lived streams would otherwise outlive a server that stops.
     #[must_use]
-    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Self {
         self.stop = stop;
         self
     }
 
-    /// The service as tonic serves it.
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The service as tonic's router serves it.
+    pub fn into_server(self) -> AdsServer<A> {
+        AdsServer(Arc::new(self))
     }
 }
 
-async fn send(
-    sink: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    output: Output,
-    admission: &dyn Admission,
-    key: &str,
-) -> bool {
-    for event in &output.events {
-        admission.on_event(key, event);
+/// The ADS service as a gRPC service of tonic's router; every method but the state-of-the-world
+/// one is refused. Written out rather than generated because tonic's generated service encodes
+/// a stream's responses into one buffer that it keeps, for as long as the stream is open, at
+/// the largest size it ever grew to: a whole push (the endpoints of every Service among it)
+/// held for every connected proxy. Here each response is framed in an allocation of its own.
+pub struct AdsServer<A>(Arc<AdsService<A>>);
+
+impl<A> Clone for AdsServer<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
-    for response in output.responses {
-        if sink.send(Ok(response)).await.is_err() {
-            return false;
+}
+
+impl<A> NamedService for AdsServer<A> {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<A: Admission> Service<http::Request<tonic::body::Body>> for AdsServer<A> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            if request.uri().path() != STREAM_METHOD {
+                return Ok(Status::unimplemented(ONLY_STATE_OF_THE_WORLD).into_http());
+            }
+            let (parts, body) = request.into_parts();
+            let requests = Streaming::new_request(
+                ProstDecoder::<DiscoveryRequest>::new(BufferSettings::new(REQUEST_BUFFER, 0)),
+                body,
+                None,
+                Some(MAX_REQUEST),
+            );
+            let session = service.session(Request::from_http(http::Request::from_parts(
+                parts, requests,
+            )));
+            let responses = futures_util::stream::unfold(session, |mut session| async move {
+                let response = session.next().await?;
+                Some((response, session))
+            });
+            let mut response = http::Response::new(tonic::body::Body::new(ResponseBody {
+                responses: Box::pin(responses),
+                ended: false,
+            }));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            Ok(response)
+        })
+    }
+}
+
+impl<A: Admission> AdsService<A> {
+    fn session(&self, request: Request<Streaming<DiscoveryRequest>>) -> Session<A> {
+        let peer_certificates = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect());
+        Session {
+            cache: self.cache.clone(),
+            admission: self.admission.clone(),
+            peer_certificates,
+            requests: request.into_inner(),
+            stop: self.stop.clone(),
+            admitted: None,
+            stream: Stream::new(),
+            queued: VecDeque::new(),
+            ended: false,
         }
     }
-    true
 }
 
-async fn serve_stream<A: Admission>(
+/// The responses of one ADS stream.
+type Responses =
+    Pin<Box<dyn futures_util::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+
+/// The response body of one ADS stream: each response framed as gRPC frames a message (a
+/// flag byte, the length in four big-endian bytes, the message) in an allocation of its own,
+/// freed once written; then the trailers with the stream's status.
+struct ResponseBody {
+    responses: Responses,
+    ended: bool,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(self.responses.as_mut().poll_next(context)) {
+            Some(Ok(response)) => {
+                return Poll::Ready(Some(framed(&response).map(http_body::Frame::data)));
+            }
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(
+            status
+                .add_header(&mut trailers)
+                .map(|()| http_body::Frame::trailers(trailers)),
+        ))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// `response` as one gRPC message.
+fn framed(response: &DiscoveryResponse) -> Result<Bytes, Status> {
+    let length = response.encoded_len();
+    let prefix = u32::try_from(length)
+        .map_err(|_| Status::internal(format!("a response of {length} bytes is too large")))?;
+    let mut message = Vec::with_capacity(5 + length);
+    message.push(0); // not compressed
+    message.extend_from_slice(&prefix.to_be_bytes());
+    response
+        .encode(&mut message)
+        .map_err(|err| Status::internal(err.to_string()))?;
+    Ok(message.into())
+}
+
+/// One ADS stream, driven by the connection polling for its next response: no task or channel
+/// of its own, so that an open stream costs only this state. It is dropped when the stream ends,
+/// whichever side ends it, and that is when the admission hears of the disconnect.
+struct Session<A: Admission> {
     cache: Arc<SnapshotCache>,
     admission: Arc<A>,
+    /// Until the proxy is admitted.
     peer_certificates: Option<Vec<Vec<u8>>>,
-    mut requests: Streaming<DiscoveryRequest>,
-    sink: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) | Err(_) => return,
-    };
-    let Some(node) = first.node.clone() else {
-        let _ = sink
-            .send(Err(Status::invalid_argument(
-                "the first request of a stream must carry the node",
-            )))
-            .await;
-        return;
-    };
-    let key = match admission.admit(&node, peer_certificates.as_deref()) {
-        Ok(key) => key,
-        Err(status) => {
-            let _ = sink.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut snapshots = cache.watch(&key);
-    let mut stream = Stream::new();
-    if let Some(snapshot) = snapshots.borrow_and_update().clone() {
-        // No type is subscribed yet: this sends nothing, it only arms the stream.
-        stream.on_snapshot(snapshot);
-    }
-    let mut open = send(&sink, stream.on_request(&first), &*admission, &key).await;
-    while open {
-        let output = tokio::select! {
-            () = stopping(&mut stop) => {
-                let _ = sink.send(Err(Status::unavailable("the controller is stopping"))).await;
-                break;
+    requests: Streaming<DiscoveryRequest>,
+    stop: watch::Receiver<bool>,
+    /// The proxy's key and its snapshots, once admitted.
+    admitted: Option<(String, watch::Receiver<Option<SharedSnapshot>>)>,
+    stream: Stream,
+    queued: VecDeque<Result<DiscoveryResponse, Status>>,
+    ended: bool,
+}
+
+impl<A: Admission> Session<A> {
+    /// The next response, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+        loop {
+            if let Some(response) = self.queued.pop_front() {
+                return Some(response);
             }
-            request = requests.message() => match request {
-                Ok(Some(request)) => stream.on_request(&request),
-                Ok(None) | Err(_) => break,
+            if self.ended {
+                return None;
+            }
+            self.step().await;
+        }
+    }
+
+    /// Waits for what happens next on the stream and queues what it calls for.
+    async fn step(&mut self) {
+        let Some((key, snapshots)) = &mut self.admitted else {
+            self.admit().await;
+            return;
+        };
+        let output = tokio::select! {
+            () = stopping(&mut self.stop) => {
+                self.end(Status::unavailable("the controller is stopping"));
+                return;
+            }
+            request = self.requests.message() => match request {
+                Ok(Some(request)) => self.stream.on_request(&request),
+                Ok(None) | Err(_) => {
+                    self.ended = true;
+                    return;
+                }
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    break;
+                    self.ended = true;
+                    return;
                 }
                 let current = snapshots.borrow_and_update().clone();
                 match current {
-                    Some(snapshot) => stream.on_snapshot(snapshot),
+                    Some(snapshot) => self.stream.on_snapshot(snapshot),
                     None => Output::default(),
                 }
             }
         };
-        open = send(&sink, output, &*admission, &key).await;
+        let key = key.clone();
+        self.queue(&key, output);
     }
-    admission.on_disconnect(&key, &stream.status());
+
+    /// Reads the first request, which must name the node, and asks the admission about it.
+    async fn admit(&mut self) {
+        let first = match self.requests.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) | Err(_) => {
+                self.ended = true;
+                return;
+            }
+        };
+        let Some(node) = &first.node else {
+            self.end(Status::invalid_argument(
+                "the first request of a stream must carry the node",
+            ));
+            return;
+        };
+        let peer_certificates = self.peer_certificates.take();
+        let key = match self.admission.admit(node, peer_certificates.as_deref()) {
+            Ok(key) => key,
+            Err(status) => {
+                self.end(status);
+                return;
+            }
+        };
+        let mut snapshots = self.cache.watch(&key);
+        if let Some(snapshot) = snapshots.borrow_and_update().clone() {
+            // No type is subscribed yet: this sends nothing, it only arms the stream.
+            self.stream.on_snapshot(snapshot);
+        }
+        let output = self.stream.on_request(&first);
+        self.queue(&key, output);
+        self.admitted = Some((key, snapshots));
+    }
+
+    fn queue(&mut self, key: &str, output: Output) {
+        for event in &output.events {
+            self.admission.on_event(key, event);
+        }
+        self.queued.extend(output.responses.into_iter().map(Ok));
+    }
+
+    fn end(&mut self, status: Status) {
+        self.queued.push_back(Err(status));
+        self.ended = true;
+    }
+}
+
+impl<A: Admission> Drop for Session<A> {
+    fn drop(&mut self) {
+        if let Some((key, _)) = &self.admitted {
+            self.admission.on_disconnect(key, &self.stream.status());
+        }
+    }
 }
 
 /// Resolves when `stop` turns true, or never if its sender is gone.
-async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+async fn stopping(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-#[tonic::async_trait]
-impl<A: Admission> AggregatedDiscoveryService for AdsService<A> {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer_certificates = request
-            .peer_certs()
-            .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect());
-        let (sink, responses) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(serve_stream(
-            self.cache.clone(),
-            self.admission.clone(),
-            peer_certificates,
-            request.into_inner(),
-            sink,
-            self.stop.clone(),
-        ));
-        Ok(Response::new(ReceiverStream::new(responses)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "weft serves state-of-the-world ADS; set api_type: AGGREGATED_GRPC",
-        ))
     }
 }

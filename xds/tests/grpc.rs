@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc;
 use tokio::sync::mpsc;
@@ -214,4 +216,20 @@ async fn a_disconnect_is_reported() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the disconnect was not reported");
+}
+
+#[tokio::test]
+async fn the_incremental_method_is_refused_with_what_to_set_instead() {
+    let cache = Arc::new(SnapshotCache::new());
+    let recorder = Arc::new(Recorder::default());
+    let url = start(cache, recorder).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let status = client
+        .delta_aggregated_resources(tokio_stream::iter(vec![DeltaDiscoveryRequest::default()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status}");
+    assert!(status.message().contains("AGGREGATED_GRPC"), "{status}");
 }

@@ -4,8 +4,10 @@
 //! to the EDS, RDS, SDS and ECDS resources those name; ACK every response), then edits a
 //! TrafficSplit on disk several times and measures, per change, the time from the file's
 //! rename to each proxy receiving the new plugin configuration (it ACKs at once). Also the
-//! controller's resident memory per connected proxy and CPU time per change. Prints a Markdown
-//! table. Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10).
+//! controller's resident memory per connected proxy and CPU time per change. Beside them, a
+//! few real Envoys (`weft sidecar --exec envoy`, default 3) are measured the same way: from the
+//! rename to the Envoy's counter of applied plugin updates moving. Prints a Markdown table.
+//! Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10), `--envoys N`.
 //!
 //! Then a probe of the floor under the memory per proxy: the same ADS service (weft-xds over
 //! tonic, mTLS) in a process of its own with nothing to serve, and N clients that each open a
@@ -13,6 +15,7 @@
 //! what the transport alone costs.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,8 +27,10 @@ use tokio::sync::mpsc;
 use weft_certs::{CertifiedKey, MeshCa, Validity};
 use weft_controller::mesh::TRUST_BUNDLE;
 use weft_e2e::bootstrap::free_port;
+use weft_e2e::client::{get, stat};
 use weft_e2e::paths;
-use weft_envoy_config::mesh::{OUTBOUND, OUTBOUND_PLUGIN, inbound_plugin_name};
+use weft_e2e::poll::until;
+use weft_envoy_config::mesh::{ADMIN_PORT, OUTBOUND, OUTBOUND_PLUGIN, inbound_plugin_name};
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
@@ -269,12 +274,91 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[at.min(sorted.len() - 1)]
 }
 
-async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
+/// The counter of a sidecar's applied outbound plugin updates: the split edits change it.
+const OUTBOUND_PLUGIN_UPDATES: &str =
+    "extension_config_discovery.http_filter.weft.outbound.update_success";
+
+/// A real Envoy of the bench: `weft sidecar --exec envoy` for one pod of workload `app-0`.
+struct RealEnvoy {
+    _sidecar: Controller,
+    admin: SocketAddr,
+}
+
+fn weft_binary() -> std::path::PathBuf {
+    paths::workspace_root().join("target/release/weft")
+}
+
+/// Starts real Envoy `index` against the controller at `xds` (module from `admin`), with a
+/// bootstrap credential issued from the CA in `state`, files under `dir`.
+fn real_envoy(
+    index: usize,
+    state: &Path,
+    dir: &Path,
+    xds: u16,
+    admin: u16,
+) -> anyhow::Result<RealEnvoy> {
+    let pod_ip = Ipv4Addr::new(127, 92, 0, u8::try_from(index + 1)?);
+    let app_ip = Ipv4Addr::new(127, 93, 0, u8::try_from(index + 1)?);
+    let credentials = dir.join(format!("envoy-{index}"));
+    let issued = Command::new(weft_binary())
+        .args(["cert", "workload", "--ca"])
+        .arg(state)
+        .args(["--identity", "bench/sa-0", "--out"])
+        .arg(&credentials)
+        .output()?;
+    ensure!(
+        issued.status.success(),
+        "weft cert workload: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::copy(
+        state.join(weft_certs::CA_CERT_FILE),
+        credentials.join(weft_certs::CA_CERT_FILE),
+    )?;
+    let child = Command::new(weft_binary())
+        .arg("sidecar")
+        .args(["--xds", &format!("127.0.0.1:{xds}")])
+        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
+        .args(["--pod", &format!("bench/app-0-envoy-{index}")])
+        .args(["--workload", "app-0", "--service-account", "sa-0"])
+        .args(["--pod-ip", &pod_ip.to_string()])
+        .args(["--app-ip", &app_ip.to_string()])
+        .arg("--credentials")
+        .arg(&credentials)
+        .arg("--out")
+        .arg(&credentials)
+        .arg("--exec")
+        .arg(paths::envoy_binary()?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(RealEnvoy {
+        _sidecar: Controller(child),
+        admin: SocketAddr::from((pod_ip, ADMIN_PORT)),
+    })
+}
+
+/// How long after `written` the applied-update counter of `envoy` passes `before`.
+async fn applied(envoy: SocketAddr, before: u64, written: Instant) -> anyhow::Result<Duration> {
+    let deadline = written + Duration::from_secs(30);
+    loop {
+        if stat(envoy, OUTBOUND_PLUGIN_UPDATES).await? > before {
+            return Ok(written.elapsed());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a change did not reach {envoy} in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<String> {
     let manifests_dir = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     manifests(manifests_dir.path(), proxies, 50)?;
     let (xds, admin) = (free_port()?, free_port()?);
-    let weft = paths::workspace_root().join("target/release/weft");
+    let weft = weft_binary();
     let child = Command::new(&weft)
         .arg("controller")
         .arg("--manifests")
@@ -336,16 +420,36 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
             configured.insert(proxy);
         }
     }
+    let envoy_files = tempfile::tempdir()?;
+    let real = (0..envoys)
+        .map(|index| real_envoy(index, state.path(), envoy_files.path(), xds, admin))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for envoy in &real {
+        until("a real Envoy ready", Duration::from_secs(60), || async {
+            let ready = get(envoy.admin, "/ready").await;
+            Ok(ready.ok().filter(|r| r.status == 200).map(|_| ()))
+        })
+        .await?;
+    }
     // Let the last pushes (endpoints of pods registered late) settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     while received.try_recv().is_ok() {}
     let connected_kib = rss_kib(pid)?;
     let cpu_before = cpu_seconds(pid)?;
     let mut latencies = Vec::new();
+    let mut real_latencies = Vec::new();
     for change in 0..changes {
         let weight = if change % 2 == 0 { 70 } else { 50 };
+        let mut before = Vec::new();
+        for envoy in &real {
+            before.push(stat(envoy.admin, OUTBOUND_PLUGIN_UPDATES).await?);
+        }
         write_split(manifests_dir.path(), weight)?;
         let written = Instant::now();
+        let mut real_applied = tokio::task::JoinSet::new();
+        for (envoy, before) in real.iter().zip(before) {
+            real_applied.spawn(applied(envoy.admin, before, written));
+        }
         let mut seen = BTreeSet::new();
         while seen.len() < proxies {
             let got = tokio::time::timeout(Duration::from_secs(30), received.recv())
@@ -356,20 +460,35 @@ async fn run(proxies: usize, changes: usize) -> anyhow::Result<String> {
                 latencies.push(got.at.saturating_duration_since(written));
             }
         }
+        while let Some(latency) = real_applied.join_next().await {
+            real_latencies.push(latency??);
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         while received.try_recv().is_ok() {}
     }
     let cpu_per_change = (cpu_seconds(pid)? - cpu_before) / changes as f64;
     latencies.sort();
+    real_latencies.sort();
     tasks.abort_all();
+    drop(real);
     drop(controller);
-    let per_proxy_kib = connected_kib.saturating_sub(idle_kib) as f64 / proxies as f64;
+    let per_proxy_kib = connected_kib.saturating_sub(idle_kib) as f64 / (proxies + envoys) as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let real_column = if real_latencies.is_empty() {
+        "-".to_owned()
+    } else {
+        format!(
+            "{:.0} / {:.0}",
+            ms(percentile(&real_latencies, 0.5)),
+            ms(real_latencies.last().copied().unwrap_or_default())
+        )
+    };
     Ok(format!(
-        "| {proxies} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |",
+        "| {proxies} + {envoys} | {} | {:.0} | {:.0} | {:.0} | {real_column} | {:.1} | {:.0} | {:.0} |",
         latencies.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
         per_proxy_kib,
         connected_kib as f64 / 1024.0,
         cpu_per_change * 1000.0,
@@ -502,15 +621,16 @@ async fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let changes: usize = value("--changes").map_or(Ok(10), |v| v.parse())?;
+    let envoys: usize = value("--envoys").map_or(Ok(3), |v| v.parse())?;
     println!(
         "Controller under simulated proxies (real ADS over gRPC and mTLS), {changes} TrafficSplit edits each:\n"
     );
     println!(
-        "| proxies | samples | change to proxy p50 (ms) | p99 (ms) | max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
+        "| simulated + real proxies | samples | change to simulated proxy p50 (ms) | p99 (ms) | max (ms) | change to real Envoy applied p50 / max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for count in &proxies {
-        println!("{}", run(*count, changes).await?);
+        println!("{}", run(*count, changes, envoys).await?);
     }
     println!(
         "\nThe transport alone: the same ADS service over mTLS with nothing to serve, one connection and stream per client:\n"
