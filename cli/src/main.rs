@@ -184,6 +184,10 @@ enum Command {
         /// reconnect first (a restart then changes nothing).
         #[arg(long, default_value_t = 2000)]
         resume_grace_ms: u64,
+        /// Milliseconds a pod that its sidecar registered (`weft sidecar`) stays after its
+        /// sidecar disconnected; then its endpoints leave every proxy.
+        #[arg(long, default_value_t = 30_000)]
+        forget_after_ms: u64,
     },
     /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
     /// elsewhere: fetch the module and check its SHA-256, write the bootstrap. Its credentials
@@ -382,11 +386,13 @@ fn main() -> ExitCode {
             state,
             controller,
             resume_grace_ms,
+            forget_after_ms,
         } => {
             let args = weft_cli::mesh::ControllerArgs {
                 manifests,
                 state,
                 resume_grace: std::time::Duration::from_millis(resume_grace_ms),
+                forget_after: std::time::Duration::from_millis(forget_after_ms),
                 controller: controller.settings(),
             };
             finished(weft_cli::mesh::controller(&args).map(|()| String::new()))

@@ -55,6 +55,7 @@ impl ControllerSettings {
             },
             poll: Duration::from_millis(100),
             resume_grace,
+            forget_after: weft_controller::runtime::FORGET_AFTER,
         }
     }
 }
@@ -247,6 +248,8 @@ pub struct ControllerArgs {
     pub state: PathBuf,
     /// How long after a start nothing is pushed while running sidecars reconnect.
     pub resume_grace: Duration,
+    /// How long a pod its sidecar registered stays after its sidecar disconnected.
+    pub forget_after: Duration,
     /// The controller.
     pub controller: ControllerSettings,
 }
@@ -259,9 +262,12 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let options = args
-            .controller
-            .options(&args.manifests, &args.state, args.resume_grace);
+        let options = weft_controller::runtime::Options {
+            forget_after: args.forget_after,
+            ..args
+                .controller
+                .options(&args.manifests, &args.state, args.resume_grace)
+        };
         let controller = weft_controller::runtime::Controller::start(options).await?;
         eprintln!(
             "weft: controller serving xDS on {} and status on http://{}/status; state in {}",

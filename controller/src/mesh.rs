@@ -101,12 +101,16 @@ pub struct MeshView<'a> {
 }
 
 fn selects(service: &Service, pod: &Pod) -> bool {
+    selects_labels(service, &pod.namespace, &pod.labels)
+}
+
+fn selects_labels(service: &Service, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
     !service.selector.is_empty()
-        && service.meta.namespace == pod.namespace
+        && service.meta.namespace == namespace
         && service
             .selector
             .iter()
-            .all(|(key, value)| pod.labels.get(key) == Some(value))
+            .all(|(key, value)| labels.get(key) == Some(value))
 }
 
 fn protocol(protocol: AppProtocol) -> Protocol {
@@ -210,11 +214,20 @@ impl Plan {
             .or_insert_with(|| {
                 let mut services = Vec::new();
                 for service in &view.catalog.services {
+                    // From the workloads it selects, not from the pods running now: a pod
+                    // that comes or goes changes endpoints, never the clusters.
                     let identities: Vec<String> = view
-                        .pods
+                        .catalog
+                        .workloads
                         .iter()
-                        .filter(|p| selects(service, p))
-                        .map(|p| p.identity().spiffe_id(view.trust_domain))
+                        .filter(|w| selects_labels(service, &w.meta.namespace, &w.labels))
+                        .map(|w| {
+                            Identity {
+                                namespace: w.meta.namespace.clone(),
+                                service_account: w.service_account.clone(),
+                            }
+                            .spiffe_id(view.trust_domain)
+                        })
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .collect();

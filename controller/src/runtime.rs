@@ -53,7 +53,16 @@ pub struct Options {
     /// restarted controller then pushes nothing to a mesh that did not change. 0 when every
     /// pod is known from the start (local mode).
     pub resume_grace: Duration,
+    /// How long a pod that its sidecar registered (`weft sidecar`, not a workload replica the
+    /// controller was told to run) stays after its last ADS stream ended; then it is forgotten
+    /// and its endpoints leave every proxy. A sidecar that reconnects within it is the same
+    /// pod; one that comes back later registers again.
+    pub forget_after: Duration,
 }
+
+/// The default of [`Options::forget_after`]: longer than a controller restart or a network
+/// blip, shorter than Kubernetes' 40 s before a silent node's pods go unready plus eviction.
+pub const FORGET_AFTER: Duration = Duration::from_secs(30);
 
 /// Module bytes and where the controller keeps them (content-addressed).
 #[derive(Debug, Clone)]
@@ -112,6 +121,9 @@ pub struct Shared {
     pods: Mutex<BTreeMap<String, Pod>>,
     /// Node ids whose sidecar has applied its listeners.
     ready: Mutex<BTreeSet<String>>,
+    /// Pods their sidecar registered, by node id: its open streams, and since when it has
+    /// had none.
+    registered: Mutex<BTreeMap<String, Streams>>,
     pki: Mutex<Pki>,
     /// Resources shared by the snapshots.
     interner: Mutex<crate::mesh::Interner>,
@@ -123,6 +135,14 @@ pub struct Shared {
     changed: Notify,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
+}
+
+/// The ADS streams of a pod its sidecar registered.
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    open: usize,
+    /// When the last one ended (while `open` is 0).
+    closed_at: Option<std::time::Instant>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +169,69 @@ impl Shared {
     pub fn register_pod(&self, pod: Pod) {
         lock(&self.pods).insert(pod.node_id(), pod);
         self.changed.notify_one();
+    }
+
+    /// A stream of `node`, a pod its sidecar registered, opened.
+    fn stream_opened(&self, node: &str) {
+        let mut registered = lock(&self.registered);
+        let streams = registered.entry(node.to_owned()).or_insert(Streams {
+            open: 0,
+            closed_at: None,
+        });
+        streams.open += 1;
+        streams.closed_at = None;
+    }
+
+    /// A stream of `node` ended (nothing happens unless its sidecar registered it).
+    fn stream_closed(&self, node: &str) {
+        if let Some(streams) = lock(&self.registered).get_mut(node) {
+            streams.open = streams.open.saturating_sub(1);
+            if streams.open == 0 {
+                streams.closed_at = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Forgets the pods their sidecar registered that have had no stream for
+    /// [`Options::forget_after`] at `now`; returns their node ids.
+    pub fn forget_departed(&self, now: std::time::Instant) -> Vec<String> {
+        let departed: Vec<String> = {
+            let mut registered = lock(&self.registered);
+            let departed: Vec<String> = registered
+                .iter()
+                .filter(|(_, streams)| self.departed(streams, now))
+                .map(|(node, _)| node.clone())
+                .collect();
+            for node in &departed {
+                registered.remove(node);
+            }
+            departed
+        };
+        for node in &departed {
+            lock(&self.pods).remove(node);
+            lock(&self.ready).remove(node);
+            self.status.forget(node);
+            self.cache.remove(node);
+            log::info!(
+                "weft: forgot {node}: its sidecar has been disconnected for {:?}",
+                self.options.forget_after
+            );
+        }
+        departed
+    }
+
+    fn departed(&self, streams: &Streams, now: std::time::Instant) -> bool {
+        streams.open == 0
+            && streams
+                .closed_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= self.options.forget_after)
+    }
+
+    /// Whether a registered pod is due to be forgotten at `now`.
+    fn departure_due(&self, now: std::time::Instant) -> bool {
+        lock(&self.registered)
+            .values()
+            .any(|streams| self.departed(streams, now))
     }
 
     /// Every pod.
@@ -328,7 +411,16 @@ impl Gate {
         }
         let known = lock(&self.shared.pods).get(&node.id).cloned();
         match known {
-            Some(pod) if pod.service_account == service_account => {}
+            Some(pod) if pod.service_account == service_account => {
+                if lock(&self.shared.registered).contains_key(&node.id) {
+                    // Its sidecar may come back with new addresses (a restart elsewhere).
+                    let current = self.remote_pod(node, namespace, pod_name, service_account)?;
+                    self.shared.stream_opened(&node.id);
+                    if current != pod {
+                        self.shared.register_pod(current);
+                    }
+                }
+            }
             Some(pod) => {
                 return Err(tonic::Status::permission_denied(format!(
                     "pod {} runs as {}, not {service_account}",
@@ -337,6 +429,7 @@ impl Gate {
             }
             None => {
                 let pod = self.remote_pod(node, namespace, pod_name, service_account)?;
+                self.shared.stream_opened(&node.id);
                 self.shared.register_pod(pod);
             }
         }
@@ -447,8 +540,10 @@ impl Admission for Gate {
     }
 
     fn on_disconnect(&self, key: &str, _status: &[TypeStatus]) {
-        // A sidecar that lost the controller keeps serving what it has: it stays ready.
+        // A sidecar that lost the controller keeps serving what it has: it stays ready (a pod
+        // its sidecar registered, until it is forgotten).
         self.shared.status.disconnected(key);
+        self.shared.stream_closed(key);
     }
 }
 
@@ -501,6 +596,7 @@ impl Controller {
             rejected: Mutex::new(Vec::new()),
             pods: Mutex::new(BTreeMap::new()),
             ready: Mutex::new(BTreeSet::new()),
+            registered: Mutex::new(BTreeMap::new()),
             pki: Mutex::new(pki),
             interner: Mutex::new(crate::mesh::Interner::default()),
             cache: Arc::new(SnapshotCache::new()),
@@ -578,23 +674,28 @@ impl Controller {
                 }
             }
             loop {
+                rebuilder.forget_departed(std::time::Instant::now());
                 rebuilder.rebuild(OffsetDateTime::now_utc());
-                // Wake for a change, or at the next renewal deadline read off the wall clock
-                // (checked at least every second, so a clock that jumps is noticed).
-                let until_renewal = rebuilder.next_renewal().map_or(Duration::from_secs(1), |at| {
-                    let left = at - OffsetDateTime::now_utc();
-                    Duration::try_from(left).unwrap_or(Duration::ZERO)
-                });
-                tokio::select! {
-                    () = stopped(&mut stop) => return,
-                    () = rebuilder.changed.notified() => {
-                        // Changes often come in bursts (an editor writes twice): gather them.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    () = tokio::time::sleep(until_renewal.min(Duration::from_secs(1))) => {
-                        let due = rebuilder.next_renewal().is_some_and(|at| at <= OffsetDateTime::now_utc());
-                        if !due {
-                            continue;
+                // Wait for a change, the next renewal deadline read off the wall clock
+                // (checked at least every second, so a clock that jumps is noticed), or a
+                // departed pod to forget.
+                loop {
+                    let until_renewal = rebuilder.next_renewal().map_or(Duration::from_secs(1), |at| {
+                        let left = at - OffsetDateTime::now_utc();
+                        Duration::try_from(left).unwrap_or(Duration::ZERO)
+                    });
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = rebuilder.changed.notified() => {
+                            // Changes often come in bursts (an editor writes twice): gather them.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            break;
+                        }
+                        () = tokio::time::sleep(until_renewal.min(Duration::from_secs(1))) => {
+                            let renewal = rebuilder.next_renewal().is_some_and(|at| at <= OffsetDateTime::now_utc());
+                            if renewal || rebuilder.departure_due(std::time::Instant::now()) {
+                                break;
+                            }
                         }
                     }
                 }

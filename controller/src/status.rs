@@ -100,6 +100,14 @@ impl Status {
         self.with(node, |p| p.certificate_expires = Some(text));
     }
 
+    /// Forgets `node` (a pod that is gone).
+    pub fn forget(&self, node: &str) {
+        self.proxies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(node);
+    }
+
     /// A copy of every proxy's status.
     pub fn all(&self) -> BTreeMap<String, ProxyStatus> {
         self.proxies

@@ -61,6 +61,16 @@ const PODS: [Pod; 3] = [
 ];
 
 fn start_controller(manifests: &Path, state: &Path, xds: u16, admin: u16) -> Process {
+    start_controller_with(manifests, state, xds, admin, &[])
+}
+
+fn start_controller_with(
+    manifests: &Path,
+    state: &Path,
+    xds: u16,
+    admin: u16,
+    flags: &[&str],
+) -> Process {
     let child = weft()
         .arg("controller")
         .arg("--manifests")
@@ -74,6 +84,7 @@ fn start_controller(manifests: &Path, state: &Path, xds: u16, admin: u16) -> Pro
             &format!("127.0.0.1:{admin}"),
         ])
         .args(["--resume-grace-ms", "1500"])
+        .args(flags)
         .arg("--module")
         .arg(paths::weft_wasm().unwrap())
         .stdout(Stdio::null())
@@ -98,6 +109,82 @@ async fn stat(pod: &Pod, name: &str) -> u64 {
     weft_e2e::client::stat(SocketAddr::from((pod.pod_ip, 15000)), name)
         .await
         .unwrap()
+}
+
+/// `weft sidecar --exec envoy` for `pod`, with a bootstrap credential issued from the CA in
+/// `state` (files under `pods/<pod>`).
+fn start_sidecar(pod: &Pod, state: &Path, pods: &Path, xds: u16, admin: u16) -> Process {
+    let dir: PathBuf = pods.join(pod.name);
+    let issued = weft()
+        .args(["cert", "workload", "--ca"])
+        .arg(state)
+        .args([
+            "--identity",
+            &format!("shop/{}", pod.service_account),
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::copy(
+        state.join(weft_certs::CA_CERT_FILE),
+        dir.join(weft_certs::CA_CERT_FILE),
+    )
+    .unwrap();
+    let child = weft()
+        .arg("sidecar")
+        .args([
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--controller",
+            &format!("http://127.0.0.1:{admin}"),
+        ])
+        .args([
+            "--pod",
+            &format!("shop/{}", pod.name),
+            "--workload",
+            pod.workload,
+        ])
+        .args(["--service-account", pod.service_account])
+        .args([
+            "--pod-ip",
+            &pod.pod_ip.to_string(),
+            "--app-ip",
+            &pod.app_ip.to_string(),
+        ])
+        .arg("--credentials")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&dir)
+        .arg("--exec")
+        .arg(paths::envoy_binary().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+/// Waits until every pod's Envoy is ready.
+async fn wait_live(pods: &[Pod]) {
+    for pod in pods {
+        until(
+            &format!("{} live", pod.name),
+            Duration::from_secs(30),
+            || async {
+                let ready =
+                    request(SocketAddr::from((pod.pod_ip, 15000)), "GET", "/ready", &[]).await;
+                Ok(ready.ok().filter(|r| r.status == 200).map(|_| ()))
+            },
+        )
+        .await
+        .unwrap();
+    }
 }
 
 async fn call(from: &Pod, path: &str) -> (u16, String) {
@@ -135,76 +222,11 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
             .spawn()
             .unwrap(),
     );
-    let mut sidecars = Vec::new();
-    for pod in &PODS {
-        let dir: PathBuf = pods_dir.path().join(pod.name);
-        let issued = weft()
-            .args(["cert", "workload", "--ca"])
-            .arg(state.path())
-            .args([
-                "--identity",
-                &format!("shop/{}", pod.service_account),
-                "--out",
-            ])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            issued.status.success(),
-            "{}",
-            String::from_utf8_lossy(&issued.stderr)
-        );
-        std::fs::copy(
-            state.path().join(weft_certs::CA_CERT_FILE),
-            dir.join(weft_certs::CA_CERT_FILE),
-        )
-        .unwrap();
-        let child = weft()
-            .arg("sidecar")
-            .args([
-                "--xds",
-                &format!("127.0.0.1:{xds}"),
-                "--controller",
-                &format!("http://127.0.0.1:{admin}"),
-            ])
-            .args([
-                "--pod",
-                &format!("shop/{}", pod.name),
-                "--workload",
-                pod.workload,
-            ])
-            .args(["--service-account", pod.service_account])
-            .args([
-                "--pod-ip",
-                &pod.pod_ip.to_string(),
-                "--app-ip",
-                &pod.app_ip.to_string(),
-            ])
-            .arg("--credentials")
-            .arg(&dir)
-            .arg("--out")
-            .arg(&dir)
-            .arg("--exec")
-            .arg(paths::envoy_binary().unwrap())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        sidecars.push(Process(child));
-    }
-    for pod in &PODS {
-        until(
-            &format!("{} live", pod.name),
-            Duration::from_secs(30),
-            || async {
-                let ready =
-                    request(SocketAddr::from((pod.pod_ip, 15000)), "GET", "/ready", &[]).await;
-                Ok(ready.ok().filter(|r| r.status == 200).map(|_| ()))
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let sidecars: Vec<Process> = PODS
+        .iter()
+        .map(|pod| start_sidecar(pod, state.path(), pods_dir.path(), xds, admin))
+        .collect();
+    wait_live(&PODS).await;
     until(
         "frontend reaches checkout",
         Duration::from_secs(10),
@@ -321,4 +343,87 @@ fn a_sidecar_refuses_to_start_when_the_module_cannot_be_had_or_does_not_match_it
         "{stderr}"
     );
     assert!(!out.path().join("bootstrap.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpoints() {
+    const CALLER: Pod = Pod {
+        name: "frontend-0",
+        workload: "frontend",
+        service_account: "frontend",
+        pod_ip: Ipv4Addr::new(127, 72, 1, 1),
+        app_ip: Ipv4Addr::new(127, 73, 1, 1),
+    };
+    const CALLED: Pod = Pod {
+        name: "checkout-v1-0",
+        workload: "checkout-v1",
+        service_account: "checkout",
+        pod_ip: Ipv4Addr::new(127, 72, 3, 1),
+        app_ip: Ipv4Addr::new(127, 73, 3, 1),
+    };
+    let manifests = copy_example("mesh").unwrap();
+    std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pods_dir = tempfile::tempdir().unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let _controller = start_controller_with(
+        manifests.path(),
+        state.path(),
+        xds,
+        admin,
+        &["--forget-after-ms", "1000"],
+    );
+    until("the controller", Duration::from_secs(20), || async {
+        Ok(status(admin).await.ok())
+    })
+    .await
+    .unwrap();
+    let _app = Process(
+        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
+            .arg(format!("{}:8080", CALLED.app_ip))
+            .arg("checkout-v1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _caller = start_sidecar(&CALLER, state.path(), pods_dir.path(), xds, admin);
+    let called = start_sidecar(&CALLED, state.path(), pods_dir.path(), xds, admin);
+    wait_live(&[CALLER, CALLED]).await;
+    until(
+        "frontend reaches checkout",
+        Duration::from_secs(10),
+        || async { Ok((call(&CALLER, "/cart").await.0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let members = "cluster.checkout.shop.membership_total";
+    assert_eq!(stat(&CALLER, members).await, 1);
+
+    drop(called); // SIGKILL: the sidecar never says goodbye
+    let gone = until(
+        "checkout-v1-0 forgotten",
+        Duration::from_secs(10),
+        || async {
+            let status = status(admin).await?;
+            let names: Vec<String> = status["pods"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+                .collect();
+            Ok((!names.iter().any(|n| n.ends_with(CALLED.name))).then_some(names))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(gone, vec![format!("shop/{}", CALLER.name)]);
+    until(
+        "frontend's endpoints of checkout emptied",
+        Duration::from_secs(10),
+        || async { Ok((stat(&CALLER, members).await == 0).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(call(&CALLER, "/cart").await.0, 503);
 }
