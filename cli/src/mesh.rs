@@ -165,7 +165,10 @@ async fn serve(mesh: &mut LocalMesh, exit_when_ready: bool) -> anyhow::Result<()
     loop {
         tokio::select! {
             () = interrupted() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_millis(200)) => mesh.check_processes()?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                mesh.reconcile();
+                mesh.check_processes()?;
+            }
         }
     }
 }

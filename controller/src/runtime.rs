@@ -208,10 +208,7 @@ impl Shared {
             departed
         };
         for node in &departed {
-            lock(&self.pods).remove(node);
-            lock(&self.ready).remove(node);
-            self.status.forget(node);
-            self.cache.remove(node);
+            self.unregister_pod(node);
             log::info!(
                 "weft: forgot {node}: its sidecar has been disconnected for {:?}",
                 self.options.forget_after
@@ -232,6 +229,17 @@ impl Shared {
         lock(&self.registered)
             .values()
             .any(|streams| self.departed(streams, now))
+    }
+
+    /// Removes a pod (a source saw it end): its endpoints leave every proxy, its status and
+    /// its snapshot go.
+    pub fn unregister_pod(&self, node: &str) {
+        lock(&self.pods).remove(node);
+        lock(&self.ready).remove(node);
+        lock(&self.registered).remove(node);
+        self.status.forget(node);
+        self.cache.remove(node);
+        self.changed.notify_one();
     }
 
     /// Every pod.

@@ -2,17 +2,22 @@
 //! application process and an Envoy sidecar bootstrapped against the controller, each replica
 //! on its own loopback address. It supervises the processes and stops them all on the way out.
 //!
-//! Addresses: the `n`-th replica of the `k`-th workload (in name order) is the pod
-//! `<workload>-<n>` at `127.0.k.(n+1)` (its sidecar's listeners: inbound on each application
+//! Addresses: the `n`-th replica of the `k`-th workload (in name order at the start; a workload
+//! added later takes the next number) is the pod `<workload>-<n>` at `127.0.k.(n+1)` (its sidecar's listeners: inbound on each application
 //! port, outbound HTTP on 15001, admin on 15000), and its application listens on
 //! `127.1.k.(n+1)`, which it is told as `APP_IP` (`--subnet S` moves both to `127.S` and
 //! `127.S+1`). Loopback is shared by every local process, so
 //! local mode shows and tests the mesh; it is not a security boundary against processes of the
 //! same machine.
+//!
+//! The manifests folder is watched: a workload added, scaled, changed or removed on disk gets
+//! its replicas started, restarted or stopped, and no other replica is touched.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -45,6 +50,8 @@ pub struct UpOptions {
 pub struct Replica {
     /// The pod.
     pub pod: Pod,
+    /// The workload it was started from.
+    workload: Workload,
     /// Its folder: bootstrap, credentials, logs.
     pub dir: PathBuf,
     envoy: Child,
@@ -89,19 +96,51 @@ pub struct LocalMesh {
     pub controller: Controller,
     /// Every replica, in pod order.
     pub replicas: Vec<Replica>,
+    options: UpOptions,
+    /// The catalog the replicas were started from.
+    catalog: Arc<Catalog>,
+    numbers: WorkloadNumbers,
 }
 
-/// The pods of `catalog`'s workloads, with their addresses in `subnet`.
-pub fn plan(catalog: &Catalog, subnet: u8) -> anyhow::Result<Vec<(Pod, Workload)>> {
+/// The number `k` of each workload (its pods are `127.S.k.n`), kept for the whole run so that
+/// a workload added or removed never moves another one's pods.
+#[derive(Debug, Default, Clone)]
+pub struct WorkloadNumbers(BTreeMap<(String, String), u8>);
+
+impl WorkloadNumbers {
+    fn of(&mut self, workload: &Workload) -> anyhow::Result<u8> {
+        let key = (workload.meta.namespace.clone(), workload.meta.name.clone());
+        if let Some(k) = self.0.get(&key) {
+            return Ok(*k);
+        }
+        let k = self
+            .0
+            .values()
+            .max()
+            .map_or(Some(1), |k| k.checked_add(1))
+            .filter(|k| *k < 255)
+            .context("local mode runs at most 254 workloads")?;
+        self.0.insert(key, k);
+        Ok(k)
+    }
+}
+
+/// The pods of `catalog`'s workloads, with their addresses in `subnet` (workloads numbered by
+/// `numbers`, which gives a new workload the next number).
+///
+/// # Errors
+/// Past 254 workloads, or 254 replicas of one.
+pub fn plan(
+    catalog: &Catalog,
+    subnet: u8,
+    numbers: &mut WorkloadNumbers,
+) -> anyhow::Result<Vec<(Pod, Workload)>> {
     let app_subnet = subnet
         .checked_add(1)
         .context("the subnet must be below 255")?;
     let mut pods = Vec::new();
-    for (k, workload) in catalog.workloads.iter().enumerate() {
-        let k = u8::try_from(k + 1)
-            .ok()
-            .filter(|k| *k < 255)
-            .context("local mode runs at most 254 workloads")?;
+    for workload in &catalog.workloads {
+        let k = numbers.of(workload)?;
         for n in 0..workload.replicas {
             let host = u8::try_from(n + 1)
                 .ok()
@@ -248,25 +287,95 @@ impl LocalMesh {
     /// started is stopped.
     pub async fn up(options: UpOptions) -> anyhow::Result<Self> {
         let controller = Controller::start(options.controller.clone()).await?;
+        let catalog = controller.shared.catalog();
         let mut mesh = Self {
             controller,
             replicas: Vec::new(),
+            options,
+            catalog: catalog.clone(),
+            numbers: WorkloadNumbers::default(),
         };
-        if let Err(err) = mesh.start_replicas(&options) {
+        let started = plan(&catalog, mesh.options.subnet, &mut mesh.numbers).and_then(|pods| {
+            pods.into_iter()
+                .try_for_each(|(pod, workload)| mesh.start_replica(&catalog, pod, workload))
+        });
+        if let Err(err) = started {
             mesh.down().await;
             return Err(err);
         }
         Ok(mesh)
     }
 
-    fn start_replicas(&mut self, options: &UpOptions) -> anyhow::Result<()> {
+    /// Brings the replicas in line with the controller's catalog when it changed: starts the
+    /// replicas of workloads added or scaled up, stops those of workloads removed or scaled
+    /// down, restarts those whose workload changed (identity, labels, command, environment,
+    /// ports); every other replica runs on. A replica that cannot start is logged and left out
+    /// (the next change tries again). Returns whether anything changed.
+    pub fn reconcile(&mut self) -> bool {
+        let catalog = self.controller.shared.catalog();
+        if Arc::ptr_eq(&catalog, &self.catalog) {
+            return false;
+        }
+        self.catalog = catalog.clone();
+        let wanted = match plan(&catalog, self.options.subnet, &mut self.numbers) {
+            Ok(wanted) => wanted,
+            Err(err) => {
+                log::error!("weft: {err}; the replicas running are kept");
+                return false;
+            }
+        };
+        let mut changed = false;
+        let (kept, gone): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
+            .into_iter()
+            .partition(|replica| {
+                wanted.iter().any(|(pod, workload)| {
+                    *pod == replica.pod && same_run(workload, &replica.workload)
+                })
+            });
+        for mut replica in gone {
+            let node = replica.pod.node_id();
+            let mut children: Vec<&mut Child> = std::iter::once(&mut replica.envoy)
+                .chain(replica.app.as_mut())
+                .collect();
+            stop_all(&mut children);
+            self.controller.shared.unregister_pod(&node);
+            log::info!("weft: stopped {node}");
+            changed = true;
+        }
+        self.replicas = kept;
+        for (pod, workload) in wanted {
+            if self
+                .replicas
+                .iter()
+                .any(|r| r.pod.node_id() == pod.node_id())
+            {
+                continue;
+            }
+            let node = pod.node_id();
+            let (pod_ip, app_ip) = (pod.pod_ip, pod.app_ip);
+            match self.start_replica(&catalog, pod, workload) {
+                Ok(()) => log::info!("weft: started {node} (pod {pod_ip}, app {app_ip})"),
+                Err(err) => log::error!("weft: {node} did not start: {err:#}"),
+            }
+            changed = true;
+        }
+        self.replicas.sort_by_key(|r| r.pod.node_id());
+        changed
+    }
+
+    fn start_replica(
+        &mut self,
+        catalog: &Catalog,
+        pod: Pod,
+        workload: Workload,
+    ) -> anyhow::Result<()> {
+        let options = &self.options;
         let shared = self.controller.shared.clone();
-        let catalog = shared.catalog();
         let (controller_identity, trust_domain) = {
             let pki = shared.pki();
             (pki.controller_identity(), pki.trust_domain().to_owned())
         };
-        for (pod, workload) in plan(&catalog, options.subnet)? {
+        {
             let dir = options
                 .controller
                 .state
@@ -316,7 +425,7 @@ impl LocalMesh {
                 ]);
             let envoy = spawn(envoy, &dir.join("envoy.log"))?;
 
-            let env = environment(&catalog, &pod, &workload);
+            let env = environment(catalog, &pod, &workload);
             let app = match workload.command.split_first() {
                 Some((program, args)) => {
                     let mut command =
@@ -329,6 +438,7 @@ impl LocalMesh {
             };
             self.replicas.push(Replica {
                 pod,
+                workload,
                 dir,
                 envoy,
                 app,
@@ -404,6 +514,17 @@ impl LocalMesh {
         stop_all(&mut children);
         self.controller.stop().await;
     }
+}
+
+/// Whether a replica started from `running` is still what `wanted` runs (a replica count or
+/// where the workload was read from does not matter).
+fn same_run(wanted: &Workload, running: &Workload) -> bool {
+    wanted.kind == running.kind
+        && wanted.service_account == running.service_account
+        && wanted.labels == running.labels
+        && wanted.command == running.command
+        && wanted.env == running.env
+        && wanted.ports == running.ports
 }
 
 /// SIGTERM to each child, SIGKILL to those still running 5 s later; every child is reaped.

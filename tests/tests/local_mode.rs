@@ -153,3 +153,87 @@ fn a_crashed_application_stops_the_mesh_and_is_named() {
     );
     wait_gone(&children);
 }
+
+/// Waits until a stderr line contains each of `needles`.
+fn wait_for_all(lines: &mpsc::Receiver<String>, needles: &[&str], deadline: Duration) {
+    let give_up = Instant::now() + deadline;
+    let mut missing: Vec<&str> = needles.to_vec();
+    let mut seen = Vec::new();
+    while !missing.is_empty() {
+        let left = give_up
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("never saw {missing:?} within {deadline:?}: {seen:#?}"));
+        let Ok(line) = lines.recv_timeout(left) else {
+            panic!("never saw {missing:?} within {deadline:?}: {seen:#?}");
+        };
+        missing.retain(|needle| !line.contains(needle));
+        seen.push(line);
+    }
+}
+
+/// Writes `text` to `dir/name` the way an editor saving atomically does.
+fn write_manifest(dir: &std::path::Path, name: &str, text: &str) {
+    let staging = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, dir.join(name)).unwrap();
+}
+
+fn reports(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: reports, namespace: shop}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: reports}}}}\n    spec:\n      serviceAccountName: reports\n      containers:\n      - command: [weft-upstream, \"$(APP_IP):8080\", reports]\n        ports: [{{containerPort: 8080}}]\n"
+    )
+}
+
+#[test]
+fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replicas() {
+    let manifests = copy_example("mesh").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (mut weft, lines) = weft_up(64, state.path(), manifests.path());
+    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let running = children_of(weft.id());
+    assert_eq!(running.len(), 10, "{running:?}");
+
+    write_manifest(manifests.path(), "reports.yaml", &reports(1));
+    wait_for_all(
+        &lines,
+        &["started shop/reports-0", "shop/reports-0 is ready"],
+        Duration::from_secs(30),
+    );
+    let one = children_of(weft.id());
+    assert_eq!(one.len(), 12, "its Envoy and its application: {one:?}");
+    assert!(
+        running.iter().all(|pid| one.contains(pid)),
+        "none restarted"
+    );
+
+    write_manifest(manifests.path(), "reports.yaml", &reports(2));
+    wait_for_all(
+        &lines,
+        &["started shop/reports-1", "shop/reports-1 is ready"],
+        Duration::from_secs(30),
+    );
+    let two = children_of(weft.id());
+    assert_eq!(two.len(), 14, "{two:?}");
+    assert!(one.iter().all(|pid| two.contains(pid)), "reports-0 kept");
+
+    std::fs::remove_file(manifests.path().join("reports.yaml")).unwrap();
+    wait_for_all(
+        &lines,
+        &["stopped shop/reports-0", "stopped shop/reports-1"],
+        Duration::from_secs(30),
+    );
+    let added: Vec<u32> = two
+        .iter()
+        .copied()
+        .filter(|pid| !running.contains(pid))
+        .collect();
+    wait_gone(&added);
+    let mut left = children_of(weft.id());
+    left.sort_unstable();
+    let mut expected = running.clone();
+    expected.sort_unstable();
+    assert_eq!(left, expected, "the rest of the mesh runs on");
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    wait_gone(&running);
+}
