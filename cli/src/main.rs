@@ -132,6 +132,9 @@ struct ControllerFlags {
     /// The mesh CA's key (PEM).
     #[arg(long, requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain (workload identities are spiffe://DOMAIN/ns/NS/sa/SA).
+    #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
 }
 
 impl ControllerFlags {
@@ -142,6 +145,7 @@ impl ControllerFlags {
             admin: self.admin,
             certificate_lifetime: std::time::Duration::from_secs(self.certificate_lifetime),
             ca: self.ca_cert.zip(self.ca_key),
+            trust_domain: self.trust_domain,
         }
     }
 }
@@ -226,6 +230,9 @@ enum Command {
         /// Then become Envoy, this binary.
         #[arg(long)]
         exec: Option<PathBuf>,
+        /// The mesh's SPIFFE trust domain (the controller's identity is checked in it).
+        #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
     },
     /// Show every pod of a running controller: identity, address, readiness, the plugin
     /// configuration version it applied, refusals, certificate expiry.
@@ -409,6 +416,7 @@ fn main() -> ExitCode {
             out,
             module_sha256,
             exec,
+            trust_domain,
         } => {
             let args = weft_cli::mesh::SidecarArgs {
                 xds,
@@ -422,6 +430,7 @@ fn main() -> ExitCode {
                 out,
                 module_sha256,
                 exec,
+                trust_domain,
             };
             finished(weft_cli::mesh::sidecar(&args).map(|()| String::new()))
         }

@@ -26,6 +26,8 @@ pub struct ControllerSettings {
     pub certificate_lifetime: Duration,
     /// The user's CA, certificate and key.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// The mesh's SPIFFE trust domain.
+    pub trust_domain: String,
 }
 
 impl ControllerSettings {
@@ -41,7 +43,7 @@ impl ControllerSettings {
                 .clone()
                 .or_else(|| beside_exe("../wasm/weft.wasm"))
                 .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
-            trust_domain: weft_policy::bundle::DEFAULT_TRUST_DOMAIN.to_owned(),
+            trust_domain: self.trust_domain.clone(),
             ca: match &self.ca {
                 Some((cert, key)) => CaSource::Files {
                     cert: cert.clone(),
@@ -143,14 +145,12 @@ async fn serve(mesh: &mut LocalMesh, exit_when_ready: bool) -> anyhow::Result<()
         took = mesh.wait_ready(Duration::from_secs(60)) => took?,
         () = interrupted() => return Ok(()),
     };
+    let trust_domain = &mesh.controller.shared.options.trust_domain;
     for replica in &mesh.replicas {
         eprintln!(
             "weft: {:<28} {:<36} pod {:<12} app {}",
             replica.pod.node_id(),
-            format!(
-                "spiffe://cluster.local/ns/{}/sa/{}",
-                replica.pod.namespace, replica.pod.service_account
-            ),
+            replica.pod.identity().spiffe_id(trust_domain),
             replica.pod.pod_ip,
             replica.pod.app_ip
         );
@@ -205,12 +205,21 @@ pub fn fetch_status(controller: &str) -> anyhow::Result<Value> {
     })
 }
 
-/// `weft status` as a table.
+/// `weft status` as a table, each column as wide as its widest cell.
 pub fn status_table(status: &Value) -> String {
-    let mut out = format!(
-        "{:<26} {:<40} {:<12} {:<6} {:<8} {:<6} {}\n",
-        "POD", "IDENTITY", "ADDRESS", "READY", "ECDS", "NACKS", "CERTIFICATE EXPIRES"
-    );
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "POD",
+            "IDENTITY",
+            "ADDRESS",
+            "READY",
+            "ECDS",
+            "NACKS",
+            "CERTIFICATE EXPIRES",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
     for pod in status["pods"].as_array().into_iter().flatten() {
         let proxy = &pod["proxy"];
         let nacks: u64 = proxy["types"]
@@ -218,20 +227,39 @@ pub fn status_table(status: &Value) -> String {
             .map(|types| types.values().filter_map(|t| t["nacks"].as_u64()).sum())
             .unwrap_or_default();
         let ecds = proxy["types"]["ecds"]["acked"].as_str().unwrap_or("-");
-        out.push_str(&format!(
-            "{:<26} {:<40} {:<12} {:<6} {:<8} {:<6} {}\n",
-            pod["pod"].as_str().unwrap_or_default(),
-            proxy["identity"].as_str().unwrap_or("-"),
-            pod["pod_ip"].as_str().unwrap_or_default(),
+        rows.push(vec![
+            pod["pod"].as_str().unwrap_or_default().to_owned(),
+            proxy["identity"].as_str().unwrap_or("-").to_owned(),
+            pod["pod_ip"].as_str().unwrap_or_default().to_owned(),
             if pod["ready"].as_bool() == Some(true) {
                 "yes"
             } else {
                 "no"
-            },
-            &ecds[..ecds.len().min(8)],
-            nacks,
-            proxy["certificate_expires"].as_str().unwrap_or("-"),
-        ));
+            }
+            .to_owned(),
+            ecds.chars().take(8).collect(),
+            nacks.to_string(),
+            proxy["certificate_expires"]
+                .as_str()
+                .unwrap_or("-")
+                .to_owned(),
+        ]);
+    }
+    let mut widths = vec![0; rows[0].len()];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join(" ").trim_end());
+        out.push('\n');
     }
     for problem in status["rejected_change"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -309,6 +337,8 @@ pub struct SidecarArgs {
     pub module_sha256: Option<String>,
     /// Then run Envoy (this process becomes it).
     pub exec: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain.
+    pub trust_domain: String,
 }
 
 /// Fetches the module (checked against its SHA-256), writes the bootstrap, and with `exec`
@@ -354,9 +384,7 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
     let file = |name: &str| credentials.join(name).display().to_string();
     let link = weft_envoy_config::mesh::ControllerLink {
         address: args.xds,
-        identity: weft_controller::pki::controller_identity(
-            weft_policy::bundle::DEFAULT_TRUST_DOMAIN,
-        ),
+        identity: weft_controller::pki::controller_identity(&args.trust_domain),
         credentials: weft_envoy_config::tls::Credentials::Files {
             cert: file(weft_certs::CERT_FILE),
             key: file(weft_certs::KEY_FILE),
@@ -423,4 +451,34 @@ async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>
         .map(str::to_owned);
     let body = response.into_body().collect().await?.to_bytes();
     Ok((body, announced))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_keeps_its_columns_aligned_whatever_the_identities_length() {
+        let status = serde_json::json!({"pods": [
+            {"pod": "shop/frontend-0", "pod_ip": "127.0.1.1", "ready": true,
+             "proxy": {"identity": "spiffe://cluster.local/ns/shop/sa/frontend",
+                       "types": {"ecds": {"acked": "0123456789abcdef", "nacks": 0}},
+                       "certificate_expires": "2026-12-02T00:00:00Z"}},
+            {"pod": "a-very-long-namespace/a-very-long-pod-name-0", "pod_ip": "127.0.2.1",
+             "ready": false,
+             "proxy": {"identity": "spiffe://a.much.longer.trust.domain/ns/a-very-long-namespace/sa/a-very-long-service-account",
+                       "types": {"lds": {"nacks": 2}}}},
+        ]});
+        let table = status_table(&status);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let address_column = lines[0].find("ADDRESS").unwrap();
+        assert_eq!(lines[1].find("127.0.1.1"), Some(address_column), "{table}");
+        assert_eq!(lines[2].find("127.0.2.1"), Some(address_column), "{table}");
+        assert!(lines[1].contains(" 01234567 "), "{table}");
+        assert!(
+            lines[2].contains(" no ") && lines[2].contains(" 2 "),
+            "{table}"
+        );
+    }
 }

@@ -111,12 +111,18 @@ async fn stat(pod: &Pod, name: &str) -> u64 {
         .unwrap()
 }
 
-/// `weft sidecar --exec envoy` for `pod`, with a bootstrap credential issued from the CA in
-/// `state` (files under `pods/<pod>`).
-fn start_sidecar(pod: &Pod, state: &Path, pods: &Path, xds: u16, admin: u16) -> Process {
+/// `weft sidecar --exec envoy` for `pod` in `trust_domain`, with a bootstrap credential issued
+/// from the CA in `state` (files under `pods/<pod>`).
+fn start_sidecar(
+    pod: &Pod,
+    trust_domain: &str,
+    (state, pods): (&Path, &Path),
+    xds: u16,
+    admin: u16,
+) -> Process {
     let dir: PathBuf = pods.join(pod.name);
     let issued = weft()
-        .args(["cert", "workload", "--ca"])
+        .args(["cert", "workload", "--trust-domain", trust_domain, "--ca"])
         .arg(state)
         .args([
             "--identity",
@@ -151,6 +157,7 @@ fn start_sidecar(pod: &Pod, state: &Path, pods: &Path, xds: u16, admin: u16) -> 
             pod.workload,
         ])
         .args(["--service-account", pod.service_account])
+        .args(["--trust-domain", trust_domain])
         .args([
             "--pod-ip",
             &pod.pod_ip.to_string(),
@@ -224,7 +231,15 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     );
     let sidecars: Vec<Process> = PODS
         .iter()
-        .map(|pod| start_sidecar(pod, state.path(), pods_dir.path(), xds, admin))
+        .map(|pod| {
+            start_sidecar(
+                pod,
+                "cluster.local",
+                (state.path(), pods_dir.path()),
+                xds,
+                admin,
+            )
+        })
         .collect();
     wait_live(&PODS).await;
     until(
@@ -371,7 +386,7 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
         state.path(),
         xds,
         admin,
-        &["--forget-after-ms", "1000"],
+        &["--forget-after-ms", "1000", "--trust-domain", "example.org"],
     );
     until("the controller", Duration::from_secs(20), || async {
         Ok(status(admin).await.ok())
@@ -386,8 +401,11 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
             .spawn()
             .unwrap(),
     );
-    let _caller = start_sidecar(&CALLER, state.path(), pods_dir.path(), xds, admin);
-    let called = start_sidecar(&CALLED, state.path(), pods_dir.path(), xds, admin);
+    // In a trust domain of its own: every identity check (the controller's, the admission's,
+    // the peers') is made in it.
+    let files = (state.path(), pods_dir.path());
+    let _caller = start_sidecar(&CALLER, "example.org", files, xds, admin);
+    let called = start_sidecar(&CALLED, "example.org", files, xds, admin);
     wait_live(&[CALLER, CALLED]).await;
     until(
         "frontend reaches checkout",
@@ -396,6 +414,19 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
     )
     .await
     .unwrap();
+    let identities: Vec<String> = status(admin).await.unwrap()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["proxy"]["identity"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            "spiffe://example.org/ns/shop/sa/checkout",
+            "spiffe://example.org/ns/shop/sa/frontend"
+        ]
+    );
     let members = "cluster.checkout.shop.membership_total";
     assert_eq!(stat(&CALLER, members).await, 1);
 
