@@ -200,3 +200,71 @@ impl TestMesh {
         }
     }
 }
+
+/// A pod run by `weft sidecar` against a separate `weft controller`.
+#[derive(Debug, Clone, Copy)]
+pub struct RemotePod<'a> {
+    /// `namespace/name`.
+    pub pod: &'a str,
+    /// Its workload (of the controller's manifests).
+    pub workload: &'a str,
+    /// Its ServiceAccount (in the pod's namespace).
+    pub service_account: &'a str,
+    /// Its sidecar's address.
+    pub pod_ip: std::net::Ipv4Addr,
+    /// Its application's address.
+    pub app_ip: std::net::Ipv4Addr,
+}
+
+/// `weft sidecar --exec envoy` for `pod` in `trust_domain`, run with the `weft` binary `weft`,
+/// against the controller at `xds` (ADS) and `admin` (the module); its bootstrap credential
+/// issued with `weft cert workload` from the CA in `state` into `dir`, with the CA beside it.
+/// Ready to spawn.
+///
+/// # Errors
+/// When the credential cannot be issued.
+pub fn weft_sidecar(
+    weft: &Path,
+    pod: &RemotePod<'_>,
+    trust_domain: &str,
+    (state, dir): (&Path, &Path),
+    (xds, admin): (u16, u16),
+) -> anyhow::Result<std::process::Command> {
+    let namespace = pod.pod.split_once('/').map_or("default", |(ns, _)| ns);
+    let issued = std::process::Command::new(weft)
+        .args(["cert", "workload", "--trust-domain", trust_domain, "--ca"])
+        .arg(state)
+        .args([
+            "--identity",
+            &format!("{namespace}/{}", pod.service_account),
+            "--out",
+        ])
+        .arg(dir)
+        .output()?;
+    anyhow::ensure!(
+        issued.status.success(),
+        "weft cert workload: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    std::fs::copy(
+        state.join(weft_certs::CA_CERT_FILE),
+        dir.join(weft_certs::CA_CERT_FILE),
+    )?;
+    let mut command = std::process::Command::new(weft);
+    command
+        .arg("sidecar")
+        .args(["--xds", &format!("127.0.0.1:{xds}")])
+        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
+        .args(["--pod", pod.pod, "--workload", pod.workload])
+        .args(["--service-account", pod.service_account])
+        .args(["--trust-domain", trust_domain])
+        .args(["--pod-ip", &pod.pod_ip.to_string()])
+        .args(["--app-ip", &pod.app_ip.to_string()])
+        .arg("--credentials")
+        .arg(dir)
+        .arg("--out")
+        .arg(dir)
+        .arg("--exec")
+        .arg(paths::envoy_binary()?);
+    Ok(command)
+}

@@ -4,13 +4,13 @@
 //! serving and resume without a push.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::request;
-use weft_e2e::mesh::copy_example;
+use weft_e2e::mesh::{RemotePod, copy_example, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
 
@@ -120,60 +120,26 @@ fn start_sidecar(
     xds: u16,
     admin: u16,
 ) -> Process {
-    let dir: PathBuf = pods.join(pod.name);
-    let issued = weft()
-        .args(["cert", "workload", "--trust-domain", trust_domain, "--ca"])
-        .arg(state)
-        .args([
-            "--identity",
-            &format!("shop/{}", pod.service_account),
-            "--out",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        issued.status.success(),
-        "{}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    std::fs::copy(
-        state.join(weft_certs::CA_CERT_FILE),
-        dir.join(weft_certs::CA_CERT_FILE),
+    let name = format!("shop/{}", pod.name);
+    let remote = RemotePod {
+        pod: &name,
+        workload: pod.workload,
+        service_account: pod.service_account,
+        pod_ip: pod.pod_ip,
+        app_ip: pod.app_ip,
+    };
+    let child = weft_sidecar(
+        &paths::workspace_root().join("target/debug/weft"),
+        &remote,
+        trust_domain,
+        (state, &pods.join(pod.name)),
+        (xds, admin),
     )
+    .unwrap()
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
     .unwrap();
-    let child = weft()
-        .arg("sidecar")
-        .args([
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--controller",
-            &format!("http://127.0.0.1:{admin}"),
-        ])
-        .args([
-            "--pod",
-            &format!("shop/{}", pod.name),
-            "--workload",
-            pod.workload,
-        ])
-        .args(["--service-account", pod.service_account])
-        .args(["--trust-domain", trust_domain])
-        .args([
-            "--pod-ip",
-            &pod.pod_ip.to_string(),
-            "--app-ip",
-            &pod.app_ip.to_string(),
-        ])
-        .arg("--credentials")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&dir)
-        .arg("--exec")
-        .arg(paths::envoy_binary().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     Process(child)
 }
 

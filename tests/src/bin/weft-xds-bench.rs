@@ -28,6 +28,7 @@ use weft_certs::{CertifiedKey, MeshCa, Validity};
 use weft_controller::mesh::TRUST_BUNDLE;
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::{get, stat};
+use weft_e2e::mesh::{RemotePod, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
 use weft_envoy_config::mesh::{ADMIN_PORT, OUTBOUND, OUTBOUND_PLUGIN, inbound_plugin_name};
@@ -298,40 +299,24 @@ fn real_envoy(
     admin: u16,
 ) -> anyhow::Result<RealEnvoy> {
     let pod_ip = Ipv4Addr::new(127, 92, 0, u8::try_from(index + 1)?);
-    let app_ip = Ipv4Addr::new(127, 93, 0, u8::try_from(index + 1)?);
-    let credentials = dir.join(format!("envoy-{index}"));
-    let issued = Command::new(weft_binary())
-        .args(["cert", "workload", "--ca"])
-        .arg(state)
-        .args(["--identity", "bench/sa-0", "--out"])
-        .arg(&credentials)
-        .output()?;
-    ensure!(
-        issued.status.success(),
-        "weft cert workload: {}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    std::fs::copy(
-        state.join(weft_certs::CA_CERT_FILE),
-        credentials.join(weft_certs::CA_CERT_FILE),
-    )?;
-    let child = Command::new(weft_binary())
-        .arg("sidecar")
-        .args(["--xds", &format!("127.0.0.1:{xds}")])
-        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
-        .args(["--pod", &format!("bench/app-0-envoy-{index}")])
-        .args(["--workload", "app-0", "--service-account", "sa-0"])
-        .args(["--pod-ip", &pod_ip.to_string()])
-        .args(["--app-ip", &app_ip.to_string()])
-        .arg("--credentials")
-        .arg(&credentials)
-        .arg("--out")
-        .arg(&credentials)
-        .arg("--exec")
-        .arg(paths::envoy_binary()?)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let name = format!("bench/app-0-envoy-{index}");
+    let pod = RemotePod {
+        pod: &name,
+        workload: "app-0",
+        service_account: "sa-0",
+        pod_ip,
+        app_ip: Ipv4Addr::new(127, 93, 0, u8::try_from(index + 1)?),
+    };
+    let child = weft_sidecar(
+        &weft_binary(),
+        &pod,
+        weft_policy::bundle::DEFAULT_TRUST_DOMAIN,
+        (state, &dir.join(format!("envoy-{index}"))),
+        (xds, admin),
+    )?
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()?;
     Ok(RealEnvoy {
         _sidecar: Controller(child),
         admin: SocketAddr::from((pod_ip, ADMIN_PORT)),
