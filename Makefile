@@ -22,10 +22,11 @@ test: build lint
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) --no-print-directory fuzz
 
-# Fuzz the policy pipeline (parse, validate, compile, decide) for FUZZ_SECONDS (20 in make test; more by hand).
+# Fuzz the policy pipeline (parse, validate, compile, decide), then the xDS protocol's state machine (arbitrary requests, snapshots and reconnects, checked against its rules), each for FUZZ_SECONDS (20 in make test; more by hand).
 fuzz:
-	mkdir -p fuzz/corpus/policy
+	mkdir -p fuzz/corpus/policy fuzz/corpus/xds_protocol
 	$(CARGO) fuzz run --sanitizer none --fuzz-dir fuzz policy fuzz/corpus/policy fuzz/seeds/policy -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+	$(CARGO) fuzz run --sanitizer none --fuzz-dir fuzz xds_protocol fuzz/corpus/xds_protocol -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 # Check formatting and clippy, warnings as errors (host crates, and the filter for wasm32-wasip1).
 lint:

@@ -6,16 +6,16 @@
 //! - a response's version names its content (`set_version`): the same content, the same
 //!   version; a change is pushed only when the version changes;
 //! - a request whose nonce is not the last one sent for its type is stale and ignored;
-//! - a NACK is recorded and never answered by sending the same version again (Envoy would
-//!   ACK a byte-identical resend without applying it, or refuse it again); the next change
-//!   is sent as usual;
+//! - a NACK is recorded, and a version the proxy refused is never sent to it again on that
+//!   stream, also after the content moved on and came back (Envoy would ACK a byte-identical
+//!   resend without applying it, or refuse it again); any other change is sent as usual;
 //! - a new stream's first request for a type gets the current state, unless the proxy says it
 //!   already has that version (a reconnect after a controller restart causes no push storm);
 //! - nothing is sent before the proxy's snapshot exists (a sidecar with no configuration
 //!   serves nothing, which is what it should do);
 //! - a snapshot change is pushed type by type in [`PUSH_ORDER`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
@@ -80,7 +80,12 @@ struct TypeState {
     sent: Option<Sent>,
     acked: Option<String>,
     nacked: Option<(String, String)>,
+    /// Every version refused on this stream, the latest last (at most [`REFUSED_KEPT`]).
+    refused: VecDeque<String>,
 }
+
+/// How many refused versions of one type a stream remembers.
+const REFUSED_KEPT: usize = 64;
 
 /// One type's protocol state, for status pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +118,14 @@ impl Stream {
     pub fn on_request(&mut self, request: &DiscoveryRequest) -> Output {
         let mut output = Output::default();
         let type_url = request.type_url.clone();
-        let state = self.types.entry(type_url.clone()).or_default();
         let first = request.response_nonce.is_empty();
         if !first {
-            let current = state
-                .sent
-                .as_ref()
+            // Before anything of the type is kept: a stale request (or one naming a nonce never
+            // sent, of a type never subscribed) changes nothing.
+            let current = self
+                .types
+                .get(&type_url)
+                .and_then(|state| state.sent.as_ref())
                 .is_some_and(|sent| sent.nonce == request.response_nonce);
             if !current {
                 output.events.push(Event::StaleNonce {
@@ -127,6 +134,9 @@ impl Stream {
                 });
                 return output;
             }
+        }
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !first {
             let sent_version = state
                 .sent
                 .as_ref()
@@ -135,6 +145,12 @@ impl Stream {
             match &request.error_detail {
                 Some(status) => {
                     state.nacked = Some((sent_version.clone(), status.message.clone()));
+                    if !state.refused.contains(&sent_version) {
+                        if state.refused.len() == REFUSED_KEPT {
+                            state.refused.pop_front();
+                        }
+                        state.refused.push_back(sent_version.clone());
+                    }
                     output.events.push(Event::Nack {
                         type_url: type_url.clone(),
                         version: sent_version,
@@ -166,12 +182,13 @@ impl Stream {
             // The proxy's own version: after a reconnect it may already have the current one.
             // It is a version the proxy applied, so it is reported as one (a restarted
             // controller learns which proxies already serve).
+            // What it says it has is all that counts: nothing, if it names no version.
             state.sent = None;
-            if !request.version_info.is_empty() {
-                state.acked = Some(request.version_info.clone());
+            state.acked = (!request.version_info.is_empty()).then(|| request.version_info.clone());
+            if let Some(version) = &state.acked {
                 output.events.push(Event::Ack {
                     type_url: type_url.clone(),
-                    version: request.version_info.clone(),
+                    version: version.clone(),
                 });
             }
         }
@@ -266,7 +283,7 @@ impl Stream {
         let Some(state) = self.types.get_mut(type_url) else {
             return;
         };
-        let refused = state.nacked.as_ref().is_some_and(|(v, _)| *v == version);
+        let refused = state.refused.contains(&version);
         let unchanged = if first {
             state.acked.as_deref() == Some(version.as_str())
         } else {
@@ -449,6 +466,46 @@ mod tests {
         assert_eq!(stream.status()[0].nacked, None);
         let ack = stream.on_request(&request(CLUSTER, &[], &second.version_info, &second.nonce));
         assert!(matches!(ack.events[..], [Event::Ack { .. }]));
+    }
+
+    #[test]
+    fn a_request_naming_a_nonce_never_sent_subscribes_to_nothing() {
+        // Found by the fuzz target: such a request for a type never subscribed used to leave
+        // an empty subscription behind, and the next snapshot pushed an empty cluster list.
+        let mut stream = Stream::new();
+        let unknown = stream.on_request(&request(CLUSTER, &["*"], "", "42"));
+        assert!(matches!(unknown.events[..], [Event::StaleNonce { .. }]));
+        assert!(stream.status().is_empty());
+        let output = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "1")]));
+        assert!(output.responses.is_empty(), "{:?}", output.responses);
+    }
+
+    #[test]
+    fn content_the_proxy_refused_is_not_sent_again_when_it_comes_back() {
+        // Found by the fuzz target: only the latest refused version was remembered.
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(CLUSTER, "a", "bad")]));
+        let bad = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        stream.on_request(&nack(CLUSTER, &[], "", &bad.nonce));
+        let other = one(&stream.on_snapshot(snapshot(&[(CLUSTER, "a", "also bad")]))).clone();
+        stream.on_request(&nack(CLUSTER, &[], "", &other.nonce));
+        let back = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "bad")]));
+        assert!(back.responses.is_empty(), "{:?}", back.responses);
+        let good = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "good")]));
+        assert_eq!(one(&good).resources.len(), 1);
+    }
+
+    #[test]
+    fn a_new_subscription_that_names_no_version_gets_the_current_state() {
+        // Found by the fuzz target: the version the proxy ACKed earlier on the stream was
+        // taken as what it has, though it had been sent another since and now named none.
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]));
+        let all = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        let ack_and_narrow = request(CLUSTER, &["a"], &all.version_info, &all.nonce);
+        assert_eq!(one(&stream.on_request(&ack_and_narrow)).resources.len(), 1);
+        let again = stream.on_request(&request(CLUSTER, &[], "", ""));
+        assert_eq!(one(&again).version_info, all.version_info);
     }
 
     #[test]
