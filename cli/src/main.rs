@@ -154,7 +154,8 @@ impl ControllerFlags {
 enum Command {
     /// Run a mesh on this machine (local mode): the controller and, for each replica of each
     /// workload in DIR, its application and an Envoy sidecar on its own loopback address.
-    /// Policy changes in DIR apply while it runs. Ctrl-C stops every process it started.
+    /// Changes in DIR apply while it runs (policy over xDS; workloads added, scaled or removed
+    /// get their replicas started or stopped). Ctrl-C stops every process it started.
     Up {
         /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
         dir: PathBuf,
