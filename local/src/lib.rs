@@ -423,7 +423,14 @@ impl LocalMesh {
                     "--component-log-level",
                     "wasm:info",
                 ]);
-            let envoy = spawn(envoy, &dir.join("envoy.log"))?;
+            let node = pod.node_id();
+            let mut envoy = match spawn(envoy, &dir.join("envoy.log")) {
+                Ok(envoy) => envoy,
+                Err(err) => {
+                    shared.unregister_pod(&node);
+                    return Err(err);
+                }
+            };
 
             let env = environment(catalog, &pod, &workload);
             let app = match workload.command.split_first() {
@@ -432,7 +439,16 @@ impl LocalMesh {
                         Command::new(find_command(&expand(program, &env), &options.command_path));
                     command.args(args.iter().map(|arg| expand(arg, &env)));
                     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                    Some(spawn(command, &dir.join("app.log"))?)
+                    match spawn(command, &dir.join("app.log")) {
+                        Ok(app) => Some(app),
+                        Err(err) => {
+                            // Half a replica is none: its sidecar goes too.
+                            let _ = envoy.kill();
+                            let _ = envoy.wait();
+                            shared.unregister_pod(&node);
+                            return Err(err);
+                        }
+                    }
                 }
                 None => None,
             };

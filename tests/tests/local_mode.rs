@@ -237,3 +237,30 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
     weft.wait().unwrap();
     wait_gone(&running);
 }
+
+#[test]
+fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind() {
+    let manifests = copy_example("mesh").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (mut weft, lines) = weft_up(66, state.path(), manifests.path());
+    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let mut running = children_of(weft.id());
+    running.sort_unstable();
+    write_manifest(
+        manifests.path(),
+        "broken.yaml",
+        &reports(1).replace("weft-upstream", "no-such-program"),
+    );
+    wait_for_all(
+        &lines,
+        &["shop/reports-0 did not start", "no-such-program"],
+        Duration::from_secs(30),
+    );
+    let mut after = children_of(weft.id());
+    after.sort_unstable();
+    assert_eq!(after, running, "no sidecar left without its application");
+    assert!(matches!(weft.try_wait(), Ok(None)), "the mesh runs on");
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    wait_gone(&running);
+}
