@@ -9,12 +9,37 @@ use std::time::{Duration, Instant};
 use weft_e2e::mesh::copy_example;
 use weft_e2e::paths;
 
+/// A `weft up` process, killed (SIGKILL, so its children go too) if a test ends early.
+struct WeftUp(Child);
+
+impl std::ops::Deref for WeftUp {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WeftUp {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WeftUp {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `weft up` on a copy of examples/mesh in `subnet`, and a channel of its stderr lines.
 fn weft_up(
     subnet: u8,
     state: &std::path::Path,
     manifests: &std::path::Path,
-) -> (Child, mpsc::Receiver<String>) {
+) -> (WeftUp, mpsc::Receiver<String>) {
     let mut child = Command::new(paths::workspace_root().join("target/debug/weft"))
         .arg("up")
         .arg(manifests)
@@ -45,7 +70,7 @@ fn weft_up(
             }
         }
     });
-    (child, receiver)
+    (WeftUp(child), receiver)
 }
 
 /// Waits for a stderr line containing `needle`; returns every line seen.
