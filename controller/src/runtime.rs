@@ -195,18 +195,11 @@ impl Shared {
     /// Forgets the pods their sidecar registered that have had no stream for
     /// [`Options::forget_after`] at `now`; returns their node ids.
     pub fn forget_departed(&self, now: std::time::Instant) -> Vec<String> {
-        let departed: Vec<String> = {
-            let mut registered = lock(&self.registered);
-            let departed: Vec<String> = registered
-                .iter()
-                .filter(|(_, streams)| self.departed(streams, now))
-                .map(|(node, _)| node.clone())
-                .collect();
-            for node in &departed {
-                registered.remove(node);
-            }
-            departed
-        };
+        let departed: Vec<String> = lock(&self.registered)
+            .iter()
+            .filter(|(_, streams)| self.departed(streams, now))
+            .map(|(node, _)| node.clone())
+            .collect();
         for node in &departed {
             self.unregister_pod(node);
             log::info!(
