@@ -1,7 +1,7 @@
 # weft: the three commands a fresh clone needs are `make setup`, `make test` and `make demo`.
 CARGO ?= cargo
 .DEFAULT_GOAL := help
-.PHONY: help setup build test lint fuzz bench demo demo-standalone envoy-configs clean
+.PHONY: help setup build test lint fuzz bench soak demo demo-standalone envoy-configs clean
 FUZZ_SECONDS ?= 20
 
 # List the targets.
@@ -27,6 +27,11 @@ fuzz:
 	mkdir -p fuzz/corpus/policy fuzz/corpus/xds_protocol
 	$(CARGO) fuzz run --sanitizer none --fuzz-dir fuzz policy fuzz/corpus/policy fuzz/seeds/policy -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 	$(CARGO) fuzz run --sanitizer none --fuzz-dir fuzz xds_protocol fuzz/corpus/xds_protocol -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+
+# The reliability suite for longer (SOAK_SECONDS each, 300 unless told): certificates rotating, policy churn at 1 Hz, under load, every answer judged.
+SOAK_SECONDS ?= 300
+soak: build
+	WEFT_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p weft-e2e --test reliability -- --nocapture --test-threads=1
 
 # Check formatting and clippy, warnings as errors (host crates, and the filter for wasm32-wasip1).
 lint:

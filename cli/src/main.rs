@@ -195,8 +195,9 @@ enum Command {
         forget_after_ms: u64,
     },
     /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
-    /// elsewhere: fetch the module and check its SHA-256, write the bootstrap. Its credentials
-    /// come from `weft cert workload` with the controller's CA (and that CA's ca.pem).
+    /// elsewhere: fetch the module and check its SHA-256 (while it cannot be had, Envoy is not
+    /// started and the fetch is retried, backing off to every 5 s), write the bootstrap. Its
+    /// credentials come from `weft cert workload` with the controller's CA (and its ca.pem).
     Sidecar {
         /// The controller's xDS address.
         #[arg(long, default_value = "127.0.0.1:15010")]

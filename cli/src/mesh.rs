@@ -341,37 +341,23 @@ pub struct SidecarArgs {
     pub trust_domain: String,
 }
 
-/// Fetches the module (checked against its SHA-256), writes the bootstrap, and with `exec`
-/// becomes Envoy.
+/// How long `weft sidecar` waits between two attempts to fetch the module: doubling from the
+/// first to the last.
+const MODULE_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// Fetches the module (checked against its SHA-256; while it cannot be had, Envoy is not
+/// started and the fetch is retried), writes the bootstrap, and with `exec` becomes Envoy.
 ///
 /// # Errors
-/// When the controller cannot be reached, the module does not match, or a file cannot be
-/// written; Envoy is then not started.
+/// When the module is not the pinned one, or a file cannot be written; Envoy is then not
+/// started.
 pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
-    use sha2::{Digest, Sha256};
     let (namespace, _) = args
         .pod
         .split_once('/')
         .with_context(|| format!("--pod {}: give namespace/name", args.pod))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (bytes, announced) = runtime.block_on(fetch_module(&args.controller))?;
-    let sha256: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    anyhow::ensure!(
-        announced.as_deref() == Some(sha256.as_str()),
-        "the module from {} has SHA-256 {sha256}, but the controller announced {}; not starting Envoy",
-        args.controller,
-        announced.as_deref().unwrap_or("none")
-    );
-    if let Some(pinned) = &args.module_sha256 {
-        anyhow::ensure!(
-            *pinned == sha256,
-            "the module from {} has SHA-256 {sha256}, not the pinned {pinned}; not starting Envoy",
-            args.controller
-        );
-    }
+    let (bytes, sha256) = runtime.block_on(wait_for_module(args))?;
     let modules = args.out.join("modules");
     std::fs::create_dir_all(&modules)?;
     let module = modules.join(format!("weft-{sha256}.wasm"));
@@ -432,6 +418,51 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The module and its SHA-256, once the controller serves one that matches what it announces:
+/// until then nothing listens on the pod's ports, so no request can pass a filter that is not
+/// there. A module that is not the pinned one is an error at once (waiting would not fix it).
+async fn wait_for_module(args: &SidecarArgs) -> anyhow::Result<(Bytes, String)> {
+    use sha2::{Digest, Sha256};
+    let mut pause = MODULE_RETRY.0;
+    loop {
+        let fetched = fetch_module(&args.controller)
+            .await
+            .and_then(|(bytes, announced)| {
+                let sha256: String = Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                anyhow::ensure!(
+                    announced.as_deref() == Some(sha256.as_str()),
+                    "the module from {} has SHA-256 {sha256}, but the controller announced {}",
+                    args.controller,
+                    announced.as_deref().unwrap_or("none")
+                );
+                Ok((bytes, sha256))
+            });
+        match fetched {
+            Ok((bytes, sha256)) => {
+                if let Some(pinned) = &args.module_sha256 {
+                    anyhow::ensure!(
+                        *pinned == sha256,
+                        "the module from {} has SHA-256 {sha256}, not the pinned {pinned}; not starting Envoy",
+                        args.controller
+                    );
+                }
+                return Ok((bytes, sha256));
+            }
+            Err(err) => {
+                eprintln!("weft: {err:#}; Envoy not started, trying again in {pause:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = interrupted() => anyhow::bail!("interrupted while waiting for the module"),
+                }
+                pause = (pause * 2).min(MODULE_RETRY.1);
+            }
+        }
+    }
+}
+
 async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>)> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
@@ -441,8 +472,8 @@ async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>
         client.get(url.parse().with_context(|| format!("{url} is not a URL"))?),
     )
     .await
-    .with_context(|| format!("{url}: no answer in 10 s; not starting Envoy"))?
-    .with_context(|| format!("{url} cannot be reached; not starting Envoy"))?;
+    .with_context(|| format!("{url}: no answer in 10 s"))?
+    .with_context(|| format!("{url} cannot be reached"))?;
     anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
     let announced = response
         .headers()

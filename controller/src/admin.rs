@@ -1,6 +1,7 @@
 //! The controller's admin HTTP server: `/status` (JSON: every pod, its proxy's protocol state,
 //! the last refused change), `/module` (the `weft.wasm` sidecars load, with its SHA-256 in
-//! `x-weft-module-sha256`), `/healthz` and `/readyz`.
+//! `x-weft-module-sha256`), `/metrics` (Prometheus), `/healthz` (liveness: the rebuild loop
+//! goes round) and `/readyz` (readiness: proxies are being served).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,15 +31,53 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
                 "pod_ip": pod.pod_ip.to_string(),
                 "app_ip": pod.app_ip.to_string(),
                 "ready": shared.is_ready(&node),
+                "in_sync": proxies.get(&node).is_some_and(|p| p.connected)
+                    && !shared.metrics.is_pending(&node),
                 "proxy": proxies.get(&node),
             })
         })
         .collect();
+    let (generation, built) = shared.generations();
     json!({
+        "generation": {"catalog": generation, "built": built},
         "module_sha256": shared.module().sha256,
         "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pods": pods,
     })
+}
+
+/// How long the rebuild loop may go without turning before the controller is not live (it
+/// turns at least every second; one rebuild of thousands of proxies takes a few).
+const LIVENESS: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The OpenMetrics text `/metrics` answers: the gauges read off the current state, then
+/// every metric.
+pub fn metrics_text(shared: &Shared) -> String {
+    let metrics = &shared.metrics;
+    let connected = shared.status.all().values().filter(|p| p.connected).count();
+    metrics.proxies_connected.set(count(connected));
+    metrics.pods.set(count(shared.pods().len()));
+    let catalog = shared.catalog();
+    for (kind, objects) in [
+        ("TrafficTarget", catalog.traffic_targets.len()),
+        ("HTTPRouteGroup", catalog.http_route_groups.len()),
+        ("TCPRoute", catalog.port_routes.len()),
+        ("TrafficSplit", catalog.traffic_splits.len()),
+        ("Service", catalog.services.len()),
+        ("Workload", catalog.workloads.len()),
+    ] {
+        metrics
+            .index_objects
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: kind.to_owned(),
+            })
+            .set(count(objects));
+    }
+    metrics.encode()
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
@@ -58,16 +97,42 @@ fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                 Some(module.sha256),
             )
         }
-        "/healthz" | "/readyz" => (
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(metrics_text(shared)),
+            None,
+        ),
+        "/healthz" if shared.is_live(LIVENESS) => (
             StatusCode::OK,
             "text/plain",
             Bytes::from_static(b"ok\n"),
             None,
         ),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"the rebuild loop has stopped turning\n"),
+            None,
+        ),
+        "/readyz" if shared.is_serving() => (
+            StatusCode::OK,
+            "text/plain",
+            Bytes::from_static(b"ok\n"),
+            None,
+        ),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(
+                b"not serving configuration yet (waiting for sidecars to reconnect)\n",
+            ),
+            None,
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"weft controller: /status, /module, /healthz, /readyz\n"),
+            Bytes::from_static(b"weft controller: /status, /module, /metrics, /healthz, /readyz\n"),
             None,
         ),
     };

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod index;
 pub mod manifests;
 pub mod mesh;
+pub mod metrics;
 pub mod pki;
 pub mod runtime;
 pub mod status;

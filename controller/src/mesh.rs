@@ -30,7 +30,7 @@ pub const TRUST_BUNDLE: &str = "weft-trust-bundle";
 
 /// A running replica of a workload, as a source (local mode, or a remote sidecar's node)
 /// reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pod {
     /// Namespace.
     pub namespace: String,
@@ -53,6 +53,32 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// This pod with its workload's labels and ports, as `catalog` has them.
+    ///
+    /// # Errors
+    /// When `catalog` has no such workload, or it runs as another ServiceAccount.
+    pub fn of_workload(mut self, catalog: &Catalog) -> Result<Self, String> {
+        let workload = catalog
+            .workloads
+            .iter()
+            .find(|w| w.meta.namespace == self.namespace && w.meta.name == self.workload)
+            .ok_or_else(|| {
+                format!(
+                    "no workload {}/{} in the index",
+                    self.namespace, self.workload
+                )
+            })?;
+        if workload.service_account != self.service_account {
+            return Err(format!(
+                "workload {}/{} runs as {}, not {}",
+                self.namespace, self.workload, workload.service_account, self.service_account
+            ));
+        }
+        self.labels.clone_from(&workload.labels);
+        self.ports.clone_from(&workload.ports);
+        Ok(self)
+    }
+
     /// Its proxy's node id: `namespace/name`.
     pub fn node_id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

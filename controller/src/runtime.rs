@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Options {
     /// pod; one that comes back later registers again.
     pub forget_after: Duration,
 }
+
+/// The file in the state folder that keeps the pods their sidecars registered.
+const REGISTERED_FILE: &str = "registered-pods.json";
 
 /// The default of [`Options::forget_after`]: longer than a controller restart or a network
 /// blip, shorter than Kubernetes' 40 s before a silent node's pods go unready plus eviction.
@@ -133,6 +137,18 @@ pub struct Shared {
     pub status: Status,
     module: RwLock<Module>,
     changed: Notify,
+    /// Since when there has been a change not yet rebuilt.
+    changed_since: Mutex<Option<std::time::Instant>>,
+    /// The controller's Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// When the rebuild loop last went round (it does at least every second): liveness.
+    heartbeat: Mutex<std::time::Instant>,
+    /// Held while the registered pods are written to the state folder.
+    saving: Mutex<()>,
+    /// Changes of the catalog accepted since the start.
+    generation: AtomicU64,
+    /// The catalog generation the last rebuild served.
+    built_generation: AtomicU64,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
 }
@@ -168,7 +184,34 @@ impl Shared {
     /// Adds or replaces a pod (a source saw it start).
     pub fn register_pod(&self, pod: Pod) {
         lock(&self.pods).insert(pod.node_id(), pod);
+        self.mark_changed();
+    }
+
+    /// Something the snapshots derive from changed: a rebuild is due.
+    fn mark_changed(&self) {
+        lock(&self.changed_since).get_or_insert_with(std::time::Instant::now);
         self.changed.notify_one();
+    }
+
+    /// Whether the rebuild loop went round within `within` (it does at least every second,
+    /// and once per rebuild).
+    pub fn is_live(&self, within: Duration) -> bool {
+        lock(&self.heartbeat).elapsed() <= within
+    }
+
+    /// The catalog's generation (accepted changes since the start), and the one every
+    /// proxy's snapshot was last built from.
+    pub fn generations(&self) -> (u64, u64) {
+        (
+            self.generation.load(Ordering::SeqCst),
+            self.built_generation.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Whether proxies are being served: the first rebuild after a start (and its resume
+    /// grace) is done.
+    pub fn is_serving(&self) -> bool {
+        self.metrics.rebuilds.get() > 0
     }
 
     /// A stream of `node`, a pod its sidecar registered, opened.
@@ -229,10 +272,83 @@ impl Shared {
     pub fn unregister_pod(&self, node: &str) {
         lock(&self.pods).remove(node);
         lock(&self.ready).remove(node);
-        lock(&self.registered).remove(node);
+        if lock(&self.registered).remove(node).is_some() {
+            self.save_registered();
+        }
         self.status.forget(node);
+        self.metrics.forget(node);
         self.cache.remove(node);
-        self.changed.notify_one();
+        self.mark_changed();
+    }
+
+    /// Keeps the pods their sidecars registered in the state folder, so that a restarted
+    /// controller still has their endpoints before they reconnect (their sidecars kept
+    /// serving). A failure is logged: the pods are then only known once they reconnect.
+    fn save_registered(&self) {
+        // One writer at a time, each writing what is registered when it writes: the file
+        // ends with the latest state.
+        let _saving = lock(&self.saving);
+        let registered: Vec<String> = lock(&self.registered).keys().cloned().collect();
+        let pods: Vec<Pod> = {
+            let pods = lock(&self.pods);
+            registered
+                .iter()
+                .filter_map(|node| pods.get(node).cloned())
+                .collect()
+        };
+        let path = self.options.state.join(REGISTERED_FILE);
+        let staging = self.options.state.join(format!(".{REGISTERED_FILE}.tmp"));
+        let written = serde_json::to_vec_pretty(&pods)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&staging, json))
+            .and_then(|()| std::fs::rename(&staging, &path));
+        if let Err(err) = written {
+            log::warn!("weft: {}: {err}", path.display());
+        }
+    }
+
+    /// Takes back the pods a previous run kept (see [`Shared::save_registered`]): each is
+    /// ready (its sidecar kept serving) and is forgotten unless its sidecar reconnects within
+    /// [`Options::forget_after`]. A pod whose workload is gone or changed identity is dropped.
+    fn restore_registered(&self) {
+        let path = self.options.state.join(REGISTERED_FILE);
+        let Ok(json) = std::fs::read(&path) else {
+            return;
+        };
+        let pods: Vec<Pod> = match serde_json::from_slice(&json) {
+            Ok(pods) => pods,
+            Err(err) => {
+                log::warn!("weft: {}: {err}; starting without it", path.display());
+                return;
+            }
+        };
+        let catalog = self.catalog();
+        let now = std::time::Instant::now();
+        let mut restored = 0;
+        for pod in pods {
+            let node = pod.node_id();
+            match pod.of_workload(&catalog) {
+                Ok(pod) => {
+                    lock(&self.pods).insert(node.clone(), pod);
+                    lock(&self.ready).insert(node.clone());
+                    lock(&self.registered).insert(
+                        node,
+                        Streams {
+                            open: 0,
+                            closed_at: Some(now),
+                        },
+                    );
+                    restored += 1;
+                }
+                Err(err) => log::warn!("weft: {node} from the last run is dropped: {err}"),
+            }
+        }
+        if restored > 0 {
+            log::info!(
+                "weft: {restored} pod(s) registered by their sidecars before the restart keep their endpoints; each is forgotten unless it reconnects within {:?}",
+                self.options.forget_after
+            );
+        }
     }
 
     /// Every pod.
@@ -269,7 +385,7 @@ impl Shared {
             .module
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = module;
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -293,14 +409,16 @@ impl Shared {
                     return false;
                 }
                 *current = Arc::new(catalog);
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 drop(current);
                 log::info!("weft: manifests changed; rebuilding every proxy's configuration");
-                self.changed.notify_one();
+                self.mark_changed();
                 true
             }
             Ok((_, diagnostics)) => {
                 let mut rejected = lock(&self.rejected);
                 if *rejected != diagnostics {
+                    self.metrics.reconcile_error("manifests");
                     for diagnostic in diagnostics.iter().filter(|d| d.is_error()) {
                         log::error!("{diagnostic}");
                     }
@@ -323,6 +441,9 @@ impl Shared {
         if std::time::Instant::now() < self.publish_after {
             return;
         }
+        let started = std::time::Instant::now();
+        let since = lock(&self.changed_since).take().unwrap_or(started);
+        let generation = self.generation.load(Ordering::SeqCst);
         let catalog = self.catalog();
         let pods = self.pods();
         let ready = lock(&self.ready).clone();
@@ -340,6 +461,7 @@ impl Shared {
         };
         let mut plan = crate::mesh::Plan::default();
         let mut interner = lock(&self.interner);
+        let mut expiries = BTreeMap::new();
         for pod in &pods {
             let spiffe_id = pod.identity().spiffe_id(&trust_domain);
             let certificate = match pki.workload(&spiffe_id, now) {
@@ -352,24 +474,43 @@ impl Shared {
                     }
                     self.status
                         .set_certificate(&pod.node_id(), issued.validity.not_after);
+                    expiries.insert(spiffe_id, issued.validity.not_after.unix_timestamp());
                     issued.pem
                 }
                 Err(err) => {
                     log::error!("weft: {err}");
+                    self.metrics.reconcile_error("certificate");
                     continue;
                 }
             };
             match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate) {
                 Ok(snapshot) => {
-                    self.cache.set(&pod.node_id(), Arc::new(snapshot));
+                    let node = pod.node_id();
+                    // Marked before the snapshot is published, so that a proxy quick to apply
+                    // it cannot finish before its convergence started.
+                    let marked = self.metrics.change_pending(&node, since);
+                    if !self.cache.set(&node, Arc::new(snapshot)) && marked {
+                        self.metrics.forget(&node);
+                    }
                 }
-                Err(err) => log::error!(
-                    "weft: {}: {err}; it keeps its last configuration",
-                    pod.node_id()
-                ),
+                Err(err) => {
+                    log::error!(
+                        "weft: {}: {err}; it keeps its last configuration",
+                        pod.node_id()
+                    );
+                    self.metrics.reconcile_error("snapshot");
+                }
             }
         }
         interner.sweep();
+        drop(interner);
+        drop(pki);
+        self.metrics.set_certificate_expiries(expiries);
+        self.built_generation.store(generation, Ordering::SeqCst);
+        self.metrics.rebuilds.inc();
+        self.metrics
+            .rebuild_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn next_renewal(&self) -> Option<OffsetDateTime> {
@@ -419,6 +560,7 @@ impl Gate {
                     self.shared.stream_opened(&node.id);
                     if current != pod {
                         self.shared.register_pod(current);
+                        self.shared.save_registered();
                     }
                 }
             }
@@ -432,6 +574,7 @@ impl Gate {
                 let pod = self.remote_pod(node, namespace, pod_name, service_account)?;
                 self.shared.stream_opened(&node.id);
                 self.shared.register_pod(pod);
+                self.shared.save_registered();
             }
         }
         self.shared.status.connected(&node.id, &claimed);
@@ -456,22 +599,6 @@ impl Gate {
             })
         };
         let workload_name = field("workload")?;
-        let catalog = self.shared.catalog();
-        let workload = catalog
-            .workloads
-            .iter()
-            .find(|w| w.meta.namespace == namespace && w.meta.name == workload_name)
-            .ok_or_else(|| {
-                tonic::Status::permission_denied(format!(
-                    "no workload {namespace}/{workload_name} in the index"
-                ))
-            })?;
-        if workload.service_account != service_account {
-            return Err(tonic::Status::permission_denied(format!(
-                "workload {namespace}/{workload_name} runs as {}, not {service_account}",
-                workload.service_account
-            )));
-        }
         let address = |key: &str| {
             field(key)?.parse().map_err(|_| {
                 tonic::Status::invalid_argument(format!(
@@ -479,17 +606,19 @@ impl Gate {
                 ))
             })
         };
-        Ok(Pod {
+        Pod {
             namespace: namespace.to_owned(),
             name: pod_name.to_owned(),
             workload: workload_name,
             service_account: service_account.to_owned(),
-            labels: workload.labels.clone(),
+            labels: BTreeMap::new(),
             pod_ip: address("pod_ip")?,
             app_ip: address("app_ip")?,
-            ports: workload.ports.clone(),
+            ports: Vec::new(),
             module: node_metadata(node, "module").map(str::to_owned),
-        })
+        }
+        .of_workload(&self.shared.catalog())
+        .map_err(tonic::Status::permission_denied)
     }
 }
 
@@ -512,7 +641,7 @@ impl Admission for Gate {
                 self.shared.status.acked(key, short_name(type_url), version);
                 if type_url == LISTENER && lock(&self.shared.ready).insert(key.to_owned()) {
                     log::info!("weft: {key} is ready");
-                    self.shared.changed.notify_one();
+                    self.shared.mark_changed();
                 }
             }
             Event::Nack {
@@ -527,7 +656,15 @@ impl Admission for Gate {
                 self.shared
                     .status
                     .nacked(key, short_name(type_url), version, error);
+                self.shared
+                    .metrics
+                    .nacks
+                    .get_or_create(&crate::metrics::TypeLabels {
+                        r#type: short_name(type_url).to_owned(),
+                    })
+                    .inc();
             }
+            Event::InSync => self.shared.metrics.in_sync(key, std::time::Instant::now()),
             Event::StaleNonce { .. } => {}
             Event::Missing { type_url, names } => {
                 log::warn!(
@@ -544,7 +681,18 @@ impl Admission for Gate {
         // A sidecar that lost the controller keeps serving what it has: it stays ready (a pod
         // its sidecar registered, until it is forgotten).
         self.shared.status.disconnected(key);
+        self.shared.metrics.forget(key);
         self.shared.stream_closed(key);
+    }
+
+    fn on_push(&self, _key: &str, type_url: &str, _version: &str) {
+        self.shared
+            .metrics
+            .pushes
+            .get_or_create(&crate::metrics::TypeLabels {
+                r#type: short_name(type_url).to_owned(),
+            })
+            .inc();
     }
 }
 
@@ -604,9 +752,16 @@ impl Controller {
             status: Status::default(),
             module: RwLock::new(module),
             changed: Notify::new(),
+            changed_since: Mutex::new(None),
+            metrics: crate::metrics::Metrics::new(),
+            heartbeat: Mutex::new(std::time::Instant::now()),
+            saving: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            built_generation: AtomicU64::new(0),
             publish_after: std::time::Instant::now() + options.resume_grace,
             options,
         });
+        shared.restore_registered();
         let (shutdown, _) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
 
@@ -675,12 +830,14 @@ impl Controller {
                 }
             }
             loop {
+                *lock(&rebuilder.heartbeat) = std::time::Instant::now();
                 rebuilder.forget_departed(std::time::Instant::now());
                 rebuilder.rebuild(OffsetDateTime::now_utc());
                 // Wait for a change, the next renewal deadline read off the wall clock
                 // (checked at least every second, so a clock that jumps is noticed), or a
                 // departed pod to forget.
                 loop {
+                    *lock(&rebuilder.heartbeat) = std::time::Instant::now();
                     let until_renewal = rebuilder.next_renewal().map_or(Duration::from_secs(1), |at| {
                         let left = at - OffsetDateTime::now_utc();
                         Duration::try_from(left).unwrap_or(Duration::ZERO)

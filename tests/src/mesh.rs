@@ -175,6 +175,14 @@ impl TestMesh {
         crate::prometheus::Metrics::parse(&reply.body)
     }
 
+    /// The controller's Prometheus metrics, read from its admin port's `/metrics`.
+    pub async fn controller_metrics(&self) -> anyhow::Result<crate::prometheus::Metrics> {
+        let admin = self.mesh().controller.admin_address;
+        let reply = request(admin, "GET", "/metrics", &[]).await?;
+        anyhow::ensure!(reply.status == 200, "/metrics: {}", reply.status);
+        crate::prometheus::Metrics::parse(&reply.body)
+    }
+
     /// The controller's status.
     pub fn status(&self) -> serde_json::Value {
         weft_controller::admin::status_json(&self.mesh().controller.shared)

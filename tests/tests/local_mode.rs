@@ -1,143 +1,19 @@
 //! `weft up` as a user runs it: whatever happens to it or to one of its processes, nothing it
 //! started is left behind.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use weft_e2e::mesh::copy_example;
-use weft_e2e::paths;
-
-/// A `weft up` process, killed (SIGKILL, so its children go too) if a test ends early.
-struct WeftUp(Child);
-
-impl std::ops::Deref for WeftUp {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for WeftUp {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for WeftUp {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// `weft up` on a copy of examples/mesh in `subnet`, and a channel of its stderr lines.
-fn weft_up(
-    subnet: u8,
-    state: &std::path::Path,
-    manifests: &std::path::Path,
-) -> (WeftUp, mpsc::Receiver<String>) {
-    let mut child = Command::new(paths::workspace_root().join("target/debug/weft"))
-        .arg("up")
-        .arg(manifests)
-        .arg("--state")
-        .arg(state)
-        .args([
-            "--xds",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--subnet",
-            &subnet.to_string(),
-        ])
-        .arg("--envoy")
-        .arg(paths::envoy_binary().unwrap())
-        .arg("--module")
-        .arg(paths::weft_wasm().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (WeftUp(child), receiver)
-}
-
-/// Waits for a stderr line containing `needle`; returns every line seen.
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, deadline: Duration) -> Vec<String> {
-    let give_up = Instant::now() + deadline;
-    let mut seen = Vec::new();
-    while let Some(left) = give_up.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!("no line with {needle:?} within {deadline:?}: {seen:#?}");
-}
-
-/// The processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command's closing parenthesis: state, then ppid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.contains(") Z "))
-        .unwrap_or(false)
-}
-
-fn wait_gone(pids: &[u32]) {
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|pid| alive(*pid)) {
-        assert!(
-            Instant::now() < give_up,
-            "still running: {:?}",
-            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use weft_e2e::up::{WeftUp, children_of, wait_gone};
 
 #[test]
 fn killing_weft_up_takes_every_process_it_started_with_it() {
     let manifests = copy_example("mesh").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (mut weft, lines) = weft_up(60, state.path(), manifests.path());
-    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::start(60, state.path(), manifests.path(), &[]);
+    weft.wait_for("mesh ready", Duration::from_secs(60));
     let children = children_of(weft.id());
     assert_eq!(
         children.len(),
@@ -153,8 +29,8 @@ fn killing_weft_up_takes_every_process_it_started_with_it() {
 fn a_crashed_application_stops_the_mesh_and_is_named() {
     let manifests = copy_example("mesh").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (mut weft, lines) = weft_up(62, state.path(), manifests.path());
-    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::start(62, state.path(), manifests.path(), &[]);
+    weft.wait_for("mesh ready", Duration::from_secs(60));
     let children = children_of(weft.id());
     let analytics = children
         .iter()
@@ -168,10 +44,10 @@ fn a_crashed_application_stops_the_mesh_and_is_named() {
         .args(["-KILL", &analytics.to_string()])
         .status()
         .unwrap();
-    let seen = wait_for(&lines, "every process stopped", Duration::from_secs(20));
+    let seen = weft.wait_for("every process stopped", Duration::from_secs(20));
     let status = weft.wait().unwrap();
     assert!(!status.success());
-    let all = seen.join("\n") + &lines.try_iter().collect::<Vec<_>>().join("\n");
+    let all = seen.join("\n") + &weft.lines.try_iter().collect::<Vec<_>>().join("\n");
     assert!(
         all.contains("the application of shop/analytics-0 exited"),
         "{all}"
@@ -213,14 +89,14 @@ fn reports(replicas: u32) -> String {
 fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replicas() {
     let manifests = copy_example("mesh").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (mut weft, lines) = weft_up(64, state.path(), manifests.path());
-    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::start(64, state.path(), manifests.path(), &[]);
+    weft.wait_for("mesh ready", Duration::from_secs(60));
     let running = children_of(weft.id());
     assert_eq!(running.len(), 10, "{running:?}");
 
     write_manifest(manifests.path(), "reports.yaml", &reports(1));
     wait_for_all(
-        &lines,
+        &weft.lines,
         &["started shop/reports-0", "shop/reports-0 is ready"],
         Duration::from_secs(30),
     );
@@ -233,7 +109,7 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
 
     write_manifest(manifests.path(), "reports.yaml", &reports(2));
     wait_for_all(
-        &lines,
+        &weft.lines,
         &["started shop/reports-1", "shop/reports-1 is ready"],
         Duration::from_secs(30),
     );
@@ -243,7 +119,7 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
 
     std::fs::remove_file(manifests.path().join("reports.yaml")).unwrap();
     wait_for_all(
-        &lines,
+        &weft.lines,
         &["stopped shop/reports-0", "stopped shop/reports-1"],
         Duration::from_secs(30),
     );
@@ -267,8 +143,8 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
 fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind() {
     let manifests = copy_example("mesh").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (mut weft, lines) = weft_up(66, state.path(), manifests.path());
-    wait_for(&lines, "mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::start(66, state.path(), manifests.path(), &[]);
+    weft.wait_for("mesh ready", Duration::from_secs(60));
     let mut running = children_of(weft.id());
     running.sort_unstable();
     write_manifest(
@@ -277,7 +153,7 @@ fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind()
         &reports(1).replace("weft-upstream", "no-such-program"),
     );
     wait_for_all(
-        &lines,
+        &weft.lines,
         &["shop/reports-0 did not start", "no-such-program"],
         Duration::from_secs(30),
     );

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::request;
+use weft_e2e::load::{Load, Timeline, judge};
 use weft_e2e::mesh::{RemotePod, copy_example, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
+use weft_e2e::shop::{Policy, SHIPPED, probes, verdict};
 
 /// A child process killed when dropped.
 struct Process(Child);
@@ -232,12 +234,18 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
         before.push(stat(&PODS[0], name).await);
     }
 
+    // Traffic all along: every answer as the policy says, none lost.
+    let outbound = |pod: &Pod| SocketAddr::from((pod.pod_ip, 15001));
+    let load = Load::start(
+        probes(outbound(&PODS[0]), outbound(&PODS[1])),
+        Duration::from_millis(20),
+        5_000,
+    );
+    let load_probes = load.probes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     controller.0.kill().unwrap(); // SIGKILL
     controller.0.wait().unwrap();
-    for _ in 0..5 {
-        assert_eq!(call(&PODS[0], "/cart").await.0, 200);
-        assert_eq!(call(&PODS[1], "/cart").await.0, 403);
-    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _restarted = start_controller(manifests.path(), state.path(), xds, admin);
     until(
         "every sidecar reconnected and resumed",
@@ -258,10 +266,36 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     )
     .await
     .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = load.finish().await;
+    // Only checkout-v1 runs: the split (removed) sends everything there.
+    let only_v1 = Policy {
+        backends: &["checkout-v1"],
+        ..SHIPPED
+    };
+    let report = judge(&records, &load_probes, &Timeline::new(only_v1), verdict);
+    println!("through the controller's SIGKILL and restart: {report}");
+    assert_eq!(report.wrong_count, 0, "{report}");
     // Listeners, clusters, endpoints and plugin configuration were not pushed again (the new
     // controller only issued new certificates, over SDS).
     for (name, count) in counted.iter().zip(before) {
         assert_eq!(stat(&PODS[0], name).await, count, "{name}");
+    }
+    let metrics = request(
+        SocketAddr::from(([127, 0, 0, 1], admin)),
+        "GET",
+        "/metrics",
+        &[],
+    )
+    .await
+    .unwrap();
+    let metrics = weft_e2e::prometheus::Metrics::parse(&metrics.body).unwrap();
+    for kind in ["cds", "eds", "lds", "rds", "ecds"] {
+        assert_eq!(
+            metrics.counter("weft_controller_xds_pushes_total", &[("type", kind)]),
+            0.0,
+            "the restarted controller pushed {kind}"
+        );
     }
     assert_eq!(call(&PODS[0], "/cart").await.0, 200);
     assert_eq!(call(&PODS[1], "/cart").await.0, 403);
@@ -269,40 +303,110 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     drop(app);
 }
 
-#[test]
-fn a_sidecar_refuses_to_start_when_the_module_cannot_be_had_or_does_not_match_its_pin() {
-    let out = tempfile::tempdir().unwrap();
-    let dead = free_port().unwrap();
-    let base = |controller: String| {
-        let mut command = weft();
-        command
-            .arg("sidecar")
-            .args(["--controller", &controller])
-            .args([
-                "--pod",
-                "shop/frontend-0",
-                "--workload",
-                "frontend",
-                "--service-account",
-                "frontend",
-            ])
-            .args(["--pod-ip", "127.70.9.1", "--app-ip", "127.71.9.1"])
-            .arg("--credentials")
-            .arg(out.path())
-            .arg("--out")
-            .arg(out.path())
-            .args(["--exec", "/bin/false"]);
-        command
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once_it_can() {
+    let manifests = copy_example("mesh").unwrap();
+    std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pods_dir = tempfile::tempdir().unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    // The CA exists (the bootstrap credentials come from it), but no controller serves the
+    // module yet.
+    weft()
+        .args(["cert", "ca", "--out"])
+        .arg(state.path())
+        .status()
+        .unwrap();
+    let checkout = &PODS[2];
+    let name = format!("shop/{}", checkout.name);
+    let remote = RemotePod {
+        pod: &name,
+        workload: checkout.workload,
+        service_account: checkout.service_account,
+        pod_ip: checkout.pod_ip,
+        app_ip: checkout.app_ip,
     };
-    let down = base(format!("http://127.0.0.1:{dead}")).output().unwrap();
-    assert!(!down.status.success());
-    let stderr = String::from_utf8_lossy(&down.stderr);
+    let mut waiting = weft_sidecar(
+        &paths::workspace_root().join("target/debug/weft"),
+        &remote,
+        "cluster.local",
+        (state.path(), &pods_dir.path().join(checkout.name)),
+        (xds, admin),
+    )
+    .unwrap();
+    let mut waiting = waiting
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = waiting.stderr.take().unwrap();
+    let waiting = Process(waiting);
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let tried = weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
     assert!(
-        stderr.contains("cannot be reached; not starting Envoy"),
-        "{stderr}"
+        tried.iter().any(|line| line.contains("cannot be reached")),
+        "{tried:#?}"
     );
-    assert!(!out.path().join("bootstrap.json").exists());
+    // Waiting: nothing listens on the pod's ports, so nothing can pass unfiltered.
+    weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
+    for port in [8080, 15000, 15001] {
+        let refused = tokio::net::TcpStream::connect((checkout.pod_ip, port)).await;
+        assert!(
+            refused.is_err(),
+            "something listens on {}:{port}",
+            checkout.pod_ip
+        );
+    }
 
+    // The module comes: the sidecar starts by itself and serves, enforcing.
+    let _controller = start_controller(manifests.path(), state.path(), xds, admin);
+    let _app = Process(
+        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
+            .arg(format!("{}:8080", checkout.app_ip))
+            .arg("checkout-v1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let callers: Vec<Process> = PODS[..2]
+        .iter()
+        .map(|pod| {
+            start_sidecar(
+                pod,
+                "cluster.local",
+                (state.path(), pods_dir.path()),
+                xds,
+                admin,
+            )
+        })
+        .collect();
+    wait_live(&PODS).await;
+    until(
+        "frontend reaches checkout",
+        Duration::from_secs(15),
+        || async { Ok((call(&PODS[0], "/cart").await.0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+    drop(callers);
+    drop(waiting);
+}
+
+#[test]
+fn a_sidecar_refuses_to_start_when_the_module_does_not_match_its_pin() {
+    let out = tempfile::tempdir().unwrap();
     let manifests = copy_example("mesh").unwrap();
     let state = tempfile::tempdir().unwrap();
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
@@ -313,7 +417,23 @@ fn a_sidecar_refuses_to_start_when_the_module_cannot_be_had_or_does_not_match_it
             Ok(status(admin).await.ok())
         }))
         .unwrap();
-    let pinned = base(format!("http://127.0.0.1:{admin}"))
+    let pinned = weft()
+        .arg("sidecar")
+        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
+        .args([
+            "--pod",
+            "shop/frontend-0",
+            "--workload",
+            "frontend",
+            "--service-account",
+            "frontend",
+        ])
+        .args(["--pod-ip", "127.70.9.1", "--app-ip", "127.71.9.1"])
+        .arg("--credentials")
+        .arg(out.path())
+        .arg("--out")
+        .arg(out.path())
+        .args(["--exec", "/bin/false"])
         .args(["--module-sha256", &"0".repeat(64)])
         .output()
         .unwrap();

@@ -55,6 +55,9 @@ pub enum Event {
         /// Names asked for and not served.
         names: Vec<String>,
     },
+    /// After an ACK, the proxy has applied everything it was sent and nothing is left to send:
+    /// it runs its current snapshot (for what it subscribes to). The end of a convergence.
+    InSync,
 }
 
 /// What one step produced.
@@ -198,7 +201,24 @@ impl Stream {
             }
             self.respond(&type_url, first, &mut output);
         }
+        let acked = output
+            .events
+            .iter()
+            .any(|event| matches!(event, Event::Ack { .. }));
+        if acked && output.responses.is_empty() && self.in_sync() {
+            output.events.push(Event::InSync);
+        }
         output
+    }
+
+    /// Whether every version sent has been applied (none is waiting for an answer or was
+    /// refused).
+    pub fn in_sync(&self) -> bool {
+        self.snapshot.is_some()
+            && self.types.values().all(|state| match &state.sent {
+                Some(sent) => state.acked.as_deref() == Some(sent.version.as_str()),
+                None => true,
+            })
     }
 
     /// Takes a new snapshot of the proxy's resources and pushes what changed.
@@ -284,13 +304,16 @@ impl Stream {
             return;
         };
         let refused = state.refused.contains(&version);
-        let unchanged = if first {
-            state.acked.as_deref() == Some(version.as_str())
-        } else {
-            state.sent.as_ref().map(|s| s.version.as_str()) == Some(version.as_str())
+        // What the proxy has: on a first request, or when nothing was sent on this stream yet
+        // (it asked before its snapshot was ready: a reconnect to a restarting controller),
+        // the version it says it applied; otherwise the last one sent.
+        let has = match &state.sent {
+            Some(sent) if !first => Some(sent.version.as_str()),
+            _ => state.acked.as_deref(),
         };
+        let unchanged = has == Some(version.as_str());
         if refused || unchanged {
-            if first && unchanged {
+            if unchanged && (first || state.sent.is_none()) {
                 // The proxy has it; later changes compare against it.
                 state.sent = Some(Sent {
                     version,
@@ -395,10 +418,13 @@ mod tests {
         assert!(ack.responses.is_empty());
         assert_eq!(
             ack.events,
-            vec![Event::Ack {
-                type_url: LISTENER.to_owned(),
-                version: sent.version_info.clone()
-            }]
+            vec![
+                Event::Ack {
+                    type_url: LISTENER.to_owned(),
+                    version: sent.version_info.clone()
+                },
+                Event::InSync
+            ]
         );
         // The same content rebuilt: no push.
         assert!(
@@ -411,6 +437,80 @@ mod tests {
             stream.status()[0].acked.as_deref(),
             Some(sent.version_info.as_str())
         );
+    }
+
+    #[test]
+    fn the_proxy_is_in_sync_once_every_type_sent_is_applied_and_not_after_a_refusal() {
+        let in_sync = |output: &Output| output.events.contains(&Event::InSync);
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[
+            (CLUSTER, "checkout", "a"),
+            (LISTENER, "inbound", "a"),
+        ]));
+        let cluster = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        let listener = one(&stream.on_request(&request(LISTENER, &[], "", ""))).clone();
+        // Clusters applied, listeners still out: not yet.
+        let ack = stream.on_request(&request(
+            CLUSTER,
+            &[],
+            &cluster.version_info,
+            &cluster.nonce,
+        ));
+        assert!(!in_sync(&ack), "{:?}", ack.events);
+        let ack = stream.on_request(&request(
+            LISTENER,
+            &[],
+            &listener.version_info,
+            &listener.nonce,
+        ));
+        assert!(in_sync(&ack), "{:?}", ack.events);
+
+        // A change that is refused leaves the proxy out of sync, even after another ACK.
+        let changed = stream.on_snapshot(snapshot(&[
+            (CLUSTER, "checkout", "b"),
+            (LISTENER, "inbound", "b"),
+        ]));
+        let [cluster, listener] = &changed.responses[..] else {
+            panic!("{:?}", changed.responses)
+        };
+        let refused = stream.on_request(&nack(
+            LISTENER,
+            &[],
+            &listener.version_info,
+            &listener.nonce,
+        ));
+        assert!(!in_sync(&refused));
+        let ack = stream.on_request(&request(
+            CLUSTER,
+            &[],
+            &cluster.version_info,
+            &cluster.nonce,
+        ));
+        assert!(!in_sync(&ack), "{:?}", ack.events);
+        assert!(!stream.in_sync());
+    }
+
+    #[test]
+    fn a_proxy_that_reconnects_before_its_snapshot_is_ready_gets_no_push_of_what_it_has() {
+        let current = snapshot(&[(CLUSTER, "checkout", "a"), (LISTENER, "inbound", "a")]);
+        let mut before = Stream::new();
+        before.on_snapshot(current.clone());
+        let cluster = one(&before.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        let listener = one(&before.on_request(&request(LISTENER, &[], "", ""))).clone();
+        // A restarted controller: the proxy's requests come before any snapshot is built.
+        let mut after = Stream::new();
+        for (type_url, sent) in [(CLUSTER, &cluster), (LISTENER, &listener)] {
+            let resumed = after.on_request(&request(type_url, &[], &sent.version_info, ""));
+            assert!(resumed.responses.is_empty());
+        }
+        let built = after.on_snapshot(current);
+        assert!(built.responses.is_empty(), "{:?}", built.responses);
+        // A real change afterwards is sent.
+        let changed = after.on_snapshot(snapshot(&[
+            (CLUSTER, "checkout", "b"),
+            (LISTENER, "inbound", "a"),
+        ]));
+        assert_eq!(one(&changed).type_url, CLUSTER);
     }
 
     #[test]
@@ -465,7 +565,7 @@ mod tests {
         assert!(matches!(late_nack.events[..], [Event::StaleNonce { .. }]));
         assert_eq!(stream.status()[0].nacked, None);
         let ack = stream.on_request(&request(CLUSTER, &[], &second.version_info, &second.nonce));
-        assert!(matches!(ack.events[..], [Event::Ack { .. }]));
+        assert!(matches!(ack.events[..], [Event::Ack { .. }, Event::InSync]));
     }
 
     #[test]
@@ -575,10 +675,13 @@ mod tests {
         assert!(resumed.responses.is_empty(), "no push storm on reconnect");
         assert_eq!(
             resumed.events,
-            vec![Event::Ack {
-                type_url: LISTENER.to_owned(),
-                version: sent.version_info.clone()
-            }],
+            vec![
+                Event::Ack {
+                    type_url: LISTENER.to_owned(),
+                    version: sent.version_info.clone()
+                },
+                Event::InSync
+            ],
             "the version the proxy has is reported as applied"
         );
         // One that has an older version gets the current one.

@@ -54,6 +54,11 @@ pub trait Admission: Send + Sync + 'static {
 
     /// `key`'s stream ended, in this state.
     fn on_disconnect(&self, key: &str, status: &[TypeStatus]);
+
+    /// `version` of `type_url` is being sent on `key`'s stream.
+    fn on_push(&self, key: &str, type_url: &str, version: &str) {
+        let _ = (key, type_url, version);
+    }
 }
 
 /// The ADS service over a [`SnapshotCache`].
@@ -331,6 +336,10 @@ impl<A: Admission> Session<A> {
     fn queue(&mut self, key: &str, output: Output) {
         for event in &output.events {
             self.admission.on_event(key, event);
+        }
+        for response in &output.responses {
+            self.admission
+                .on_push(key, &response.type_url, &response.version_info);
         }
         self.queued.extend(output.responses.into_iter().map(Ok));
     }

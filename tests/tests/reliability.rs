@@ -1,0 +1,210 @@
+//! The mesh under faults, with traffic flowing all along: a bounded load generator sends
+//! requests through the sidecars of examples/mesh, and every answer is judged against the
+//! policies in force while it was in flight (`weft_e2e::load`). A wrong answer (a 200 the policy
+//! denies, a backend the split does not name) fails a test as surely as an error does.
+//!
+//! Each test runs short in `make test`; `make soak` sets `WEFT_SOAK_SECONDS` and runs them for
+//! that long.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use weft_e2e::client;
+use weft_e2e::load::{Load, Timeline, judge};
+use weft_e2e::mesh::{TestMesh, copy_example};
+use weft_e2e::poll::until;
+use weft_e2e::shop::{CLOSED_V1, OPEN_V2, SHIPPED, probes, verdict};
+use weft_e2e::up::WeftUp;
+
+/// How long a test keeps its fault going: `short` in `make test`, `WEFT_SOAK_SECONDS` in
+/// `make soak`.
+fn run_for(short: Duration) -> Duration {
+    std::env::var("WEFT_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(short, Duration::from_secs)
+}
+
+/// Each probe sends a request this often.
+const PACE: Duration = Duration::from_millis(20);
+
+/// Requests a probe may send in `duration`, with room to spare: the load stops when told.
+fn limit(duration: Duration) -> usize {
+    usize::try_from((duration + Duration::from_secs(30)).as_millis() / PACE.as_millis())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificates_rotating_every_two_seconds_lose_no_request() {
+    let duration = run_for(Duration::from_secs(12));
+    let lifetime = Duration::from_secs(4);
+    let mut mesh = TestMesh::start_with(|options| {
+        options.controller.rotation.lifetime = lifetime;
+    })
+    .await
+    .unwrap();
+    let frontend = mesh.replica("shop/frontend-0").outbound();
+    let analytics = mesh.replica("shop/analytics-0").outbound();
+    let checkout = mesh.replica("shop/checkout-v1-0");
+    let sds_updates = format!(
+        "listener.{}_8080.server_ssl_socket_factory.ssl_context_update_by_sds",
+        checkout.pod.pod_ip
+    );
+    let before = mesh.stat("shop/checkout-v1-0", &sds_updates).await.unwrap();
+
+    let load = Load::start(probes(frontend, analytics), PACE, limit(duration));
+    let probes = load.probes();
+    tokio::time::sleep(duration).await;
+    let records = load.finish().await;
+    let report = judge(&records, &probes, &Timeline::new(SHIPPED), verdict);
+    println!("{report}");
+    assert_eq!(report.wrong_count, 0, "{report}");
+    assert!(report.total > 100, "{report}");
+
+    // Renewed at 40-50% of 4 s: a new certificate every 1.6-2 s, each applied over SDS.
+    let rotations = mesh.stat("shop/checkout-v1-0", &sds_updates).await.unwrap() - before;
+    let expected = duration.as_secs() * 2 / 5;
+    println!("checkout-v1 applied {rotations} certificates in {duration:?}");
+    assert!(
+        rotations >= expected,
+        "{rotations} rotations, expected {expected}"
+    );
+    mesh.stop().await;
+}
+
+/// What `/status` of a `weft up` says: the catalog generation, the generation served, and
+/// each pod's address and whether its proxy applied everything it was sent.
+async fn mesh_status(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let reply = client::get(admin, "/status").await?;
+    Ok(serde_json::from_str(&reply.body)?)
+}
+
+/// The controller's resident memory, from its `/metrics`.
+async fn controller_memory(admin: SocketAddr) -> anyhow::Result<f64> {
+    let reply = client::get(admin, "/metrics").await?;
+    let metrics = weft_e2e::prometheus::Metrics::parse(&reply.body)?;
+    Ok(metrics.counter("weft_controller_process_resident_memory_bytes", &[]))
+}
+
+/// Waits until the controller took a change past generation `before`, built every proxy's
+/// snapshot from it, and every proxy applied it.
+async fn wait_applied(admin: SocketAddr, before: u64) -> anyhow::Result<()> {
+    until(
+        "the change applied by every proxy",
+        Duration::from_secs(20),
+        || async move {
+            let status = mesh_status(admin).await?;
+            let catalog = status["generation"]["catalog"].as_u64().unwrap_or(0);
+            let built = status["generation"]["built"].as_u64().unwrap_or(0);
+            let in_sync = status["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|pod| pod["in_sync"] == true);
+            Ok((catalog > before && built >= catalog && in_sync).then_some(()))
+        },
+    )
+    .await
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) {
+    let staging = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, dir.join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drain_or_growth() {
+    let duration = run_for(Duration::from_secs(10));
+    let manifests = copy_example("mesh").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let access = std::fs::read_to_string(manifests.path().join("access.yaml")).unwrap();
+    let split = std::fs::read_to_string(manifests.path().join("split.yaml")).unwrap();
+    let weft = WeftUp::start(68, state.path(), manifests.path(), &[]);
+    let admin = weft.wait_ready();
+    let status = mesh_status(admin).await.unwrap();
+    let pods: BTreeMap<String, std::net::Ipv4Addr> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| {
+            (
+                pod["pod"].as_str().unwrap().to_owned(),
+                pod["pod_ip"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let outbound =
+        |pod: &str| SocketAddr::from((pods[pod], weft_envoy_config::mesh::OUTBOUND_PORT));
+    let admin_of = |pod: &str| SocketAddr::from((pods[pod], weft_envoy_config::mesh::ADMIN_PORT));
+
+    let load = Load::start(
+        probes(outbound("shop/frontend-0"), outbound("shop/analytics-0")),
+        PACE,
+        limit(duration),
+    );
+    let probes = load.probes();
+    let mut timeline = Timeline::new(SHIPPED);
+    let changes = duration.as_secs();
+    let start = Instant::now();
+    let mut memory = Vec::new();
+    for change in 0..changes {
+        let policy = if change % 2 == 0 { OPEN_V2 } else { CLOSED_V1 };
+        let (access, split) = policy.manifests(&access, &split);
+        tokio::time::sleep_until((start + Duration::from_secs(change)).into()).await;
+        let before = mesh_status(admin).await.unwrap()["generation"]["catalog"]
+            .as_u64()
+            .unwrap();
+        timeline.changed(policy, Instant::now());
+        write(manifests.path(), "access.yaml", &access);
+        write(manifests.path(), "split.yaml", &split);
+        wait_applied(admin, before).await.unwrap();
+        timeline.applied(Instant::now());
+        memory.push(controller_memory(admin).await.unwrap());
+    }
+    let records = load.finish().await;
+    let report = judge(&records, &probes, &timeline, verdict);
+    println!(
+        "{} policies in {:?}: {report}",
+        timeline.len(),
+        start.elapsed()
+    );
+    assert_eq!(report.wrong_count, 0, "{report}");
+    // Both policies were seen: analytics was let in and shut out again.
+    assert!(
+        report.by_status.get(&403).is_some_and(|n| *n > 0),
+        "{report}"
+    );
+
+    // Only plugin configuration changed: no listener was modified or drained.
+    for pod in pods.keys() {
+        for stat in [
+            "listener_manager.listener_modified",
+            "listener_manager.total_listeners_draining",
+        ] {
+            assert_eq!(
+                client::stat(admin_of(pod), stat).await.unwrap(),
+                0,
+                "{pod} {stat}"
+            );
+        }
+    }
+    // The controller's memory after the first changes is where it stays.
+    let mib = |bytes: f64| bytes / 1_048_576.0;
+    let settled = memory[memory.len().min(3) - 1];
+    let last = *memory.last().unwrap();
+    println!(
+        "controller RSS: {:.1} MiB after {} changes, {:.1} MiB after {changes}",
+        mib(settled),
+        memory.len().min(3),
+        mib(last)
+    );
+    assert!(
+        last - settled < 4.0 * 1_048_576.0,
+        "controller grew from {:.1} to {:.1} MiB",
+        mib(settled),
+        mib(last)
+    );
+    drop(weft);
+}
