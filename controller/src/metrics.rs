@@ -220,6 +220,16 @@ impl Metrics {
         lock(&self.pending).remove(node);
     }
 
+    /// Counts a response of `kind` (`cds`, ...) sent.
+    pub fn pushed(&self, kind: &str) {
+        count_type(&self.pushes, kind);
+    }
+
+    /// Counts a version of `kind` refused.
+    pub fn nacked(&self, kind: &str) {
+        count_type(&self.nacks, kind);
+    }
+
     /// Counts an error at `stage`.
     pub fn reconcile_error(&self, stage: &str) {
         self.reconcile_errors
@@ -239,6 +249,14 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+fn count_type(family: &Family<TypeLabels, Counter>, kind: &str) {
+    family
+        .get_or_create(&TypeLabels {
+            r#type: kind.to_owned(),
+        })
+        .inc();
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -656,13 +656,7 @@ impl Admission for Gate {
                 self.shared
                     .status
                     .nacked(key, short_name(type_url), version, error);
-                self.shared
-                    .metrics
-                    .nacks
-                    .get_or_create(&crate::metrics::TypeLabels {
-                        r#type: short_name(type_url).to_owned(),
-                    })
-                    .inc();
+                self.shared.metrics.nacked(short_name(type_url));
             }
             Event::InSync => self.shared.metrics.in_sync(key, std::time::Instant::now()),
             Event::StaleNonce { .. } => {}
@@ -686,13 +680,7 @@ impl Admission for Gate {
     }
 
     fn on_push(&self, _key: &str, type_url: &str, _version: &str) {
-        self.shared
-            .metrics
-            .pushes
-            .get_or_create(&crate::metrics::TypeLabels {
-                r#type: short_name(type_url).to_owned(),
-            })
-            .inc();
+        self.shared.metrics.pushed(short_name(type_url));
     }
 }
 

@@ -62,6 +62,19 @@ const PODS: [Pod; 3] = [
     },
 ];
 
+impl Pod {
+    /// This pod as `weft_sidecar` takes it, named `name` (namespace/name).
+    fn remote<'a>(&'a self, name: &'a str) -> RemotePod<'a> {
+        RemotePod {
+            pod: name,
+            workload: self.workload,
+            service_account: self.service_account,
+            pod_ip: self.pod_ip,
+            app_ip: self.app_ip,
+        }
+    }
+}
+
 fn start_controller(manifests: &Path, state: &Path, xds: u16, admin: u16) -> Process {
     start_controller_with(manifests, state, xds, admin, &[])
 }
@@ -123,13 +136,7 @@ fn start_sidecar(
     admin: u16,
 ) -> Process {
     let name = format!("shop/{}", pod.name);
-    let remote = RemotePod {
-        pod: &name,
-        workload: pod.workload,
-        service_account: pod.service_account,
-        pod_ip: pod.pod_ip,
-        app_ip: pod.app_ip,
-    };
+    let remote = pod.remote(&name);
     let child = weft_sidecar(
         &paths::workspace_root().join("target/debug/weft"),
         &remote,
@@ -143,6 +150,13 @@ fn start_sidecar(
     .spawn()
     .unwrap();
     Process(child)
+}
+
+/// [`start_sidecar`] for each of `pods`, in cluster.local.
+fn start_sidecars(pods: &[Pod], files: (&Path, &Path), xds: u16, admin: u16) -> Vec<Process> {
+    pods.iter()
+        .map(|pod| start_sidecar(pod, "cluster.local", files, xds, admin))
+        .collect()
 }
 
 /// Waits until every pod's Envoy is ready.
@@ -174,6 +188,29 @@ async fn call(from: &Pod, path: &str) -> (u16, String) {
     (reply.status, reply.body.trim_end().to_owned())
 }
 
+/// checkout-v1's application on `pod`'s application address.
+fn start_checkout_app(pod: &Pod) -> Process {
+    Process(
+        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
+            .arg(format!("{}:8080", pod.app_ip))
+            .arg("checkout-v1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until `caller` gets a 200 from checkout.
+async fn wait_reaches_checkout(caller: &Pod) {
+    until(
+        "the caller reaches checkout",
+        Duration::from_secs(15),
+        || async { Ok((call(caller, "/cart").await.0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_resume_without_a_push()
  {
@@ -189,34 +226,10 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     .await
     .unwrap();
 
-    let app = Process(
-        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
-            .arg(format!("{}:8080", PODS[2].app_ip))
-            .arg("checkout-v1")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let sidecars: Vec<Process> = PODS
-        .iter()
-        .map(|pod| {
-            start_sidecar(
-                pod,
-                "cluster.local",
-                (state.path(), pods_dir.path()),
-                xds,
-                admin,
-            )
-        })
-        .collect();
+    let app = start_checkout_app(&PODS[2]);
+    let sidecars: Vec<Process> = start_sidecars(&PODS, (state.path(), pods_dir.path()), xds, admin);
     wait_live(&PODS).await;
-    until(
-        "frontend reaches checkout",
-        Duration::from_secs(10),
-        || async { Ok((call(&PODS[0], "/cart").await.0 == 200).then_some(())) },
-    )
-    .await
-    .unwrap();
+    wait_reaches_checkout(&PODS[0]).await;
     assert_eq!(
         call(&PODS[0], "/cart").await,
         (200, "upstream checkout-v1: GET /cart".to_owned())
@@ -319,13 +332,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
         .unwrap();
     let checkout = &PODS[2];
     let name = format!("shop/{}", checkout.name);
-    let remote = RemotePod {
-        pod: &name,
-        workload: checkout.workload,
-        service_account: checkout.service_account,
-        pod_ip: checkout.pod_ip,
-        app_ip: checkout.app_ip,
-    };
+    let remote = checkout.remote(&name);
     let mut waiting = weft_sidecar(
         &paths::workspace_root().join("target/debug/weft"),
         &remote,
@@ -371,34 +378,11 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
 
     // The module comes: the sidecar starts by itself and serves, enforcing.
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
-    let _app = Process(
-        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
-            .arg(format!("{}:8080", checkout.app_ip))
-            .arg("checkout-v1")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let callers: Vec<Process> = PODS[..2]
-        .iter()
-        .map(|pod| {
-            start_sidecar(
-                pod,
-                "cluster.local",
-                (state.path(), pods_dir.path()),
-                xds,
-                admin,
-            )
-        })
-        .collect();
+    let _app = start_checkout_app(checkout);
+    let callers: Vec<Process> =
+        start_sidecars(&PODS[..2], (state.path(), pods_dir.path()), xds, admin);
     wait_live(&PODS).await;
-    until(
-        "frontend reaches checkout",
-        Duration::from_secs(15),
-        || async { Ok((call(&PODS[0], "/cart").await.0 == 200).then_some(())) },
-    )
-    .await
-    .unwrap();
+    wait_reaches_checkout(&PODS[0]).await;
     assert_eq!(call(&PODS[1], "/cart").await.0, 403);
     drop(callers);
     drop(waiting);
@@ -479,27 +463,14 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
     })
     .await
     .unwrap();
-    let _app = Process(
-        Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
-            .arg(format!("{}:8080", CALLED.app_ip))
-            .arg("checkout-v1")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _app = start_checkout_app(&CALLED);
     // In a trust domain of its own: every identity check (the controller's, the admission's,
     // the peers') is made in it.
     let files = (state.path(), pods_dir.path());
     let _caller = start_sidecar(&CALLER, "example.org", files, xds, admin);
     let called = start_sidecar(&CALLED, "example.org", files, xds, admin);
     wait_live(&[CALLER, CALLED]).await;
-    until(
-        "frontend reaches checkout",
-        Duration::from_secs(10),
-        || async { Ok((call(&CALLER, "/cart").await.0 == 200).then_some(())) },
-    )
-    .await
-    .unwrap();
+    wait_reaches_checkout(&CALLER).await;
     let identities: Vec<String> = status(admin).await.unwrap()["pods"]
         .as_array()
         .unwrap()

@@ -390,6 +390,16 @@ mod tests {
         }
     }
 
+    /// The ACK of `response` (a wildcard subscription).
+    fn acking(response: &DiscoveryResponse) -> DiscoveryRequest {
+        request(
+            &response.type_url,
+            &[],
+            &response.version_info,
+            &response.nonce,
+        )
+    }
+
     fn one(output: &Output) -> &DiscoveryResponse {
         assert_eq!(output.responses.len(), 1, "{:?}", output.responses);
         &output.responses[0]
@@ -450,19 +460,9 @@ mod tests {
         let cluster = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
         let listener = one(&stream.on_request(&request(LISTENER, &[], "", ""))).clone();
         // Clusters applied, listeners still out: not yet.
-        let ack = stream.on_request(&request(
-            CLUSTER,
-            &[],
-            &cluster.version_info,
-            &cluster.nonce,
-        ));
+        let ack = stream.on_request(&acking(&cluster));
         assert!(!in_sync(&ack), "{:?}", ack.events);
-        let ack = stream.on_request(&request(
-            LISTENER,
-            &[],
-            &listener.version_info,
-            &listener.nonce,
-        ));
+        let ack = stream.on_request(&acking(&listener));
         assert!(in_sync(&ack), "{:?}", ack.events);
 
         // A change that is refused leaves the proxy out of sync, even after another ACK.
@@ -480,12 +480,7 @@ mod tests {
             &listener.nonce,
         ));
         assert!(!in_sync(&refused));
-        let ack = stream.on_request(&request(
-            CLUSTER,
-            &[],
-            &cluster.version_info,
-            &cluster.nonce,
-        ));
+        let ack = stream.on_request(&acking(cluster));
         assert!(!in_sync(&ack), "{:?}", ack.events);
         assert!(!stream.in_sync());
     }
