@@ -422,25 +422,9 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
 /// until then nothing listens on the pod's ports, so no request can pass a filter that is not
 /// there. A module that is not the pinned one is an error at once (waiting would not fix it).
 async fn wait_for_module(args: &SidecarArgs) -> anyhow::Result<(Bytes, String)> {
-    use sha2::{Digest, Sha256};
     let mut pause = MODULE_RETRY.0;
     loop {
-        let fetched = fetch_module(&args.controller)
-            .await
-            .and_then(|(bytes, announced)| {
-                let sha256: String = Sha256::digest(&bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                anyhow::ensure!(
-                    announced.as_deref() == Some(sha256.as_str()),
-                    "the module from {} has SHA-256 {sha256}, but the controller announced {}",
-                    args.controller,
-                    announced.as_deref().unwrap_or("none")
-                );
-                Ok((bytes, sha256))
-            });
-        match fetched {
+        match fetch_module(&args.controller).await {
             Ok((bytes, sha256)) => {
                 if let Some(pinned) = &args.module_sha256 {
                     anyhow::ensure!(
@@ -463,7 +447,8 @@ async fn wait_for_module(args: &SidecarArgs) -> anyhow::Result<(Bytes, String)> 
     }
 }
 
-async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>)> {
+/// The controller's module and its SHA-256, which must be the one it announces.
+async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, String)> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let url = format!("{}/module", controller.trim_end_matches('/'));
@@ -481,7 +466,13 @@ async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, Option<String>
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((body, announced))
+    let sha256 = weft_controller::runtime::Module::digest(&body);
+    anyhow::ensure!(
+        announced.as_deref() == Some(sha256.as_str()),
+        "the module from {url} has SHA-256 {sha256}, but the controller announced {}",
+        announced.as_deref().unwrap_or("none")
+    );
+    Ok((body, sha256))
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     let metrics = &shared.metrics;
     let connected = shared.status.all().values().filter(|p| p.connected).count();
     metrics.proxies_connected.set(count(connected));
-    metrics.pods.set(count(shared.pods().len()));
+    metrics.pods.set(count(shared.pod_count()));
     let catalog = shared.catalog();
     for (kind, objects) in [
         ("TrafficTarget", catalog.traffic_targets.len()),

@@ -80,6 +80,14 @@ pub struct Module {
 }
 
 impl Module {
+    /// The hex SHA-256 that names a module (its file name, `x-weft-module-sha256`).
+    pub fn digest(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Reads `source` and keeps it in `state/modules` under its digest.
     ///
     /// # Errors
@@ -88,10 +96,7 @@ impl Module {
         let bytes = std::fs::read(source).map_err(|err| {
             anyhow::anyhow!("{}: {err} (run `make build` first)", source.display())
         })?;
-        let sha256: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = Self::digest(&bytes);
         let dir = state.join("modules");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("weft-{sha256}.wasm"));
@@ -143,8 +148,9 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// When the rebuild loop last went round (it does at least every second): liveness.
     heartbeat: Mutex<std::time::Instant>,
-    /// Held while the registered pods are written to the state folder.
-    saving: Mutex<()>,
+    /// Whether the pods sidecars registered changed since they were last kept in the state
+    /// folder (the rebuild loop keeps them).
+    registrations_changed: std::sync::atomic::AtomicBool,
     /// Changes of the catalog accepted since the start.
     generation: AtomicU64,
     /// The catalog generation the last rebuild served.
@@ -185,6 +191,12 @@ impl Shared {
     pub fn register_pod(&self, pod: Pod) {
         lock(&self.pods).insert(pod.node_id(), pod);
         self.mark_changed();
+    }
+
+    /// Adds or replaces a pod its sidecar registered (kept across restarts).
+    fn register_remote_pod(&self, pod: Pod) {
+        self.registrations_changed.store(true, Ordering::SeqCst);
+        self.register_pod(pod);
     }
 
     /// Something the snapshots derive from changed: a rebuild is due.
@@ -273,7 +285,7 @@ impl Shared {
         lock(&self.pods).remove(node);
         lock(&self.ready).remove(node);
         if lock(&self.registered).remove(node).is_some() {
-            self.save_registered();
+            self.registrations_changed.store(true, Ordering::SeqCst);
         }
         self.status.forget(node);
         self.metrics.forget(node);
@@ -281,13 +293,15 @@ impl Shared {
         self.mark_changed();
     }
 
-    /// Keeps the pods their sidecars registered in the state folder, so that a restarted
-    /// controller still has their endpoints before they reconnect (their sidecars kept
-    /// serving). A failure is logged: the pods are then only known once they reconnect.
+    /// Keeps the pods their sidecars registered in the state folder if they changed, so that
+    /// a restarted controller still has their endpoints before they reconnect (their sidecars
+    /// kept serving). Once per turn of the rebuild loop, not per registration: a thousand
+    /// sidecars reconnecting write the file once. A failure is logged: the pods are then only
+    /// known once they reconnect.
     fn save_registered(&self) {
-        // One writer at a time, each writing what is registered when it writes: the file
-        // ends with the latest state.
-        let _saving = lock(&self.saving);
+        if !self.registrations_changed.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let registered: Vec<String> = lock(&self.registered).keys().cloned().collect();
         let pods: Vec<Pod> = {
             let pods = lock(&self.pods);
@@ -349,6 +363,11 @@ impl Shared {
                 self.options.forget_after
             );
         }
+    }
+
+    /// How many pods there are.
+    pub fn pod_count(&self) -> usize {
+        lock(&self.pods).len()
     }
 
     /// Every pod.
@@ -487,8 +506,10 @@ impl Shared {
                 Ok(snapshot) => {
                     let node = pod.node_id();
                     // Marked before the snapshot is published, so that a proxy quick to apply
-                    // it cannot finish before its convergence started.
-                    let marked = self.metrics.change_pending(&node, since);
+                    // it cannot finish before its convergence started; a proxy that is not
+                    // connected converges when it reconnects, which is not measured.
+                    let marked = self.status.is_connected(&node)
+                        && self.metrics.change_pending(&node, since);
                     if !self.cache.set(&node, Arc::new(snapshot)) && marked {
                         self.metrics.forget(&node);
                     }
@@ -559,8 +580,7 @@ impl Gate {
                     let current = self.remote_pod(node, namespace, pod_name, service_account)?;
                     self.shared.stream_opened(&node.id);
                     if current != pod {
-                        self.shared.register_pod(current);
-                        self.shared.save_registered();
+                        self.shared.register_remote_pod(current);
                     }
                 }
             }
@@ -573,8 +593,7 @@ impl Gate {
             None => {
                 let pod = self.remote_pod(node, namespace, pod_name, service_account)?;
                 self.shared.stream_opened(&node.id);
-                self.shared.register_pod(pod);
-                self.shared.save_registered();
+                self.shared.register_remote_pod(pod);
             }
         }
         self.shared.status.connected(&node.id, &claimed);
@@ -743,7 +762,7 @@ impl Controller {
             changed_since: Mutex::new(None),
             metrics: crate::metrics::Metrics::new(),
             heartbeat: Mutex::new(std::time::Instant::now()),
-            saving: Mutex::new(()),
+            registrations_changed: std::sync::atomic::AtomicBool::new(false),
             generation: AtomicU64::new(0),
             built_generation: AtomicU64::new(0),
             publish_after: std::time::Instant::now() + options.resume_grace,
@@ -818,9 +837,9 @@ impl Controller {
                 }
             }
             loop {
-                *lock(&rebuilder.heartbeat) = std::time::Instant::now();
                 rebuilder.forget_departed(std::time::Instant::now());
                 rebuilder.rebuild(OffsetDateTime::now_utc());
+                rebuilder.save_registered();
                 // Wait for a change, the next renewal deadline read off the wall clock
                 // (checked at least every second, so a clock that jumps is noticed), or a
                 // departed pod to forget.

@@ -100,6 +100,15 @@ impl Status {
         self.with(node, |p| p.certificate_expires = Some(text));
     }
 
+    /// Whether `node`'s ADS stream is open.
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.proxies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .is_some_and(|p| p.connected)
+    }
+
     /// Forgets `node` (a pod that is gone).
     pub fn forget(&self, node: &str) {
         self.proxies

@@ -59,6 +59,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Its processes: the sidecar, then the application if it has one.
+    fn children(&mut self) -> impl Iterator<Item = &mut Child> {
+        std::iter::once(&mut self.envoy).chain(self.app.as_mut())
+    }
+
     /// The sidecar's admin address.
     pub fn admin(&self) -> SocketAddr {
         SocketAddr::from((self.pod.pod_ip, weft_envoy_config::mesh::ADMIN_PORT))
@@ -325,19 +330,22 @@ impl LocalMesh {
             }
         };
         let mut changed = false;
-        let (kept, gone): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
+        let (kept, mut gone): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
             .into_iter()
             .partition(|replica| {
                 wanted.iter().any(|(pod, workload)| {
                     *pod == replica.pod && same_run(workload, &replica.workload)
                 })
             });
-        for mut replica in gone {
+        // Stopped together: each may take the whole SIGTERM grace.
+        stop_all(
+            &mut gone
+                .iter_mut()
+                .flat_map(Replica::children)
+                .collect::<Vec<_>>(),
+        );
+        for replica in &gone {
             let node = replica.pod.node_id();
-            let mut children: Vec<&mut Child> = std::iter::once(&mut replica.envoy)
-                .chain(replica.app.as_mut())
-                .collect();
-            stop_all(&mut children);
             self.controller.shared.unregister_pod(&node);
             log::info!("weft: stopped {node}");
             changed = true;
@@ -375,91 +383,89 @@ impl LocalMesh {
             let pki = shared.pki();
             (pki.controller_identity(), pki.trust_domain().to_owned())
         };
-        {
-            let dir = options
-                .controller
-                .state
-                .join("pods")
-                .join(&pod.namespace)
-                .join(&pod.name);
-            std::fs::create_dir_all(&dir)?;
-            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
-            let credential = {
-                let pki = shared.pki();
-                std::fs::write(dir.join(weft_certs::CA_CERT_FILE), pki.bundle_pem())?;
-                pki.bootstrap_credential(&spiffe_id, OffsetDateTime::now_utc())?
-            };
-            std::fs::write(dir.join(weft_certs::CERT_FILE), &credential.cert_pem)?;
-            write_private(&dir.join(weft_certs::KEY_FILE), &credential.key_pem)?;
-            let link = ControllerLink {
-                address: self.controller.xds_address,
-                identity: controller_identity.clone(),
-                credentials: Credentials::Files {
-                    cert: dir.join(weft_certs::CERT_FILE).display().to_string(),
-                    key: dir.join(weft_certs::KEY_FILE).display().to_string(),
-                    ca: dir.join(weft_certs::CA_CERT_FILE).display().to_string(),
-                },
-            };
-            let workload_id = format!("{}/{}", pod.namespace, pod.service_account);
-            let bootstrap = sidecar_bootstrap(
-                &pod.node_id(),
-                &workload_id,
-                &[("workload", &pod.workload)],
-                pod.pod_ip,
-                &link,
-            );
-            let bootstrap_path = dir.join("bootstrap.json");
-            std::fs::write(&bootstrap_path, to_json(&bootstrap)?.to_string())?;
-            shared.register_pod(pod.clone());
+        let dir = options
+            .controller
+            .state
+            .join("pods")
+            .join(&pod.namespace)
+            .join(&pod.name);
+        std::fs::create_dir_all(&dir)?;
+        let spiffe_id = pod.identity().spiffe_id(&trust_domain);
+        let credential = {
+            let pki = shared.pki();
+            std::fs::write(dir.join(weft_certs::CA_CERT_FILE), pki.bundle_pem())?;
+            pki.bootstrap_credential(&spiffe_id, OffsetDateTime::now_utc())?
+        };
+        std::fs::write(dir.join(weft_certs::CERT_FILE), &credential.cert_pem)?;
+        write_private(&dir.join(weft_certs::KEY_FILE), &credential.key_pem)?;
+        let link = ControllerLink {
+            address: self.controller.xds_address,
+            identity: controller_identity.clone(),
+            credentials: Credentials::Files {
+                cert: dir.join(weft_certs::CERT_FILE).display().to_string(),
+                key: dir.join(weft_certs::KEY_FILE).display().to_string(),
+                ca: dir.join(weft_certs::CA_CERT_FILE).display().to_string(),
+            },
+        };
+        let workload_id = format!("{}/{}", pod.namespace, pod.service_account);
+        let bootstrap = sidecar_bootstrap(
+            &pod.node_id(),
+            &workload_id,
+            &[("workload", &pod.workload)],
+            pod.pod_ip,
+            &link,
+        );
+        let bootstrap_path = dir.join("bootstrap.json");
+        std::fs::write(&bootstrap_path, to_json(&bootstrap)?.to_string())?;
+        shared.register_pod(pod.clone());
 
-            let mut envoy = Command::new(&options.envoy);
-            envoy
-                .arg("-c")
-                .arg(&bootstrap_path)
-                .args(["--use-dynamic-base-id", "--concurrency", "1"])
-                .args([
-                    "--log-level",
-                    "warning",
-                    "--component-log-level",
-                    "wasm:info",
-                ]);
-            let node = pod.node_id();
-            let mut envoy = match spawn(envoy, &dir.join("envoy.log")) {
-                Ok(envoy) => envoy,
-                Err(err) => {
-                    shared.unregister_pod(&node);
-                    return Err(err);
-                }
-            };
+        let mut envoy = Command::new(&options.envoy);
+        envoy
+            .arg("-c")
+            .arg(&bootstrap_path)
+            .args(["--use-dynamic-base-id", "--concurrency", "1"])
+            .args([
+                "--log-level",
+                "warning",
+                "--component-log-level",
+                "wasm:info",
+            ]);
+        let node = pod.node_id();
+        let mut envoy = match spawn(envoy, &dir.join("envoy.log")) {
+            Ok(envoy) => envoy,
+            Err(err) => {
+                shared.unregister_pod(&node);
+                return Err(err);
+            }
+        };
 
-            let env = environment(catalog, &pod, &workload);
-            let app = match workload.command.split_first() {
-                Some((program, args)) => {
-                    let mut command =
-                        Command::new(find_command(&expand(program, &env), &options.command_path));
-                    command.args(args.iter().map(|arg| expand(arg, &env)));
-                    command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                    match spawn(command, &dir.join("app.log")) {
-                        Ok(app) => Some(app),
-                        Err(err) => {
-                            // Half a replica is none: its sidecar goes too.
-                            let _ = envoy.kill();
-                            let _ = envoy.wait();
-                            shared.unregister_pod(&node);
-                            return Err(err);
-                        }
+        let env = environment(catalog, &pod, &workload);
+        let app = match workload.command.split_first() {
+            Some((program, args)) => {
+                let mut command =
+                    Command::new(find_command(&expand(program, &env), &options.command_path));
+                command.args(args.iter().map(|arg| expand(arg, &env)));
+                command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                match spawn(command, &dir.join("app.log")) {
+                    Ok(app) => Some(app),
+                    Err(err) => {
+                        // Half a replica is none: its sidecar goes too.
+                        let _ = envoy.kill();
+                        let _ = envoy.wait();
+                        shared.unregister_pod(&node);
+                        return Err(err);
                     }
                 }
-                None => None,
-            };
-            self.replicas.push(Replica {
-                pod,
-                workload,
-                dir,
-                envoy,
-                app,
-            });
-        }
+            }
+            None => None,
+        };
+        self.replicas.push(Replica {
+            pod,
+            workload,
+            dir,
+            envoy,
+            app,
+        });
         Ok(())
     }
 
@@ -520,14 +526,13 @@ impl LocalMesh {
 
     /// Stops every process (SIGTERM, then SIGKILL after 5 s) and the controller.
     pub async fn down(mut self) {
-        let mut children: Vec<&mut Child> = Vec::new();
-        for replica in &mut self.replicas {
-            children.push(&mut replica.envoy);
-            if let Some(app) = replica.app.as_mut() {
-                children.push(app);
-            }
-        }
-        stop_all(&mut children);
+        stop_all(
+            &mut self
+                .replicas
+                .iter_mut()
+                .flat_map(Replica::children)
+                .collect::<Vec<_>>(),
+        );
         self.controller.stop().await;
     }
 }

@@ -71,6 +71,18 @@ pub fn copy_example(name: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// Writes `text` to `dir/name` the way an editor saving atomically does (write, then
+/// rename), so the controller's watcher never reads half a file.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_manifest(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let staging = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&staging, text)?;
+    std::fs::rename(&staging, dir.join(name))?;
+    Ok(())
+}
+
 impl TestMesh {
     /// Starts `examples/mesh` and waits until every sidecar is ready.
     pub async fn start() -> anyhow::Result<Self> {
@@ -190,10 +202,7 @@ impl TestMesh {
 
     /// Writes `text` to the manifest file `name`, atomically (write, then rename).
     pub fn write_manifest(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let staging = self.manifests.path().join(format!(".{name}.tmp"));
-        std::fs::write(&staging, text)?;
-        std::fs::rename(&staging, self.manifests.path().join(name))?;
-        Ok(())
+        write_manifest(self.manifests.path(), name, text)
     }
 
     /// The manifest file `name`.

@@ -1,6 +1,6 @@
-//! `weft up` run as a user runs it, as a child process: its stderr lines on a channel, the
-//! controller's admin address read off them, its children found through `/proc`, and a
-//! SIGKILL (which takes its children with it) if a test ends early.
+//! `weft up` run as a user runs it, as a child process, on a copy of examples/mesh: its stderr
+//! lines on a channel, the controller's admin address read off them, its children found
+//! through `/proc`, and a SIGKILL (which takes its children with it) if a test ends early.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,11 +11,16 @@ use std::time::{Duration, Instant};
 
 use crate::paths;
 
-/// A `weft up` process.
+/// A `weft up` process, its mesh ready.
 pub struct WeftUp {
     child: Child,
-    /// Its stderr, line by line.
+    /// Its stderr, line by line (from after the mesh was ready).
     pub lines: mpsc::Receiver<String>,
+    /// The controller's admin address (status, metrics).
+    pub admin: SocketAddr,
+    /// Its manifests folder, a copy of examples/mesh.
+    manifests: tempfile::TempDir,
+    _state: tempfile::TempDir,
 }
 
 impl std::ops::Deref for WeftUp {
@@ -41,17 +46,20 @@ impl Drop for WeftUp {
 }
 
 impl WeftUp {
-    /// `weft up manifests` in `subnet` (pods at 127.0.SUBNET+k.n), its state in `state`, with
-    /// `extra` arguments.
+    /// `weft up` on a copy of examples/mesh in `subnet` (pods at 127.SUBNET+1.k.n), once its
+    /// mesh is ready.
     ///
     /// # Panics
-    /// When `target/debug/weft`, Envoy or the module is missing.
-    pub fn start(subnet: u8, state: &Path, manifests: &Path, extra: &[&str]) -> Self {
+    /// When `target/debug/weft`, Envoy or the module is missing, or the mesh is not ready
+    /// within a minute.
+    pub fn example(subnet: u8) -> Self {
+        let manifests = crate::mesh::copy_example("mesh").expect("examples/mesh");
+        let state = tempfile::tempdir().expect("a state folder");
         let mut child = Command::new(paths::workspace_root().join("target/debug/weft"))
             .arg("up")
-            .arg(manifests)
+            .arg(manifests.path())
             .arg("--state")
-            .arg(state)
+            .arg(state.path())
             .args([
                 "--xds",
                 "127.0.0.1:0",
@@ -64,7 +72,6 @@ impl WeftUp {
             .arg(paths::envoy_binary().expect("Envoy (make setup)"))
             .arg("--module")
             .arg(paths::weft_wasm().expect("weft.wasm (make build)"))
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -78,10 +85,28 @@ impl WeftUp {
                 }
             }
         });
-        Self {
+        // Killed on the way out if it never gets ready.
+        let mut up = Self {
             child,
             lines: receiver,
-        }
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            manifests,
+            _state: state,
+        };
+        let seen = up.wait_for("mesh ready", Duration::from_secs(60));
+        up.admin = seen
+            .iter()
+            .find_map(|line| {
+                let (_, after) = line.split_once("status on http://")?;
+                after.split_once('/')?.0.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no admin address in {seen:#?}"));
+        up
+    }
+
+    /// Its manifests folder.
+    pub fn manifests(&self) -> &Path {
+        self.manifests.path()
     }
 
     /// Waits for a stderr line containing `needle`; returns every line seen.
@@ -92,18 +117,22 @@ impl WeftUp {
         wait_for(&self.lines, needle, deadline)
     }
 
-    /// Waits until the mesh is ready; returns the controller's admin address.
+    /// Waits until a stderr line contained each of `needles`.
     ///
     /// # Panics
-    /// When it is not ready within a minute.
-    pub fn wait_ready(&self) -> SocketAddr {
-        let seen = self.wait_for("mesh ready", Duration::from_secs(60));
-        seen.iter()
-            .find_map(|line| {
-                let (_, after) = line.split_once("status on http://")?;
-                after.split_once('/')?.0.parse().ok()
-            })
-            .unwrap_or_else(|| panic!("no admin address in {seen:#?}"))
+    /// When one does not come within `deadline`.
+    pub fn wait_for_all(&self, needles: &[&str], deadline: Duration) {
+        let give_up = Instant::now() + deadline;
+        let mut missing: Vec<&str> = needles.to_vec();
+        let mut seen = Vec::new();
+        while !missing.is_empty() {
+            let line = give_up
+                .checked_duration_since(Instant::now())
+                .and_then(|left| self.lines.recv_timeout(left).ok())
+                .unwrap_or_else(|| panic!("never saw {missing:?} within {deadline:?}: {seen:#?}"));
+            missing.retain(|needle| !line.contains(needle));
+            seen.push(line);
+        }
     }
 }
 

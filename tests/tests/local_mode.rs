@@ -2,18 +2,14 @@
 //! started is left behind.
 
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use weft_e2e::mesh::copy_example;
+use weft_e2e::mesh::write_manifest;
 use weft_e2e::up::{WeftUp, children_of, wait_gone};
 
 #[test]
 fn killing_weft_up_takes_every_process_it_started_with_it() {
-    let manifests = copy_example("mesh").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut weft = WeftUp::start(60, state.path(), manifests.path(), &[]);
-    weft.wait_for("mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::example(60);
     let children = children_of(weft.id());
     assert_eq!(
         children.len(),
@@ -27,10 +23,7 @@ fn killing_weft_up_takes_every_process_it_started_with_it() {
 
 #[test]
 fn a_crashed_application_stops_the_mesh_and_is_named() {
-    let manifests = copy_example("mesh").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut weft = WeftUp::start(62, state.path(), manifests.path(), &[]);
-    weft.wait_for("mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::example(62);
     let children = children_of(weft.id());
     let analytics = children
         .iter()
@@ -55,30 +48,6 @@ fn a_crashed_application_stops_the_mesh_and_is_named() {
     wait_gone(&children);
 }
 
-/// Waits until a stderr line contains each of `needles`.
-fn wait_for_all(lines: &mpsc::Receiver<String>, needles: &[&str], deadline: Duration) {
-    let give_up = Instant::now() + deadline;
-    let mut missing: Vec<&str> = needles.to_vec();
-    let mut seen = Vec::new();
-    while !missing.is_empty() {
-        let left = give_up
-            .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| panic!("never saw {missing:?} within {deadline:?}: {seen:#?}"));
-        let Ok(line) = lines.recv_timeout(left) else {
-            panic!("never saw {missing:?} within {deadline:?}: {seen:#?}");
-        };
-        missing.retain(|needle| !line.contains(needle));
-        seen.push(line);
-    }
-}
-
-/// Writes `text` to `dir/name` the way an editor saving atomically does.
-fn write_manifest(dir: &std::path::Path, name: &str, text: &str) {
-    let staging = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&staging, text).unwrap();
-    std::fs::rename(&staging, dir.join(name)).unwrap();
-}
-
 fn reports(replicas: u32) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: reports, namespace: shop}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: reports}}}}\n    spec:\n      serviceAccountName: reports\n      containers:\n      - command: [weft-upstream, \"$(APP_IP):8080\", reports]\n        ports: [{{containerPort: 8080}}]\n"
@@ -87,16 +56,12 @@ fn reports(replicas: u32) -> String {
 
 #[test]
 fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replicas() {
-    let manifests = copy_example("mesh").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut weft = WeftUp::start(64, state.path(), manifests.path(), &[]);
-    weft.wait_for("mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::example(64);
     let running = children_of(weft.id());
     assert_eq!(running.len(), 10, "{running:?}");
 
-    write_manifest(manifests.path(), "reports.yaml", &reports(1));
-    wait_for_all(
-        &weft.lines,
+    write_manifest(weft.manifests(), "reports.yaml", &reports(1)).unwrap();
+    weft.wait_for_all(
         &["started shop/reports-0", "shop/reports-0 is ready"],
         Duration::from_secs(30),
     );
@@ -107,9 +72,8 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
         "none restarted"
     );
 
-    write_manifest(manifests.path(), "reports.yaml", &reports(2));
-    wait_for_all(
-        &weft.lines,
+    write_manifest(weft.manifests(), "reports.yaml", &reports(2)).unwrap();
+    weft.wait_for_all(
         &["started shop/reports-1", "shop/reports-1 is ready"],
         Duration::from_secs(30),
     );
@@ -117,9 +81,8 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
     assert_eq!(two.len(), 14, "{two:?}");
     assert!(one.iter().all(|pid| two.contains(pid)), "reports-0 kept");
 
-    std::fs::remove_file(manifests.path().join("reports.yaml")).unwrap();
-    wait_for_all(
-        &weft.lines,
+    std::fs::remove_file(weft.manifests().join("reports.yaml")).unwrap();
+    weft.wait_for_all(
         &["stopped shop/reports-0", "stopped shop/reports-1"],
         Duration::from_secs(30),
     );
@@ -141,19 +104,16 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
 
 #[test]
 fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind() {
-    let manifests = copy_example("mesh").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut weft = WeftUp::start(66, state.path(), manifests.path(), &[]);
-    weft.wait_for("mesh ready", Duration::from_secs(60));
+    let mut weft = WeftUp::example(66);
     let mut running = children_of(weft.id());
     running.sort_unstable();
     write_manifest(
-        manifests.path(),
+        weft.manifests(),
         "broken.yaml",
         &reports(1).replace("weft-upstream", "no-such-program"),
-    );
-    wait_for_all(
-        &weft.lines,
+    )
+    .unwrap();
+    weft.wait_for_all(
         &["shop/reports-0 did not start", "no-such-program"],
         Duration::from_secs(30),
     );

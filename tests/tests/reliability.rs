@@ -6,13 +6,13 @@
 //! Each test runs short in `make test`; `make soak` sets `WEFT_SOAK_SECONDS` and runs them for
 //! that long.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use weft_e2e::client;
-use weft_e2e::load::{Load, Timeline, judge};
-use weft_e2e::mesh::{TestMesh, copy_example};
+use weft_e2e::load::{Answer, Load, Timeline, judge};
+use weft_e2e::mesh::{TestMesh, write_manifest};
 use weft_e2e::poll::until;
 use weft_e2e::shop::{CLOSED_V1, OPEN_V2, SHIPPED, probes, verdict};
 use weft_e2e::up::WeftUp;
@@ -108,21 +108,13 @@ async fn wait_applied(admin: SocketAddr, before: u64) -> anyhow::Result<()> {
     .await
 }
 
-fn write(dir: &std::path::Path, name: &str, text: &str) {
-    let staging = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&staging, text).unwrap();
-    std::fs::rename(&staging, dir.join(name)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drain_or_growth() {
     let duration = run_for(Duration::from_secs(10));
-    let manifests = copy_example("mesh").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let access = std::fs::read_to_string(manifests.path().join("access.yaml")).unwrap();
-    let split = std::fs::read_to_string(manifests.path().join("split.yaml")).unwrap();
-    let weft = WeftUp::start(68, state.path(), manifests.path(), &[]);
-    let admin = weft.wait_ready();
+    let weft = WeftUp::example(68);
+    let admin = weft.admin;
+    let access = std::fs::read_to_string(weft.manifests().join("access.yaml")).unwrap();
+    let split = std::fs::read_to_string(weft.manifests().join("split.yaml")).unwrap();
     let status = mesh_status(admin).await.unwrap();
     let pods: BTreeMap<String, std::net::Ipv4Addr> = status["pods"]
         .as_array()
@@ -146,7 +138,8 @@ async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drai
     );
     let probes = load.probes();
     let mut timeline = Timeline::new(SHIPPED);
-    let changes = duration.as_secs();
+    // At least a few, so that settled memory and both policies are seen.
+    let changes = duration.as_secs().max(4);
     let start = Instant::now();
     let mut memory = Vec::new();
     for change in 0..changes {
@@ -157,8 +150,8 @@ async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drai
             .as_u64()
             .unwrap();
         timeline.changed(policy, Instant::now());
-        write(manifests.path(), "access.yaml", &access);
-        write(manifests.path(), "split.yaml", &split);
+        write_manifest(weft.manifests(), "access.yaml", &access).unwrap();
+        write_manifest(weft.manifests(), "split.yaml", &split).unwrap();
         wait_applied(admin, before).await.unwrap();
         timeline.applied(Instant::now());
         memory.push(controller_memory(admin).await.unwrap());
@@ -171,10 +164,34 @@ async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drai
         start.elapsed()
     );
     assert_eq!(report.wrong_count, 0, "{report}");
-    // Both policies were seen: analytics was let in and shut out again.
+    // Both policies were met: analytics was let in (by checkout-v2) and shut out, and
+    // frontend's /cart went to each backend in turn.
+    let answers = |probe: usize| -> BTreeSet<String> {
+        records
+            .iter()
+            .filter(|record| record.probe == probe)
+            .map(|record| match &record.answer {
+                Answer::Reply { status, body } => format!("{status} {}", body.trim_end()),
+                Answer::Error(err) => err.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        answers(0),
+        BTreeSet::from(
+            [
+                "200 upstream checkout-v1: GET /cart",
+                "200 upstream checkout-v2: GET /cart"
+            ]
+            .map(str::to_owned)
+        ),
+        "frontend GET /cart"
+    );
+    let analytics = answers(1);
     assert!(
-        report.by_status.get(&403).is_some_and(|n| *n > 0),
-        "{report}"
+        analytics.contains("200 upstream checkout-v2: GET /cart")
+            && analytics.iter().any(|answer| answer.starts_with("403 ")),
+        "analytics GET /cart: {analytics:?}"
     );
 
     // Only plugin configuration changed: no listener was modified or drained.

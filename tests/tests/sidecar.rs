@@ -273,6 +273,8 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
                     p["proxy"]["connected"] == true
                         && p["ready"] == true
                         && p["proxy"]["types"]["sds"]["acked"].is_string()
+                        // It applied everything the new controller has for it.
+                        && p["in_sync"] == true
                 });
             Ok(resumed.then_some(()))
         },

@@ -237,6 +237,11 @@ impl Stream {
                 self.respond(&type_url, false, &mut output);
             }
         }
+        // Nothing to send (the change was in what the proxy does not subscribe to, or it
+        // already has it): it runs this snapshot now, and no ACK will come to say so.
+        if output.responses.is_empty() && !self.types.is_empty() && self.in_sync() {
+            output.events.push(Event::InSync);
+        }
         output
     }
 
@@ -464,6 +469,14 @@ mod tests {
         assert!(!in_sync(&ack), "{:?}", ack.events);
         let ack = stream.on_request(&acking(&listener));
         assert!(in_sync(&ack), "{:?}", ack.events);
+        // A change only in what it does not subscribe to: nothing to send, and in sync.
+        let elsewhere = stream.on_snapshot(snapshot(&[
+            (CLUSTER, "checkout", "a"),
+            (LISTENER, "inbound", "a"),
+            (ROUTE, "unasked", "a"),
+        ]));
+        assert!(elsewhere.responses.is_empty());
+        assert!(in_sync(&elsewhere), "{:?}", elsewhere.events);
 
         // A change that is refused leaves the proxy out of sync, even after another ACK.
         let changed = stream.on_snapshot(snapshot(&[
@@ -500,6 +513,11 @@ mod tests {
         }
         let built = after.on_snapshot(current);
         assert!(built.responses.is_empty(), "{:?}", built.responses);
+        assert_eq!(
+            built.events,
+            [Event::InSync],
+            "it runs its snapshot already"
+        );
         // A real change afterwards is sent.
         let changed = after.on_snapshot(snapshot(&[
             (CLUSTER, "checkout", "b"),

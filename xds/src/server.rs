@@ -6,15 +6,14 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use std::task::{Context, Poll};
-use tokio::sync::watch;
-
-use bytes::Bytes;
 use prost::Message;
+use tokio::sync::watch;
 use tonic::codec::BufferSettings;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
@@ -118,11 +117,8 @@ impl<A: Admission> Service<http::Request<tonic::body::Body>> for AdsServer<A> {
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(
-        &mut self,
-        _context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
@@ -296,8 +292,7 @@ impl<A: Admission> Session<A> {
                 }
             }
         };
-        let key = key.clone();
-        self.queue(&key, output);
+        queue(&*self.admission, &mut self.queued, key, output);
     }
 
     /// Reads the first request, which must name the node, and asks the admission about it.
@@ -329,19 +324,8 @@ impl<A: Admission> Session<A> {
             self.stream.on_snapshot(snapshot);
         }
         let output = self.stream.on_request(&first);
-        self.queue(&key, output);
+        queue(&*self.admission, &mut self.queued, &key, output);
         self.admitted = Some((key, snapshots));
-    }
-
-    fn queue(&mut self, key: &str, output: Output) {
-        for event in &output.events {
-            self.admission.on_event(key, event);
-        }
-        for response in &output.responses {
-            self.admission
-                .on_push(key, &response.type_url, &response.version_info);
-        }
-        self.queued.extend(output.responses.into_iter().map(Ok));
     }
 
     fn end(&mut self, status: Status) {
@@ -356,6 +340,22 @@ impl<A: Admission> Drop for Session<A> {
             self.admission.on_disconnect(key, &self.stream.status());
         }
     }
+}
+
+/// Tells `admission` what `key`'s stream observed and queues its responses.
+fn queue<A: Admission>(
+    admission: &A,
+    queued: &mut VecDeque<Result<DiscoveryResponse, Status>>,
+    key: &str,
+    output: Output,
+) {
+    for event in &output.events {
+        admission.on_event(key, event);
+    }
+    for response in &output.responses {
+        admission.on_push(key, &response.type_url, &response.version_info);
+    }
+    queued.extend(output.responses.into_iter().map(Ok));
 }
 
 /// Resolves when `stop` turns true, or never if its sender is gone.
