@@ -53,7 +53,17 @@ impl WeftUp {
     /// When `target/debug/weft`, Envoy or the module is missing, or the mesh is not ready
     /// within a minute.
     pub fn example(subnet: u8) -> Self {
+        Self::example_with(subnet, |_| {})
+    }
+
+    /// [`WeftUp::example`], with `prepare` changing the copied manifests before `weft up`
+    /// reads them.
+    ///
+    /// # Panics
+    /// As [`WeftUp::example`].
+    pub fn example_with(subnet: u8, prepare: impl FnOnce(&Path)) -> Self {
         let manifests = crate::mesh::copy_example("mesh").expect("examples/mesh");
+        prepare(manifests.path());
         let state = tempfile::tempdir().expect("a state folder");
         let mut child = Command::new(paths::workspace_root().join("target/debug/weft"))
             .arg("up")

@@ -108,13 +108,23 @@ async fn wait_applied(admin: SocketAddr, before: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// The churn test's file of access and split policy.
+const POLICY: &str = "policy.yaml";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drain_or_growth() {
     let duration = run_for(Duration::from_secs(10));
-    let weft = WeftUp::example(68);
+    // Access and split in one file, so that each change is one atomic write: two files could be
+    // picked up by two different polls, and the first applied alone would pass for the change.
+    let (mut access, mut split) = (String::new(), String::new());
+    let weft = WeftUp::example_with(68, |dir| {
+        access = std::fs::read_to_string(dir.join("access.yaml")).unwrap();
+        split = std::fs::read_to_string(dir.join("split.yaml")).unwrap();
+        std::fs::write(dir.join(POLICY), format!("{access}\n---\n{split}")).unwrap();
+        std::fs::remove_file(dir.join("access.yaml")).unwrap();
+        std::fs::remove_file(dir.join("split.yaml")).unwrap();
+    });
     let admin = weft.admin;
-    let access = std::fs::read_to_string(weft.manifests().join("access.yaml")).unwrap();
-    let split = std::fs::read_to_string(weft.manifests().join("split.yaml")).unwrap();
     let status = mesh_status(admin).await.unwrap();
     let pods: BTreeMap<String, std::net::Ipv4Addr> = status["pods"]
         .as_array()
@@ -150,8 +160,7 @@ async fn policy_churn_at_one_hertz_is_enforced_request_by_request_without_a_drai
             .as_u64()
             .unwrap();
         timeline.changed(policy, Instant::now());
-        write_manifest(weft.manifests(), "access.yaml", &access).unwrap();
-        write_manifest(weft.manifests(), "split.yaml", &split).unwrap();
+        write_manifest(weft.manifests(), POLICY, &format!("{access}\n---\n{split}")).unwrap();
         wait_applied(admin, before).await.unwrap();
         timeline.applied(Instant::now());
         memory.push(controller_memory(admin).await.unwrap());
