@@ -39,12 +39,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 	$(CARGO) clippy -p weft-envoy --target wasm32-wasip1 --quiet -- -D warnings
 
-# Benchmarks, one run: the policy engine (criterion), then wrk through Envoy without and with weft.wasm, then instructions per request under callgrind, then the controller under 100 and 1,000 simulated proxies; figures go to docs/BENCHMARKS.md.
+# Benchmarks, one run: the policy engine (criterion), then wrk through Envoy without and with weft.wasm, then instructions per request under callgrind, then the controller under 100, 1,000 and 5,000 simulated proxies (convergence, memory, churn); figures go to docs/BENCHMARKS.md.
 bench: build
 	$(CARGO) bench --quiet -p weft-policy --bench engine
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 	$(CARGO) build --release --quiet -p weft-cli --bin weft
-	$(CARGO) run --release --quiet -p weft-e2e --bin weft-xds-bench
+	$(CARGO) run --release --quiet -p weft-e2e --bin weft-xds-bench -- --proxies 100,1000,5000
 
 # The main job: a mesh of real Envoys driven by weft's controller (examples/mesh): access, split and metrics over mTLS, then policy edits enforced live; under a minute, nothing left behind.
 demo: build

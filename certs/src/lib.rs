@@ -18,6 +18,9 @@ use weft_policy::bundle::Identity;
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of a CA key.
 pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// File name of a trust bundle: the root certificates every proxy trusts, PEM, one after the
+/// other (during a root rotation, the old root and the new).
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
 /// File name of a workload certificate (`weft cert workload`, a sidecar's credentials).
 pub const CERT_FILE: &str = "cert.pem";
 /// File name of a workload key.
@@ -148,6 +151,31 @@ pub fn inspect(der: &[u8]) -> Result<(Vec<String>, OffsetDateTime), CertError> {
     Ok((uris, cert.validity().not_after.to_datetime()))
 }
 
+/// The serial number of a DER certificate, lowercase hex without leading zeros (as Envoy's
+/// admin `/certs` shows it).
+///
+/// # Errors
+/// [`CertError::Parse`] when the bytes are not an X.509 certificate.
+pub fn serial_hex(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| CertError::Parse(err.to_string()))?;
+    Ok(cert.serial.to_str_radix(16))
+}
+
+/// Whether the DER certificate `der` was signed by the CA certificate `ca` (PEM): its issuer
+/// is the CA's subject and the CA's key verifies its signature.
+///
+/// # Errors
+/// [`CertError::Parse`] when either is not an X.509 certificate.
+pub fn signed_by(der: &[u8], ca: &str) -> Result<bool, CertError> {
+    let ca_der = first_certificate_der(ca)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|err| CertError::Parse(err.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| CertError::Parse(err.to_string()))?;
+    Ok(cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok())
+}
+
 /// The DER bytes of the first certificate in `pem`.
 ///
 /// # Errors
@@ -156,6 +184,40 @@ pub fn first_certificate_der(pem: &str) -> Result<Vec<u8>, CertError> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|err| CertError::Parse(err.to_string()))?;
     Ok(block.contents)
+}
+
+/// Every certificate in `pem`, each as its DER bytes and its own PEM block, in order.
+///
+/// # Errors
+/// [`CertError::Parse`] when a block is not a certificate, or there is none.
+pub fn certificates(pem: &str) -> Result<Vec<(Vec<u8>, String)>, CertError> {
+    let mut found = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|err| CertError::Parse(err.to_string()))?;
+        if block.label != "CERTIFICATE" {
+            return Err(CertError::Parse(format!(
+                "a {} block where a CERTIFICATE was expected",
+                block.label
+            )));
+        }
+        block
+            .parse_x509()
+            .map_err(|err| CertError::Parse(err.to_string()))?;
+        let text = pem_block(&block.contents);
+        found.push((block.contents, text));
+    }
+    if found.is_empty() {
+        return Err(CertError::Parse("no PEM certificate".to_owned()));
+    }
+    Ok(found)
+}
+
+/// `der` as a PEM CERTIFICATE block.
+pub fn pem_block(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// A certificate with its private key, both PEM.
@@ -191,9 +253,14 @@ impl MeshCa {
         let key = KeyPair::generate().map_err(rcgen_error("generating the CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
+        // A name of its own: during a root rotation two roots are trusted at once, and a
+        // verifier looks a certificate's issuer up by name first.
         params.distinguished_name.push(
             DnType::CommonName,
-            format!("weft mesh CA for {trust_domain}"),
+            format!(
+                "weft mesh CA for {trust_domain} ({})",
+                validity.not_before.unix_timestamp_nanos()
+            ),
         );
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -298,6 +365,8 @@ impl MeshCa {
             ));
         }
         params.is_ca = IsCa::ExplicitNoCa;
+        // Names the signing key, so the right root is found when two have similar names.
+        params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

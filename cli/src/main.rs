@@ -132,6 +132,10 @@ struct ControllerFlags {
     /// The mesh CA's key (PEM).
     #[arg(long, requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// The roots every proxy is to trust (PEM, one or more), with --ca-cert; default: the CA
+    /// certificate alone. The files are watched: rotate the root by editing them (docs/controller.md).
+    #[arg(long, requires = "ca_cert")]
+    trust_bundle: Option<PathBuf>,
     /// The mesh's SPIFFE trust domain (workload identities are spiffe://DOMAIN/ns/NS/sa/SA).
     #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
@@ -145,6 +149,7 @@ impl ControllerFlags {
             admin: self.admin,
             certificate_lifetime: std::time::Duration::from_secs(self.certificate_lifetime),
             ca: self.ca_cert.zip(self.ca_key),
+            trust_bundle: self.trust_bundle,
             trust_domain: self.trust_domain,
         }
     }

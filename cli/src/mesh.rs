@@ -26,6 +26,8 @@ pub struct ControllerSettings {
     pub certificate_lifetime: Duration,
     /// The user's CA, certificate and key.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// The roots proxies are to trust, with the user's CA (default: its certificate alone).
+    pub trust_bundle: Option<PathBuf>,
     /// The mesh's SPIFFE trust domain.
     pub trust_domain: String,
 }
@@ -48,6 +50,7 @@ impl ControllerSettings {
                 Some((cert, key)) => CaSource::Files {
                     cert: cert.clone(),
                     key: key.clone(),
+                    bundle: self.trust_bundle.clone(),
                 },
                 None => CaSource::State,
             },
@@ -261,6 +264,10 @@ pub fn status_table(status: &Value) -> String {
         out.push_str(cells.join(" ").trim_end());
         out.push('\n');
     }
+    let trust = &status["trust"];
+    if trust.is_object() {
+        out.push_str(&trust_line(trust));
+    }
     for problem in status["rejected_change"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "refused change: {}\n",
@@ -268,6 +275,54 @@ pub fn status_table(status: &Value) -> String {
         ));
     }
     out
+}
+
+/// The status line of the mesh's trust: the root issuing, the roots trusted, a rotation under
+/// way and whom it waits for, and a refused CA change.
+fn trust_line(trust: &serde_json::Value) -> String {
+    let roots: Vec<&str> = trust["roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let mut line = format!(
+        "trust: issuer {}, roots {}",
+        trust["issuer"].as_str().unwrap_or("-"),
+        roots.join(", ")
+    );
+    match trust["rotation"]["step"].as_str() {
+        Some("adding_root") => line.push_str(&format!(
+            "; rotating: root {} added; the new CA issues once these trust it: {}",
+            trust["rotation"]["root"].as_str().unwrap_or("-"),
+            waiting(&trust["rotation"]["waiting"])
+        )),
+        Some("retiring_roots") => line.push_str(&format!(
+            "; rotating: old roots kept until these apply a certificate of the new CA: {}",
+            waiting(&trust["rotation"]["waiting"])
+        )),
+        _ => {}
+    }
+    line.push('\n');
+    if let Some(problem) = trust["problem"].as_str() {
+        line.push_str(&format!("refused CA change: {problem}\n"));
+    }
+    line
+}
+
+/// The pods a rotation waits for, for a status line.
+fn waiting(pods: &serde_json::Value) -> String {
+    let pods: Vec<&str> = pods
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    match pods.len() {
+        0 => "nothing".to_owned(),
+        1..=3 => pods.join(", "),
+        n => format!("{}, and {} more", pods[..3].join(", "), n - 3),
+    }
 }
 
 /// What `weft controller` was asked.
@@ -500,6 +555,24 @@ mod tests {
         assert!(lines[1].contains(" 01234567 "), "{table}");
         assert!(
             lines[2].contains(" no ") && lines[2].contains(" 2 "),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_status_says_whom_a_root_rotation_waits_for_and_why_a_ca_change_was_refused() {
+        let status = serde_json::json!({"pods": [], "trust": {
+            "issuer": "bbbb", "roots": ["aaaa", "bbbb"],
+            "rotation": {"step": "retiring_roots", "roots": ["aaaa"],
+                         "waiting": ["shop/a-0", "shop/b-0", "shop/c-0", "shop/d-0"]},
+            "problem": "trust-bundle.pem does not hold the root of the CA ca.pem"}});
+        let table = status_table(&status);
+        assert!(
+            table.contains("trust: issuer bbbb, roots aaaa, bbbb; rotating: old roots kept until these apply a certificate of the new CA: shop/a-0, shop/b-0, shop/c-0, and 1 more\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("refused CA change: trust-bundle.pem does not hold"),
             "{table}"
         );
     }

@@ -38,11 +38,21 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     let (generation, built) = shared.generations();
+    let trust = {
+        let pki = shared.pki();
+        json!({
+            "issuer": pki.issuer_root(),
+            "roots": pki.served(),
+            "rotation": pki.phase(),
+            "problem": shared.ca_problem(),
+        })
+    };
     json!({
         "generation": {"catalog": generation, "built": built},
         "module_sha256": shared.module().sha256,
         "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pods": pods,
+        "trust": trust,
     })
 }
 

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod pki;
 pub mod runtime;
 pub mod status;
+pub mod trust;

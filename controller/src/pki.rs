@@ -4,12 +4,14 @@
 //! controller's own server certificate. Every operation takes `now` from the caller, so tests
 //! can move the clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use weft_certs::{CertError, CertifiedKey, MeshCa, RotationPolicy, Validity};
+
+use crate::trust::{self, Held, Phase, RootId};
 
 /// Why the PKI could not be opened or a certificate made.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,16 @@ pub enum PkiError {
         what: String,
         /// Why.
         source: CertError,
+    },
+    /// The CA that is to issue is not among the roots that are to be trusted.
+    #[error(
+        "{bundle} does not hold the root of the CA {ca}; add the CA's certificate to the bundle (proxies must trust a CA before it issues)"
+    )]
+    NotTrusted {
+        /// The CA certificate.
+        ca: PathBuf,
+        /// The bundle.
+        bundle: PathBuf,
     },
 }
 
@@ -54,57 +66,160 @@ pub struct Issued {
     pub validity: Validity,
     /// When it is to be renewed (wall clock).
     pub renew_at: OffsetDateTime,
+    /// The root that signed it.
+    pub root: RootId,
 }
 
 /// Where the CA comes from.
 #[derive(Debug, Clone)]
 pub enum CaSource {
-    /// `ca.pem` and `ca-key.pem` in the state folder, generated on first start.
+    /// `ca.pem` and `ca-key.pem` in the state folder, generated on first start, and
+    /// `trust-bundle.pem` there if the operator puts one.
     State,
-    /// The user's certificate and key files.
+    /// The user's certificate and key files, and optionally a trust bundle.
     Files {
         /// CA certificate, PEM.
         cert: PathBuf,
         /// Its key, PEM.
         key: PathBuf,
+        /// The roots every proxy is to trust, PEM; without it, the CA certificate alone.
+        bundle: Option<PathBuf>,
     },
 }
 
-/// The mesh CA and the certificates it issued.
-#[derive(Debug)]
-pub struct Pki {
+/// The files the operator's wishes are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFiles {
+    /// The CA that is to issue.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The roots that are to be trusted, when there is such a file; otherwise the CA's own.
+    pub bundle: Option<PathBuf>,
+}
+
+impl CaSource {
+    /// The files it reads, for a controller whose state folder is `state`.
+    pub fn files(&self, state: &Path) -> CaFiles {
+        match self {
+            Self::State => CaFiles {
+                cert: state.join(weft_certs::CA_CERT_FILE),
+                key: state.join(weft_certs::CA_KEY_FILE),
+                bundle: Some(state.join(weft_certs::TRUST_BUNDLE_FILE)),
+            },
+            Self::Files { cert, key, bundle } => CaFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                bundle: bundle.clone(),
+            },
+        }
+    }
+}
+
+/// The folder, in the state folder, where the CA and trust bundle in force are kept, so that a
+/// controller restarted in the middle of a rotation goes on from where it was.
+const IN_FORCE_DIR: &str = "in-force";
+
+/// A CA and the trust bundle that go together.
+struct Authority {
     ca: MeshCa,
+    root: RootId,
+    roots: BTreeMap<RootId, String>,
+}
+
+impl Authority {
+    /// Reads a CA from `cert` and `key`, and the roots from `bundle` if there is such a file
+    /// (else the CA's certificate); the CA's root must be among them.
+    fn read(
+        cert: &Path,
+        key: &Path,
+        bundle: Option<&Path>,
+        trust_domain: &str,
+    ) -> Result<Self, PkiError> {
+        let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
+        let key_pem = std::fs::read_to_string(key).map_err(io(key))?;
+        let ca = MeshCa::from_pem(&cert_pem, &key_pem, trust_domain).map_err(|source| {
+            PkiError::Cert {
+                what: format!("reading the CA from {}", cert.display()),
+                source,
+            }
+        })?;
+        let der =
+            weft_certs::first_certificate_der(&cert_pem).map_err(|source| PkiError::Cert {
+                what: format!("reading the CA from {}", cert.display()),
+                source,
+            })?;
+        let root = RootId::of(&der);
+        let (bundle_pem, from) = match bundle.filter(|bundle| bundle.exists()) {
+            Some(bundle) => (std::fs::read_to_string(bundle).map_err(io(bundle))?, bundle),
+            None => (cert_pem, cert),
+        };
+        let roots: BTreeMap<RootId, String> = weft_certs::certificates(&bundle_pem)
+            .map_err(|source| PkiError::Cert {
+                what: format!("reading the trust bundle {}", from.display()),
+                source,
+            })?
+            .into_iter()
+            .map(|(der, pem)| (RootId::of(&der), pem))
+            .collect();
+        if !roots.contains_key(&root) {
+            return Err(PkiError::NotTrusted {
+                ca: cert.to_owned(),
+                bundle: from.to_owned(),
+            });
+        }
+        Ok(Self { ca, root, roots })
+    }
+}
+
+/// The mesh CA, the roots proxies trust, and the certificates issued.
+pub struct Pki {
+    trust_domain: String,
     policy: RotationPolicy,
+    files: CaFiles,
+    in_force_dir: PathBuf,
+    /// The CA of the control channel: it issued the controller's server certificate and the
+    /// bootstrap credentials, and the roots in force at start are what the xDS server trusts.
+    control: MeshCa,
+    control_bundle: String,
+    /// What the operator asked for: the CA to issue from, and the roots to trust.
+    wanted: Authority,
+    /// The CA issuing now.
+    issuer: MeshCa,
+    issuer_root: RootId,
+    /// The roots every proxy is given, and the PEM of every root that may be.
+    served: BTreeSet<RootId>,
+    known: BTreeMap<RootId, String>,
+    phase: Phase,
     issued: HashMap<String, Issued>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("issuer", &self.issuer_root)
+            .field("served", &self.served)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pki {
     /// Opens the CA for `trust_domain` as `source` says, generating (and keeping, key
-    /// readable by the owner only) a new one in `state` if there is none.
+    /// readable by the owner only) a new one in `state` if there is none. A CA and bundle in
+    /// force kept by a previous run (a rotation under way) are taken up again.
     ///
     /// # Errors
-    /// When the files cannot be read or written, or do not hold a CA.
+    /// When the files cannot be read or written, or do not hold a CA, or the trust bundle
+    /// does not hold the CA's root.
     pub fn open(
         state: &Path,
         source: &CaSource,
         trust_domain: &str,
         policy: RotationPolicy,
     ) -> Result<Self, PkiError> {
-        let (cert_path, key_path) = match source {
-            CaSource::Files { cert, key } => (cert.clone(), key.clone()),
-            CaSource::State => (
-                state.join(weft_certs::CA_CERT_FILE),
-                state.join(weft_certs::CA_KEY_FILE),
-            ),
-        };
-        let ca = if cert_path.exists() || matches!(source, CaSource::Files { .. }) {
-            let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-            let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            MeshCa::from_pem(&cert, &key, trust_domain).map_err(|source| PkiError::Cert {
-                what: format!("reading the CA from {}", cert_path.display()),
-                source,
-            })?
-        } else {
+        let files = source.files(state);
+        if matches!(source, CaSource::State) && !files.cert.exists() {
             let ca = MeshCa::generate(trust_domain, Validity::starting_now(CA_LIFETIME)).map_err(
                 |source| PkiError::Cert {
                     what: "generating the mesh CA".to_owned(),
@@ -112,25 +227,178 @@ impl Pki {
                 },
             )?;
             std::fs::create_dir_all(state).map_err(io(state))?;
-            write_private(&key_path, &ca.pem().key_pem)?;
-            std::fs::write(&cert_path, &ca.pem().cert_pem).map_err(io(&cert_path))?;
-            ca
+            write_private(&files.key, &ca.pem().key_pem)?;
+            std::fs::write(&files.cert, &ca.pem().cert_pem).map_err(io(&files.cert))?;
+        }
+        let wanted = Authority::read(
+            &files.cert,
+            &files.key,
+            files.bundle.as_deref(),
+            trust_domain,
+        )?;
+        let in_force_dir = state.join(IN_FORCE_DIR);
+        let in_force = if in_force_dir.join(weft_certs::CA_CERT_FILE).exists() {
+            Authority::read(
+                &in_force_dir.join(weft_certs::CA_CERT_FILE),
+                &in_force_dir.join(weft_certs::CA_KEY_FILE),
+                Some(&in_force_dir.join(weft_certs::TRUST_BUNDLE_FILE)),
+                trust_domain,
+            )?
+        } else {
+            Authority::read(
+                &files.cert,
+                &files.key,
+                files.bundle.as_deref(),
+                trust_domain,
+            )?
         };
-        Ok(Self {
-            ca,
+        let served: BTreeSet<RootId> = in_force.roots.keys().cloned().collect();
+        let mut known = in_force.roots.clone();
+        known.extend(wanted.roots.clone());
+        let control = MeshCa::from_pem(
+            &in_force.ca.pem().cert_pem,
+            &in_force.ca.pem().key_pem,
+            trust_domain,
+        )
+        .map_err(|source| PkiError::Cert {
+            what: "reading the CA in force".to_owned(),
+            source,
+        })?;
+        let mut pki = Self {
+            trust_domain: trust_domain.to_owned(),
             policy,
+            files,
+            in_force_dir,
+            control,
+            control_bundle: String::new(),
+            wanted,
+            issuer: in_force.ca,
+            issuer_root: in_force.root,
+            served,
+            known,
+            phase: Phase::Steady,
             issued: HashMap::new(),
-        })
+        };
+        pki.control_bundle = pki.bundle_pem();
+        pki.keep_in_force()?;
+        Ok(pki)
     }
 
-    /// The trust bundle every proxy gets: the CA certificate.
-    pub fn bundle_pem(&self) -> &str {
-        &self.ca.pem().cert_pem
+    /// The files the operator's wishes are read from (the controller watches them).
+    pub fn files(&self) -> &CaFiles {
+        &self.files
+    }
+
+    /// Reads the operator's CA and trust bundle again. Returns whether they changed; on an
+    /// error, what was asked before stays.
+    ///
+    /// # Errors
+    /// When they cannot be read, or the bundle does not hold the CA's root.
+    pub fn reload(&mut self) -> Result<bool, PkiError> {
+        let wanted = Authority::read(
+            &self.files.cert,
+            &self.files.key,
+            self.files.bundle.as_deref(),
+            &self.trust_domain,
+        )?;
+        if wanted.root == self.wanted.root && wanted.roots == self.wanted.roots {
+            return Ok(false);
+        }
+        self.known.extend(wanted.roots.clone());
+        self.wanted = wanted;
+        Ok(true)
+    }
+
+    /// Takes the next step of a rotation that `held` (what each pod's proxy has applied)
+    /// allows: switches the issuer (every certificate is then issued again) and sets the roots
+    /// served. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// When the state in force cannot be kept.
+    pub fn advance(&mut self, held: &BTreeMap<String, Option<Held>>) -> Result<bool, PkiError> {
+        let wanted_roots: BTreeSet<RootId> = self.wanted.roots.keys().cloned().collect();
+        let issued: BTreeSet<RootId> = self.issued.values().map(|i| i.root.clone()).collect();
+        let decision = trust::decide(
+            &self.wanted.root,
+            &wanted_roots,
+            &self.issuer_root,
+            &issued,
+            held,
+        );
+        let mut changed = false;
+        if decision.switch_issuer {
+            self.issuer = MeshCa::from_pem(
+                &self.wanted.ca.pem().cert_pem,
+                &self.wanted.ca.pem().key_pem,
+                &self.trust_domain,
+            )
+            .map_err(|source| PkiError::Cert {
+                what: "switching to the new CA".to_owned(),
+                source,
+            })?;
+            self.issuer_root = self.wanted.root.clone();
+            self.issued.clear();
+            changed = true;
+        }
+        if decision.served != self.served {
+            self.served = decision.served;
+            changed = true;
+        }
+        self.phase = decision.phase;
+        if changed {
+            self.keep_in_force()?;
+        }
+        Ok(changed)
+    }
+
+    /// Writes the CA and roots in force into the state folder.
+    fn keep_in_force(&self) -> Result<(), PkiError> {
+        let dir = &self.in_force_dir;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_private(
+            &dir.join(weft_certs::CA_KEY_FILE),
+            &self.issuer.pem().key_pem,
+        )?;
+        let cert = dir.join(weft_certs::CA_CERT_FILE);
+        std::fs::write(&cert, &self.issuer.pem().cert_pem).map_err(io(&cert))?;
+        let bundle = dir.join(weft_certs::TRUST_BUNDLE_FILE);
+        std::fs::write(&bundle, self.bundle_pem()).map_err(io(&bundle))
+    }
+
+    /// The trust bundle every proxy gets: the roots served, the issuer's first.
+    pub fn bundle_pem(&self) -> String {
+        let mut bundle = self.known[&self.issuer_root].clone();
+        for root in self.served.iter().filter(|root| **root != self.issuer_root) {
+            if let Some(pem) = self.known.get(root) {
+                bundle.push_str(pem);
+            }
+        }
+        bundle
+    }
+
+    /// The roots served.
+    pub fn served(&self) -> &BTreeSet<RootId> {
+        &self.served
+    }
+
+    /// The root of the CA issuing now.
+    pub fn issuer_root(&self) -> &RootId {
+        &self.issuer_root
+    }
+
+    /// Where a rotation stands.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The roots the control channel trusts (a sidecar checks the controller against them).
+    pub fn control_bundle_pem(&self) -> &str {
+        &self.control_bundle
     }
 
     /// The mesh's trust domain.
     pub fn trust_domain(&self) -> &str {
-        self.ca.trust_domain()
+        &self.trust_domain
     }
 
     /// The controller's SPIFFE ID, which sidecars check on its certificate.
@@ -139,16 +407,7 @@ impl Pki {
     }
 
     fn issue(
-        &self,
-        spiffe_id: &str,
-        lifetime: Duration,
-        now: OffsetDateTime,
-    ) -> Result<(CertifiedKey, Validity), PkiError> {
-        self.issue_with_dns(spiffe_id, &[], lifetime, now)
-    }
-
-    fn issue_with_dns(
-        &self,
+        ca: &MeshCa,
         spiffe_id: &str,
         dns_names: &[String],
         lifetime: Duration,
@@ -159,8 +418,7 @@ impl Pki {
             not_before: now - Duration::from_secs(5 * 60),
             not_after: now + lifetime,
         };
-        let pem = self
-            .ca
+        let pem = ca
             .issue_for(spiffe_id, dns_names, validity)
             .map_err(|source| PkiError::Cert {
                 what: format!("issuing a certificate for {spiffe_id}"),
@@ -184,11 +442,12 @@ impl Pki {
         {
             return Ok((issued.clone(), false));
         }
-        let (pem, validity) = self.issue(spiffe_id, self.policy.lifetime, now)?;
+        let (pem, validity) = Self::issue(&self.issuer, spiffe_id, &[], self.policy.lifetime, now)?;
         let issued = Issued {
             pem,
             validity,
             renew_at: self.policy.renewal(validity, fastrand::f64()),
+            root: self.issuer_root.clone(),
         };
         self.issued.insert(spiffe_id.to_owned(), issued.clone());
         Ok((issued, true))
@@ -204,7 +463,7 @@ impl Pki {
         self.issued.get(spiffe_id).map(|i| i.validity.not_after)
     }
 
-    /// A bootstrap credential for a sidecar of `spiffe_id`.
+    /// A bootstrap credential for a sidecar of `spiffe_id`, from the control channel's CA.
     ///
     /// # Errors
     /// When it cannot be made.
@@ -213,7 +472,7 @@ impl Pki {
         spiffe_id: &str,
         now: OffsetDateTime,
     ) -> Result<CertifiedKey, PkiError> {
-        Ok(self.issue(spiffe_id, BOOTSTRAP_LIFETIME, now)?.0)
+        Ok(Self::issue(&self.control, spiffe_id, &[], BOOTSTRAP_LIFETIME, now)?.0)
     }
 
     /// The controller's server certificate: its SPIFFE ID (which sidecars check) and the
@@ -223,9 +482,14 @@ impl Pki {
     /// When it cannot be made.
     pub fn server_credential(&self, now: OffsetDateTime) -> Result<CertifiedKey, PkiError> {
         let dns = ["localhost".to_owned()];
-        Ok(self
-            .issue_with_dns(&self.controller_identity(), &dns, BOOTSTRAP_LIFETIME, now)?
-            .0)
+        Ok(Self::issue(
+            &self.control,
+            &self.controller_identity(),
+            &dns,
+            BOOTSTRAP_LIFETIME,
+            now,
+        )?
+        .0)
     }
 }
 
@@ -317,6 +581,7 @@ mod tests {
         let source = CaSource::Files {
             cert: dir.path().join("missing.pem"),
             key: dir.path().join("missing-key.pem"),
+            bundle: None,
         };
         let err = Pki::open(
             dir.path(),
@@ -326,5 +591,118 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("missing.pem"), "{err}");
+    }
+
+    /// Writes a new CA over the state folder's, as an operator rotating it does.
+    fn replace_ca(dir: &Path) -> RootId {
+        let ca = MeshCa::generate("cluster.local", Validity::starting_now(CA_LIFETIME)).unwrap();
+        write_private(&dir.join(weft_certs::CA_KEY_FILE), &ca.pem().key_pem).unwrap();
+        std::fs::write(dir.join(weft_certs::CA_CERT_FILE), &ca.pem().cert_pem).unwrap();
+        RootId::of(&weft_certs::first_certificate_der(&ca.pem().cert_pem).unwrap())
+    }
+
+    fn holding(certificate: &RootId, bundle: &BTreeSet<RootId>) -> BTreeMap<String, Option<Held>> {
+        BTreeMap::from([(
+            "shop/api-0".to_owned(),
+            Some(Held {
+                certificate_root: certificate.clone(),
+                bundle: std::sync::Arc::new(bundle.clone()),
+            }),
+        )])
+    }
+
+    fn roots_in(bundle: &str) -> BTreeSet<RootId> {
+        weft_certs::certificates(bundle)
+            .unwrap()
+            .into_iter()
+            .map(|(der, _)| RootId::of(&der))
+            .collect()
+    }
+
+    #[test]
+    fn a_replaced_ca_issues_only_after_the_proxies_trust_it_and_its_old_root_goes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = pki(dir.path());
+        let now = OffsetDateTime::now_utc();
+        let old = pki.issuer_root().clone();
+        let (first, _) = pki.workload(API, now).unwrap();
+        assert_eq!(first.root, old);
+
+        let new = replace_ca(dir.path());
+        assert!(pki.reload().unwrap());
+        // Step 1: the new root joins the bundle; the proxy has not applied it yet.
+        let only_old = BTreeSet::from([old.clone()]);
+        assert!(pki.advance(&holding(&old, &only_old)).unwrap());
+        let both = BTreeSet::from([old.clone(), new.clone()]);
+        assert_eq!(roots_in(&pki.bundle_pem()), both);
+        assert_eq!(pki.issuer_root(), &old);
+        assert!(!pki.workload(API, now).unwrap().1, "no new certificate yet");
+
+        // Step 2, once the proxy applied the wider bundle: the new CA issues at once.
+        assert!(pki.advance(&holding(&old, &both)).unwrap());
+        assert_eq!(pki.issuer_root(), &new);
+        let (renewed, issued) = pki.workload(API, now).unwrap();
+        assert!(issued);
+        assert_eq!(renewed.root, new);
+        // The old root stays while the proxy holds the old certificate.
+        assert_eq!(roots_in(&pki.bundle_pem()), both);
+        assert!(matches!(pki.phase(), Phase::RetiringRoots { .. }));
+
+        // Step 3, once it applied the new certificate.
+        assert!(pki.advance(&holding(&new, &both)).unwrap());
+        assert_eq!(roots_in(&pki.bundle_pem()), BTreeSet::from([new.clone()]));
+        assert_eq!(pki.phase(), &Phase::Steady);
+
+        // What is in force is kept: a restart goes on from here.
+        let again = self::pki(dir.path());
+        assert_eq!(again.issuer_root(), &new);
+        assert_eq!(roots_in(&again.bundle_pem()), BTreeSet::from([new]));
+    }
+
+    #[test]
+    fn a_restart_in_the_middle_of_a_rotation_keeps_issuing_from_the_ca_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = pki(dir.path());
+        let old = pki.issuer_root().clone();
+        let new = replace_ca(dir.path());
+        pki.reload().unwrap();
+        pki.advance(&holding(&old, &BTreeSet::from([old.clone()])))
+            .unwrap();
+        drop(pki);
+
+        let mut again = self::pki(dir.path());
+        assert_eq!(again.issuer_root(), &old, "the old CA issues until step 2");
+        assert_eq!(
+            roots_in(&again.bundle_pem()),
+            BTreeSet::from([old.clone(), new.clone()])
+        );
+        let (issued, _) = again.workload(API, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(issued.root, old);
+        // The control channel keeps the CA in force at start.
+        assert_eq!(
+            roots_in(again.control_bundle_pem()),
+            BTreeSet::from([old, new])
+        );
+    }
+
+    #[test]
+    fn a_bundle_without_the_cas_root_is_refused_and_what_was_asked_before_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = pki(dir.path());
+        let old = pki.issuer_root().clone();
+        let other = MeshCa::generate("cluster.local", Validity::starting_now(CA_LIFETIME)).unwrap();
+        let bundle = dir.path().join(weft_certs::TRUST_BUNDLE_FILE);
+        std::fs::write(&bundle, &other.pem().cert_pem).unwrap();
+        let err = pki.reload().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("trust-bundle.pem does not hold the root of the CA"),
+            "{err}"
+        );
+        assert!(
+            !pki.advance(&holding(&old, &BTreeSet::from([old.clone()])))
+                .unwrap()
+        );
+        assert_eq!(roots_in(&pki.bundle_pem()), BTreeSet::from([old]));
     }
 }

@@ -3,7 +3,7 @@
 //! certificate's wall-clock renewal deadline), the ADS server over mTLS with its admission,
 //! and the admin HTTP server (status, module, health).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +22,12 @@ use weft_policy::model::Catalog;
 use weft_xds::cache::SnapshotCache;
 use weft_xds::protocol::{Event, TypeStatus};
 use weft_xds::server::{Admission, AdsService};
-use weft_xds::snapshot::{LISTENER, short_name};
+use weft_xds::snapshot::{LISTENER, SECRET, short_name, type_version};
 
 use crate::mesh::{MeshView, Pod, sidecar_snapshot};
-use crate::pki::{CaSource, Pki};
+use crate::pki::{CaFiles, CaSource, Pki};
 use crate::status::Status;
+use crate::trust::{Held, Phase};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -134,6 +135,11 @@ pub struct Shared {
     /// had none.
     registered: Mutex<BTreeMap<String, Streams>>,
     pki: Mutex<Pki>,
+    /// Why the operator's CA or trust bundle was last refused (what was asked before stays).
+    ca_problem: Mutex<Option<String>>,
+    /// What each pod's proxy has applied of its secrets (a rotation waits on it), and what the
+    /// secrets of its latest snapshots held, by the version it would acknowledge.
+    trust: Mutex<TrustLedger>,
     /// Resources shared by the snapshots.
     interner: Mutex<crate::mesh::Interner>,
     /// Snapshots served.
@@ -157,6 +163,50 @@ pub struct Shared {
     built_generation: AtomicU64,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
+}
+
+/// What proxies hold of the mesh's roots.
+#[derive(Debug, Default)]
+struct TrustLedger {
+    /// By node id: what its proxy's applied secrets hold.
+    held: BTreeMap<String, Held>,
+    /// By node id: what the secrets of its latest snapshots hold, by SDS version.
+    built: BTreeMap<String, VecDeque<(String, Held)>>,
+}
+
+/// How many snapshots' secrets are remembered per proxy: a proxy acknowledges one of its
+/// latest few.
+const SECRETS_REMEMBERED: usize = 4;
+
+impl TrustLedger {
+    fn built(&mut self, node: &str, version: String, held: Held) {
+        let versions = self.built.entry(node.to_owned()).or_default();
+        if versions.back().is_some_and(|(last, _)| *last == version) {
+            return;
+        }
+        if versions.len() == SECRETS_REMEMBERED {
+            versions.pop_front();
+        }
+        versions.push_back((version, held));
+    }
+
+    /// `node` acknowledged SDS `version`; returns whether what it holds changed.
+    fn acked(&mut self, node: &str, version: &str) -> bool {
+        let Some(held) = self
+            .built
+            .get(node)
+            .and_then(|versions| versions.iter().find(|(v, _)| v == version))
+            .map(|(_, held)| held.clone())
+        else {
+            return false;
+        };
+        self.held.insert(node.to_owned(), held.clone()) != Some(held)
+    }
+
+    fn forget(&mut self, node: &str) {
+        self.held.remove(node);
+        self.built.remove(node);
+    }
 }
 
 /// The ADS streams of a pod its sidecar registered.
@@ -289,8 +339,39 @@ impl Shared {
         }
         self.status.forget(node);
         self.metrics.forget(node);
+        lock(&self.trust).forget(node);
         self.cache.remove(node);
         self.mark_changed();
+    }
+
+    /// Reads the operator's CA and trust bundle again (their files changed). A CA or bundle
+    /// that cannot be used is refused (logged, kept for status) and what was asked before
+    /// stays.
+    pub fn reload_ca(&self) {
+        let result = self.pki().reload();
+        let mut problem = lock(&self.ca_problem);
+        match result {
+            Ok(changed) => {
+                *problem = None;
+                if changed {
+                    log::info!("weft: the mesh CA or trust bundle changed; rotating");
+                    self.mark_changed();
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                if problem.as_deref() != Some(message.as_str()) {
+                    log::error!("weft: {message}; the CA and roots in force stay");
+                    self.metrics.reconcile_error("certificate");
+                    *problem = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Why the operator's CA or trust bundle was last refused.
+    pub fn ca_problem(&self) -> Option<String> {
+        lock(&self.ca_problem).clone()
     }
 
     /// Keeps the pods their sidecars registered in the state folder if they changed, so that
@@ -467,7 +548,38 @@ impl Shared {
         let pods = self.pods();
         let ready = lock(&self.ready).clone();
         let mut pki = lock(&self.pki);
-        let bundle = pki.bundle_pem().to_owned();
+        let held: BTreeMap<String, Option<Held>> = {
+            let mut trust = lock(&self.trust);
+            let nodes: BTreeSet<String> = pods.iter().map(Pod::node_id).collect();
+            trust.held.retain(|node, _| nodes.contains(node));
+            trust.built.retain(|node, _| nodes.contains(node));
+            nodes
+                .into_iter()
+                .map(|node| {
+                    let held = trust.held.get(&node).cloned();
+                    (node, held)
+                })
+                .collect()
+        };
+        match pki.advance(&held) {
+            Ok(true) => log::info!(
+                "weft: certificates issued by root {}, roots trusted: {}; {:?}",
+                pki.issuer_root(),
+                pki.served()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                pki.phase()
+            ),
+            Ok(false) => {}
+            Err(err) => {
+                log::error!("weft: {err}");
+                self.metrics.reconcile_error("certificate");
+            }
+        }
+        let bundle = pki.bundle_pem();
+        let served = Arc::new(pki.served().clone());
         let trust_domain = pki.trust_domain().to_owned();
         let module = self.module().path.display().to_string();
         let view = MeshView {
@@ -494,7 +606,7 @@ impl Shared {
                     self.status
                         .set_certificate(&pod.node_id(), issued.validity.not_after);
                     expiries.insert(spiffe_id, issued.validity.not_after.unix_timestamp());
-                    issued.pem
+                    issued
                 }
                 Err(err) => {
                     log::error!("weft: {err}");
@@ -502,9 +614,17 @@ impl Shared {
                     continue;
                 }
             };
-            match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate) {
+            match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate.pem) {
                 Ok(snapshot) => {
                     let node = pod.node_id();
+                    lock(&self.trust).built(
+                        &node,
+                        type_version(&snapshot, SECRET),
+                        Held {
+                            certificate_root: certificate.root,
+                            bundle: served.clone(),
+                        },
+                    );
                     // Marked before the snapshot is published, so that a proxy quick to apply
                     // it cannot finish before its convergence started; a proxy that is not
                     // connected converges when it reconnects, which is not measured.
@@ -658,6 +778,13 @@ impl Admission for Gate {
         match event {
             Event::Ack { type_url, version } => {
                 self.shared.status.acked(key, short_name(type_url), version);
+                // (The ledger's lock is let go before the PKI's is taken: a rebuild takes them
+                // the other way round.)
+                let holds_anew = type_url == SECRET && lock(&self.shared.trust).acked(key, version);
+                if holds_anew && *self.shared.pki().phase() != Phase::Steady {
+                    // A rotation may take its next step.
+                    self.shared.mark_changed();
+                }
                 if type_url == LISTENER && lock(&self.shared.ready).insert(key.to_owned()) {
                     log::info!("weft: {key} is ready");
                     self.shared.mark_changed();
@@ -746,7 +873,7 @@ impl Controller {
         let module = Module::install(&options.module, &options.state)?;
         let now = OffsetDateTime::now_utc();
         let server = pki.server_credential(now)?;
-        let bundle = pki.bundle_pem().to_owned();
+        let bundle = pki.control_bundle_pem().to_owned();
         let shared = Arc::new(Shared {
             catalog: RwLock::new(Arc::new(catalog)),
             rejected: Mutex::new(Vec::new()),
@@ -754,6 +881,8 @@ impl Controller {
             ready: Mutex::new(BTreeSet::new()),
             registered: Mutex::new(BTreeMap::new()),
             pki: Mutex::new(pki),
+            ca_problem: Mutex::new(None),
+            trust: Mutex::new(TrustLedger::default()),
             interner: Mutex::new(crate::mesh::Interner::default()),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),
@@ -812,6 +941,8 @@ impl Controller {
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             let mut last = fingerprint(&watcher.options.manifests);
+            let ca_files = watcher.pki().files().clone();
+            let mut last_ca = ca_fingerprint(&ca_files);
             loop {
                 tokio::select! {
                     () = stopped(&mut stop) => return,
@@ -821,6 +952,11 @@ impl Controller {
                 if now != last {
                     last = now;
                     watcher.reload();
+                }
+                let now = ca_fingerprint(&ca_files);
+                if now != last_ca {
+                    last_ca = now;
+                    watcher.reload_ca();
                 }
             }
         });
@@ -905,6 +1041,19 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// What changes when a manifest changes: each manifest file's path, size and modification
 /// time, found as the manifests reader finds them (so a link loop ends, hidden entries such as
 /// local mode's `DIR/.weft` are skipped).
+/// The size and modification time of the operator's CA files (none for a missing one).
+fn ca_fingerprint(files: &CaFiles) -> Vec<Option<(u64, Option<std::time::SystemTime>)>> {
+    [Some(&files.cert), Some(&files.key), files.bundle.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|meta| (meta.len(), meta.modified().ok()))
+        })
+        .collect()
+}
+
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
     crate::manifests::list(&[dir.to_path_buf()])
         .into_iter()

@@ -393,7 +393,7 @@ impl LocalMesh {
         let spiffe_id = pod.identity().spiffe_id(&trust_domain);
         let credential = {
             let pki = shared.pki();
-            std::fs::write(dir.join(weft_certs::CA_CERT_FILE), pki.bundle_pem())?;
+            std::fs::write(dir.join(weft_certs::CA_CERT_FILE), pki.control_bundle_pem())?;
             pki.bootstrap_credential(&spiffe_id, OffsetDateTime::now_utc())?
         };
         std::fs::write(dir.join(weft_certs::CERT_FILE), &credential.cert_pem)?;

@@ -114,3 +114,41 @@ pub async fn stat(admin: SocketAddr, name: &str) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0))
 }
+
+/// The serial numbers (lowercase hex, no leading zeros) of the CA certificates in the trust
+/// bundles the Envoy at `admin` has applied (its active secrets in `/config_dump`; `/certs`
+/// would also list contexts that connections opened earlier still hold).
+pub async fn trusted_ca_serials(
+    admin: SocketAddr,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
+    let dump: serde_json::Value = serde_json::from_str(&reply.body)?;
+    let mut serials = std::collections::BTreeSet::new();
+    for config in dump["configs"].as_array().into_iter().flatten() {
+        let Some(pem) =
+            config["secret"]["validation_context"]["trusted_ca"]["inline_string"].as_str()
+        else {
+            continue;
+        };
+        for (der, _) in weft_certs::certificates(pem)? {
+            serials.insert(weft_certs::serial_hex(&der)?);
+        }
+    }
+    Ok(serials)
+}
+
+/// The workload certificates the Envoy at `admin` has applied (its active secrets in
+/// `/config_dump`), DER.
+pub async fn applied_certificates(admin: SocketAddr) -> anyhow::Result<Vec<Vec<u8>>> {
+    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
+    let dump: serde_json::Value = serde_json::from_str(&reply.body)?;
+    let mut certificates = Vec::new();
+    for config in dump["configs"].as_array().into_iter().flatten() {
+        if let Some(pem) =
+            config["secret"]["tls_certificate"]["certificate_chain"]["inline_string"].as_str()
+        {
+            certificates.push(weft_certs::first_certificate_der(pem)?);
+        }
+    }
+    Ok(certificates)
+}

@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use weft_e2e::load::{Load, Timeline, judge};
 use weft_e2e::mesh::TestMesh;
 use weft_e2e::poll::until;
+use weft_e2e::shop::{Policy, SHIPPED, probes, verdict};
 
 const FRONTEND: &str = "shop/frontend-0";
 const ANALYTICS: &str = "shop/analytics-0";
@@ -237,6 +239,17 @@ async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resent() {
     let mut mesh = TestMesh::start().await.unwrap();
+    // Traffic all along: every answer as the last good configuration says.
+    let load = Load::start(
+        probes(
+            mesh.replica(FRONTEND).outbound(),
+            mesh.replica(ANALYTICS).outbound(),
+        ),
+        Duration::from_millis(5),
+        20_000,
+    );
+    let load_probes = load.probes();
+    let mut timeline = Timeline::new(SHIPPED);
     // A second TCP Service on the database's port: each caller would get two listeners on one
     // address, which Envoy refuses (a NACK of the whole listener update).
     let services = std::fs::read_to_string(mesh.manifest("services.yaml")).unwrap();
@@ -268,6 +281,13 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     // Unrelated changes come and go (a new TrafficSplit weight): the refused listeners are not
     // sent again, the split change is, and the last good listeners keep serving.
     let split = std::fs::read_to_string(mesh.manifest("split.yaml")).unwrap();
+    timeline.changed(
+        Policy {
+            backends: &["checkout-v2"],
+            ..SHIPPED
+        },
+        Instant::now(),
+    );
     mesh.write_manifest("split.yaml", &split.replace("weight: 90", "weight: 0"))
         .unwrap();
     until(
@@ -285,6 +305,7 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     )
     .await
     .unwrap();
+    timeline.applied(Instant::now());
     for node in callers {
         let rejected = mesh
             .stat(node, "listener_manager.lds.update_rejected")
@@ -313,6 +334,11 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     })
     .await
     .unwrap();
+    let records = load.finish().await;
+    let report = judge(&records, &load_probes, &timeline, verdict);
+    println!("through a change every proxy refused: {report}");
+    assert_eq!(report.wrong_count, 0, "{report}");
+    assert!(report.total > 60, "{report}");
     mesh.stop().await;
 }
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use weft_certs::{MeshCa, Validity, first_certificate_der, serial_hex};
 use weft_e2e::client;
 use weft_e2e::load::{Answer, Load, Timeline, judge};
 use weft_e2e::mesh::{TestMesh, write_manifest};
@@ -71,6 +72,165 @@ async fn workload_certificates_rotating_every_two_seconds_lose_no_request() {
         "{rotations} rotations, expected {expected}"
     );
     mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_root_rotated_in_three_steps_loses_no_request_and_its_old_root_outlives_every_certificate_it_signed()
+ {
+    let mut mesh = TestMesh::start().await.unwrap();
+    let state = mesh.state.path().to_owned();
+    let nodes: Vec<String> = mesh
+        .mesh()
+        .replicas
+        .iter()
+        .map(|replica| replica.pod.node_id())
+        .collect();
+    let old_pem = std::fs::read_to_string(state.join(weft_certs::CA_CERT_FILE)).unwrap();
+    let new = MeshCa::generate(
+        "cluster.local",
+        Validity::starting_now(Duration::from_secs(365 * 24 * 3600)),
+    )
+    .unwrap();
+    let new_pem = new.pem().cert_pem.clone();
+    let root = |pem: &str| weft_controller::trust::RootId::of(&first_certificate_der(pem).unwrap());
+    let serial = |pem: &str| serial_hex(&first_certificate_der(pem).unwrap()).unwrap();
+    let (old_root, new_root) = (root(&old_pem).to_string(), root(&new_pem).to_string());
+    let both = BTreeSet::from([serial(&old_pem), serial(&new_pem)]);
+    let only_new = BTreeSet::from([serial(&new_pem)]);
+
+    let frontend = mesh.replica("shop/frontend-0").outbound();
+    let analytics = mesh.replica("shop/analytics-0").outbound();
+    let load = Load::start(
+        probes(frontend, analytics),
+        PACE,
+        limit(Duration::from_secs(30)),
+    );
+    let probes = load.probes();
+
+    // Step 1: the new root joins the trust bundle; the old CA still issues.
+    write_manifest(
+        &state,
+        weft_certs::TRUST_BUNDLE_FILE,
+        &format!("{old_pem}{new_pem}"),
+    )
+    .unwrap();
+    every_proxy_trusts(&mesh, &nodes, &both).await;
+    assert_eq!(mesh.status()["trust"]["issuer"], old_root.as_str());
+
+    // The db sidecar freezes, so it cannot apply a new certificate.
+    let db = mesh.replica("shop/db-0").pids()[0];
+    signal("STOP", db);
+
+    // Step 2 (the new CA issues) and, too early, step 3 (the bundle names the new root alone).
+    write_manifest(&state, weft_certs::CA_KEY_FILE, &new.pem().key_pem).unwrap();
+    write_manifest(&state, weft_certs::CA_CERT_FILE, &new_pem).unwrap();
+    write_manifest(&state, weft_certs::TRUST_BUNDLE_FILE, &new_pem).unwrap();
+    let others: Vec<String> = nodes
+        .iter()
+        .filter(|n| *n != "shop/db-0")
+        .cloned()
+        .collect();
+    until(
+        "the new CA issuing, every other proxy in sync, the old root kept for db",
+        Duration::from_secs(20),
+        || {
+            let status = mesh.status();
+            let others = &others;
+            let new_root = &new_root;
+            async move {
+                let trust = &status["trust"];
+                let in_sync = others.iter().all(|node| {
+                    status["pods"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|pod| pod["pod"] == node.as_str() && pod["in_sync"] == true)
+                });
+                Ok((trust["issuer"] == new_root.as_str()
+                    && trust["rotation"]["step"] == "retiring_roots"
+                    && trust["rotation"]["waiting"] == serde_json::json!(["shop/db-0"])
+                    && in_sync)
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The removal is delayed, not obeyed: while db holds a certificate of the old root, every
+    // proxy still trusts it, over several rebuilds.
+    for _ in 0..5 {
+        let status = mesh.status();
+        assert_eq!(
+            status["trust"]["rotation"]["waiting"],
+            serde_json::json!(["shop/db-0"]),
+            "{status:#}"
+        );
+        assert_eq!(
+            status["trust"]["roots"],
+            serde_json::json!(BTreeSet::from([old_root.clone(), new_root.clone()])),
+            "{status:#}"
+        );
+        for node in &others {
+            let admin = mesh.replica(node).admin();
+            assert_eq!(
+                client::trusted_ca_serials(admin).await.unwrap(),
+                both,
+                "{node}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // db comes back and applies its new certificate: only then does the old root go.
+    signal("CONT", db);
+    every_proxy_trusts(&mesh, &nodes, &only_new).await;
+    let trust = mesh.status()["trust"].clone();
+    assert_eq!(trust["rotation"]["step"], "steady", "{trust:#}");
+    for node in &nodes {
+        let held = client::applied_certificates(mesh.replica(node).admin())
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 1, "{node}");
+        assert!(
+            weft_certs::signed_by(&held[0], &new_pem).unwrap(),
+            "{node} holds a certificate the new CA did not sign"
+        );
+    }
+    assert_eq!(trust["roots"], serde_json::json!([new_root]), "{trust:#}");
+
+    let records = load.finish().await;
+    let report = judge(&records, &probes, &Timeline::new(SHIPPED), verdict);
+    println!("through a root rotation: {report}");
+    assert_eq!(report.wrong_count, 0, "{report}");
+    assert!(report.total > 100, "{report}");
+    mesh.stop().await;
+}
+
+/// Sends `SIG<name>` to `pid`.
+fn signal(name: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits until the Envoy of every pod in `nodes` trusts exactly the CAs of `serials`.
+async fn every_proxy_trusts(mesh: &TestMesh, nodes: &[String], serials: &BTreeSet<String>) {
+    for node in nodes {
+        let admin = mesh.replica(node).admin();
+        until(
+            &format!("{node} trusting the CAs {serials:?}"),
+            Duration::from_secs(20),
+            || async move {
+                let trusted = client::trusted_ca_serials(admin).await?;
+                Ok((trusted == *serials).then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
 }
 
 /// What `/status` of a `weft up` says: the catalog generation, the generation served, and

@@ -38,29 +38,35 @@ struct Pod {
     app_ip: Ipv4Addr,
 }
 
-const PODS: [Pod; 3] = [
-    Pod {
-        name: "frontend-0",
-        workload: "frontend",
-        service_account: "frontend",
-        pod_ip: Ipv4Addr::new(127, 70, 1, 1),
-        app_ip: Ipv4Addr::new(127, 71, 1, 1),
-    },
-    Pod {
-        name: "analytics-0",
-        workload: "analytics",
-        service_account: "analytics",
-        pod_ip: Ipv4Addr::new(127, 70, 2, 1),
-        app_ip: Ipv4Addr::new(127, 71, 2, 1),
-    },
-    Pod {
-        name: "checkout-v1-0",
-        workload: "checkout-v1",
-        service_account: "checkout",
-        pod_ip: Ipv4Addr::new(127, 70, 3, 1),
-        app_ip: Ipv4Addr::new(127, 71, 3, 1),
-    },
-];
+/// frontend-0, analytics-0 and checkout-v1-0, with pod addresses in 127.SUBNET.0.0/16 and
+/// application addresses in the next: each test its own, as they run at once.
+fn shop_pods(subnet: u8) -> [Pod; 3] {
+    let pod = |n| Ipv4Addr::new(127, subnet, n, 1);
+    let app = |n| Ipv4Addr::new(127, subnet + 1, n, 1);
+    [
+        Pod {
+            name: "frontend-0",
+            workload: "frontend",
+            service_account: "frontend",
+            pod_ip: pod(1),
+            app_ip: app(1),
+        },
+        Pod {
+            name: "analytics-0",
+            workload: "analytics",
+            service_account: "analytics",
+            pod_ip: pod(2),
+            app_ip: app(2),
+        },
+        Pod {
+            name: "checkout-v1-0",
+            workload: "checkout-v1",
+            service_account: "checkout",
+            pod_ip: pod(3),
+            app_ip: app(3),
+        },
+    ]
+}
 
 impl Pod {
     /// This pod as `weft_sidecar` takes it, named `name` (namespace/name).
@@ -214,6 +220,7 @@ async fn wait_reaches_checkout(caller: &Pod) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_resume_without_a_push()
  {
+    let pods = shop_pods(70);
     let manifests = copy_example("mesh").unwrap();
     std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -226,15 +233,15 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     .await
     .unwrap();
 
-    let app = start_checkout_app(&PODS[2]);
-    let sidecars: Vec<Process> = start_sidecars(&PODS, (state.path(), pods_dir.path()), xds, admin);
-    wait_live(&PODS).await;
-    wait_reaches_checkout(&PODS[0]).await;
+    let app = start_checkout_app(&pods[2]);
+    let sidecars: Vec<Process> = start_sidecars(&pods, (state.path(), pods_dir.path()), xds, admin);
+    wait_live(&pods).await;
+    wait_reaches_checkout(&pods[0]).await;
     assert_eq!(
-        call(&PODS[0], "/cart").await,
+        call(&pods[0], "/cart").await,
         (200, "upstream checkout-v1: GET /cart".to_owned())
     );
-    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+    assert_eq!(call(&pods[1], "/cart").await.0, 403);
 
     let counted = [
         "listener_manager.lds.update_success",
@@ -244,13 +251,13 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     ];
     let mut before = Vec::new();
     for name in counted {
-        before.push(stat(&PODS[0], name).await);
+        before.push(stat(&pods[0], name).await);
     }
 
     // Traffic all along: every answer as the policy says, none lost.
     let outbound = |pod: &Pod| SocketAddr::from((pod.pod_ip, 15001));
     let load = Load::start(
-        probes(outbound(&PODS[0]), outbound(&PODS[1])),
+        probes(outbound(&pods[0]), outbound(&pods[1])),
         Duration::from_millis(20),
         5_000,
     );
@@ -268,7 +275,7 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
                 return Ok(None);
             };
             let pods = status["pods"].as_array().cloned().unwrap_or_default();
-            let resumed = pods.len() == PODS.len()
+            let resumed = pods.len() == pods.len()
                 && pods.iter().all(|p| {
                     p["proxy"]["connected"] == true
                         && p["ready"] == true
@@ -294,7 +301,7 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     // Listeners, clusters, endpoints and plugin configuration were not pushed again (the new
     // controller only issued new certificates, over SDS).
     for (name, count) in counted.iter().zip(before) {
-        assert_eq!(stat(&PODS[0], name).await, count, "{name}");
+        assert_eq!(stat(&pods[0], name).await, count, "{name}");
     }
     let metrics = request(
         SocketAddr::from(([127, 0, 0, 1], admin)),
@@ -312,14 +319,15 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
             "the restarted controller pushed {kind}"
         );
     }
-    assert_eq!(call(&PODS[0], "/cart").await.0, 200);
-    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+    assert_eq!(call(&pods[0], "/cart").await.0, 200);
+    assert_eq!(call(&pods[1], "/cart").await.0, 403);
     drop(sidecars);
     drop(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once_it_can() {
+    let pods = shop_pods(76);
     let manifests = copy_example("mesh").unwrap();
     std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -332,7 +340,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
         .arg(state.path())
         .status()
         .unwrap();
-    let checkout = &PODS[2];
+    let checkout = &pods[2];
     let name = format!("shop/{}", checkout.name);
     let remote = checkout.remote(&name);
     let mut waiting = weft_sidecar(
@@ -382,10 +390,10 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
     let _app = start_checkout_app(checkout);
     let callers: Vec<Process> =
-        start_sidecars(&PODS[..2], (state.path(), pods_dir.path()), xds, admin);
-    wait_live(&PODS).await;
-    wait_reaches_checkout(&PODS[0]).await;
-    assert_eq!(call(&PODS[1], "/cart").await.0, 403);
+        start_sidecars(&pods[..2], (state.path(), pods_dir.path()), xds, admin);
+    wait_live(&pods).await;
+    wait_reaches_checkout(&pods[0]).await;
+    assert_eq!(call(&pods[1], "/cart").await.0, 403);
     drop(callers);
     drop(waiting);
 }
@@ -516,4 +524,127 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
     .await
     .unwrap();
     assert_eq!(call(&CALLER, "/cart").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_restarted_under_load_serves_nothing_until_configured_and_lets_no_request_through_unfiltered()
+ {
+    let restarted = shop_pods(74);
+    let checkout = &restarted[2];
+    let manifests = copy_example("mesh").unwrap();
+    std::fs::remove_file(manifests.path().join("split.yaml")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pods_dir = tempfile::tempdir().unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let _controller = start_controller(manifests.path(), state.path(), xds, admin);
+    until("the controller", Duration::from_secs(20), || async {
+        Ok(status(admin).await.ok())
+    })
+    .await
+    .unwrap();
+    let _app = start_checkout_app(checkout);
+    let files = (state.path(), pods_dir.path());
+    let mut sidecars = start_sidecars(&restarted, files, xds, admin);
+    wait_live(&restarted).await;
+    wait_reaches_checkout(&restarted[0]).await;
+
+    let outbound = |pod: &Pod| SocketAddr::from((pod.pod_ip, 15001));
+    let load = Load::start(
+        probes(outbound(&restarted[0]), outbound(&restarted[1])),
+        Duration::from_millis(10),
+        5_000,
+    );
+    let load_probes = load.probes();
+    // Meanwhile a caller with no mesh identity knocks on checkout's inbound port directly.
+    let inbound = SocketAddr::from((checkout.pod_ip, 8080));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let knocker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    request(inbound, "GET", "/cart", &[("host", "checkout")]),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) => reply.status.to_string(),
+                    Ok(Err(err)) if format!("{err:#}").contains("refused") => {
+                        "connection refused".to_owned()
+                    }
+                    Ok(Err(_)) => "no HTTP answer".to_owned(),
+                    Err(_) => "timeout".to_owned(),
+                };
+                answers.push(answer);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answers
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // checkout-v1's sidecar dies (SIGKILL) and is started again at once, while the controller
+    // is up and traffic flows.
+    let killed_at = std::time::Instant::now();
+    drop(sidecars.pop());
+    sidecars.push(start_sidecar(checkout, "cluster.local", files, xds, admin));
+    let served_at = until(
+        "the restarted sidecar serving",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = call(&restarted[0], "/cart").await;
+            Ok((status == 200).then(std::time::Instant::now))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let knocked = knocker.await.unwrap();
+    let records = load.finish().await;
+
+    // While it restarts, a call may fail (checkout has one replica); it is never let through
+    // unfiltered: analytics and /admin are refused throughout, and once it serves, nothing
+    // fails.
+    let only_v1 = Policy {
+        backends: &["checkout-v1"],
+        ..SHIPPED
+    };
+    let failed = |answer: &weft_e2e::load::Answer| {
+        matches!(answer, weft_e2e::load::Answer::Error(_))
+            || matches!(answer, weft_e2e::load::Answer::Reply { status: 503, .. })
+    };
+    let failed_while_down = records.iter().filter(|r| failed(&r.answer)).count();
+    let report = judge(
+        &records,
+        &load_probes,
+        &Timeline::new(only_v1),
+        |probe, answer, policies| {
+            if failed(answer) {
+                return Ok(());
+            }
+            verdict(probe, answer, policies)
+        },
+    );
+    let late_failures: Vec<_> = records
+        .iter()
+        .filter(|record| record.sent > served_at && failed(&record.answer))
+        .collect();
+    let mut knocks = std::collections::BTreeMap::<String, usize>::new();
+    for answer in &knocked {
+        *knocks.entry(answer.clone()).or_default() += 1;
+    }
+    println!(
+        "through checkout-v1's sidecar restart: {report}; {failed_while_down} failed while it was down ({:?} from the kill until it served); the caller without a mesh identity got {knocks:?}",
+        served_at - killed_at,
+    );
+    assert_eq!(report.wrong_count, 0, "{report}");
+    assert!(late_failures.is_empty(), "{late_failures:#?}");
+    assert!(
+        knocks
+            .keys()
+            .all(|answer| answer == "connection refused" || answer == "no HTTP answer"),
+        "a caller without a mesh identity was answered: {knocks:?}"
+    );
 }

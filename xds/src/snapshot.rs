@@ -97,6 +97,18 @@ impl Snapshot {
 /// A shared, immutable snapshot.
 pub type SharedSnapshot = Arc<Snapshot>;
 
+/// The version of `type_url` a proxy subscribed to every resource of that type in `snapshot`
+/// is sent (the one it then acknowledges).
+pub fn type_version(snapshot: &Snapshot, type_url: &str) -> String {
+    set_version(
+        snapshot
+            .resources(type_url)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .map(AsRef::as_ref),
+    )
+}
+
 /// The version of a response holding `resources`: a digest of their names and versions, so a
 /// response with the same content always has the same version, whatever else changed.
 pub fn set_version<'r>(resources: impl IntoIterator<Item = &'r Resource>) -> String {

@@ -7,7 +7,11 @@
 //! controller's resident memory per connected proxy and CPU time per change. Beside them, a
 //! few real Envoys (`weft sidecar --exec envoy`, default 3) are measured the same way: from the
 //! rename to the Envoy's counter of applied plugin updates moving. Prints a Markdown table.
-//! Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10), `--envoys N`.
+//! Then churn: cycles in which a workload appears with a tenth as many pods as the mesh, their
+//! proxies connect, get their configuration and disconnect, and the workload goes; the
+//! controller's memory once it forgot them is compared with before.
+//! Options: `--proxies N,N,...` (default 100,1000), `--changes N` (default 10), `--envoys N`,
+//! `--churn-cycles N` (default 5).
 //!
 //! Then a probe of the floor under the memory per proxy: the same ADS service (weft-xds over
 //! tonic, mTLS) in a process of its own with nothing to serve, and N clients that each open a
@@ -105,16 +109,58 @@ impl Identity {
     }
 }
 
+/// A simulated proxy's pod.
+struct SimPod {
+    /// Node id, namespace/name.
+    id: String,
+    workload: String,
+    service_account: String,
+    pod_ip: Ipv4Addr,
+    app_ip: Ipv4Addr,
+}
+
+impl SimPod {
+    /// Replica `replica` of workload `workload`, at addresses of its own in 127.90-99.
+    fn new(workload: &str, service_account: &str, number: usize, replica: usize) -> Self {
+        let address = |base: usize| {
+            let octet = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+            Ipv4Addr::new(
+                127,
+                octet(base + replica / 250),
+                octet(number + 1),
+                octet(replica % 250 + 1),
+            )
+        };
+        Self {
+            id: format!("bench/{workload}-{replica}"),
+            workload: workload.to_owned(),
+            service_account: service_account.to_owned(),
+            pod_ip: address(90),
+            app_ip: address(110),
+        }
+    }
+
+    /// Pod `index` of the generated mesh (spread over the workloads).
+    fn of_mesh(index: usize) -> Self {
+        let workload = index % WORKLOADS;
+        Self::new(
+            &format!("app-{workload}"),
+            &format!("sa-{workload}"),
+            workload,
+            index / WORKLOADS,
+        )
+    }
+}
+
 /// One simulated proxy: Envoy's subscriptions, ACKs, and a report each time its plugin
 /// configuration (ECDS) changes.
 async fn proxy(
     index: usize,
+    pod: SimPod,
     address: String,
     identity: Identity,
     report: mpsc::UnboundedSender<Received>,
 ) -> anyhow::Result<()> {
-    let workload = index % WORKLOADS;
-    let replica = index / WORKLOADS;
     let tls = identity.client_tls();
     let channel = tonic::transport::Endpoint::from_shared(address)?
         .tls_config(tls)?
@@ -133,14 +179,13 @@ async fn proxy(
             })
             .collect(),
     };
-    let pod_ip = format!("127.90.{}.{}", workload + 1, replica + 1);
     let node = Node {
-        id: format!("bench/app-{workload}-{replica}"),
-        cluster: format!("bench/sa-{workload}"),
+        id: pod.id.clone(),
+        cluster: format!("bench/{}", pod.service_account),
         metadata: Some(metadata(&[
-            ("workload", format!("app-{workload}")),
-            ("pod_ip", pod_ip),
-            ("app_ip", format!("127.91.{}.{}", workload + 1, replica + 1)),
+            ("workload", pod.workload.clone()),
+            ("pod_ip", pod.pod_ip.to_string()),
+            ("app_ip", pod.app_ip.to_string()),
         ])),
         ..Node::default()
     };
@@ -157,7 +202,7 @@ async fn proxy(
     first.node = Some(node);
     sender.send(first)?;
     sender.send(request(LISTENER, Vec::new(), String::new(), String::new()))?;
-    let spiffe = format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}");
+    let spiffe = format!("spiffe://cluster.local/ns/bench/sa/{}", pod.service_account);
     sender.send(request(
         SECRET,
         vec![spiffe, TRUST_BUNDLE.to_owned()],
@@ -180,7 +225,7 @@ async fn proxy(
     names.insert(
         SECRET.to_owned(),
         vec![
-            format!("spiffe://cluster.local/ns/bench/sa/sa-{workload}"),
+            format!("spiffe://cluster.local/ns/bench/sa/{}", pod.service_account),
             TRUST_BUNDLE.to_owned(),
         ],
     );
@@ -338,7 +383,61 @@ async fn applied(envoy: SocketAddr, before: u64, written: Instant) -> anyhow::Re
     }
 }
 
-async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<String> {
+/// What one run measured: the row of the convergence table, and of the churn table.
+struct Rows {
+    convergence: String,
+    churn: String,
+}
+
+/// The churn workload's manifest: a Deployment, a Service, and a TrafficTarget letting it call
+/// `svc-0` (so that every proxy of app-0 gets a new source in its plugin configuration).
+fn write_churn(dir: &Path) -> anyhow::Result<()> {
+    let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: churn, namespace: bench}\nspec:\n  replicas: 1\n  template:\n    metadata: {labels: {app: churn}}\n    spec:\n      serviceAccountName: sa-churn\n      containers: [{command: [app], ports: [{containerPort: 8080}]}]\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: svc-churn, namespace: bench}\nspec:\n  selector: {app: churn}\n  ports: [{port: 8080}]\n---\n\
+                apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: churn-to-0, namespace: bench}\nspec:\n  destination: {kind: ServiceAccount, name: sa-0, namespace: bench}\n  sources: [{kind: ServiceAccount, name: sa-churn, namespace: bench}]\n  rules: [{kind: HTTPRouteGroup, name: all}]\n";
+    let staging = dir.join(".churn.tmp");
+    std::fs::write(&staging, yaml)?;
+    std::fs::rename(&staging, dir.join("churn.yaml"))?;
+    Ok(())
+}
+
+/// The controller's `/status`.
+async fn controller_status(admin: u16) -> anyhow::Result<serde_json::Value> {
+    let reply = get(SocketAddr::from(([127, 0, 0, 1], admin)), "/status").await?;
+    Ok(serde_json::from_str(&reply.body)?)
+}
+
+/// Waits until the controller's catalog generation passes `before`.
+async fn catalog_after(admin: u16, before: u64) -> anyhow::Result<u64> {
+    until(
+        "the manifests reloaded",
+        Duration::from_secs(30),
+        || async {
+            let generation = controller_status(admin).await?["generation"]["catalog"]
+                .as_u64()
+                .unwrap_or(0);
+            Ok((generation > before).then_some(generation))
+        },
+    )
+    .await
+}
+
+/// Waits until the controller knows exactly `pods` pods.
+async fn pods_known(admin: u16, pods: usize) -> anyhow::Result<()> {
+    until(
+        "departed pods forgotten",
+        Duration::from_secs(60),
+        || async {
+            let known = controller_status(admin).await?["pods"]
+                .as_array()
+                .map_or(0, Vec::len);
+            Ok((known == pods).then_some(()))
+        },
+    )
+    .await
+}
+
+async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> anyhow::Result<Rows> {
     let manifests_dir = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
     manifests(manifests_dir.path(), proxies, 50)?;
@@ -356,7 +455,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<St
             "--admin",
             &format!("127.0.0.1:{admin}"),
         ])
-        .args(["--resume-grace-ms", "0"])
+        .args(["--resume-grace-ms", "0", "--forget-after-ms", "1000"])
         .arg("--module")
         .arg(paths::weft_wasm()?)
         .stdout(Stdio::null())
@@ -391,7 +490,13 @@ async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<St
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..proxies {
         let identity = identities[index % WORKLOADS].clone();
-        tasks.spawn(proxy(index, address.clone(), identity, report.clone()));
+        tasks.spawn(proxy(
+            index,
+            SimPod::of_mesh(index),
+            address.clone(),
+            identity,
+            report.clone(),
+        ));
     }
     // Converged: every proxy has its plugin configuration.
     let mut configured = BTreeSet::new();
@@ -454,6 +559,56 @@ async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<St
     let cpu_per_change = (cpu_seconds(pid)? - cpu_before) / changes as f64;
     latencies.sort();
     real_latencies.sort();
+
+    // Churn: in each cycle a workload appears with a tenth as many pods as the mesh, its
+    // proxies connect and get their configuration, then they disconnect and the workload
+    // goes; once the controller has forgotten them, its memory is read.
+    let churn_size = (proxies / 10).max(1);
+    let churn_identity = Identity {
+        cert: ca.issue(
+            &"bench/sa-churn".parse()?,
+            Validity::starting_now(Duration::from_secs(3600)),
+        )?,
+        ca_pem: ca_pem.clone(),
+    };
+    let mut generation = controller_status(admin).await?["generation"]["catalog"]
+        .as_u64()
+        .unwrap_or(0);
+    let before_churn_kib = rss_kib(pid)?;
+    let mut after_cycles = Vec::new();
+    for cycle in 0..cycles {
+        write_churn(manifests_dir.path())?;
+        generation = catalog_after(admin, generation).await?;
+        let first = proxies + cycle * churn_size;
+        let mut churners = tokio::task::JoinSet::new();
+        for k in 0..churn_size {
+            churners.spawn(proxy(
+                first + k,
+                SimPod::new("churn", "sa-churn", WORKLOADS, k),
+                address.clone(),
+                churn_identity.clone(),
+                report.clone(),
+            ));
+        }
+        let mut configured = BTreeSet::new();
+        while configured.len() < churn_size {
+            let got = tokio::time::timeout(Duration::from_secs(60), received.recv())
+                .await
+                .context("churned proxies did not converge")?
+                .context("reports ended")?;
+            if got.proxy >= first {
+                configured.insert(got.proxy);
+            }
+        }
+        churners.abort_all();
+        while churners.join_next().await.is_some() {}
+        std::fs::remove_file(manifests_dir.path().join("churn.yaml"))?;
+        generation = catalog_after(admin, generation).await?;
+        pods_known(admin, proxies + envoys).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        while received.try_recv().is_ok() {}
+        after_cycles.push(rss_kib(pid)?);
+    }
     tasks.abort_all();
     drop(real);
     drop(controller);
@@ -468,7 +623,20 @@ async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<St
             ms(real_latencies.last().copied().unwrap_or_default())
         )
     };
-    Ok(format!(
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let churn = format!(
+        "| {proxies} + {envoys} | {cycles} x {churn_size} | {:.1} | {} | {:+.1} |",
+        mib(before_churn_kib),
+        after_cycles
+            .iter()
+            .map(|kib| format!("{:.1}", mib(*kib)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        after_cycles
+            .last()
+            .map_or(0.0, |last| mib(*last) - mib(before_churn_kib)),
+    );
+    let convergence = format!(
         "| {proxies} + {envoys} | {} | {:.0} | {:.0} | {:.0} | {real_column} | {:.1} | {:.0} | {:.0} |",
         latencies.len(),
         ms(percentile(&latencies, 0.5)),
@@ -477,7 +645,8 @@ async fn run(proxies: usize, changes: usize, envoys: usize) -> anyhow::Result<St
         per_proxy_kib,
         connected_kib as f64 / 1024.0,
         cpu_per_change * 1000.0,
-    ))
+    );
+    Ok(Rows { convergence, churn })
 }
 
 /// Accepts every proxy and records nothing: the probe's server.
@@ -607,6 +776,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let changes: usize = value("--changes").map_or(Ok(10), |v| v.parse())?;
     let envoys: usize = value("--envoys").map_or(Ok(3), |v| v.parse())?;
+    let cycles: usize = value("--churn-cycles").map_or(Ok(5), |v| v.parse())?;
     println!(
         "Controller under simulated proxies (real ADS over gRPC and mTLS), {changes} TrafficSplit edits each:\n"
     );
@@ -614,8 +784,21 @@ async fn main() -> anyhow::Result<()> {
         "| simulated + real proxies | samples | change to simulated proxy p50 (ms) | p99 (ms) | max (ms) | change to real Envoy applied p50 / max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut churn = Vec::new();
     for count in &proxies {
-        println!("{}", run(*count, changes, envoys).await?);
+        let rows = run(*count, changes, envoys, cycles).await?;
+        println!("{}", rows.convergence);
+        churn.push(rows.churn);
+    }
+    println!(
+        "\nChurn: per cycle a workload appears with a tenth as many pods, their proxies connect and get their configuration, disconnect, and the workload goes; the controller's RSS once it has forgotten them:\n"
+    );
+    println!(
+        "| simulated + real proxies | cycles x pods | RSS before (MiB) | RSS after each cycle (MiB) | after the last vs before (MiB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for row in churn {
+        println!("{row}");
     }
     println!(
         "\nThe transport alone: the same ADS service over mTLS with nothing to serve, one connection and stream per client:\n"
