@@ -367,13 +367,12 @@ impl Pki {
 
     /// The trust bundle every proxy gets: the roots served, the issuer's first.
     pub fn bundle_pem(&self) -> String {
-        let mut bundle = self.known[&self.issuer_root].clone();
-        for root in self.served.iter().filter(|root| **root != self.issuer_root) {
-            if let Some(pem) = self.known.get(root) {
-                bundle.push_str(pem);
-            }
-        }
-        bundle
+        // Every root served came from a file read into `known`, the issuer's included.
+        std::iter::once(&self.issuer_root)
+            .chain(self.served.iter().filter(|root| **root != self.issuer_root))
+            .filter_map(|root| self.known.get(root))
+            .map(String::as_str)
+            .collect()
     }
 
     /// The roots served.

@@ -121,10 +121,8 @@ pub async fn stat(admin: SocketAddr, name: &str) -> anyhow::Result<u64> {
 pub async fn trusted_ca_serials(
     admin: SocketAddr,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
-    let dump: serde_json::Value = serde_json::from_str(&reply.body)?;
     let mut serials = std::collections::BTreeSet::new();
-    for config in dump["configs"].as_array().into_iter().flatten() {
+    for config in active_secrets(admin).await? {
         let Some(pem) =
             config["secret"]["validation_context"]["trusted_ca"]["inline_string"].as_str()
         else {
@@ -140,10 +138,8 @@ pub async fn trusted_ca_serials(
 /// The workload certificates the Envoy at `admin` has applied (its active secrets in
 /// `/config_dump`), DER.
 pub async fn applied_certificates(admin: SocketAddr) -> anyhow::Result<Vec<Vec<u8>>> {
-    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
-    let dump: serde_json::Value = serde_json::from_str(&reply.body)?;
     let mut certificates = Vec::new();
-    for config in dump["configs"].as_array().into_iter().flatten() {
+    for config in active_secrets(admin).await? {
         if let Some(pem) =
             config["secret"]["tls_certificate"]["certificate_chain"]["inline_string"].as_str()
         {
@@ -151,4 +147,14 @@ pub async fn applied_certificates(admin: SocketAddr) -> anyhow::Result<Vec<Vec<u
         }
     }
     Ok(certificates)
+}
+
+/// The secrets the Envoy at `admin` has applied (`/config_dump`, private keys redacted).
+async fn active_secrets(admin: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
+    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
+    let mut dump: serde_json::Value = serde_json::from_str(&reply.body)?;
+    Ok(match dump["configs"].take() {
+        serde_json::Value::Array(configs) => configs,
+        _ => Vec::new(),
+    })
 }

@@ -47,6 +47,9 @@ use weft_xds::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, S
 /// Workloads (and ServiceAccounts) the pods are spread over.
 const WORKLOADS: usize = 10;
 
+/// How many simulated proxies connect at once.
+const CONNECT_WAVE: usize = 500;
+
 struct Controller(Child);
 
 impl Drop for Controller {
@@ -161,11 +164,21 @@ async fn proxy(
     identity: Identity,
     report: mpsc::UnboundedSender<Received>,
 ) -> anyhow::Result<()> {
-    let tls = identity.client_tls();
-    let channel = tonic::transport::Endpoint::from_shared(address)?
-        .tls_config(tls)?
-        .connect()
-        .await?;
+    // As Envoy does, a connection that fails (a listen queue overflowing when thousands
+    // connect at once) is tried again after a jittered backoff.
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(address)?.tls_config(identity.client_tls())?;
+    let mut backoff = Duration::from_millis(100);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break channel,
+            Err(_) if backoff < Duration::from_secs(30) => {
+                tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
+                backoff *= 2;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
     let metadata = |pairs: &[(&str, String)]| Struct {
         fields: pairs
             .iter()
@@ -488,28 +501,49 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     let (report, mut received) = mpsc::unbounded_channel();
     let address = format!("https://127.0.0.1:{xds}");
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..proxies {
-        let identity = identities[index % WORKLOADS].clone();
-        tasks.spawn(proxy(
-            index,
-            SimPod::of_mesh(index),
-            address.clone(),
-            identity,
-            report.clone(),
-        ));
-    }
-    // Converged: every proxy has its plugin configuration.
+    // Proxies come in waves of at most CONNECT_WAVE, each configured before the next starts,
+    // as a rollout brings pods: the measurement is of changes to a running mesh, not of a
+    // thundering herd of first connections.
     let mut configured = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while configured.len() < proxies {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let got = tokio::time::timeout(left, received.recv())
-            .await
-            .context("proxies did not converge")?;
-        if let Some(Received { proxy, .. }) = got {
-            configured.insert(proxy);
+    let started = Instant::now();
+    for wave in (0..proxies).collect::<Vec<_>>().chunks(CONNECT_WAVE) {
+        for &index in wave {
+            let identity = identities[index % WORKLOADS].clone();
+            tasks.spawn(proxy(
+                index,
+                SimPod::of_mesh(index),
+                address.clone(),
+                identity,
+                report.clone(),
+            ));
+        }
+        let wanted = configured.len() + wave.len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while configured.len() < wanted {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(got) = tokio::time::timeout(left, received.recv()).await else {
+                let mut failures = Vec::new();
+                while let Some(ended) = tasks.try_join_next() {
+                    if let Ok(Err(err)) = ended {
+                        failures.push(format!("{err:#}"));
+                    }
+                }
+                anyhow::bail!(
+                    "{} of {proxies} proxies configured; {} failed, the first: {:?}",
+                    configured.len(),
+                    failures.len(),
+                    failures.first()
+                );
+            };
+            if let Some(Received { proxy, .. }) = got {
+                configured.insert(proxy);
+            }
         }
     }
+    eprintln!(
+        "weft-xds-bench: {proxies} proxies connected and configured in {:?}",
+        started.elapsed()
+    );
     let envoy_files = tempfile::tempdir()?;
     let real = (0..envoys)
         .map(|index| real_envoy(index, state.path(), envoy_files.path(), xds, admin))
