@@ -297,6 +297,14 @@ impl MeshCa {
         })
     }
 
+    /// Another handle on the same CA (its key cannot be cloned, so it is read back from PEM).
+    ///
+    /// # Errors
+    /// As [`MeshCa::from_pem`].
+    pub fn try_clone(&self) -> Result<Self, CertError> {
+        Self::from_pem(&self.pem.cert_pem, &self.pem.key_pem, &self.trust_domain)
+    }
+
     /// The CA certificate and key, PEM.
     pub fn pem(&self) -> &CertifiedKey {
         &self.pem

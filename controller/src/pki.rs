@@ -172,6 +172,24 @@ impl Authority {
     }
 }
 
+impl Authority {
+    fn try_clone(&self) -> Result<Self, PkiError> {
+        Ok(Self {
+            ca: copy(&self.ca)?,
+            root: self.root.clone(),
+            roots: self.roots.clone(),
+        })
+    }
+}
+
+/// Another handle on `ca`.
+fn copy(ca: &MeshCa) -> Result<MeshCa, PkiError> {
+    ca.try_clone().map_err(|source| PkiError::Cert {
+        what: "reading back the CA".to_owned(),
+        source,
+    })
+}
+
 /// The mesh CA, the roots proxies trust, and the certificates issued.
 pub struct Pki {
     trust_domain: String,
@@ -245,25 +263,12 @@ impl Pki {
                 trust_domain,
             )?
         } else {
-            Authority::read(
-                &files.cert,
-                &files.key,
-                files.bundle.as_deref(),
-                trust_domain,
-            )?
+            wanted.try_clone()?
         };
         let served: BTreeSet<RootId> = in_force.roots.keys().cloned().collect();
         let mut known = in_force.roots.clone();
         known.extend(wanted.roots.clone());
-        let control = MeshCa::from_pem(
-            &in_force.ca.pem().cert_pem,
-            &in_force.ca.pem().key_pem,
-            trust_domain,
-        )
-        .map_err(|source| PkiError::Cert {
-            what: "reading the CA in force".to_owned(),
-            source,
-        })?;
+        let control = copy(&in_force.ca)?;
         let mut pki = Self {
             trust_domain: trust_domain.to_owned(),
             policy,
@@ -327,15 +332,7 @@ impl Pki {
         );
         let mut changed = false;
         if decision.switch_issuer {
-            self.issuer = MeshCa::from_pem(
-                &self.wanted.ca.pem().cert_pem,
-                &self.wanted.ca.pem().key_pem,
-                &self.trust_domain,
-            )
-            .map_err(|source| PkiError::Cert {
-                what: "switching to the new CA".to_owned(),
-                source,
-            })?;
+            self.issuer = copy(&self.wanted.ca)?;
             self.issuer_root = self.wanted.root.clone();
             self.issued.clear();
             changed = true;

@@ -104,6 +104,12 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
     request(addr, "GET", path, &[]).await
 }
 
+/// `GET path`, its body read as JSON (a controller's `/status`, an Envoy's `/config_dump`).
+pub async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let reply = get(addr, path).await?;
+    serde_json::from_str(&reply.body).with_context(|| format!("GET http://{addr}{path}"))
+}
+
 /// Counter or gauge `name` from the Envoy admin at `admin` (0 when Envoy has no such stat).
 pub async fn stat(admin: SocketAddr, name: &str) -> anyhow::Result<u64> {
     let reply = get(admin, &format!("/stats?filter=^{name}$")).await?;
@@ -151,8 +157,7 @@ pub async fn applied_certificates(admin: SocketAddr) -> anyhow::Result<Vec<Vec<u
 
 /// The secrets the Envoy at `admin` has applied (`/config_dump`, private keys redacted).
 async fn active_secrets(admin: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
-    let reply = get(admin, "/config_dump?resource=dynamic_active_secrets").await?;
-    let mut dump: serde_json::Value = serde_json::from_str(&reply.body)?;
+    let mut dump = get_json(admin, "/config_dump?resource=dynamic_active_secrets").await?;
     Ok(match dump["configs"].take() {
         serde_json::Value::Array(configs) => configs,
         _ => Vec::new(),

@@ -236,8 +236,7 @@ async fn every_proxy_trusts(mesh: &TestMesh, nodes: &[String], serials: &BTreeSe
 /// What `/status` of a `weft up` says: the catalog generation, the generation served, and
 /// each pod's address and whether its proxy applied everything it was sent.
 async fn mesh_status(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
-    let reply = client::get(admin, "/status").await?;
-    Ok(serde_json::from_str(&reply.body)?)
+    client::get_json(admin, "/status").await
 }
 
 /// The controller's resident memory, from its `/metrics`.

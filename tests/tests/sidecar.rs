@@ -15,6 +15,7 @@ use weft_e2e::mesh::{RemotePod, copy_example, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
 use weft_e2e::shop::{Policy, SHIPPED, probes, verdict};
+use weft_envoy_config::mesh::{ADMIN_PORT, OUTBOUND_PORT};
 
 /// A child process killed when dropped.
 struct Process(Child);
@@ -68,7 +69,20 @@ fn shop_pods(subnet: u8) -> [Pod; 3] {
     ]
 }
 
+/// The port checkout's application and its sidecar's inbound listener serve (examples/mesh).
+const CHECKOUT_PORT: u16 = 8080;
+
 impl Pod {
+    /// Its sidecar's admin.
+    fn admin(&self) -> SocketAddr {
+        SocketAddr::from((self.pod_ip, ADMIN_PORT))
+    }
+
+    /// Its sidecar's outbound HTTP proxy.
+    fn outbound(&self) -> SocketAddr {
+        SocketAddr::from((self.pod_ip, OUTBOUND_PORT))
+    }
+
     /// This pod as `weft_sidecar` takes it, named `name` (namespace/name).
     fn remote<'a>(&'a self, name: &'a str) -> RemotePod<'a> {
         RemotePod {
@@ -116,20 +130,20 @@ fn start_controller_with(
 }
 
 async fn status(admin: u16) -> anyhow::Result<serde_json::Value> {
-    let reply = request(
-        SocketAddr::from(([127, 0, 0, 1], admin)),
-        "GET",
-        "/status",
-        &[],
-    )
-    .await?;
-    Ok(serde_json::from_str(&reply.body)?)
+    weft_e2e::client::get_json(SocketAddr::from(([127, 0, 0, 1], admin)), "/status").await
+}
+
+/// Waits until the controller at `admin` answers `/status`.
+async fn wait_controller(admin: u16) {
+    until("the controller", Duration::from_secs(20), || async {
+        Ok(status(admin).await.ok())
+    })
+    .await
+    .unwrap();
 }
 
 async fn stat(pod: &Pod, name: &str) -> u64 {
-    weft_e2e::client::stat(SocketAddr::from((pod.pod_ip, 15000)), name)
-        .await
-        .unwrap()
+    weft_e2e::client::stat(pod.admin(), name).await.unwrap()
 }
 
 /// `weft sidecar --exec envoy` for `pod` in `trust_domain`, with a bootstrap credential issued
@@ -172,8 +186,7 @@ async fn wait_live(pods: &[Pod]) {
             &format!("{} live", pod.name),
             Duration::from_secs(30),
             || async {
-                let ready =
-                    request(SocketAddr::from((pod.pod_ip, 15000)), "GET", "/ready", &[]).await;
+                let ready = request(pod.admin(), "GET", "/ready", &[]).await;
                 Ok(ready.ok().filter(|r| r.status == 200).map(|_| ()))
             },
         )
@@ -183,14 +196,9 @@ async fn wait_live(pods: &[Pod]) {
 }
 
 async fn call(from: &Pod, path: &str) -> (u16, String) {
-    let reply = request(
-        SocketAddr::from((from.pod_ip, 15001)),
-        "GET",
-        path,
-        &[("host", "checkout")],
-    )
-    .await
-    .unwrap();
+    let reply = request(from.outbound(), "GET", path, &[("host", "checkout")])
+        .await
+        .unwrap();
     (reply.status, reply.body.trim_end().to_owned())
 }
 
@@ -198,7 +206,7 @@ async fn call(from: &Pod, path: &str) -> (u16, String) {
 fn start_checkout_app(pod: &Pod) -> Process {
     Process(
         Command::new(paths::workspace_root().join("target/debug/weft-upstream"))
-            .arg(format!("{}:8080", pod.app_ip))
+            .arg(format!("{}:{CHECKOUT_PORT}", pod.app_ip))
             .arg("checkout-v1")
             .stdout(Stdio::null())
             .spawn()
@@ -227,11 +235,7 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     let pods_dir = tempfile::tempdir().unwrap();
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
     let mut controller = start_controller(manifests.path(), state.path(), xds, admin);
-    until("the controller", Duration::from_secs(20), || async {
-        Ok(status(admin).await.ok())
-    })
-    .await
-    .unwrap();
+    wait_controller(admin).await;
 
     let app = start_checkout_app(&pods[2]);
     let sidecars: Vec<Process> = start_sidecars(&pods, (state.path(), pods_dir.path()), xds, admin);
@@ -255,9 +259,8 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     }
 
     // Traffic all along: every answer as the policy says, none lost.
-    let outbound = |pod: &Pod| SocketAddr::from((pod.pod_ip, 15001));
     let load = Load::start(
-        probes(outbound(&pods[0]), outbound(&pods[1])),
+        probes(pods[0].outbound(), pods[1].outbound()),
         Duration::from_millis(20),
         5_000,
     );
@@ -377,7 +380,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
     );
     // Waiting: nothing listens on the pod's ports, so nothing can pass unfiltered.
     weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
-    for port in [8080, 15000, 15001] {
+    for port in [CHECKOUT_PORT, ADMIN_PORT, OUTBOUND_PORT] {
         let refused = tokio::net::TcpStream::connect((checkout.pod_ip, port)).await;
         assert!(
             refused.is_err(),
@@ -406,11 +409,7 @@ fn a_sidecar_refuses_to_start_when_the_module_does_not_match_its_pin() {
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime
-        .block_on(until("the controller", Duration::from_secs(20), || async {
-            Ok(status(admin).await.ok())
-        }))
-        .unwrap();
+    runtime.block_on(wait_controller(admin));
     let pinned = weft()
         .arg("sidecar")
         .args(["--controller", &format!("http://127.0.0.1:{admin}")])
@@ -468,11 +467,7 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
         admin,
         &["--forget-after-ms", "1000", "--trust-domain", "example.org"],
     );
-    until("the controller", Duration::from_secs(20), || async {
-        Ok(status(admin).await.ok())
-    })
-    .await
-    .unwrap();
+    wait_controller(admin).await;
     let _app = start_checkout_app(&CALLED);
     // In a trust domain of its own: every identity check (the controller's, the admission's,
     // the peers') is made in it.
@@ -537,26 +532,21 @@ async fn a_sidecar_restarted_under_load_serves_nothing_until_configured_and_lets
     let pods_dir = tempfile::tempdir().unwrap();
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
-    until("the controller", Duration::from_secs(20), || async {
-        Ok(status(admin).await.ok())
-    })
-    .await
-    .unwrap();
+    wait_controller(admin).await;
     let _app = start_checkout_app(checkout);
     let files = (state.path(), pods_dir.path());
     let mut sidecars = start_sidecars(&restarted, files, xds, admin);
     wait_live(&restarted).await;
     wait_reaches_checkout(&restarted[0]).await;
 
-    let outbound = |pod: &Pod| SocketAddr::from((pod.pod_ip, 15001));
     let load = Load::start(
-        probes(outbound(&restarted[0]), outbound(&restarted[1])),
+        probes(restarted[0].outbound(), restarted[1].outbound()),
         Duration::from_millis(10),
         5_000,
     );
     let load_probes = load.probes();
     // Meanwhile a caller with no mesh identity knocks on checkout's inbound port directly.
-    let inbound = SocketAddr::from((checkout.pod_ip, 8080));
+    let inbound = SocketAddr::from((checkout.pod_ip, CHECKOUT_PORT));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let knocker = tokio::spawn({
         let stop = stop.clone();

@@ -18,7 +18,7 @@
 //! connection and an ADS stream and send one request: its resident memory per connection is
 //! what the transport alone costs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use weft_certs::{CertifiedKey, MeshCa, Validity};
 use weft_controller::mesh::TRUST_BUNDLE;
 use weft_e2e::bootstrap::free_port;
-use weft_e2e::client::{get, stat};
+use weft_e2e::client::{get, get_json, stat};
 use weft_e2e::mesh::{RemotePod, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
@@ -414,10 +414,33 @@ fn write_churn(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `count` distinct proxies that `wanted` picks have reported a plugin
+/// configuration (reports of others are dropped), for at most `within`; returns when each
+/// first did.
+async fn reports_from(
+    received: &mut mpsc::UnboundedReceiver<Received>,
+    wanted: impl Fn(usize) -> bool,
+    count: usize,
+    within: Duration,
+) -> anyhow::Result<BTreeMap<usize, Instant>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut first = BTreeMap::new();
+    while first.len() < count {
+        match tokio::time::timeout_at(deadline, received.recv()).await {
+            Ok(Some(Received { proxy, at })) if wanted(proxy) => {
+                first.entry(proxy).or_insert(at);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("reports ended"),
+            Err(_) => anyhow::bail!("{} of {count} proxies reported in {within:?}", first.len()),
+        }
+    }
+    Ok(first)
+}
+
 /// The controller's `/status`.
 async fn controller_status(admin: u16) -> anyhow::Result<serde_json::Value> {
-    let reply = get(SocketAddr::from(([127, 0, 0, 1], admin)), "/status").await?;
-    Ok(serde_json::from_str(&reply.body)?)
+    get_json(SocketAddr::from(([127, 0, 0, 1], admin)), "/status").await
 }
 
 /// Waits until the controller's catalog generation passes `before`.
@@ -504,7 +527,6 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     // Proxies come in waves of at most CONNECT_WAVE, each configured before the next starts,
     // as a rollout brings pods: the measurement is of changes to a running mesh, not of a
     // thundering herd of first connections.
-    let mut configured = BTreeSet::new();
     let started = Instant::now();
     for wave in (0..proxies).collect::<Vec<_>>().chunks(CONNECT_WAVE) {
         for &index in wave {
@@ -517,27 +539,26 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
                 report.clone(),
             ));
         }
-        let wanted = configured.len() + wave.len();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while configured.len() < wanted {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(got) = tokio::time::timeout(left, received.recv()).await else {
-                let mut failures = Vec::new();
-                while let Some(ended) = tasks.try_join_next() {
-                    if let Ok(Err(err)) = ended {
-                        failures.push(format!("{err:#}"));
-                    }
+        let this_wave = wave[0]..=wave[wave.len() - 1];
+        let configured = reports_from(
+            &mut received,
+            |proxy| this_wave.contains(&proxy),
+            wave.len(),
+            Duration::from_secs(120),
+        )
+        .await;
+        if let Err(err) = configured {
+            let mut failures = Vec::new();
+            while let Some(ended) = tasks.try_join_next() {
+                if let Ok(Err(err)) = ended {
+                    failures.push(format!("{err:#}"));
                 }
-                anyhow::bail!(
-                    "{} of {proxies} proxies configured; {} failed, the first: {:?}",
-                    configured.len(),
-                    failures.len(),
-                    failures.first()
-                );
-            };
-            if let Some(Received { proxy, .. }) = got {
-                configured.insert(proxy);
             }
+            anyhow::bail!(
+                "proxies {this_wave:?} not configured: {err}; {} failed, the first: {:?}",
+                failures.len(),
+                failures.first()
+            );
         }
     }
     eprintln!(
@@ -574,16 +595,14 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         for (envoy, before) in real.iter().zip(before) {
             real_applied.spawn(applied(envoy.admin, before, written));
         }
-        let mut seen = BTreeSet::new();
-        while seen.len() < proxies {
-            let got = tokio::time::timeout(Duration::from_secs(30), received.recv())
-                .await
-                .context("a change did not reach every proxy in 30 s")?
-                .context("reports ended")?;
-            if seen.insert(got.proxy) {
-                latencies.push(got.at.saturating_duration_since(written));
-            }
-        }
+        let reached = reports_from(&mut received, |_| true, proxies, Duration::from_secs(30))
+            .await
+            .context("a change did not reach every proxy")?;
+        latencies.extend(
+            reached
+                .values()
+                .map(|at| at.saturating_duration_since(written)),
+        );
         while let Some(latency) = real_applied.join_next().await {
             real_latencies.push(latency??);
         }
@@ -624,16 +643,14 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
                 report.clone(),
             ));
         }
-        let mut configured = BTreeSet::new();
-        while configured.len() < churn_size {
-            let got = tokio::time::timeout(Duration::from_secs(60), received.recv())
-                .await
-                .context("churned proxies did not converge")?
-                .context("reports ended")?;
-            if got.proxy >= first {
-                configured.insert(got.proxy);
-            }
-        }
+        reports_from(
+            &mut received,
+            |proxy| proxy >= first,
+            churn_size,
+            Duration::from_secs(60),
+        )
+        .await
+        .context("churned proxies did not converge")?;
         churners.abort_all();
         while churners.join_next().await.is_some() {}
         std::fs::remove_file(manifests_dir.path().join("churn.yaml"))?;
