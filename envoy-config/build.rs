@@ -20,6 +20,8 @@ const FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/extensions/http/early_header_mutation/header_mutation/v3/header_mutation.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "google/protobuf/wrappers.proto",
 ];

@@ -17,6 +17,7 @@ use weft_envoy_config::mesh::{
 use weft_envoy_config::pb::google::protobuf::Any;
 use weft_envoy_config::render::{any, content_digest};
 use weft_envoy_config::tls::{certificate_secret, trust_secret};
+use weft_envoy_config::traffic::service_traffic;
 use weft_policy::PluginConfig;
 use weft_policy::bundle::Identity;
 use weft_policy::compile::{Options, Side, compile, service_hosts};
@@ -270,6 +271,7 @@ impl Plan {
                             port: spec.port,
                             protocol: protocol(spec.protocol),
                             identities: identities.clone(),
+                            traffic: service_traffic(view.catalog, service, spec.port),
                         });
                     }
                 }

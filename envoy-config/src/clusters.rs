@@ -17,8 +17,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use crate::render::any;
 use crate::sources::{ads, duration, socket_address};
 
-/// The key under which a cluster's HTTP protocol options are set.
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+use crate::traffic::HTTP_PROTOCOL_OPTIONS;
 
 /// The endpoints of `cluster_name`.
 pub fn load_assignment(cluster_name: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssignment {

@@ -15,6 +15,7 @@ pub mod render;
 pub mod shipped;
 pub mod sources;
 pub mod tls;
+pub mod traffic;
 pub mod yaml;
 
 pub use envoy_types::pb;

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Node, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost, route};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 
 use crate::bootstrap::{bootstrap, node, with_ads};
@@ -29,6 +29,10 @@ use crate::listeners::{
     split_route, tcp_listener, virtual_host,
 };
 use crate::tls::{Credentials, downstream_tls, upstream_tls};
+use crate::traffic::{
+    ServiceTraffic, apply_to_action, apply_to_cluster, outbound_filters, per_filter_config,
+    route_match,
+};
 
 /// The sidecar's admin port on the pod's address.
 pub const ADMIN_PORT: u16 = 15000;
@@ -87,6 +91,8 @@ pub struct OutboundService {
     pub protocol: Protocol,
     /// SPIFFE IDs of the workloads behind it: the only certificates its endpoints may present.
     pub identities: Vec<String>,
+    /// The TrafficPolicy in force for the calls to it, if any.
+    pub traffic: Option<ServiceTraffic>,
 }
 
 /// One sidecar, as the controller describes it.
@@ -175,9 +181,11 @@ impl Sidecar {
         let mut virtual_hosts = Vec::new();
         for service in &self.services {
             let tls = upstream_tls(&self.credentials(), &service.identities, &[]);
-            resources
-                .clusters
-                .push(with_tls(eds_cluster(&service.cluster), tls));
+            let mut cluster = with_tls(eds_cluster(&service.cluster), tls);
+            if let Some(traffic) = &service.traffic {
+                apply_to_cluster(&mut cluster, &traffic.settings);
+            }
+            resources.clusters.push(cluster);
             match service.protocol {
                 Protocol::Http => {
                     let domains: Vec<String> = service
@@ -191,11 +199,7 @@ impl Sidecar {
                                 .map(|h| format!("{h}:{}", service.port)),
                         )
                         .collect();
-                    virtual_hosts.push(virtual_host(
-                        &service.cluster,
-                        &domains,
-                        vec![split_route(), route_to(&service.cluster)],
-                    ));
+                    virtual_hosts.push(service_virtual_host(service, &domains));
                 }
                 // The pod's own port is its inbound listener; it does not call itself there.
                 Protocol::Tcp if self.inbound.iter().any(|p| p.port == service.port) => {}
@@ -225,6 +229,7 @@ impl Sidecar {
             Routes::Discovered(OUTBOUND.to_owned()),
         );
         outbound.filters = vec![discovered_http_filter(OUTBOUND_PLUGIN)];
+        outbound.filters.extend(outbound_filters());
         outbound.strip_request_headers = vec![ROUTE_HEADER.to_owned()];
         resources.listeners.push(outbound.build());
         resources
@@ -243,6 +248,49 @@ impl Sidecar {
         plugin.fail_open = resource_name == OUTBOUND_PLUGIN;
         plugin.extension_config(resource_name)
     }
+}
+
+/// The virtual host of an HTTP Service: split routing's route and the route to the Service,
+/// preceded by a pair for each match a TrafficPolicy's routes name, each with the settings
+/// in force for it.
+fn service_virtual_host(service: &OutboundService, domains: &[String]) -> VirtualHost {
+    let Some(traffic) = &service.traffic else {
+        return virtual_host(
+            &service.cluster,
+            domains,
+            vec![split_route(), route_to(&service.cluster)],
+        );
+    };
+    let with = |mut route: Route, settings: &weft_policy::traffic::Settings| {
+        if let Some(route::Action::Route(action)) = route.action.as_mut() {
+            apply_to_action(action, settings);
+        }
+        route
+    };
+    let mut routes = Vec::new();
+    for rule in &traffic.routes {
+        for m in &rule.matches {
+            let matched = route_match(m);
+            let mut split = split_route();
+            if let Some(split_match) = split.r#match.as_mut() {
+                split_match
+                    .path_specifier
+                    .clone_from(&matched.path_specifier);
+                split_match.headers.extend(matched.headers.iter().cloned());
+            }
+            let mut direct = route_to(&service.cluster);
+            direct.r#match = Some(matched);
+            for mut route in [split, direct] {
+                route.typed_per_filter_config = per_filter_config(&rule.settings);
+                routes.push(with(route, &rule.settings));
+            }
+        }
+    }
+    routes.push(with(split_route(), &traffic.settings));
+    routes.push(with(route_to(&service.cluster), &traffic.settings));
+    let mut host = virtual_host(&service.cluster, domains, routes);
+    host.typed_per_filter_config = per_filter_config(&traffic.settings);
+    host
 }
 
 /// How a sidecar reaches the controller and proves who it is.

@@ -91,7 +91,16 @@ impl TestMesh {
 
     /// [`TestMesh::start`] with options changed by `change`.
     pub async fn start_with(change: impl FnOnce(&mut UpOptions)) -> anyhow::Result<Self> {
+        Self::start_prepared(|_| Ok(()), change).await
+    }
+
+    /// [`TestMesh::start_with`], with `prepare` changing the copied manifests first.
+    pub async fn start_prepared(
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+        change: impl FnOnce(&mut UpOptions),
+    ) -> anyhow::Result<Self> {
         let manifests = copy_example("mesh")?;
+        prepare(manifests.path())?;
         let state = tempfile::Builder::new().prefix("weft-state-").tempdir()?;
         let mut options = options(manifests.path(), state.path())?;
         change(&mut options);

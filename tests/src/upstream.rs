@@ -31,7 +31,10 @@ pub struct Seen {
 /// tests of what a proxy makes of failures: `/status/N` answers status N; `/grpc/N` answers
 /// as a gRPC server would with status N (trailers-only: 200, `content-type: application/grpc`,
 /// `grpc-status: N`); `/delay/MS` answers 200 after MS milliseconds; `/reset` closes the
-/// connection without answering.
+/// connection without answering; `/flaky/KEY/N` answers 503 to the first N requests for KEY
+/// and 200 afterwards, each body ending with `attempt K`. `POST /upstream/fail` makes it answer
+/// 500 to everything else until `POST /upstream/heal`. Every answer says where it was served in
+/// `x-served-by` (the listening address), so replicas of one name can be told apart.
 #[derive(Debug)]
 pub struct HttpUpstream {
     name: String,
@@ -96,10 +99,27 @@ impl Drop for HttpUpstream {
     }
 }
 
+/// What an upstream remembers between requests: whether it fails everything, and how often
+/// each flaky key was asked for.
+#[derive(Debug, Default)]
+struct Behaviour {
+    served_by: String,
+    failing: std::sync::atomic::AtomicBool,
+    flaky: Mutex<std::collections::HashMap<String, u64>>,
+}
+
 async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<Vec<Seen>>>>) {
+    let behaviour = Arc::new(Behaviour {
+        served_by: listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        ..Behaviour::default()
+    });
     while let Ok((stream, _)) = listener.accept().await {
         let name = name.clone();
         let seen = seen.clone();
+        let behaviour = behaviour.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let path = request
@@ -126,7 +146,8 @@ async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<
                 }
                 let name = name.clone();
                 let path = request.uri().path().to_owned();
-                async move { respond(&name, &path, body).await }
+                let behaviour = behaviour.clone();
+                async move { respond(&name, &path, body, &behaviour).await }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -137,13 +158,46 @@ async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<
 
 /// The answer to a request for `path` (see [`HttpUpstream`]); an error makes hyper close the
 /// connection without a response.
-async fn respond(name: &str, path: &str, body: String) -> std::io::Result<Response<Full<Bytes>>> {
+async fn respond(
+    name: &str,
+    path: &str,
+    mut body: String,
+    behaviour: &Behaviour,
+) -> std::io::Result<Response<Full<Bytes>>> {
+    use std::sync::atomic::Ordering;
     let number = |prefix: &str| {
         path.strip_prefix(prefix)
             .and_then(|n| n.parse::<u64>().ok())
     };
-    let response = Response::builder().header("x-upstream", name);
-    let response = if path == "/reset" {
+    let response = Response::builder()
+        .header("x-upstream", name)
+        .header("x-served-by", &behaviour.served_by);
+    let response = if let Some(failing) = match path {
+        "/upstream/fail" => Some(true),
+        "/upstream/heal" => Some(false),
+        _ => None,
+    } {
+        behaviour.failing.store(failing, Ordering::SeqCst);
+        response
+    } else if behaviour.failing.load(Ordering::SeqCst) {
+        response.status(500)
+    } else if let Some((key, failures)) = path
+        .strip_prefix("/flaky/")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .and_then(|(key, n)| Some((key.to_owned(), n.parse::<u64>().ok()?)))
+    {
+        let attempt = {
+            let mut flaky = behaviour
+                .flaky
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = flaky.entry(key).or_default();
+            *count += 1;
+            *count
+        };
+        body = format!("{}: attempt {attempt}\n", body.trim_end());
+        response.status(if attempt <= failures { 503 } else { 200 })
+    } else if path == "/reset" {
         return Err(std::io::Error::other("the test asked for a reset"));
     } else if let Some(status) = number("/status/") {
         response.status(u16::try_from(status).unwrap_or(500))

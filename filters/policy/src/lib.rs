@@ -17,6 +17,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod path;
+pub mod traffic;
 pub mod validate;
 
 pub use config::{ConfigError, PluginConfig};

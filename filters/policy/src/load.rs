@@ -282,6 +282,23 @@ pub fn load_value(
             }
             return;
         }
+        crate::traffic::GROUP => {
+            reader.identify(&value);
+            reader.duplicates(duplicates);
+            if crate::traffic::VERSIONS.contains(&version) {
+                reader.weft_object(&kind, value, &api_version, catalog);
+            } else {
+                reader.error(
+                    "apiVersion",
+                    LoadError::UnservedVersion {
+                        api_version: api_version.clone(),
+                        kind,
+                        served: crate::traffic::VERSIONS.join(", "),
+                    },
+                );
+            }
+            return;
+        }
         "" if version == "v1" && kind == "Pod" => {
             reader.identify(&value);
             reader.duplicates(duplicates);
@@ -378,7 +395,7 @@ struct ObjectId {
 }
 
 /// Reads one object, reporting problems against it.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     origin: &'a Origin,
     diagnostics: &'a mut Vec<Diagnostic>,
     object: ObjectId,
@@ -574,7 +591,19 @@ struct WireContainerPort {
 }
 
 impl Reader<'_> {
-    fn error(&mut self, field: &str, error: LoadError) {
+    /// How many problems were reported so far.
+    pub(crate) fn diagnostics_len(&self) -> usize {
+        self.diagnostics.len()
+    }
+
+    /// Makes the warnings reported since `from` errors.
+    pub(crate) fn make_errors_from(&mut self, from: usize) {
+        for diagnostic in self.diagnostics.iter_mut().skip(from) {
+            diagnostic.severity = Severity::Error;
+        }
+    }
+
+    pub(crate) fn error(&mut self, field: &str, error: LoadError) {
         self.diagnostics
             .push(problem(Some(&self.object), self.origin, field, error));
     }
@@ -664,7 +693,7 @@ impl Reader<'_> {
         );
     }
 
-    fn meta(&mut self, api_version: &str) -> Option<Meta> {
+    pub(crate) fn meta(&mut self, api_version: &str) -> Option<Meta> {
         let Some(name) = self.object.name.clone().filter(|n| !n.is_empty()) else {
             self.error("metadata.name", LoadError::Missing);
             return None;
@@ -684,7 +713,11 @@ impl Reader<'_> {
     /// Deserialises `value` into a wire shape, warning about unknown fields and reporting a
     /// shape error with its field path. The envelope (`apiVersion`, `kind`, `metadata`,
     /// `status`) was read already and is not part of any wire shape.
-    fn wire<T: for<'de> Deserialize<'de>>(&mut self, mut value: Value, schema: &str) -> Option<T> {
+    pub(crate) fn wire<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        mut value: Value,
+        schema: &str,
+    ) -> Option<T> {
         if let Some(object) = value.as_object_mut() {
             for envelope in ["apiVersion", "kind", "metadata", "status"] {
                 object.remove(envelope);
@@ -782,7 +815,7 @@ impl Reader<'_> {
         })
     }
 
-    fn port(&mut self, field: &str, value: &Value) -> Option<u16> {
+    pub(crate) fn port(&mut self, field: &str, value: &Value) -> Option<u16> {
         match value
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())

@@ -29,6 +29,10 @@ pub enum Kind {
     TrafficSplit,
     /// core v1 Service.
     Service,
+    /// policy.weft.io TrafficPolicy.
+    TrafficPolicy,
+    /// policy.weft.io EnvoyPatch.
+    EnvoyPatch,
 }
 
 impl Kind {
@@ -41,6 +45,8 @@ impl Kind {
             Kind::UdpRoute => "UDPRoute",
             Kind::TrafficSplit => "TrafficSplit",
             Kind::Service => "Service",
+            Kind::TrafficPolicy => "TrafficPolicy",
+            Kind::EnvoyPatch => "EnvoyPatch",
         }
     }
 
@@ -304,6 +310,10 @@ pub struct Catalog {
     pub services: Vec<Service>,
     /// Deployments and Pods.
     pub workloads: Vec<Workload>,
+    /// weft's TrafficPolicies.
+    pub traffic_policies: Vec<crate::traffic::TrafficPolicy>,
+    /// weft's EnvoyPatches.
+    pub envoy_patches: Vec<crate::traffic::EnvoyPatch>,
     /// The lists are in [`Catalog::sort`]'s order, so lookups search them by halves (sort
     /// again after changing a list).
     #[serde(skip)]
@@ -340,6 +350,8 @@ impl Catalog {
             + self.traffic_splits.len()
             + self.services.len()
             + self.workloads.len()
+            + self.traffic_policies.len()
+            + self.envoy_patches.len()
     }
 
     /// Whether the catalog holds no object.
@@ -413,6 +425,10 @@ impl Catalog {
             .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
         self.workloads
             .sort_by(|a, b| (key(&a.meta), &a.kind).cmp(&(key(&b.meta), &b.kind)));
+        self.traffic_policies
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+        self.envoy_patches
+            .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
         self.sorted = true;
     }
 }

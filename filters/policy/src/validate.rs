@@ -149,6 +149,7 @@ impl ValidationError {
 pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     duplicates(catalog, &mut out);
+    crate::traffic::validate(catalog, &mut out);
     for target in &catalog.traffic_targets {
         traffic_target(catalog, target, &mut out);
     }
