@@ -139,6 +139,10 @@ struct ControllerFlags {
     /// The mesh's SPIFFE trust domain (workload identities are spiffe://DOMAIN/ns/NS/sa/SA).
     #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Apply EnvoyPatches (raw JSON patches of the generated Envoy configuration); without it
+    /// they are read, checked and reported, never applied (docs/patches.md).
+    #[arg(long)]
+    allow_patches: bool,
 }
 
 impl ControllerFlags {
@@ -151,6 +155,7 @@ impl ControllerFlags {
             ca: self.ca_cert.zip(self.ca_key),
             trust_bundle: self.trust_bundle,
             trust_domain: self.trust_domain,
+            allow_patches: self.allow_patches,
         }
     }
 }

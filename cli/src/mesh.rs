@@ -30,6 +30,8 @@ pub struct ControllerSettings {
     pub trust_bundle: Option<PathBuf>,
     /// The mesh's SPIFFE trust domain.
     pub trust_domain: String,
+    /// Whether EnvoyPatches are applied.
+    pub allow_patches: bool,
 }
 
 impl ControllerSettings {
@@ -38,6 +40,7 @@ impl ControllerSettings {
         Options {
             manifests: manifests.to_path_buf(),
             state: state.to_path_buf(),
+            allow_patches: self.allow_patches,
             xds_listen: self.xds,
             admin_listen: self.admin,
             module: self
@@ -267,6 +270,22 @@ pub fn status_table(status: &Value) -> String {
     let trust = &status["trust"];
     if trust.is_object() {
         out.push_str(&trust_line(trust));
+    }
+    for patch in status["patches"].as_array().into_iter().flatten() {
+        let field = |name: &str| patch[name].as_str().unwrap_or_default().to_owned();
+        let mut line = format!(
+            "patch {} {} on {} of {}: {}",
+            field("patch"),
+            field("field"),
+            field("resource"),
+            field("pod"),
+            field("state")
+        );
+        if let Some(reason) = patch["reason"].as_str() {
+            line.push_str(&format!(" ({reason})"));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     for problem in status["rejected_change"].as_array().into_iter().flatten() {
         out.push_str(&format!(

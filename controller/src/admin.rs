@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::patch::PatchError;
 use crate::runtime::Shared;
 
 /// The JSON `/status` answers.
@@ -47,8 +48,31 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             "problem": shared.ca_problem(),
         })
     };
+    let patches: Vec<serde_json::Value> = shared
+        .patch_reports()
+        .iter()
+        .flat_map(|(node, reports)| {
+            reports.iter().map(move |report| {
+                let state = match &report.problem {
+                    None => "applied",
+                    Some(PatchError::Refused(_)) => "withdrawn",
+                    Some(PatchError::Disabled) => "off",
+                    Some(_) => "refused",
+                };
+                json!({
+                    "pod": node,
+                    "patch": report.key.patch,
+                    "field": format!("spec.patches[{}]", report.key.index),
+                    "resource": report.resource,
+                    "state": state,
+                    "reason": report.problem.as_ref().map(ToString::to_string),
+                })
+            })
+        })
+        .collect();
     json!({
         "generation": {"catalog": generation, "built": built},
+        "patches": patches,
         "module_sha256": shared.module().sha256,
         "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pods": pods,

@@ -9,6 +9,7 @@ pub mod index;
 pub mod manifests;
 pub mod mesh;
 pub mod metrics;
+pub mod patch;
 pub mod pki;
 pub mod runtime;
 pub mod status;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::patch::{PatchError, PatchKey, PatchReport};
 use prost::Name;
 use weft_envoy_config::clusters::load_assignment;
 use weft_envoy_config::filters::{Code, Kind};
@@ -125,6 +126,10 @@ pub struct MeshView<'a> {
     pub bundle: &'a str,
     /// The module every sidecar loads unless it named its own.
     pub module: &'a str,
+    /// Whether EnvoyPatches are applied (off unless the controller is told).
+    pub allow_patches: bool,
+    /// The resource patches each proxy (by node id) refused, left out of its configuration.
+    pub withdrawn: &'a BTreeMap<String, BTreeMap<PatchKey, PatchError>>,
 }
 
 fn selects(service: &Service, pod: &Pod) -> bool {
@@ -348,7 +353,8 @@ fn json(config: &PluginConfig) -> String {
 }
 
 /// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM), from
-/// what `plan` computed once for the rebuild and the resources `interner` already holds.
+/// what `plan` computed once for the rebuild and the resources `interner` already holds; with
+/// what became of each EnvoyPatch selecting the pod.
 ///
 /// # Errors
 /// When its policy does not compile or a resource cannot be rendered.
@@ -358,7 +364,7 @@ pub fn sidecar_snapshot(
     interner: &mut Interner,
     pod: &Pod,
     certificate: &weft_certs::CertifiedKey,
-) -> Result<Snapshot, MeshError> {
+) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
     let identity = pod.identity();
     let spiffe_id = identity.spiffe_id(view.trust_domain);
     let own_services: Vec<&Service> = view
@@ -389,7 +395,22 @@ pub fn sidecar_snapshot(
         inbound,
         services: plan.services(view, &pod.namespace).to_vec(),
     };
-    let built = sidecar.resources();
+    let mut built = sidecar.resources();
+    let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
+        .catalog
+        .envoy_patches
+        .iter()
+        .filter(|patch| patch.selects(&pod.namespace, &pod.labels))
+        .collect();
+    let reports = match view.allow_patches {
+        _ if patches.is_empty() => Vec::new(),
+        true => {
+            let none = BTreeMap::new();
+            let withdrawn = view.withdrawn.get(&pod.node_id()).unwrap_or(&none);
+            crate::patch::apply(&patches, &mut built, withdrawn)
+        }
+        false => crate::patch::disabled(&patches),
+    };
     let mut snapshot = Snapshot::new();
     for listener in &built.listeners {
         snapshot.insert(LISTENER, interner.resource(&listener.name, any(listener))?);
@@ -446,5 +467,5 @@ pub fn sidecar_snapshot(
         weft_xds::snapshot::EXTENSION_CONFIG,
         weft_envoy_config::pb::envoy::config::core::v3::TypedExtensionConfig::type_url()
     );
-    Ok(snapshot)
+    Ok((snapshot, reports))
 }

@@ -36,6 +36,8 @@ pub struct Options {
     pub manifests: PathBuf,
     /// Where it keeps its state (the CA, the module).
     pub state: PathBuf,
+    /// Whether EnvoyPatches are applied (off by default: they change any field weft generates).
+    pub allow_patches: bool,
     /// Where the ADS server listens.
     pub xds_listen: SocketAddr,
     /// Where the admin HTTP server listens (status, module, health).
@@ -140,6 +142,8 @@ pub struct Shared {
     /// What each pod's proxy has applied of its secrets (a rotation waits on it), and what the
     /// secrets of its latest snapshots held, by the version it would acknowledge.
     trust: Mutex<TrustLedger>,
+    /// What became of the EnvoyPatches, per proxy.
+    patches: Mutex<crate::patch::PatchLedger>,
     /// Resources shared by the snapshots.
     interner: Mutex<crate::mesh::Interner>,
     /// Snapshots served.
@@ -224,6 +228,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// What became of each EnvoyPatch for each proxy, by node id.
+    pub fn patch_reports(&self) -> BTreeMap<String, Vec<crate::patch::PatchReport>> {
+        lock(&self.patches).reports.clone()
+    }
+
     /// The last good catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog
@@ -582,6 +591,11 @@ impl Shared {
         let served = Arc::new(pki.served().clone());
         let trust_domain = pki.trust_domain().to_owned();
         let module = self.module().path.display().to_string();
+        let withdrawn = {
+            let mut patches = lock(&self.patches);
+            patches.retain(&pods.iter().map(Pod::node_id).collect());
+            patches.withdrawn.clone()
+        };
         let view = MeshView {
             catalog: &catalog,
             pods: &pods,
@@ -589,6 +603,8 @@ impl Shared {
             trust_domain: &trust_domain,
             bundle: &bundle,
             module: &module,
+            allow_patches: self.options.allow_patches,
+            withdrawn: &withdrawn,
         };
         let mut plan = crate::mesh::Plan::default();
         let mut interner = lock(&self.interner);
@@ -615,8 +631,13 @@ impl Shared {
                 }
             };
             match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate.pem) {
-                Ok(snapshot) => {
+                Ok((snapshot, patches)) => {
                     let node = pod.node_id();
+                    lock(&self.patches).built(
+                        &node,
+                        |type_url| type_version(&snapshot, type_url),
+                        patches,
+                    );
                     lock(&self.trust).built(
                         &node,
                         type_version(&snapshot, SECRET),
@@ -778,6 +799,7 @@ impl Admission for Gate {
         match event {
             Event::Ack { type_url, version } => {
                 self.shared.status.acked(key, short_name(type_url), version);
+                lock(&self.shared.patches).acked(key, type_url, version);
                 // (The ledger's lock is let go before the PKI's is taken: a rebuild takes them
                 // the other way round.)
                 let holds_anew = type_url == SECRET && lock(&self.shared.trust).acked(key, version);
@@ -803,6 +825,18 @@ impl Admission for Gate {
                     .status
                     .nacked(key, short_name(type_url), version, error);
                 self.shared.metrics.nacked(short_name(type_url));
+                let withdrawn = lock(&self.shared.patches).nacked(key, type_url, version, error);
+                if !withdrawn.is_empty() {
+                    for patch in &withdrawn {
+                        log::warn!(
+                            "weft: EnvoyPatch {} spec.patches[{}] withdrawn for {key}, which refused it; it gets the unpatched configuration",
+                            patch.patch,
+                            patch.index
+                        );
+                    }
+                    self.shared.metrics.reconcile_error("patch");
+                    self.shared.mark_changed();
+                }
             }
             Event::InSync => self.shared.metrics.in_sync(key, std::time::Instant::now()),
             Event::StaleNonce { .. } => {}
@@ -883,6 +917,7 @@ impl Controller {
             pki: Mutex::new(pki),
             ca_problem: Mutex::new(None),
             trust: Mutex::new(TrustLedger::default()),
+            patches: Mutex::new(crate::patch::PatchLedger::default()),
             interner: Mutex::new(crate::mesh::Interner::default()),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),

@@ -39,6 +39,7 @@ pub fn options(manifests: &Path, state: &Path) -> anyhow::Result<UpOptions> {
         controller: Options {
             manifests: manifests.to_path_buf(),
             state: state.to_path_buf(),
+            allow_patches: false,
             xds_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             module: paths::weft_wasm()?,

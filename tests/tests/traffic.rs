@@ -279,3 +279,176 @@ async fn a_rate_limit_answers_429_past_the_burst_on_its_route_only(mesh: &TestMe
         assert_eq!(call(mesh, "checkout-v2", "/cart").await.status, 200);
     }
 }
+
+const HEADER_PATCH: &str = r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: EnvoyPatch
+metadata: {name: frontend-header, namespace: shop}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  patches:
+  - type: RouteConfiguration
+    name: outbound
+    operations:
+    - {op: add, path: /response_headers_to_add, value: [{header: {key: x-weft-patched, value: "yes"}}]}
+"#;
+
+/// Decodes as JSON but not as a RouteConfiguration: refused before it is pushed.
+const INVALID_PATCH: &str = r"
+apiVersion: policy.weft.io/v1alpha1
+kind: EnvoyPatch
+metadata: {name: invalid, namespace: shop}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  patches:
+  - type: RouteConfiguration
+    name: outbound
+    operations:
+    - {op: add, path: /virtual_hosts/0/no_such_field, value: 1}
+";
+
+/// A valid RouteConfiguration Envoy refuses: two virtual hosts claim the domain `checkout`.
+const NACKED_PATCH: &str = r"
+apiVersion: policy.weft.io/v1alpha1
+kind: EnvoyPatch
+metadata: {name: duplicate-domain, namespace: shop}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  patches:
+  - type: RouteConfiguration
+    name: outbound
+    operations:
+    - {op: add, path: /virtual_hosts/0/domains/-, value: checkout}
+";
+
+/// The status entry of EnvoyPatch `patch` on pod `pod`, once it is in state `state`.
+async fn patch_state(mesh: &TestMesh, patch: &str, state: &str) -> serde_json::Value {
+    let mut found = serde_json::Value::Null;
+    until(&format!("{patch} {state}"), Duration::from_secs(10), || {
+        found = mesh.status()["patches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["patch"] == patch && p["pod"] == FRONTEND && p["state"] == state)
+            .cloned()
+            .unwrap_or_default();
+        let seen = !found.is_null();
+        async move { seen }
+    })
+    .await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patch_changes_behaviour_and_a_broken_one_is_refused_or_withdrawn_while_traffic_flows() {
+    let mut mesh = TestMesh::start_prepared(
+        |dir| write_manifest(dir, "patches.yaml", HEADER_PATCH),
+        |options| options.controller.allow_patches = true,
+    )
+    .await
+    .unwrap();
+    patch_state(&mesh, "shop/frontend-header", "applied").await;
+    let patched = |reply: &Reply| reply.headers.get("x-weft-patched").is_some();
+    let reply = call(&mesh, "checkout", "/cart").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(patched(&reply), "the patch adds the header: {reply:?}");
+    let other = mesh
+        .call("shop/analytics-0", "GET", "checkout", "/cart")
+        .await
+        .unwrap();
+    assert_eq!(other.status, 403);
+    assert!(!patched(&other), "analytics is not selected: {other:?}");
+
+    // Traffic from frontend all along.
+    let outbound = mesh.replica(FRONTEND).outbound();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let load = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        while !*stopped.borrow_and_update() {
+            let reply = request(outbound, "GET", "/cart", &[("host", "checkout")]).await;
+            answers.push(
+                reply
+                    .map(|r| (r.status, patched(&r)))
+                    .map_err(|e| e.to_string()),
+            );
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        answers
+    });
+    // Each phase lets at least 20 requests through before the next.
+    let twenty_more = || {
+        let from = sent.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = sent.clone();
+        until("20 more answers", Duration::from_secs(10), move || {
+            let done = sent.load(std::sync::atomic::Ordering::SeqCst) >= from + 20;
+            async move { done }
+        })
+    };
+    twenty_more().await;
+
+    mesh.write_manifest("invalid.yaml", INVALID_PATCH).unwrap();
+    let refused = patch_state(&mesh, "shop/invalid", "refused").await;
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "operations[0] (add /virtual_hosts/0/no_such_field): the patched RouteConfiguration is not valid"
+        ),
+        "{refused}"
+    );
+    assert_eq!(refused["field"], "spec.patches[0]");
+    twenty_more().await;
+
+    let nacks_before = nacks(&mesh);
+    mesh.write_manifest("nacked.yaml", NACKED_PATCH).unwrap();
+    let withdrawn = patch_state(&mesh, "shop/duplicate-domain", "withdrawn").await;
+    let reason = withdrawn["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("Envoy refused it:") && reason.contains("checkout"),
+        "{withdrawn}"
+    );
+    assert_eq!(
+        nacks(&mesh),
+        nacks_before + 1,
+        "one refusal, then the unpatched configuration"
+    );
+    // Withdrawn for frontend, which is back in sync with the header patch still applied.
+    until("frontend in sync", Duration::from_secs(10), || {
+        let in_sync = mesh.pod_status(FRONTEND)["in_sync"] == true;
+        async move { in_sync }
+    })
+    .await;
+    patch_state(&mesh, "shop/frontend-header", "applied").await;
+    let reply = call(&mesh, "checkout", "/cart").await;
+    assert!(patched(&reply), "{reply:?}");
+    twenty_more().await;
+
+    stop.send(true).unwrap();
+    let answers = load.await.unwrap();
+    assert!(answers.len() >= 60, "{} answers", answers.len());
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|answer| **answer != Ok((200, true)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {}: {wrong:?}",
+        wrong.len(),
+        answers.len()
+    );
+    eprintln!(
+        "{} requests during the broken patches, all 200 and patched",
+        answers.len()
+    );
+    mesh.stop().await;
+}
+
+/// How many configurations frontend's proxy refused.
+fn nacks(mesh: &TestMesh) -> u64 {
+    mesh.pod_status(FRONTEND)["proxy"]["types"]
+        .as_object()
+        .map(|types| types.values().filter_map(|t| t["nacks"].as_u64()).sum())
+        .unwrap_or_default()
+}
