@@ -40,13 +40,18 @@ const INCLUDES: &[&str] = &[
 fn main() {
     let root = proto_root();
     let includes: Vec<PathBuf> = INCLUDES.iter().map(|dir| root.join(dir)).collect();
-    let descriptors = match protox::compile(FILES, includes) {
-        Ok(descriptors) => descriptors,
-        Err(err) => panic!("compiling Envoy's protos from {}: {err}", root.display()),
-    };
+    // Encoded by protox itself, which keeps the options' extensions (the `validate.rules`
+    // constraints that `constraints` checks); prost's own types would drop them.
+    let descriptors = protox::Compiler::new(includes)
+        .and_then(|mut compiler| {
+            compiler.include_imports(true);
+            compiler.open_files(FILES)?;
+            Ok(compiler.encode_file_descriptor_set())
+        })
+        .unwrap_or_else(|err| panic!("compiling Envoy's protos from {}: {err}", root.display()));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("envoy-descriptors.bin");
-    std::fs::write(&out, prost::Message::encode_to_vec(&descriptors))
+    std::fs::write(&out, descriptors)
         .unwrap_or_else(|err| panic!("writing {}: {err}", out.display()));
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=WEFT_ENVOY_PROTOS");

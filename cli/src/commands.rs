@@ -106,11 +106,24 @@ fn load_valid(sources: &Sources) -> Result<(Catalog, Vec<Diagnostic>), Outcome> 
     Ok((catalog, diagnostics))
 }
 
-/// `weft check`.
-pub fn check(sources: &Sources, format: Format) -> Outcome {
-    let (catalog, diagnostics) = match load(sources) {
+/// `weft describe service NS/NAME`.
+pub fn describe_service(manifests: &Sources, service: &str) -> Outcome {
+    let (catalog, _) = match load_valid(manifests) {
         Ok(loaded) => loaded,
         Err(outcome) => return outcome,
+    };
+    match crate::describe::describe_service(&catalog, service) {
+        Ok(text) => Outcome::ok(text),
+        Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    }
+}
+
+/// `weft check`.
+pub fn check(sources: &Sources, format: Format) -> Outcome {
+    let (catalog, diagnostics) = match weft_controller::index::check(&sources.paths, sources.strict)
+    {
+        Ok(loaded) => loaded,
+        Err(err) => return Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
     };
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;

@@ -161,6 +161,18 @@ impl ControllerFlags {
 }
 
 #[derive(Subcommand)]
+enum DescribeWhat {
+    /// A Service, NAMESPACE/NAME.
+    Service {
+        /// The Service, namespace/name.
+        service: String,
+        /// Directory (or file) of manifests.
+        #[arg(long, required = true)]
+        manifests: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a mesh on this machine (local mode): the controller and, for each replica of each
     /// workload in DIR, its application and an Envoy sidecar on its own loopback address.
@@ -272,6 +284,13 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
+    },
+    /// Show what every calling proxy gets for a Service: its clusters' and routes' Envoy
+    /// settings, each with where it came from (weft, or a TrafficPolicy's field).
+    #[command(after_help = EXIT_CODES)]
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
     },
     /// Decide whether a request or connection would be allowed, and say why. Exit 0 whatever
     /// the decision, or with --exit-code 3 when it would be denied.
@@ -470,6 +489,15 @@ fn main() -> ExitCode {
             strict,
             output,
         } => commands::check(&Sources { paths, strict }, output),
+        Command::Describe {
+            what: DescribeWhat::Service { service, manifests },
+        } => commands::describe_service(
+            &Sources {
+                paths: manifests,
+                strict: false,
+            },
+            &service,
+        ),
         Command::Explain {
             manifests,
             strict,

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use weft_policy::diagnostic::{Diagnostic, make_strict, sort};
+use weft_policy::bundle::DEFAULT_TRUST_DOMAIN;
+use weft_policy::diagnostic::{Diagnostic, locate_fields, make_strict, sort};
 use weft_policy::model::Catalog;
 
 use crate::manifests::{self, ManifestsError};
@@ -15,6 +16,27 @@ use crate::manifests::{self, ManifestsError};
 /// # Errors
 /// When no manifest file can be found under `paths`.
 pub fn load(paths: &[PathBuf], strict: bool) -> Result<(Catalog, Vec<Diagnostic>), ManifestsError> {
+    read(paths, strict, false)
+}
+
+/// [`load`], and every EnvoyPatch tried on the workloads it selects, as the controller would
+/// apply it: what `weft check` reports. (The controller itself applies a patch per proxy and
+/// reports a refusal in its status, so that one broken patch never holds back a change.)
+///
+/// # Errors
+/// As [`load`].
+pub fn check(
+    paths: &[PathBuf],
+    strict: bool,
+) -> Result<(Catalog, Vec<Diagnostic>), ManifestsError> {
+    read(paths, strict, true)
+}
+
+fn read(
+    paths: &[PathBuf],
+    strict: bool,
+    try_patches: bool,
+) -> Result<(Catalog, Vec<Diagnostic>), ManifestsError> {
     let manifests = manifests::read(paths)?;
     let (catalog, mut diagnostics) = weft_policy::check(
         manifests
@@ -22,6 +44,16 @@ pub fn load(paths: &[PathBuf], strict: bool) -> Result<(Catalog, Vec<Diagnostic>
             .iter()
             .map(|(name, text)| (name.as_str(), text.as_str())),
     );
+    if try_patches && !diagnostics.iter().any(Diagnostic::is_error) {
+        let mut tried = crate::mesh::check_patches(&catalog, DEFAULT_TRUST_DOMAIN);
+        let files = manifests
+            .files
+            .iter()
+            .map(|(name, text)| (name.as_str(), text.as_str()))
+            .collect();
+        locate_fields(&files, &mut tried);
+        diagnostics.extend(tried);
+    }
     diagnostics.extend(manifests.problems);
     if strict {
         make_strict(&mut diagnostics);

@@ -22,6 +22,7 @@ use weft_envoy_config::traffic::service_traffic;
 use weft_policy::PluginConfig;
 use weft_policy::bundle::Identity;
 use weft_policy::compile::{Options, Side, compile, service_hosts};
+use weft_policy::diagnostic::{Diagnostic, Severity};
 use weft_policy::model::{AppProtocol, Catalog, Service};
 use weft_xds::snapshot::{
     CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, SECRET, Snapshot,
@@ -215,6 +216,52 @@ impl Interner {
     }
 }
 
+/// The Services a workload of `namespace` may call, as its sidecar's outbound clusters and
+/// virtual hosts are built from them: names, ports, the identities behind them and the
+/// TrafficPolicy in force for each.
+pub fn outbound_services(
+    catalog: &Catalog,
+    trust_domain: &str,
+    namespace: &str,
+) -> Vec<OutboundService> {
+    let mut services = Vec::new();
+    for service in &catalog.services {
+        // From the workloads it selects, not from the pods running now: a pod that comes or
+        // goes changes endpoints, never the clusters.
+        let identities: Vec<String> = catalog
+            .workloads
+            .iter()
+            .filter(|w| selects_labels(service, &w.meta.namespace, &w.labels))
+            .map(|w| {
+                Identity {
+                    namespace: w.meta.namespace.clone(),
+                    service_account: w.service_account.clone(),
+                }
+                .spiffe_id(trust_domain)
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let hosts = service_hosts(
+            &service.meta.name,
+            &service.meta.namespace,
+            namespace,
+            &Options::default(),
+        );
+        for (spec, http) in service_ports(service) {
+            services.push(OutboundService {
+                cluster: cluster_name(service, spec.port, http),
+                hosts: hosts.clone(),
+                port: spec.port,
+                protocol: protocol(spec.protocol),
+                identities: identities.clone(),
+                traffic: service_traffic(catalog, service, spec.port),
+            });
+        }
+    }
+    services
+}
+
 /// What one rebuild computes once for every pod: the Services as each namespace calls them,
 /// their endpoints, and the compiled plugin configurations per identity.
 #[derive(Debug, Default)]
@@ -243,45 +290,7 @@ impl Plan {
     fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> &[OutboundService] {
         self.services
             .entry(namespace.to_owned())
-            .or_insert_with(|| {
-                let mut services = Vec::new();
-                for service in &view.catalog.services {
-                    // From the workloads it selects, not from the pods running now: a pod
-                    // that comes or goes changes endpoints, never the clusters.
-                    let identities: Vec<String> = view
-                        .catalog
-                        .workloads
-                        .iter()
-                        .filter(|w| selects_labels(service, &w.meta.namespace, &w.labels))
-                        .map(|w| {
-                            Identity {
-                                namespace: w.meta.namespace.clone(),
-                                service_account: w.service_account.clone(),
-                            }
-                            .spiffe_id(view.trust_domain)
-                        })
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
-                    let hosts = service_hosts(
-                        &service.meta.name,
-                        &service.meta.namespace,
-                        namespace,
-                        &Options::default(),
-                    );
-                    for (spec, http) in service_ports(service) {
-                        services.push(OutboundService {
-                            cluster: cluster_name(service, spec.port, http),
-                            hosts: hosts.clone(),
-                            port: spec.port,
-                            protocol: protocol(spec.protocol),
-                            identities: identities.clone(),
-                            traffic: service_traffic(view.catalog, service, spec.port),
-                        });
-                    }
-                }
-                services
-            })
+            .or_insert_with(|| outbound_services(view.catalog, view.trust_domain, namespace))
     }
 
     /// The endpoints of every Service port, the same for every pod: built, encoded and
@@ -352,21 +361,14 @@ fn json(config: &PluginConfig) -> String {
     serde_json::to_string(config).unwrap_or_default()
 }
 
-/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM), from
-/// what `plan` computed once for the rebuild and the resources `interner` already holds; with
-/// what became of each EnvoyPatch selecting the pod.
-///
-/// # Errors
-/// When its policy does not compile or a resource cannot be rendered.
-pub fn sidecar_snapshot(
-    view: &MeshView<'_>,
+/// What `pod`'s sidecar is, before it is built: its ports and the Services it calls (with the
+/// TrafficPolicies in force), and the Services it is part of.
+fn describe_sidecar<'c>(
+    view: &MeshView<'c>,
     plan: &mut Plan,
-    interner: &mut Interner,
     pod: &Pod,
-    certificate: &weft_certs::CertifiedKey,
-) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
-    let identity = pod.identity();
-    let spiffe_id = identity.spiffe_id(view.trust_domain);
+) -> (Sidecar, Vec<&'c Service>) {
+    let spiffe_id = pod.identity().spiffe_id(view.trust_domain);
     let own_services: Vec<&Service> = view
         .catalog
         .services
@@ -390,11 +392,106 @@ pub fn sidecar_snapshot(
         pod_ip: pod.pod_ip,
         app_ip: pod.app_ip,
         module: Code::File(module.to_owned()),
-        certificate_secret: spiffe_id.clone(),
+        certificate_secret: spiffe_id,
         trust_secret: TRUST_BUNDLE.to_owned(),
         inbound,
         services: plan.services(view, &pod.namespace).to_vec(),
     };
+    (sidecar, own_services)
+}
+
+/// Every EnvoyPatch of `catalog` tried on the sidecar of each workload it selects, as the
+/// controller would apply it (`weft check`): an error for each resource patch that would be
+/// refused, naming the workload; a warning for a patch that selects no workload.
+pub fn check_patches(catalog: &Catalog, trust_domain: &str) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let withdrawn = BTreeMap::new();
+    let view = MeshView {
+        catalog,
+        pods: &[],
+        ready: &BTreeSet::new(),
+        trust_domain,
+        bundle: "",
+        module: "weft.wasm",
+        allow_patches: true,
+        withdrawn: &withdrawn,
+    };
+    let mut plan = Plan::default();
+    for patch in &catalog.envoy_patches {
+        let report = |severity, field: String, message: String| Diagnostic {
+            severity,
+            kind: Some("EnvoyPatch".to_owned()),
+            namespace: Some(patch.meta.namespace.clone()),
+            name: Some(patch.meta.name.clone()),
+            field,
+            origin: patch.meta.origin.clone(),
+            message,
+        };
+        let workloads: Vec<_> = catalog
+            .workloads
+            .iter()
+            .filter(|w| patch.selects(&w.meta.namespace, &w.labels))
+            .collect();
+        if workloads.is_empty() {
+            diagnostics.push(report(
+                Severity::Warning,
+                "spec.selector".to_owned(),
+                "selects no workload in these manifests; it changes nothing".to_owned(),
+            ));
+        }
+        for workload in workloads {
+            let pod = Pod {
+                namespace: workload.meta.namespace.clone(),
+                name: format!("{}-0", workload.meta.name),
+                workload: workload.meta.name.clone(),
+                service_account: workload.service_account.clone(),
+                labels: workload.labels.clone(),
+                pod_ip: Ipv4Addr::new(127, 0, 0, 1),
+                app_ip: Ipv4Addr::new(127, 0, 0, 2),
+                ports: workload.ports.clone(),
+                module: None,
+            };
+            let (sidecar, _) = describe_sidecar(&view, &mut plan, &pod);
+            let mut resources = sidecar.resources();
+            for outcome in crate::patch::apply(&[patch], &mut resources, &BTreeMap::new()) {
+                if let Some(problem) = outcome.problem {
+                    let mut field = format!("spec.patches[{}]", outcome.key.index);
+                    if let crate::patch::PatchError::Operation { index, .. }
+                    | crate::patch::PatchError::Invalid { index, .. } = &problem
+                    {
+                        field.push_str(&format!(".operations[{index}]"));
+                    }
+                    diagnostics.push(report(
+                        Severity::Error,
+                        field,
+                        format!(
+                            "on {} {}/{}: {problem}",
+                            workload.kind, workload.meta.namespace, workload.meta.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    diagnostics
+}
+
+/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM), from
+/// what `plan` computed once for the rebuild and the resources `interner` already holds; with
+/// what became of each EnvoyPatch selecting the pod.
+///
+/// # Errors
+/// When its policy does not compile or a resource cannot be rendered.
+pub fn sidecar_snapshot(
+    view: &MeshView<'_>,
+    plan: &mut Plan,
+    interner: &mut Interner,
+    pod: &Pod,
+    certificate: &weft_certs::CertifiedKey,
+) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
+    let identity = pod.identity();
+    let spiffe_id = identity.spiffe_id(view.trust_domain);
+    let (sidecar, own_services) = describe_sidecar(view, plan, pod);
     let mut built = sidecar.resources();
     let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
         .catalog

@@ -13,6 +13,7 @@ use prost::{Message, Name};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use weft_envoy_config::constraints;
 use weft_envoy_config::listeners::HTTP_CONNECTION_MANAGER;
 use weft_envoy_config::mesh::SidecarResources;
 use weft_envoy_config::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
@@ -178,13 +179,18 @@ fn patched<T: Message + Name + Default>(
         document = next;
         // Read back after each operation, so that the one that made it invalid is named (a
         // later one may make it valid again: a move done as copy and remove).
-        match from_json::<T>(&document) {
-            Ok(typed) => {
-                result = Ok(typed);
-            }
-            Err(err) => {
+        let read = from_json::<T>(&document)
+            .map_err(|err| err.to_string())
+            .and_then(|typed| {
+                constraints::check(&typed)
+                    .map(|()| typed)
+                    .map_err(|err| err.to_string())
+            });
+        match read {
+            Ok(typed) => result = Ok(typed),
+            Err(reason) => {
                 if result.is_ok() {
-                    result = Err((index, op, path, err.to_string()));
+                    result = Err((index, op, path, reason));
                 }
             }
         }
@@ -517,6 +523,10 @@ mod tests {
     use super::*;
 
     fn sidecar() -> SidecarResources {
+        sidecar_description().resources()
+    }
+
+    fn sidecar_description() -> Sidecar {
         Sidecar {
             pod_ip: Ipv4Addr::new(127, 0, 1, 1),
             app_ip: Ipv4Addr::new(127, 1, 1, 1),
@@ -536,7 +546,6 @@ mod tests {
                 traffic: None,
             }],
         }
-        .resources()
     }
 
     fn patch(type_name: &str, name: &str, operations: Value) -> EnvoyPatch {
@@ -567,6 +576,40 @@ mod tests {
     }
 
     #[test]
+    fn every_resource_weft_generates_meets_the_constraints_of_its_protos() {
+        let (catalog, problems) = weft_policy::check([
+            (
+                "policy.yaml",
+                include_str!("../../examples/policies/checkout.yaml"),
+            ),
+            (
+                "mesh.yaml",
+                include_str!("../../examples/mesh/services.yaml"),
+            ),
+            (
+                "access.yaml",
+                include_str!("../../examples/mesh/access.yaml"),
+            ),
+        ]);
+        assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
+        let service = catalog.service("shop", "checkout").unwrap();
+        let traffic = weft_envoy_config::traffic::service_traffic(&catalog, service, 8080);
+        assert!(traffic.is_some());
+        let mut sidecar = sidecar_description();
+        sidecar.services[0].traffic = traffic;
+        let resources = sidecar.resources();
+        for listener in &resources.listeners {
+            constraints::check(listener).unwrap();
+        }
+        for cluster in &resources.clusters {
+            constraints::check(cluster).unwrap();
+        }
+        for route in &resources.routes {
+            constraints::check(route).unwrap();
+        }
+    }
+
+    #[test]
     fn a_patch_changes_its_resource_and_nothing_else() {
         let header = json!([{"op": "add", "path": "/response_headers_to_add", "value": [
             {"header": {"key": "x-patched", "value": "yes"}}]}]);
@@ -588,6 +631,10 @@ mod tests {
             (
                 json!([{"op": "add", "path": "/virtual_hosts/0/no_such_field", "value": 1}]),
                 "operations[0] (add /virtual_hosts/0/no_such_field): the patched RouteConfiguration is not valid",
+            ),
+            (
+                json!([{"op": "replace", "path": "/virtual_hosts/0/domains", "value": []}]),
+                "operations[0] (replace /virtual_hosts/0/domains): the patched RouteConfiguration is not valid: virtual_hosts[0].domains: needs at least 1 items",
             ),
             (
                 json!([{"op": "test", "path": "/name", "value": "inbound"}]),

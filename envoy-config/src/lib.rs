@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod clusters;
+pub mod constraints;
 pub mod filters;
 pub mod listeners;
 pub mod mesh;

@@ -75,7 +75,9 @@ pub struct RouteTraffic {
     pub settings: Settings,
 }
 
-/// `route` over `service`: each section the route gives replaces the Service's.
+/// `route` over `service`: each section the route gives replaces the Service's. The rate limit
+/// and fault injection are the route's own only: the Service's are set once on its virtual host,
+/// which a route without its own falls back to (so the Service's requests share one bucket).
 pub fn overlay(service: &Settings, route: &Settings) -> Settings {
     Settings {
         connection_limits: service.connection_limits.clone(),
@@ -89,14 +91,8 @@ pub fn overlay(service: &Settings, route: &Settings) -> Settings {
             }),
             (route, service) => route.clone().or_else(|| service.clone()),
         },
-        rate_limit: route
-            .rate_limit
-            .clone()
-            .or_else(|| service.rate_limit.clone()),
-        fault_injection: route
-            .fault_injection
-            .clone()
-            .or_else(|| service.fault_injection.clone()),
+        rate_limit: route.rate_limit.clone(),
+        fault_injection: route.fault_injection.clone(),
     }
 }
 

@@ -64,6 +64,11 @@ pub enum LoadError {
     /// A field this version does not define (ignored).
     #[error("unknown field, ignored (check its spelling against the {0} schema)")]
     UnknownField(String),
+    /// A field weft's own kinds do not define (an error: a misspelt setting must not pass).
+    #[error(
+        "unknown field; check its spelling against the {0} schema (docs/traffic-policy.md, docs/patches.md)"
+    )]
+    UnknownWeftField(String),
     /// A port outside 1..=65535.
     #[error("{0} is not a port; use a whole number from 1 to 65535")]
     BadPort(String),
@@ -596,10 +601,14 @@ impl Reader<'_> {
         self.diagnostics.len()
     }
 
-    /// Makes the warnings reported since `from` errors.
-    pub(crate) fn make_errors_from(&mut self, from: usize) {
+    /// Makes the warnings reported since `from` errors, unknown fields of `schema` included.
+    pub(crate) fn make_errors_from(&mut self, from: usize, schema: &str) {
+        let unknown = LoadError::UnknownField(schema.to_owned()).to_string();
         for diagnostic in self.diagnostics.iter_mut().skip(from) {
             diagnostic.severity = Severity::Error;
+            if diagnostic.message == unknown {
+                diagnostic.message = LoadError::UnknownWeftField(schema.to_owned()).to_string();
+            }
         }
     }
 

@@ -934,7 +934,7 @@ impl Reader<'_> {
                 },
             ),
         }
-        self.make_errors_from(before);
+        self.make_errors_from(before, api_version);
     }
 
     fn traffic_policy(&mut self, value: Value, api_version: &str) -> Option<TrafficPolicy> {

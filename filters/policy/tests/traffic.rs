@@ -112,7 +112,7 @@ spec:
         "policy.yaml:11: error: TrafficPolicy shop/bad: spec.rateLimit.burst: burst 5 is less than requests 10",
         "policy.yaml:11: error: TrafficPolicy shop/bad: spec.rateLimit.interval: \"10ms\" is shorter than Envoy's shortest refill interval, 50ms",
         "policy.yaml:11: error: TrafficPolicy shop/bad: spec.rateLimit.status: 200 is out of range; use an HTTP status from 400 to 599",
-        "policy.yaml:12: error: TrafficPolicy shop/bad: spec.timeouts.conect: unknown field",
+        "policy.yaml:12: error: TrafficPolicy shop/bad: spec.timeouts.conect: unknown field; check its spelling",
     ];
     for needle in expected {
         assert!(
