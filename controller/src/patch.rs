@@ -268,20 +268,33 @@ fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError
     Ok(())
 }
 
-fn find<'r, T>(
-    list: &'r mut [T],
-    name: &str,
+/// Patches the resource named `name` of `list` in place: found, patched, not renamed, and
+/// passing `guard` (the listener's), or left as it was.
+fn patch_in<T: Message + Name + Default>(
+    list: &mut [T],
+    resource: &ResourcePatch,
     named: impl Fn(&T) -> &str,
-    type_name: &str,
-) -> Result<&'r mut T, PatchError> {
-    let available: Vec<String> = list.iter().map(|r| named(r).to_owned()).collect();
-    list.iter_mut()
-        .find(|r| named(r) == name)
-        .ok_or_else(|| PatchError::NoTarget {
-            type_name: type_name.to_owned(),
-            name: name.to_owned(),
+    guard: impl Fn(&T, &T) -> Result<(), PatchError>,
+) -> Result<(), PatchError> {
+    let available: Vec<&str> = list.iter().map(&named).collect();
+    let Some(index) = available.iter().position(|n| *n == resource.name) else {
+        return Err(PatchError::NoTarget {
+            type_name: resource.type_name.clone(),
+            name: resource.name.clone(),
             available: available.join(", "),
-        })
+        });
+    };
+    let target = &mut list[index];
+    let new = patched(target, &resource.operations)?;
+    if named(&new) != named(target) {
+        return Err(PatchError::Renamed {
+            from: named(target).to_owned(),
+            to: named(&new).to_owned(),
+        });
+    }
+    guard(target, &new)?;
+    *target = new;
+    Ok(())
 }
 
 /// Applies the resource patches of `patches` (those selecting this proxy, in name order) to
@@ -337,53 +350,17 @@ fn apply_one(
     resource: &ResourcePatch,
     resources: &mut SidecarResources,
 ) -> (&'static str, Result<(), PatchError>) {
-    let name = resource.name.as_str();
-    let operations = resource.operations.as_slice();
-    let renamed = |from: &str, to: &str| {
-        (from != to).then(|| PatchError::Renamed {
-            from: from.to_owned(),
-            to: to.to_owned(),
-        })
-    };
-    let type_url = type_url(&resource.type_name);
     let result = match resource.type_name.as_str() {
-        "Listener" => {
-            find(&mut resources.listeners, name, |l| &l.name, "Listener").and_then(|target| {
-                let new = patched(target, operations)?;
-                if let Some(err) = renamed(&target.name, &new.name) {
-                    return Err(err);
-                }
-                keeps_guard(target, &new)?;
-                *target = new;
-                Ok(())
-            })
-        }
-        "Cluster" => {
-            find(&mut resources.clusters, name, |c| &c.name, "Cluster").and_then(|target| {
-                let new = patched(target, operations)?;
-                if let Some(err) = renamed(&target.name, &new.name) {
-                    return Err(err);
-                }
-                *target = new;
-                Ok(())
-            })
-        }
-        _ => find(
-            &mut resources.routes,
-            name,
-            |r| &r.name,
-            "RouteConfiguration",
-        )
-        .and_then(|target| {
-            let new = patched(target, operations)?;
-            if let Some(err) = renamed(&target.name, &new.name) {
-                return Err(err);
-            }
-            *target = new;
-            Ok(())
-        }),
+        "Listener" => patch_in(&mut resources.listeners, resource, |l| &l.name, keeps_guard),
+        "Cluster" => patch_in(
+            &mut resources.clusters,
+            resource,
+            |c| &c.name,
+            |_, _| Ok(()),
+        ),
+        _ => patch_in(&mut resources.routes, resource, |r| &r.name, |_, _| Ok(())),
     };
-    (type_url, result)
+    (type_url(&resource.type_name), result)
 }
 
 /// The xDS types a patch can change.

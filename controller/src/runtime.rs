@@ -521,6 +521,7 @@ impl Shared {
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 drop(current);
                 log::info!("weft: manifests changed; rebuilding every proxy's configuration");
+                log_unapplied(&diagnostics);
                 self.mark_changed();
                 true
             }
@@ -897,6 +898,7 @@ impl Controller {
             errors.join("\n"),
             errors.len()
         );
+        log_unapplied(&diagnostics);
         std::fs::create_dir_all(&options.state)?;
         let pki = Pki::open(
             &options.state,
@@ -1072,6 +1074,17 @@ impl Controller {
 /// Resolves when `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Logs what weft's own kinds leave unapplied: a TrafficPolicy that lost to another or whose
+/// Service is missing, a patch that selects nothing (SMI's warnings are `weft check`'s).
+fn log_unapplied(diagnostics: &[Diagnostic]) {
+    for diagnostic in diagnostics
+        .iter()
+        .filter(|d| matches!(d.kind.as_deref(), Some("TrafficPolicy" | "EnvoyPatch")))
+    {
+        log::warn!("{diagnostic}");
+    }
 }
 
 /// What changes when a manifest changes: each manifest file's path, size and modification

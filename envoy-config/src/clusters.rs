@@ -75,22 +75,29 @@ pub fn with_tls(mut cluster: Cluster, tls: TransportSocket) -> Cluster {
     cluster
 }
 
-/// `cluster` speaking HTTP/2 to its endpoints (gRPC: the controller's xDS).
-pub fn with_http2(mut cluster: Cluster) -> Cluster {
-    let options = HttpProtocolOptions {
+/// Upstream HTTP options that speak `protocol` to every endpoint.
+pub fn explicit_protocol(
+    protocol: http_protocol_options::explicit_http_config::ProtocolConfig,
+) -> HttpProtocolOptions {
+    HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
+                    protocol_config: Some(protocol),
                 },
             ),
         ),
         ..HttpProtocolOptions::default()
-    };
+    }
+}
+
+/// `cluster` speaking HTTP/2 to its endpoints (gRPC: the controller's xDS).
+pub fn with_http2(mut cluster: Cluster) -> Cluster {
+    let options = explicit_protocol(
+        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+            Http2ProtocolOptions::default(),
+        ),
+    );
     cluster.typed_extension_protocol_options =
         HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_owned(), any(&options))]);
     cluster

@@ -40,6 +40,7 @@ use weft_policy::traffic::{
     effective_policy,
 };
 
+use crate::clusters::explicit_protocol;
 use crate::render::any;
 use crate::sources::duration;
 
@@ -152,18 +153,11 @@ pub fn apply_to_cluster(cluster: &mut Cluster, settings: &Settings) {
                 max_requests_per_connection: count(Some(per_connection)),
                 ..CommonHttpProtocolOptions::default()
             }),
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-                                Http1ProtocolOptions::default(),
-                            ),
-                        ),
-                    },
+            ..explicit_protocol(
+                http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                    Http1ProtocolOptions::default(),
                 ),
-            ),
-            ..HttpProtocolOptions::default()
+            )
         };
         cluster
             .typed_extension_protocol_options

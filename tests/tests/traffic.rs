@@ -17,6 +17,7 @@ metadata: {name: policy-routes, namespace: shop}
 spec:
   matches:
   - {name: limited, pathRegex: /limited$, methods: [GET]}
+  - {name: faulty, pathRegex: /faulty$, methods: [GET]}
 ---
 apiVersion: policy.weft.io/v1alpha1
 kind: TrafficPolicy
@@ -35,7 +36,9 @@ spec:
   timeouts: {request: 1s}
   routes:
   - match: {kind: HTTPRouteGroup, name: policy-routes, match: limited}
-    rateLimit: {requests: 3, interval: 1m}
+    rateLimit: {requests: 3, interval: 1h}
+  - match: {kind: HTTPRouteGroup, name: policy-routes, match: faulty}
+    faultInjection: {delay: {percent: 100, duration: 300ms}, abort: {percent: 100, status: 418}}
 ";
 
 const FRONTEND: &str = "shop/frontend-0";
@@ -103,6 +106,7 @@ async fn traffic_policies_trip_eject_retry_time_out_and_limit_in_real_envoys() {
     retries_turn_failures_into_successes_with_the_exact_number_of_attempts(&mesh).await;
     a_request_timeout_answers_504_at_the_configured_time(&mesh).await;
     a_rate_limit_answers_429_past_the_burst_on_its_route_only(&mesh).await;
+    faults_are_injected_by_the_caller_on_their_route(&mesh).await;
     mesh.stop().await;
 }
 
@@ -113,7 +117,7 @@ async fn circuit_breaker_trips_at_the_configured_concurrency(mesh: &TestMesh) {
     let outbound = mesh.replica(FRONTEND).outbound();
     let slow = |outbound: SocketAddr| {
         tokio::spawn(async move {
-            request(outbound, "GET", "/delay/1500", &[("host", "checkout-v1")])
+            request(outbound, "GET", "/delay/3000", &[("host", "checkout-v1")])
                 .await
                 .map(|reply| reply.status)
         })
@@ -253,8 +257,9 @@ async fn a_request_timeout_answers_504_at_the_configured_time(mesh: &TestMesh) {
     let reply = call(mesh, "checkout-v2", "/delay/3000").await;
     let took = started.elapsed();
     assert_eq!(reply.status, 504, "{reply:?}");
+    // (Envoy's timers may fire a fraction of a millisecond early.)
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_millis(1900),
+        took >= Duration::from_millis(990) && took < Duration::from_millis(1900),
         "answered after {took:?}"
     );
     assert_eq!(
@@ -263,7 +268,7 @@ async fn a_request_timeout_answers_504_at_the_configured_time(mesh: &TestMesh) {
     );
 }
 
-/// A route's rateLimit of 3 per minute: the fourth and fifth requests on that route get 429,
+/// A route's rateLimit of 3 an hour: the fourth and fifth requests on that route get 429,
 /// counted by Envoy; other paths of the Service are not limited.
 async fn a_rate_limit_answers_429_past_the_burst_on_its_route_only(mesh: &TestMesh) {
     let mut statuses = Vec::new();
@@ -278,6 +283,32 @@ async fn a_rate_limit_answers_429_past_the_burst_on_its_route_only(mesh: &TestMe
     for _ in 0..10 {
         assert_eq!(call(mesh, "checkout-v2", "/cart").await.status, 200);
     }
+}
+
+/// A route's faultInjection of a 300 ms delay and an abort with 418, for every request: the
+/// caller's proxy answers 418 after the delay, without reaching checkout-v2 (whose upstream
+/// request count does not move).
+async fn faults_are_injected_by_the_caller_on_their_route(mesh: &TestMesh) {
+    const SENT: &str = "cluster.checkout-v2.shop.upstream_rq_total";
+    let before = stat(mesh, SENT).await;
+    for _ in 0..3 {
+        // (Envoy's timers may fire a fraction of a millisecond early.)
+        let started = Instant::now();
+        let reply = call(mesh, "checkout-v2", "/faulty").await;
+        assert_eq!(reply.status, 418, "{reply:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        stat(mesh, SENT).await,
+        before,
+        "aborted before leaving the caller"
+    );
+    assert_eq!(stat(mesh, "http.outbound.fault.aborts_injected").await, 3);
+    assert_eq!(stat(mesh, "http.outbound.fault.delays_injected").await, 3);
 }
 
 const HEADER_PATCH: &str = r#"
