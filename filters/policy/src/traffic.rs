@@ -95,6 +95,12 @@ pub enum TrafficError {
     /// A retry condition Envoy does not know.
     #[error("{0:?} is not a retry condition; use one of {list}", list = RETRY_CONDITIONS.join(", "))]
     RetryCondition(String),
+    /// Two objects of one kind with one namespace and name.
+    #[error("another {0} with this namespace and name was already read; names must be unique")]
+    Duplicate(Kind),
+    /// A route match naming something other than an HTTPRouteGroup.
+    #[error("kind {0} cannot be matched; a route matches an HTTPRouteGroup")]
+    MatchKind(String),
     /// A targetRef kind other than Service.
     #[error("kind {0} cannot be targeted; a TrafficPolicy targets a Service")]
     TargetKind(String),
@@ -1009,9 +1015,7 @@ impl Reader<'_> {
             if kind != "HTTPRouteGroup" {
                 self.traffic_error(
                     &format!("{prefix}match.kind"),
-                    TrafficError::PatchOperation(format!(
-                        "kind {kind} cannot be matched; a route matches an HTTPRouteGroup"
-                    )),
+                    TrafficError::MatchKind(kind),
                 );
                 continue;
             }
@@ -1219,9 +1223,14 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
     let mut seen = std::collections::BTreeSet::new();
     for patch in &catalog.envoy_patches {
         if !seen.insert((&patch.meta.namespace, &patch.meta.name)) {
-            report(out, &patch.meta, Kind::EnvoyPatch, "", Severity::Error, &TrafficError::PatchOperation(
-                "another EnvoyPatch with this namespace and name was already read; names must be unique".to_owned(),
-            ));
+            report(
+                out,
+                &patch.meta,
+                Kind::EnvoyPatch,
+                "",
+                Severity::Error,
+                &TrafficError::Duplicate(Kind::EnvoyPatch),
+            );
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -1238,9 +1247,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
             );
         };
         if !seen.insert((&meta.namespace, &meta.name)) {
-            error(out, "", TrafficError::PatchOperation(
-                "another TrafficPolicy with this namespace and name was already read; names must be unique".to_owned(),
-            ));
+            error(out, "", TrafficError::Duplicate(Kind::TrafficPolicy));
             continue;
         }
         let Some(service) = catalog.service(&meta.namespace, &policy.target.service) else {
