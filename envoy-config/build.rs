@@ -22,6 +22,8 @@ const FILES: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",
+    // Envoy's native access control, which `make bench` compares weft's with.
+    "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "google/protobuf/wrappers.proto",
 ];

@@ -474,6 +474,22 @@ fn split_suite(
             weft_split(&module, &config)?,
         ),
         (
+            // What a mesh sidecar's outbound listener runs (docs/traffic-policy.md): Envoy's
+            // fault and local rate limit filters after weft's, inert without a TrafficPolicy.
+            "weft split + metrics, + inert fault and rate-limit filters",
+            outbound(
+                std::iter::once(weft_http_filter(&module, &serde_json::to_string(&config)?))
+                    .chain(
+                        weft_envoy_config::traffic::outbound_filters()
+                            .iter()
+                            .map(weft_envoy_config::render::to_json)
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
+                    .collect(),
+                split_routes(),
+            ),
+        ),
+        (
             "weft split + metrics, two plugins",
             outbound(
                 two_plugins(&module, &split_only, &metrics_only)?,
