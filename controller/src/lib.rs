@@ -1,7 +1,8 @@
 //! `weft-controller` wires weft's pieces into a controller: sources (a watched directory of
 //! YAML now, Kubernetes later) feed one index of SMI objects, Services, workloads and pods; for
 //! each connected proxy it derives that workload's Envoy resources (weft-envoy-config) with its
-//! compiled policy bundle and certificates, and serves them over ADS (weft-xds); it runs the
+//! compiled policy bundle and certificates, and serves them over ADS (weft-xds), with the
+//! EnvoyPatches that select it applied last and isolated per proxy ([`patch`]); it runs the
 //! mesh CA and rotates workload certificates on wall-clock time, and reports status.
 
 pub mod admin;

@@ -1,7 +1,9 @@
 //! `weft-policy` is weft's pure core: the SMI model ([`model`]) read from YAML of every served
 //! version ([`load`]), cross-object validation ([`validate`]) with precise [`diagnostic`]s,
 //! compilation per workload ([`compile`]) into the policy bundle ([`bundle`]) that is the
-//! filter's plugin configuration ([`config`]), and the per-request decisions ([`engine`]). It
+//! filter's plugin configuration ([`config`]), and the per-request decisions ([`engine`]); plus
+//! weft's own resources beyond SMI, TrafficPolicy and EnvoyPatch ([`traffic`]), read and checked
+//! with it (what they become in Envoy is `weft-envoy-config`'s). It
 //! does no I/O and knows nothing of proxy-wasm, tokio or Kubernetes, so the filter, the `weft`
 //! command and the browser page run the same code and never disagree. Start at [`check`], then
 //! [`compile::compile`] and [`engine::Engine`].
