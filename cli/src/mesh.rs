@@ -595,4 +595,23 @@ mod tests {
             "{table}"
         );
     }
+
+    #[test]
+    fn the_status_has_a_line_per_patch_and_pod_with_its_state_and_reason() {
+        let status = serde_json::json!({"pods": [], "patches": [
+            {"pod": "shop/frontend-0", "patch": "shop/header", "field": "spec.patches[0]",
+             "resource": "RouteConfiguration outbound", "state": "applied", "reason": null},
+            {"pod": "shop/frontend-0", "patch": "shop/dup", "field": "spec.patches[0]",
+             "resource": "RouteConfiguration outbound", "state": "withdrawn",
+             "reason": "Envoy refused it: duplicate domain"}]});
+        let table = status_table(&status);
+        assert!(
+            table.contains("patch shop/header spec.patches[0] on RouteConfiguration outbound of shop/frontend-0: applied\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("patch shop/dup spec.patches[0] on RouteConfiguration outbound of shop/frontend-0: withdrawn (Envoy refused it: duplicate domain)\n"),
+            "{table}"
+        );
+    }
 }

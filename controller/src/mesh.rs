@@ -269,6 +269,8 @@ pub struct Plan {
     services: HashMap<String, Vec<OutboundService>>,
     endpoints: Option<Vec<Arc<Resource>>>,
     compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
+    /// EnvoyPatches applied in this rebuild, by resource and patch.
+    patches: crate::patch::PatchCache,
 }
 
 fn compiled(
@@ -453,7 +455,12 @@ pub fn check_patches(catalog: &Catalog, trust_domain: &str) -> Vec<Diagnostic> {
             };
             let (sidecar, _) = describe_sidecar(&view, &mut plan, &pod);
             let mut resources = sidecar.resources();
-            for outcome in crate::patch::apply(&[patch], &mut resources, &BTreeMap::new()) {
+            for outcome in crate::patch::apply(
+                &[patch],
+                &mut resources,
+                &BTreeMap::new(),
+                &mut plan.patches,
+            ) {
                 if let Some(problem) = outcome.problem {
                     let mut field = format!("spec.patches[{}]", outcome.key.index);
                     if let crate::patch::PatchError::Operation { index, .. }
@@ -504,7 +511,7 @@ pub fn sidecar_snapshot(
         true => {
             let none = BTreeMap::new();
             let withdrawn = view.withdrawn.get(&pod.node_id()).unwrap_or(&none);
-            crate::patch::apply(&patches, &mut built, withdrawn)
+            crate::patch::apply(&patches, &mut built, withdrawn, &mut plan.patches)
         }
         false => crate::patch::disabled(&patches),
     };

@@ -6,7 +6,7 @@
 //! and the JSON path; the proxy gets the unpatched resource. Pure: the runtime keeps which
 //! patches a proxy refused (NACK) and passes them in as withdrawn.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 
 use prost::{Message, Name};
@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use weft_envoy_config::constraints;
 use weft_envoy_config::listeners::HTTP_CONNECTION_MANAGER;
 use weft_envoy_config::mesh::SidecarResources;
+use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
 use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::traffic::{EnvoyPatch, ResourcePatch};
@@ -268,11 +270,21 @@ fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError
     Ok(())
 }
 
+/// What patching gave, by the resource's bytes and the patch: the pods of a namespace share
+/// their outbound resources, so one rebuild patches each distinct resource once (a patch costs
+/// a JSON round trip and a constraint walk per operation: about 2 ms for the outbound routes).
+#[derive(Debug, Default)]
+pub struct PatchCache {
+    results: HashMap<([u8; 32], PatchKey), Result<Vec<u8>, PatchError>>,
+}
+
 /// Patches the resource named `name` of `list` in place: found, patched, not renamed, and
 /// passing `guard` (the listener's), or left as it was.
 fn patch_in<T: Message + Name + Default>(
     list: &mut [T],
     resource: &ResourcePatch,
+    key: &PatchKey,
+    cache: &mut PatchCache,
     named: impl Fn(&T) -> &str,
     guard: impl Fn(&T, &T) -> Result<(), PatchError>,
 ) -> Result<(), PatchError> {
@@ -285,15 +297,30 @@ fn patch_in<T: Message + Name + Default>(
         });
     };
     let target = &mut list[index];
-    let new = patched(target, &resource.operations)?;
-    if named(&new) != named(target) {
-        return Err(PatchError::Renamed {
-            from: named(target).to_owned(),
-            to: named(&new).to_owned(),
-        });
-    }
-    guard(target, &new)?;
-    *target = new;
+    let bytes = target.encode_to_vec();
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let result = cache
+        .results
+        .entry((digest, key.clone()))
+        .or_insert_with(|| {
+            let new = patched(&*target, &resource.operations)?;
+            if named(&new) != named(target) {
+                return Err(PatchError::Renamed {
+                    from: named(target).to_owned(),
+                    to: named(&new).to_owned(),
+                });
+            }
+            guard(target, &new)?;
+            Ok(new.encode_to_vec())
+        })
+        .clone()?;
+    *target = T::decode(result.as_slice()).map_err(|err| PatchError::Invalid {
+        index: 0,
+        op: String::new(),
+        path: String::new(),
+        type_name: T::NAME.to_owned(),
+        reason: err.to_string(),
+    })?;
     Ok(())
 }
 
@@ -303,6 +330,7 @@ pub fn apply(
     patches: &[&EnvoyPatch],
     resources: &mut SidecarResources,
     withdrawn: &BTreeMap<PatchKey, PatchError>,
+    cache: &mut PatchCache,
 ) -> Vec<PatchReport> {
     let mut reports = Vec::new();
     for patch in patches {
@@ -310,7 +338,7 @@ pub fn apply(
             let key = key(patch, resource);
             let (type_url, outcome) = match withdrawn.get(&key) {
                 Some(problem) => (type_url(&resource.type_name), Err(problem.clone())),
-                None => apply_one(resource, resources),
+                None => apply_one(resource, &key, resources, cache),
             };
             reports.push(PatchReport {
                 key,
@@ -348,17 +376,35 @@ fn type_url(type_name: &str) -> &'static str {
 
 fn apply_one(
     resource: &ResourcePatch,
+    key: &PatchKey,
     resources: &mut SidecarResources,
+    cache: &mut PatchCache,
 ) -> (&'static str, Result<(), PatchError>) {
     let result = match resource.type_name.as_str() {
-        "Listener" => patch_in(&mut resources.listeners, resource, |l| &l.name, keeps_guard),
+        "Listener" => patch_in(
+            &mut resources.listeners,
+            resource,
+            key,
+            cache,
+            |l: &Listener| &l.name,
+            keeps_guard,
+        ),
         "Cluster" => patch_in(
             &mut resources.clusters,
             resource,
-            |c| &c.name,
-            |_, _| Ok(()),
+            key,
+            cache,
+            |c: &Cluster| &c.name,
+            |_: &Cluster, _: &Cluster| Ok(()),
         ),
-        _ => patch_in(&mut resources.routes, resource, |r| &r.name, |_, _| Ok(())),
+        _ => patch_in(
+            &mut resources.routes,
+            resource,
+            key,
+            cache,
+            |r: &RouteConfiguration| &r.name,
+            |_: &RouteConfiguration, _: &RouteConfiguration| Ok(()),
+        ),
     };
     (type_url(&resource.type_name), result)
 }
@@ -545,7 +591,12 @@ mod tests {
 
     fn outcome(patch: &EnvoyPatch) -> (SidecarResources, Option<String>) {
         let mut resources = sidecar();
-        let reports = apply(&[patch], &mut resources, &BTreeMap::new());
+        let reports = apply(
+            &[patch],
+            &mut resources,
+            &BTreeMap::new(),
+            &mut PatchCache::default(),
+        );
         (
             resources,
             reports[0].problem.as_ref().map(ToString::to_string),
@@ -596,6 +647,21 @@ mod tests {
         assert_eq!(resources.listeners, original.listeners);
         assert_eq!(resources.clusters, original.clusters);
         assert_eq!(resources.routes[0].response_headers_to_add.len(), 1);
+        // Through one cache, as the pods of a rebuild share it: the same result each time.
+        let mut cache = PatchCache::default();
+        for _ in 0..2 {
+            let mut again = sidecar();
+            let patch = patch(
+                "RouteConfiguration",
+                "outbound",
+                json!([{"op": "add", "path": "/response_headers_to_add", "value": [
+                {"header": {"key": "x-patched", "value": "yes"}}]}]),
+            );
+            let reports = apply(&[&patch], &mut again, &BTreeMap::new(), &mut cache);
+            assert!(reports[0].applied());
+            assert_eq!(again, resources);
+        }
+        assert_eq!(cache.results.len(), 1);
     }
 
     #[test]
@@ -690,7 +756,12 @@ mod tests {
                 let mut resources = sidecar();
                 let none = BTreeMap::new();
                 let withdrawn = ledger.withdrawn.get(node).unwrap_or(&none);
-                let reports = apply(patches, &mut resources, withdrawn);
+                let reports = apply(
+                    patches,
+                    &mut resources,
+                    withdrawn,
+                    &mut PatchCache::default(),
+                );
                 ledger.built(node, |t| format!("{t}-{version}"), reports);
             };
         build(&mut ledger, "shop/a", &[&good], "1");
@@ -735,12 +806,22 @@ mod tests {
             json!([{"op": "add", "path": "/validate_clusters", "value": false}]),
         );
         let mut resources = sidecar();
-        let key = apply(&[&first], &mut resources, &BTreeMap::new())[0]
-            .key
-            .clone();
+        let key = apply(
+            &[&first],
+            &mut resources,
+            &BTreeMap::new(),
+            &mut PatchCache::default(),
+        )[0]
+        .key
+        .clone();
         let withdrawn = BTreeMap::from([(key.clone(), PatchError::Refused("no".to_owned()))]);
         let mut resources = sidecar();
-        let reports = apply(&[&first], &mut resources, &withdrawn);
+        let reports = apply(
+            &[&first],
+            &mut resources,
+            &withdrawn,
+            &mut PatchCache::default(),
+        );
         assert_eq!(
             reports[0].problem,
             Some(PatchError::Refused("no".to_owned()))
@@ -751,7 +832,12 @@ mod tests {
             "outbound",
             json!([{"op": "add", "path": "/validate_clusters", "value": true}]),
         );
-        let reports = apply(&[&edited], &mut resources, &withdrawn);
+        let reports = apply(
+            &[&edited],
+            &mut resources,
+            &withdrawn,
+            &mut PatchCache::default(),
+        );
         assert_ne!(reports[0].key, key);
         assert!(reports[0].applied());
     }
