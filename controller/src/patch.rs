@@ -446,6 +446,19 @@ impl PatchLedger {
         version: impl Fn(&str) -> String,
         reports: Vec<PatchReport>,
     ) {
+        // Most proxies have no patch: they keep nothing here.
+        if reports.is_empty() {
+            // (Entries are only ever made for a node with reports.)
+            if self.reports.remove(node).is_some() {
+                self.withdrawn.remove(node);
+                for type_url in PATCHED_TYPES {
+                    let key = (node.to_owned(), type_url);
+                    self.built.remove(&key);
+                    self.acked.remove(&key);
+                }
+            }
+            return;
+        }
         for type_url in PATCHED_TYPES {
             let applied: BTreeSet<PatchKey> = reports
                 .iter()
@@ -484,7 +497,8 @@ impl PatchLedger {
 
     /// `node` applied `version` of `type_url`.
     pub fn acked(&mut self, node: &str, type_url: &str, version: &str) {
-        let Some(type_url) = patched_type(type_url) else {
+        let Some(type_url) = patched_type(type_url).filter(|_| self.reports.contains_key(node))
+        else {
             return;
         };
         if let Some(keys) = self.applied_in(node, type_url, version).cloned() {
@@ -501,7 +515,8 @@ impl PatchLedger {
         version: &str,
         error: &str,
     ) -> Vec<PatchKey> {
-        let Some(type_url) = patched_type(type_url) else {
+        let Some(type_url) = patched_type(type_url).filter(|_| self.reports.contains_key(node))
+        else {
             return Vec::new();
         };
         let Some(applied) = self.applied_in(node, type_url, version).cloned() else {
@@ -796,6 +811,16 @@ mod tests {
         // The patch removed: its withdrawal goes with it.
         build(&mut ledger, "shop/a", &[&good], "4");
         assert!(ledger.withdrawn["shop/a"].is_empty());
+        // No patch left for the proxy: nothing is kept of it, and a late refusal of a patched
+        // version withdraws nothing.
+        build(&mut ledger, "shop/a", &[], "5");
+        assert!(!ledger.reports.contains_key("shop/a"));
+        assert!(!ledger.withdrawn.contains_key("shop/a"));
+        assert!(
+            ledger
+                .nacked("shop/a", ROUTE, &format!("{ROUTE}-4"), "x")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -558,17 +558,14 @@ impl Shared {
         let pods = self.pods();
         let ready = lock(&self.ready).clone();
         let mut pki = lock(&self.pki);
+        let nodes: BTreeSet<String> = pods.iter().map(Pod::node_id).collect();
         let held: BTreeMap<String, Option<Held>> = {
             let mut trust = lock(&self.trust);
-            let nodes: BTreeSet<String> = pods.iter().map(Pod::node_id).collect();
             trust.held.retain(|node, _| nodes.contains(node));
             trust.built.retain(|node, _| nodes.contains(node));
             nodes
-                .into_iter()
-                .map(|node| {
-                    let held = trust.held.get(&node).cloned();
-                    (node, held)
-                })
+                .iter()
+                .map(|node| (node.clone(), trust.held.get(node).cloned()))
                 .collect()
         };
         match pki.advance(&held) {
@@ -594,7 +591,7 @@ impl Shared {
         let module = self.module().path.display().to_string();
         let withdrawn = {
             let mut patches = lock(&self.patches);
-            patches.retain(&pods.iter().map(Pod::node_id).collect());
+            patches.retain(&nodes);
             patches.withdrawn.clone()
         };
         let view = MeshView {

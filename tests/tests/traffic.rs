@@ -3,12 +3,12 @@
 //! Envoy's own counters. The mesh is examples/mesh with checkout-v1 scaled to two replicas,
 //! every path of checkout open to frontend, and the policies of `POLICIES`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use weft_e2e::client::{Reply, request};
 use weft_e2e::mesh::{TestMesh, write_manifest};
+use weft_e2e::poll::until;
 
 const POLICIES: &str = r"
 apiVersion: specs.smi-spec.io/v1alpha4
@@ -76,17 +76,9 @@ async fn stat(mesh: &TestMesh, name: &str) -> u64 {
     mesh.stat(FRONTEND, name).await.unwrap()
 }
 
-/// Polls `check` every 20 ms until it holds; panics naming `what` after `within`.
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let give_up = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < give_up, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A condition as `until` polls it: `Some(())` once it holds.
+fn holds(condition: bool) -> anyhow::Result<Option<()>> {
+    Ok(condition.then_some(()))
 }
 
 fn served_by(reply: &Reply) -> String {
@@ -130,11 +122,15 @@ async fn circuit_breaker_trips_at_the_configured_concurrency(mesh: &TestMesh) {
             &format!("{active} active and {pending} pending requests"),
             Duration::from_secs(5),
             || async {
-                stat(mesh, &format!("{CLUSTER}.upstream_rq_active")).await == active
-                    && stat(mesh, &format!("{CLUSTER}.upstream_rq_pending_active")).await == pending
+                holds(
+                    stat(mesh, &format!("{CLUSTER}.upstream_rq_active")).await == active
+                        && stat(mesh, &format!("{CLUSTER}.upstream_rq_pending_active")).await
+                            == pending,
+                )
             },
         )
-        .await;
+        .await
+        .unwrap();
     }
     let mut refused = 0;
     for _ in 0..7 {
@@ -354,20 +350,17 @@ spec:
 
 /// The status entry of EnvoyPatch `patch` on pod `pod`, once it is in state `state`.
 async fn patch_state(mesh: &TestMesh, patch: &str, state: &str) -> serde_json::Value {
-    let mut found = serde_json::Value::Null;
     until(&format!("{patch} {state}"), Duration::from_secs(10), || {
-        found = mesh.status()["patches"]
+        let found = mesh.status()["patches"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|p| p["patch"] == patch && p["pod"] == FRONTEND && p["state"] == state)
-            .cloned()
-            .unwrap_or_default();
-        let seen = !found.is_null();
-        async move { seen }
+            .cloned();
+        async move { Ok(found) }
     })
-    .await;
-    found
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -413,10 +406,14 @@ async fn a_patch_changes_behaviour_and_a_broken_one_is_refused_or_withdrawn_whil
     let twenty_more = || {
         let from = sent.load(std::sync::atomic::Ordering::SeqCst);
         let sent = sent.clone();
-        until("20 more answers", Duration::from_secs(10), move || {
-            let done = sent.load(std::sync::atomic::Ordering::SeqCst) >= from + 20;
-            async move { done }
-        })
+        async move {
+            until("20 more answers", Duration::from_secs(10), move || {
+                let done = sent.load(std::sync::atomic::Ordering::SeqCst) >= from + 20;
+                async move { holds(done) }
+            })
+            .await
+            .unwrap();
+        }
     };
     twenty_more().await;
 
@@ -448,9 +445,10 @@ async fn a_patch_changes_behaviour_and_a_broken_one_is_refused_or_withdrawn_whil
     // Withdrawn for frontend, which is back in sync with the header patch still applied.
     until("frontend in sync", Duration::from_secs(10), || {
         let in_sync = mesh.pod_status(FRONTEND)["in_sync"] == true;
-        async move { in_sync }
+        async move { holds(in_sync) }
     })
-    .await;
+    .await
+    .unwrap();
     patch_state(&mesh, "shop/frontend-header", "applied").await;
     let reply = call(&mesh, "checkout", "/cart").await;
     assert!(patched(&reply), "{reply:?}");

@@ -266,6 +266,9 @@ pub fn load_value(
             namespace: None,
             name: None,
         },
+        // A misspelt setting of weft's own kinds must not pass silently; SMI's unknown fields
+        // stay warnings, as kubectl treats them.
+        unknown_fields_are_errors: group == crate::traffic::GROUP,
     };
     let served = match group {
         ACCESS_GROUP => ACCESS_VERSIONS,
@@ -404,6 +407,8 @@ pub(crate) struct Reader<'a> {
     origin: &'a Origin,
     diagnostics: &'a mut Vec<Diagnostic>,
     object: ObjectId,
+    /// Whether a field the schema does not define is an error rather than a warning.
+    unknown_fields_are_errors: bool,
 }
 
 // ---- wire shapes: lenient (every field optional) so that all problems are reported at once ----
@@ -596,22 +601,6 @@ struct WireContainerPort {
 }
 
 impl Reader<'_> {
-    /// How many problems were reported so far.
-    pub(crate) fn diagnostics_len(&self) -> usize {
-        self.diagnostics.len()
-    }
-
-    /// Makes the warnings reported since `from` errors, unknown fields of `schema` included.
-    pub(crate) fn make_errors_from(&mut self, from: usize, schema: &str) {
-        let unknown = LoadError::UnknownField(schema.to_owned()).to_string();
-        for diagnostic in self.diagnostics.iter_mut().skip(from) {
-            diagnostic.severity = Severity::Error;
-            if diagnostic.message == unknown {
-                diagnostic.message = LoadError::UnknownWeftField(schema.to_owned()).to_string();
-            }
-        }
-    }
-
     pub(crate) fn error(&mut self, field: &str, error: LoadError) {
         self.diagnostics
             .push(problem(Some(&self.object), self.origin, field, error));
@@ -738,7 +727,15 @@ impl Reader<'_> {
         let deserializer = serde_ignored::Deserializer::new(value, &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
         for field in unknown {
-            self.error(&field, LoadError::UnknownField(schema.to_owned()));
+            let schema = schema.to_owned();
+            self.error(
+                &field,
+                if self.unknown_fields_are_errors {
+                    LoadError::UnknownWeftField(schema)
+                } else {
+                    LoadError::UnknownField(schema)
+                },
+            );
         }
         match result {
             Ok(wire) => Some(wire),
