@@ -14,14 +14,15 @@ use envoy_types::pb::envoy::config::metrics::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use weft_policy::metrics::{
-    DURATION, DURATION_BUCKETS_MS, EDGE_LABELS, RESPONSE_LABELS, WASM_STAT_NAMESPACE, tag_regex,
+    DURATION, DURATION_BUCKETS_MS, EDGE_LABELS, RESPONSE_LABELS, TCP_DURATION,
+    TCP_DURATION_BUCKETS_MS, WASM_STAT_NAMESPACE, tag_regex,
 };
 
 use crate::sources::{ads, socket_address};
 
 /// weft's stats settings: each label weft writes into a metric's name (docs/metrics.md)
-/// becomes a Prometheus label in `/stats/prometheus`, and request durations get
-/// whole-millisecond buckets.
+/// becomes a Prometheus label in `/stats/prometheus`, and request and TCP connection durations
+/// get whole-millisecond buckets.
 pub fn stats_config() -> StatsConfig {
     StatsConfig {
         stats_tags: EDGE_LABELS
@@ -32,17 +33,23 @@ pub fn stats_config() -> StatsConfig {
                 tag_value: Some(tag_specifier::TagValue::Regex(tag_regex(label))),
             })
             .collect(),
-        histogram_bucket_settings: vec![HistogramBucketSettings {
+        histogram_bucket_settings: [
+            (DURATION, DURATION_BUCKETS_MS.as_slice()),
+            (TCP_DURATION, TCP_DURATION_BUCKETS_MS.as_slice()),
+        ]
+        .into_iter()
+        .map(|(family, buckets)| HistogramBucketSettings {
             r#match: Some(StringMatcher {
                 match_pattern: Some(string_matcher::MatchPattern::Prefix(format!(
-                    "{WASM_STAT_NAMESPACE}.{DURATION}"
+                    "{WASM_STAT_NAMESPACE}.{family}"
                 ))),
                 ..StringMatcher::default()
             }),
             #[allow(clippy::cast_precision_loss)]
-            buckets: DURATION_BUCKETS_MS.iter().map(|ms| *ms as f64).collect(),
+            buckets: buckets.iter().map(|ms| *ms as f64).collect(),
             ..HistogramBucketSettings::default()
-        }],
+        })
+        .collect(),
         ..StatsConfig::default()
     }
 }

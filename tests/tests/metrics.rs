@@ -1,24 +1,28 @@
 //! Per-edge golden metrics from a real Envoy running the real weft.wasm: known numbers of
 //! requests with known outcomes, from callers with several mTLS identities (inbound) and
 //! through a TrafficSplit (outbound), then `/stats/prometheus` is scraped and every count is
-//! asserted exactly, per edge.
+//! asserted exactly, per edge. TCP connections likewise, through the network filter.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use weft_e2e::bootstrap::{
-    ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
-    virtual_host, weft_http_filter, with_tls,
+    ServerTls, bootstrap, cluster, free_port, http_listener, http_listener_with_hosts, on_port,
+    route_to, split_route, tcp_listener_with, virtual_host, weft_http_filter, weft_network_filter,
+    with_tls,
 };
 use weft_e2e::client;
 use weft_e2e::envoy::Envoy;
 use weft_e2e::pki::Pki;
 use weft_e2e::prometheus::Metrics;
 use weft_e2e::tls::TlsClient;
-use weft_e2e::upstream::HttpUpstream;
+use weft_e2e::upstream::{HttpUpstream, TcpEcho};
 use weft_e2e::{paths, policy, poll};
 use weft_policy::bundle::AccessMode;
-use weft_policy::metrics::{DURATION, REQUESTS};
+use weft_policy::metrics::{
+    DURATION, REQUESTS, TCP_CLOSED, TCP_DENIED, TCP_DURATION, TCP_OPENED, TCP_RECEIVED_BYTES,
+    TCP_SENT_BYTES,
+};
 
 /// The Host every inbound request names: shop/api's Service.
 const API: &str = "api.shop";
@@ -311,4 +315,120 @@ async fn outbound_requests_are_counted_from_the_workload_to_the_service_and_the_
         ),
     ];
     assert_scraped_exactly(&envoy, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_counted_per_edge_opened_denied_and_closed_with_their_bytes() {
+    let pki = Pki::new().unwrap();
+    let echo = TcpEcho::start().await.unwrap();
+    // The TCPRoute of the fixture names the database listener's port: shop/api may connect on
+    // it, shop/batch only on another port, shop/stranger nowhere.
+    let db_port = free_port().unwrap();
+    let manifests = policy::fixture("access", &[("DB_PORT", db_port.to_string())]).unwrap();
+    let server = pki.server("shop/db").unwrap();
+    let tls = ServerTls {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+        ca_file: pki.ca_file(),
+        require_client_certificate: true,
+    };
+    let module = paths::weft_wasm().unwrap();
+    // The second listener makes no access decision (permissive), so metrics alone read the
+    // caller; it serves another Service of the namespace, to keep its edges apart.
+    let listener = |name: &str, port: u16, mode, service: &str| {
+        let mut config = policy::inbound(&manifests, "shop/db", mode).unwrap();
+        config.metrics.as_mut().unwrap().service = Some(service.to_owned());
+        let filter = weft_network_filter(&module, &policy::json(&config));
+        with_tls(
+            on_port(tcp_listener_with(name, vec![filter], "db"), port),
+            &tls,
+        )
+    };
+    let envoy = Envoy::start(&bootstrap(
+        vec![
+            listener("db", db_port, AccessMode::Enforce, "db.shop"),
+            listener(
+                "cache",
+                free_port().unwrap(),
+                AccessMode::Permissive,
+                "cache.shop",
+            ),
+        ],
+        vec![cluster("db", echo.addr())],
+    ))
+    .await
+    .unwrap();
+    let (db, cache) = (
+        envoy.listener("db").await.unwrap(),
+        envoy.listener("cache").await.unwrap(),
+    );
+    let caller = |identity: &str| {
+        TlsClient::new(pki.ca_pem(), Some(&pki.workload(identity).unwrap())).unwrap()
+    };
+    let (api, batch, stranger) = (
+        caller("shop/api"),
+        caller("shop/batch"),
+        caller("shop/stranger"),
+    );
+    let large = vec![b'x'; 100_000];
+    for payload in [b"SELECT 1;".as_slice(), large.as_slice()] {
+        assert_eq!(api.echo(db, payload).await.unwrap(), payload);
+    }
+    for denied in [&batch, &stranger, &stranger] {
+        let reply = denied.echo(db, b"DROP TABLE orders;").await;
+        assert!(reply.as_ref().map_or(true, Vec::is_empty), "{reply:?}");
+    }
+    assert_eq!(stranger.echo(cache, b"ping").await.unwrap(), b"ping");
+
+    let tcp_edge = |source: &'static str, service: &'static str| {
+        vec![
+            ("direction", "inbound"),
+            ("source_namespace", "shop"),
+            ("source_service_account", source),
+            ("source_workload", source),
+            ("destination_namespace", "shop"),
+            ("destination_service", service),
+            ("destination_backend", service),
+        ]
+    };
+    let (api_db, stranger_cache) = (tcp_edge("api", "db"), tcp_edge("stranger", "cache"));
+    // Connections are counted closed when Envoy has closed them, which may follow the
+    // client's close by a moment; histograms show up after a stats flush.
+    let metrics = envoy
+        .prometheus_when(|m| m.histogram_count(TCP_DURATION, &[]) >= 3.0)
+        .await
+        .unwrap();
+    let payload_bytes = (b"SELECT 1;".len() + large.len()) as f64;
+    for (family, edge, value) in [
+        (TCP_OPENED, &api_db, 2.0),
+        (TCP_CLOSED, &api_db, 2.0),
+        (TCP_RECEIVED_BYTES, &api_db, payload_bytes),
+        (TCP_SENT_BYTES, &api_db, payload_bytes),
+        (TCP_OPENED, &stranger_cache, 1.0),
+        (TCP_CLOSED, &stranger_cache, 1.0),
+        (TCP_RECEIVED_BYTES, &stranger_cache, 4.0),
+        (TCP_SENT_BYTES, &stranger_cache, 4.0),
+        (TCP_DENIED, &tcp_edge("batch", "db"), 1.0),
+        (TCP_DENIED, &tcp_edge("stranger", "db"), 2.0),
+    ] {
+        assert_eq!(metrics.counter(family, edge), value, "{family}{edge:?}");
+    }
+    for (family, edges) in [
+        (TCP_OPENED, 2),
+        (TCP_CLOSED, 2),
+        (TCP_RECEIVED_BYTES, 2),
+        (TCP_SENT_BYTES, 2),
+        (TCP_DENIED, 2),
+        (TCP_DURATION, 2),
+    ] {
+        assert_eq!(
+            metrics.samples(family, &[]).count(),
+            edges,
+            "{family}: an edge the test did not expect"
+        );
+    }
+    assert_eq!(metrics.histogram_count(TCP_DURATION, &api_db), 2.0);
+    assert_eq!(metrics.histogram_count(TCP_DURATION, &stranger_cache), 1.0);
+    // No HTTP metric on a TCP listener.
+    assert_eq!(metrics.samples(REQUESTS, &[]).count(), 0);
 }

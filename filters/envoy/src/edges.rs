@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use weft_policy::bundle::Direction;
 use weft_policy::metrics::{
-    self, DURATION, MetricsTable, Outcome, REQUESTS, RESPONSE_LABELS, Source,
+    self, DURATION, MetricsTable, Outcome, REQUESTS, RESPONSE_LABELS, Source, TCP_CLOSED,
+    TCP_DENIED, TCP_DURATION, TCP_OPENED, TCP_RECEIVED_BYTES, TCP_SENT_BYTES,
 };
 
 /// Peer identities kept per plugin; beyond that, a new peer is labelled `unknown` (a bound on
@@ -24,7 +25,11 @@ pub trait MetricHost {
     /// Defines a histogram named `name`; `None` if Envoy refuses.
     fn define_histogram(&mut self, name: &str) -> Option<u32>;
     /// Adds one to counter `id`.
-    fn increment(&mut self, id: Option<u32>);
+    fn increment(&mut self, id: Option<u32>) {
+        self.add(id, 1);
+    }
+    /// Adds `value` to counter `id`.
+    fn add(&mut self, id: Option<u32>, value: u64);
     /// Records `value` in histogram `id`.
     fn record(&mut self, id: Option<u32>, value: u64);
 }
@@ -61,6 +66,24 @@ impl PendingRequest {
     }
 }
 
+/// What happened on a TCP connection, as the metrics count it (docs/metrics.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpEvent {
+    /// weft let the connection through.
+    Opened,
+    /// Access control closed the connection.
+    Denied,
+    /// The connection carried this many bytes from the client.
+    Received(u64),
+    /// The connection carried this many bytes to the client.
+    Sent(u64),
+    /// An opened connection ended this long after it was accepted.
+    Closed {
+        /// Nanoseconds from accept to close.
+        duration_ns: u64,
+    },
+}
+
 /// The metric ids of one plugin's edges, and the peers seen.
 #[derive(Debug, Default)]
 pub struct EdgeRecorder {
@@ -70,6 +93,8 @@ pub struct EdgeRecorder {
     peers: Vec<(String, String)>,
     histograms: HashMap<EdgeKey, Option<u32>>,
     counters: HashMap<(EdgeKey, &'static str, Outcome), Option<u32>>,
+    /// TCP metrics by edge and family.
+    tcp: HashMap<(EdgeKey, &'static str), Option<u32>>,
 }
 
 impl EdgeRecorder {
@@ -84,19 +109,78 @@ impl EdgeRecorder {
         grpc: bool,
         started_ns: u64,
     ) -> PendingRequest {
+        PendingRequest {
+            edge: self.edge(table, peer, host, backend),
+            started_ns,
+            grpc,
+        }
+    }
+
+    /// The edge of traffic from `peer` (the verified SPIFFE ID, inbound) to the service `host`
+    /// addresses, served by `backend` (a split's choice, `name.namespace`).
+    pub fn edge(
+        &mut self,
+        table: &MetricsTable,
+        peer: Option<&str>,
+        host: Option<&str>,
+        backend: Option<&str>,
+    ) -> EdgeKey {
         let source = match table.direction() {
             Direction::Outbound => SourceId::Local,
             Direction::Inbound => peer.map_or(SourceId::Unknown, |id| self.peer(table, id)),
         };
-        PendingRequest {
-            edge: EdgeKey {
-                source,
-                destination: table.destination(host),
-                backend: backend.and_then(|service| table.service_named(service)),
-            },
-            started_ns,
-            grpc,
+        EdgeKey {
+            source,
+            destination: table.destination(host),
+            backend: backend.and_then(|service| table.service_named(service)),
         }
+    }
+
+    /// Counts `event` of a TCP connection on `edge`: one host call (two when it closes), and
+    /// none for an empty read or write.
+    pub fn record_tcp(
+        &mut self,
+        table: &MetricsTable,
+        host: &mut impl MetricHost,
+        edge: EdgeKey,
+        event: TcpEvent,
+    ) {
+        let (family, value) = match event {
+            TcpEvent::Opened => (TCP_OPENED, 1),
+            TcpEvent::Denied => (TCP_DENIED, 1),
+            TcpEvent::Received(bytes) => (TCP_RECEIVED_BYTES, bytes),
+            TcpEvent::Sent(bytes) => (TCP_SENT_BYTES, bytes),
+            TcpEvent::Closed { .. } => (TCP_CLOSED, 1),
+        };
+        if value == 0 {
+            return;
+        }
+        let counter = self.tcp_metric(table, host, edge, family);
+        host.add(counter, value);
+        if let TcpEvent::Closed { duration_ns } = event {
+            let histogram = self.tcp_metric(table, host, edge, TCP_DURATION);
+            host.record(histogram, metrics::duration_ms(duration_ns));
+        }
+    }
+
+    /// The id of TCP metric `family` on `edge`, defined the first time it is asked for.
+    fn tcp_metric(
+        &mut self,
+        table: &MetricsTable,
+        host: &mut impl MetricHost,
+        edge: EdgeKey,
+        family: &'static str,
+    ) -> Option<u32> {
+        if let Some(id) = self.tcp.get(&(edge, family)) {
+            return *id;
+        }
+        let name = metrics::stat_name(family, self.labels(table, edge));
+        let id = match family {
+            TCP_DURATION => host.define_histogram(&name),
+            _ => host.define_counter(&name),
+        };
+        self.tcp.insert((edge, family), id);
+        id
     }
 
     fn peer(&mut self, table: &MetricsTable, id: &str) -> SourceId {
@@ -213,8 +297,8 @@ mod tests {
         fn define_histogram(&mut self, name: &str) -> Option<u32> {
             self.define(name)
         }
-        fn increment(&mut self, id: Option<u32>) {
-            self.values.entry(id.unwrap()).or_default().push(1);
+        fn add(&mut self, id: Option<u32>, value: u64) {
+            self.values.entry(id.unwrap()).or_default().push(value);
         }
         fn record(&mut self, id: Option<u32>, value: u64) {
             self.values.entry(id.unwrap()).or_default().push(value);
@@ -365,5 +449,65 @@ mod tests {
             0,
         );
         assert_eq!(known.edge.source, SourceId::Peer(7));
+    }
+
+    #[test]
+    fn tcp_events_count_per_edge_and_each_metric_is_defined_once() {
+        let table = table(Direction::Inbound);
+        let mut recorder = EdgeRecorder::default();
+        let mut host = FakeHost::default();
+        let edge = recorder.edge(&table, Some(WEB), None, None);
+        for event in [
+            TcpEvent::Opened,
+            TcpEvent::Received(9),
+            TcpEvent::Received(0),
+            TcpEvent::Sent(9),
+            TcpEvent::Received(5),
+            TcpEvent::Closed {
+                duration_ns: 2_500_000,
+            },
+        ] {
+            recorder.record_tcp(&table, &mut host, edge, event);
+        }
+        let stranger = recorder.edge(
+            &table,
+            Some("spiffe://cluster.local/ns/web/sa/stranger"),
+            None,
+            None,
+        );
+        recorder.record_tcp(&table, &mut host, stranger, TcpEvent::Denied);
+        let one = |family: &str| {
+            let found = host.received(&format!("{family};"));
+            assert_eq!(found.len(), 1, "{family}: {:?}", host.names);
+            found.into_iter().next().unwrap()
+        };
+        assert_eq!(one(TCP_OPENED).1, [1]);
+        assert_eq!(
+            one(TCP_RECEIVED_BYTES).1,
+            [9, 5],
+            "no call for an empty read"
+        );
+        assert_eq!(one(TCP_SENT_BYTES).1, [9]);
+        assert_eq!(one(TCP_CLOSED).1, [1]);
+        assert_eq!(one(TCP_DURATION).1, [3], "rounded up to whole milliseconds");
+        let denied = one(TCP_DENIED);
+        assert!(
+            denied.0.contains("source_service_account=.stranger;"),
+            "{}",
+            denied.0
+        );
+        assert!(
+            one(TCP_OPENED)
+                .0
+                .starts_with("weft_tcp_connections_opened_total;.direction=.inbound;;.source_namespace=.web;;.source_service_account=.client;"),
+            "{}",
+            one(TCP_OPENED).0
+        );
+        assert_eq!(
+            host.names.len(),
+            6,
+            "nothing defined twice: {:?}",
+            host.names
+        );
     }
 }

@@ -203,8 +203,14 @@ fn int_property(path: &[&str]) -> Option<i64> {
 
 /// Adds one to a counter defined with [`define_counter`].
 pub fn count(metric: Option<u32>) {
+    add(metric, 1);
+}
+
+/// Adds `value` to a counter defined with [`define_counter`].
+pub fn add(metric: Option<u32>, value: u64) {
+    let value = i64::try_from(value).unwrap_or(i64::MAX);
     if let Some(id) = metric
-        && let Err(status) = hostcalls::increment_metric(id, 1)
+        && let Err(status) = hostcalls::increment_metric(id, value)
     {
         log::debug!("could not count: {status:?}");
     }
@@ -270,8 +276,8 @@ impl crate::edges::MetricHost for EnvoyStats {
         define_histogram(name)
     }
 
-    fn increment(&mut self, id: Option<u32>) {
-        count(id);
+    fn add(&mut self, id: Option<u32>, value: u64) {
+        add(id, value);
     }
 
     fn record(&mut self, id: Option<u32>, value: u64) {

@@ -7,6 +7,11 @@
 //! `upstream_connect_mode: ON_DOWNSTREAM_DATA` (as weft's configurations set it) a denied
 //! caller does not even make Envoy connect upstream. A protocol in which the server speaks
 //! first therefore needs its client to send a byte first; see docs/access.md.
+//!
+//! With the metrics feature, each connection is counted on its edge once, when weft first sees
+//! its bytes (docs/metrics.md): denied, or opened and later closed, with the bytes it carried
+//! each way and how long it lived. A connection that ends before carrying a byte is Envoy's
+//! listener statistics' alone (`downstream_cx_total`).
 
 use std::rc::Rc;
 
@@ -15,6 +20,7 @@ use proxy_wasm::types::Action;
 use weft_policy::bundle::AccessMode;
 use weft_policy::engine::Decision;
 
+use crate::edges::{EdgeKey, TcpEvent};
 use crate::{FilterState, host};
 
 /// Where a connection stands.
@@ -30,6 +36,10 @@ enum Verdict {
 pub struct WeftTcp {
     state: Option<Rc<FilterState>>,
     verdict: Verdict,
+    /// When Envoy accepted the connection (the metrics feature).
+    accepted_ns: u64,
+    /// The connection's edge, once counted opened (the metrics feature).
+    opened: Option<EdgeKey>,
 }
 
 impl WeftTcp {
@@ -38,6 +48,44 @@ impl WeftTcp {
         Self {
             state,
             verdict: Verdict::Undecided,
+            accepted_ns: 0,
+            opened: None,
+        }
+    }
+
+    /// Counts `event` on the edge from `peer` (the metrics feature; nothing without it). Returns
+    /// the edge.
+    fn count(state: &FilterState, peer: Option<&str>, event: TcpEvent) -> Option<EdgeKey> {
+        let table = state.engine.metrics()?;
+        let mut edges = state.edges.try_borrow_mut().ok()?;
+        let edge = edges.edge(table, peer, None, None);
+        edges.record_tcp(table, &mut host::EnvoyStats, edge, event);
+        Some(edge)
+    }
+
+    /// Counts the connection opened, once, from `peer`, or from the peer Envoy verified when
+    /// the caller has not read it.
+    fn open(&mut self, peer: Option<Option<String>>) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        if self.opened.is_some() || state.engine.metrics().is_none() {
+            return;
+        }
+        let peer = peer.unwrap_or_else(|| match state.reads_peer_identity() {
+            true => host::peer_identity(),
+            false => None,
+        });
+        self.opened = Self::count(state, peer.as_deref(), TcpEvent::Opened);
+    }
+
+    /// Counts bytes an opened connection carried.
+    fn carried(&self, event: TcpEvent) {
+        if let (Some(state), Some(edge)) = (&self.state, self.opened)
+            && let Some(table) = state.engine.metrics()
+            && let Ok(mut edges) = state.edges.try_borrow_mut()
+        {
+            edges.record_tcp(table, &mut host::EnvoyStats, edge, event);
         }
     }
 
@@ -48,6 +96,7 @@ impl WeftTcp {
         };
         let Some(mode) = state.deciding_mode() else {
             self.verdict = Verdict::Allowed;
+            self.open(None);
             return Action::Continue;
         };
         let source = host::peer_identity();
@@ -55,6 +104,7 @@ impl WeftTcp {
         let decision = state.engine.decide_tcp(source.as_deref(), port);
         let Decision::Deny { reason } = decision else {
             self.verdict = Verdict::Allowed;
+            self.open(Some(source));
             return Action::Continue;
         };
         let caller = source.as_deref().unwrap_or("(no verified identity)");
@@ -64,9 +114,11 @@ impl WeftTcp {
                 "audit: would close a TCP connection to port {port} from {caller}: {reason}"
             );
             self.verdict = Verdict::Allowed;
+            self.open(Some(source));
             return Action::Continue;
         }
         host::count(state.metrics.tcp_denied);
+        Self::count(state, source.as_deref(), TcpEvent::Denied);
         log::debug!("closed a TCP connection to port {port} from {caller}: {reason}");
         self.close()
     }
@@ -85,6 +137,9 @@ impl StreamContext for WeftTcp {
         let Some(state) = &self.state else {
             return self.decide();
         };
+        if state.engine.metrics().is_some() {
+            self.accepted_ns = host::now_nanoseconds();
+        }
         if state.deciding_mode().is_none() {
             self.verdict = Verdict::Allowed;
         }
@@ -93,19 +148,39 @@ impl StreamContext for WeftTcp {
         Action::Continue
     }
 
-    fn on_downstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
-        match self.verdict {
-            Verdict::Allowed => Action::Continue,
+    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        let action = match self.verdict {
+            // Without access decisions, the first bytes either way open the connection.
+            Verdict::Allowed => {
+                self.open(None);
+                Action::Continue
+            }
             Verdict::Closed => Action::Pause,
             Verdict::Undecided => self.decide(),
+        };
+        if action == Action::Continue {
+            self.carried(TcpEvent::Received(data_size as u64));
+        }
+        action
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        // A server that speaks first must not talk to a caller not yet allowed.
+        match self.verdict {
+            Verdict::Allowed => {
+                self.open(None);
+                self.carried(TcpEvent::Sent(data_size as u64));
+                Action::Continue
+            }
+            Verdict::Undecided | Verdict::Closed => Action::Pause,
         }
     }
 
-    fn on_upstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
-        // A server that speaks first must not talk to a caller not yet allowed.
-        match self.verdict {
-            Verdict::Allowed => Action::Continue,
-            Verdict::Undecided | Verdict::Closed => Action::Pause,
+    fn on_log(&mut self) {
+        // Envoy calls this once per connection, when it closes (either side first).
+        if self.opened.is_some() {
+            let duration_ns = host::now_nanoseconds().saturating_sub(self.accepted_ns);
+            self.carried(TcpEvent::Closed { duration_ns });
         }
     }
 }

@@ -19,6 +19,24 @@ pub const REQUESTS: &str = "weft_requests_total";
 /// Histogram of request durations in milliseconds, with the edge labels.
 pub const DURATION: &str = "weft_request_duration_milliseconds";
 
+/// Counter of TCP connections weft let through, with the edge labels (counted at the first
+/// bytes weft sees: after the access decision, or at the first bytes in either direction when
+/// no decision is made).
+pub const TCP_OPENED: &str = "weft_tcp_connections_opened_total";
+/// Counter of TCP connections access control closed, with the edge labels; a denied
+/// connection is never counted opened.
+pub const TCP_DENIED: &str = "weft_tcp_connections_denied_total";
+/// Counter of opened TCP connections that ended, with the edge labels; opened minus closed is
+/// the connections open now.
+pub const TCP_CLOSED: &str = "weft_tcp_connections_closed_total";
+/// Counter of the bytes an opened TCP connection carried from the client, with the edge labels.
+pub const TCP_RECEIVED_BYTES: &str = "weft_tcp_received_bytes_total";
+/// Counter of the bytes an opened TCP connection carried to the client, with the edge labels.
+pub const TCP_SENT_BYTES: &str = "weft_tcp_sent_bytes_total";
+/// Histogram of TCP connection durations in milliseconds (from accept to close), with the edge
+/// labels.
+pub const TCP_DURATION: &str = "weft_tcp_connection_duration_milliseconds";
+
 /// The value of a label weft cannot fill from a verified identity or the configuration.
 pub const UNKNOWN: &str = "unknown";
 
@@ -43,6 +61,13 @@ pub const RESPONSE_LABELS: [&str; 2] = ["response_code_class", "outcome"];
 pub const DURATION_BUCKETS_MS: [u64; 24] = [
     1, 2, 3, 4, 5, 7, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000,
     30000, 60000,
+];
+
+/// Upper bounds (milliseconds) of the TCP connection duration histogram's buckets: the request
+/// buckets, then up to an hour, because connections live longer than requests.
+pub const TCP_DURATION_BUCKETS_MS: [u64; 28] = [
+    1, 2, 3, 4, 5, 7, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000,
+    30000, 60000, 300_000, 600_000, 1_800_000, 3_600_000,
 ];
 
 /// Envoy's name for metrics a wasm module defines (a custom stat namespace; stripped in
