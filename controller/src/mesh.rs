@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::patch::{PatchError, PatchKey, PatchReport};
 use prost::Name;
 use weft_envoy_config::clusters::load_assignment;
-use weft_envoy_config::filters::{Code, Kind};
+use weft_envoy_config::filters::{Code, Configuration, Kind};
 use weft_envoy_config::mesh::{
     InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, inbound_plugin_name,
 };
@@ -271,6 +271,8 @@ pub struct Plan {
     compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
     /// EnvoyPatches applied in this rebuild, by resource and patch.
     patches: crate::patch::PatchCache,
+    /// Writes the plugin configurations as bundles, compiling each regex once per rebuild.
+    bundles: weft_policy::wire::Encoder,
 }
 
 fn compiled(
@@ -289,6 +291,21 @@ fn compiled(
 }
 
 impl Plan {
+    /// `config` of `identity`'s workload as the bundle its sidecar's plugin is pushed.
+    fn bundle(
+        &mut self,
+        identity: &Identity,
+        config: &PluginConfig,
+    ) -> Result<Configuration, MeshError> {
+        self.bundles
+            .encode(config)
+            .map(Configuration::Bundle)
+            .map_err(|err| MeshError::Compile {
+                identity: identity.to_string(),
+                reason: err.to_string(),
+            })
+    }
+
     fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> &[OutboundService] {
         self.services
             .entry(namespace.to_owned())
@@ -357,10 +374,6 @@ fn service_ports(service: &Service) -> Vec<(&weft_policy::model::ServicePort, bo
         ports.push((spec, http));
     }
     ports
-}
-
-fn json(config: &PluginConfig) -> String {
-    serde_json::to_string(config).unwrap_or_default()
 }
 
 /// What `pod`'s sidecar is, before it is built: its ports and the Services it calls (with the
@@ -543,8 +556,8 @@ pub fn sidecar_snapshot(
         SECRET,
         interner.resource(TRUST_BUNDLE, any(&trust_secret(TRUST_BUNDLE, view.bundle)))?,
     );
-    let (inbound_config, outbound_config) = plan.compiled(view, &identity)?;
-    let (inbound_config, outbound_config) = (inbound_config.clone(), json(outbound_config));
+    let (inbound_config, outbound_config) = plan.compiled(view, &identity)?.clone();
+    let outbound_config = plan.bundle(&identity, &outbound_config)?;
     let served = own_services
         .first()
         .map(|service| format!("{}.{}", service.meta.name, service.meta.namespace));
@@ -559,7 +572,7 @@ pub fn sidecar_snapshot(
             Protocol::Tcp => Kind::Tcp,
         };
         let name = inbound_plugin_name(port.port);
-        let plugin = sidecar.plugin(&name, kind, json(&config));
+        let plugin = sidecar.plugin(&name, kind, plan.bundle(&identity, &config)?);
         snapshot.insert(EXTENSION_CONFIG, interner.resource(&name, any(&plugin))?);
     }
     let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, outbound_config);

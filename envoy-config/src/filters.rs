@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm as Netw
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig as WasmPluginConfig, VmConfig, plugin_config,
 };
-use envoy_types::pb::google::protobuf::{Any, StringValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, BytesValue, StringValue, UInt32Value};
 use prost::Name;
 
 use crate::render::any;
@@ -75,7 +75,45 @@ impl Kind {
     }
 }
 
-/// One weft plugin: which filter, where the module is, its JSON configuration (the output of
+/// A plugin configuration as Envoy hands it to `weft.wasm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Configuration {
+    /// The JSON document (docs/plugin-configuration.md), in a `StringValue`: what people read
+    /// and write.
+    Json(String),
+    /// The compiled bundle ([`weft_policy::wire`]), in a `BytesValue`: regexes compiled, less
+    /// than half the bytes, read without a JSON parser. What the controller pushes.
+    Bundle(Vec<u8>),
+}
+
+impl From<String> for Configuration {
+    fn from(json: String) -> Self {
+        Configuration::Json(json)
+    }
+}
+
+impl From<&str> for Configuration {
+    fn from(json: &str) -> Self {
+        Configuration::Json(json.to_owned())
+    }
+}
+
+impl Configuration {
+    /// The `Any` Envoy's wasm plugin carries it in; Envoy hands the module the value of
+    /// either wrapper as it is.
+    fn any(&self) -> Any {
+        match self {
+            Configuration::Json(json) => any(&StringValue {
+                value: json.clone(),
+            }),
+            Configuration::Bundle(bytes) => any(&BytesValue {
+                value: bytes.clone(),
+            }),
+        }
+    }
+}
+
+/// One weft plugin: which filter, where the module is, its configuration (the output of
 /// `weft compile`, a [`weft_policy::PluginConfig`]) and what happens when it cannot run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeftPlugin {
@@ -85,15 +123,15 @@ pub struct WeftPlugin {
     pub kind: Kind,
     /// The module.
     pub code: Code,
-    /// The plugin configuration, JSON.
-    pub configuration: String,
+    /// The plugin configuration.
+    pub configuration: Configuration,
     /// Fail closed (refuse traffic when the plugin cannot run: access) or open (split).
     pub fail_open: bool,
 }
 
 impl WeftPlugin {
     /// A plugin named `weft` that fails closed.
-    pub fn new(kind: Kind, code: Code, configuration: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, code: Code, configuration: impl Into<Configuration>) -> Self {
         Self {
             name: WEFT.to_owned(),
             kind,
@@ -141,9 +179,7 @@ impl WeftPlugin {
                 nack_on_code_cache_miss: matches!(self.code, Code::Remote { .. }),
                 ..VmConfig::default()
             })),
-            configuration: Some(any(&StringValue {
-                value: self.configuration.clone(),
-            })),
+            configuration: Some(self.configuration.any()),
             failure_policy: if self.fail_open {
                 FailurePolicy::FailOpen
             } else {

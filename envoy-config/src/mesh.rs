@@ -23,7 +23,9 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value};
 
 use crate::bootstrap::{bootstrap, node, with_ads};
 use crate::clusters::{eds_cluster, static_cluster, with_http2, with_tls};
-use crate::filters::{Code, Kind, WeftPlugin, discovered_http_filter, discovered_network_filter};
+use crate::filters::{
+    Code, Configuration, Kind, WeftPlugin, discovered_http_filter, discovered_network_filter,
+};
 use crate::listeners::{
     HttpListener, ROUTE_HEADER, Routes, direct_response, route_configuration, route_to,
     split_route, tcp_listener, virtual_host,
@@ -242,7 +244,7 @@ impl Sidecar {
         &self,
         resource_name: &str,
         kind: Kind,
-        configuration: String,
+        configuration: Configuration,
     ) -> TypedExtensionConfig {
         let mut plugin = WeftPlugin::new(kind, self.module.clone(), configuration);
         plugin.fail_open = resource_name == OUTBOUND_PLUGIN;

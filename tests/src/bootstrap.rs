@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use weft_envoy_config::filters::{Code, Kind, WeftPlugin, http_filter};
+use weft_envoy_config::filters::{Code, Configuration, Kind, WeftPlugin, http_filter};
 use weft_envoy_config::listeners::{self as envoy_listeners, HttpListener, Routes};
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
 use weft_envoy_config::pb::envoy::config::route::v3::{Route, VirtualHost};
@@ -58,7 +58,12 @@ pub fn cluster(name: &str, endpoint: SocketAddr) -> Value {
     ))
 }
 
-fn plugin(module: &Path, name: &str, kind: Kind, configuration: &str) -> WeftPlugin {
+fn plugin(
+    module: &Path,
+    name: &str,
+    kind: Kind,
+    configuration: impl Into<Configuration>,
+) -> WeftPlugin {
     let mut plugin = WeftPlugin::new(
         kind,
         Code::File(module.display().to_string()),
@@ -93,6 +98,17 @@ pub fn weft_network_filter(module: &Path, configuration: &str) -> Value {
         module,
         WEFT_PLUGIN,
         Kind::Tcp,
+        configuration,
+    )))
+}
+
+/// The weft HTTP filter loading `module` with `configuration` as given (a compiled bundle, or
+/// any bytes a test wants the plugin to refuse); fails closed like [`weft_http_filter`].
+pub fn weft_http_filter_with(module: &Path, configuration: Configuration) -> Value {
+    json_of(&http_filter(&plugin(
+        module,
+        WEFT_PLUGIN,
+        Kind::Http,
         configuration,
     )))
 }

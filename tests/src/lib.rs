@@ -13,6 +13,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod envoy;
+pub mod fixtures;
 pub mod load;
 pub mod mesh;
 pub mod paths;

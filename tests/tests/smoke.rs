@@ -35,12 +35,16 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
         .unwrap();
     let configured = envoy
         .wait_for_log(
-            "configured as the HTTP filter (plugin configuration version 1; access off; splits 0; metrics inbound)",
+            "bytes of JSON (plugin configuration version 1; access off; splits 0; metrics inbound)",
             std::time::Duration::from_secs(5),
         )
         .await
         .unwrap();
-    assert!(configured.contains("wasm log weft"), "{configured}");
+    assert!(
+        configured.contains("wasm log weft")
+            && configured.contains("configured as the HTTP filter in"),
+        "{configured}"
+    );
     let before = envoy.prometheus().await.unwrap();
     assert_eq!(before.counter(REQUESTS, &[]), 0.0);
 

@@ -28,6 +28,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use weft_policy::bundle::{AccessMode, Direction};
 use weft_policy::engine::Engine;
+use weft_policy::wire;
 use weft_policy::{ConfigError, PluginConfig};
 
 use crate::edges::EdgeRecorder;
@@ -238,6 +239,19 @@ impl Context for WeftRoot {}
 /// # Errors
 /// The [`ConfigError`] that names the field at fault.
 pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
+    if wire::is_bundle(bytes) {
+        let bundle = wire::decode(bytes).map_err(|err| ConfigError::Invalid {
+            field: err.field().to_owned(),
+            reason: err.reason(),
+        })?;
+        let engine = Engine::with_automata(&bundle.config, bundle.automata).map_err(|err| {
+            ConfigError::Invalid {
+                field: err.field().to_owned(),
+                reason: err.reason(),
+            }
+        })?;
+        return Ok((bundle.config, engine));
+    }
     let config = PluginConfig::from_json(bytes)?;
     let engine = Engine::new(&config).map_err(|err| ConfigError::Invalid {
         field: err.field().to_owned(),
@@ -250,6 +264,7 @@ impl RootContext for WeftRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         // Drop any earlier state first, so nothing keeps serving a configuration being replaced.
         self.state = None;
+        let started = host::now_nanoseconds();
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let loaded = FilterKind::from_root_id(&host::plugin_root_id()).and_then(|kind| {
             // The kind is known even if the configuration is refused, so the contexts Envoy
@@ -265,12 +280,21 @@ impl RootContext for WeftRoot {
         match loaded {
             Ok((config, engine)) => {
                 let kind = self.kind;
+                let elapsed_us = host::now_nanoseconds().saturating_sub(started) / 1_000;
                 log::info!(
-                    "weft {} configured as the {} filter (plugin configuration version {}; access {}; splits {}; metrics {})",
+                    "weft {} configured as the {} filter in {}.{:03} ms from {} bytes of {} (plugin configuration version {}; access {}; splits {}; metrics {})",
                     env!("CARGO_PKG_VERSION"),
                     match kind {
                         FilterKind::Http => "HTTP",
                         FilterKind::Tcp => "TCP",
+                    },
+                    elapsed_us / 1_000,
+                    elapsed_us % 1_000,
+                    bytes.len(),
+                    if wire::is_bundle(&bytes) {
+                        "compiled bundle"
+                    } else {
+                        "JSON"
                     },
                     config.version,
                     engine.access_mode().map_or("off", |mode| mode.as_str()),
@@ -323,19 +347,30 @@ impl RootContext for WeftRoot {
 /// metrics of the document's `identity` and `metrics` when those are valid on their own (so the
 /// traffic stays visible while the configuration is broken), else nothing at all.
 fn fallback(bytes: &[u8]) -> (PluginConfig, Engine) {
-    let salvaged = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
-        .ok()
-        .and_then(|document| {
-            let mut kept = serde_json::Map::new();
-            for field in ["identity", "metrics"] {
-                if let Some(value) = document.get(field) {
-                    kept.insert(field.to_owned(), value.clone());
+    // A bundle's identity and metrics come first, so they can be read on their own.
+    let salvaged = if wire::is_bundle(bytes) {
+        wire::decode_metrics(bytes)
+            .ok()
+            .and_then(|config| {
+                let engine = Engine::with_automata(&config, Vec::new()).ok()?;
+                Some((config, engine))
+            })
+            .filter(|(config, _)| config.metrics.is_some())
+    } else {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+            .ok()
+            .and_then(|document| {
+                let mut kept = serde_json::Map::new();
+                for field in ["identity", "metrics"] {
+                    if let Some(value) = document.get(field) {
+                        kept.insert(field.to_owned(), value.clone());
+                    }
                 }
-            }
-            serde_json::to_vec(&kept).ok()
-        })
-        .and_then(|kept| load(&kept).ok())
-        .filter(|(config, _)| config.metrics.is_some());
+                serde_json::to_vec(&kept).ok()
+            })
+            .and_then(|kept| load(&kept).ok())
+            .filter(|(config, _)| config.metrics.is_some())
+    };
     match salvaged {
         Some(loaded) => {
             log::info!("the metrics of the refused configuration keep counting");
@@ -345,11 +380,19 @@ fn fallback(bytes: &[u8]) -> (PluginConfig, Engine) {
     }
 }
 
-/// Whether a configuration document certainly enables no access control: a JSON object with
-/// `splits` and no field outside [`SPLIT_ONLY_FIELDS`]. Only such a configuration may fall back
+/// Whether a configuration certainly enables no access control: a compiled bundle that reads
+/// whole with splits and no access section, or a JSON object with `splits` and no field outside
+/// [`SPLIT_ONLY_FIELDS`]. Only such a configuration may fall back
 /// to the root service when it is invalid; anything else (a misspelt `access`, a document that
 /// is not JSON) is refused, because access fails closed.
 pub fn split_only(bytes: &[u8]) -> bool {
+    if wire::is_bundle(bytes) {
+        // Only a bundle that reads whole says for certain that it has no access policy; one
+        // that does not read is refused.
+        return wire::decode(bytes).is_ok_and(|bundle| {
+            !bundle.config.splits.is_empty() && bundle.config.access.is_none()
+        });
+    }
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).is_ok_and(
         |document| {
             document.contains_key("splits")
@@ -411,6 +454,32 @@ mod tests {
             plan(&format!(r#"{{"version": 1, {SPLIT}, {METRICS}}}"#), false),
             HeaderPlan::Every
         );
+    }
+
+    #[test]
+    fn a_bundle_loads_as_the_document_it_was_compiled_from() {
+        let document = format!(r#"{{"version": 1, {ACCESS}, {SPLIT}}}"#);
+        let (config, _) = load(document.as_bytes()).unwrap();
+        let bundle = weft_policy::wire::encode(&config).unwrap();
+        let (decoded, engine) = load(&bundle).unwrap();
+        assert_eq!(decoded, config);
+        assert!(engine.has_access_policy() && engine.has_splits());
+        // A bundle cut short is refused, naming where it stopped.
+        let err = load(&bundle[..bundle.len() - 1]).unwrap_err().to_string();
+        assert!(err.contains("field `splits"), "{err}");
+    }
+
+    #[test]
+    fn only_a_bundle_that_reads_whole_and_has_splits_and_no_access_may_fall_back() {
+        let split = |extra: &str| {
+            let (config, _) =
+                load(format!(r#"{{"version": 1, {SPLIT}{extra}}}"#).as_bytes()).unwrap();
+            weft_policy::wire::encode(&config).unwrap()
+        };
+        assert!(split_only(&split("")));
+        assert!(!split_only(&split(&format!(", {ACCESS}"))));
+        let whole = split("");
+        assert!(!split_only(&whole[..whole.len() - 1]));
     }
 
     #[test]

@@ -16,11 +16,13 @@ pub mod diagnostic;
 pub mod document;
 pub mod engine;
 pub mod load;
+pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod path;
 pub mod traffic;
 pub mod validate;
+pub mod wire;
 
 pub use config::{ConfigError, PluginConfig};
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::engine;
+use crate::matcher::Matcher;
 use crate::model::{Catalog, Kind, L4Protocol, Meta, TrafficSplit, TrafficTarget};
 
 /// The methods an HTTPRouteGroup match may list.
@@ -175,7 +175,7 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                 );
             }
             if let Some(pattern) = &m.path_regex {
-                match engine::path_regex(pattern) {
+                match Matcher::path(pattern) {
                     Err(err) => report(
                         &mut out,
                         format!("{field}.pathRegex"),
@@ -198,7 +198,7 @@ pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
                 }
             }
             for ((_, pattern), written) in m.headers.iter().zip(&m.header_fields) {
-                if let Err(err) = engine::header_regex(pattern) {
+                if let Err(err) = Matcher::header(pattern) {
                     report(
                         &mut out,
                         format!("{field}.{written}"),
@@ -481,7 +481,7 @@ fn traffic_split(
 /// middle of a path segment with no `$`, so it also allows longer paths than it spells:
 /// `/orders` allows `/ordersadmin`. A pattern that ends with `/` (a directory prefix) or with
 /// `.*`/`.+` (any continuation, on purpose) is taken as meant.
-fn open_path_regex(pattern: &str, compiled: &regex::Regex) -> Option<ValidationError> {
+fn open_path_regex(pattern: &str, compiled: &Matcher) -> Option<ValidationError> {
     use regex_syntax::hir::HirKind;
     let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
     if !open_end(&hir) {
@@ -491,7 +491,7 @@ fn open_path_regex(pattern: &str, compiled: &regex::Regex) -> Option<ValidationE
         HirKind::Alternation(_) => format!("(?:{pattern})$"),
         _ => format!("{pattern}$"),
     };
-    let whole = engine::path_regex(&anchored).ok()?;
+    let whole = Matcher::path(&anchored).ok()?;
     let mut prefixes: Vec<String> = regex_syntax::hir::literal::Extractor::new()
         .extract(&hir)
         .literals()
@@ -585,7 +585,7 @@ mod tests {
     use super::*;
 
     fn warning(pattern: &str) -> Option<String> {
-        let compiled = engine::path_regex(pattern).unwrap();
+        let compiled = Matcher::path(pattern).unwrap();
         open_path_regex(pattern, &compiled).map(|w| w.to_string())
     }
 

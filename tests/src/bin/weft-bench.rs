@@ -34,13 +34,14 @@ use serde_json::Value;
 use serde_json::json;
 use weft_e2e::bootstrap::{
     ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
-    virtual_host, weft_http_filter, weft_http_plugin, with_tls,
+    virtual_host, weft_http_filter, weft_http_filter_with, weft_http_plugin, with_tls,
 };
 use weft_e2e::client::Session;
 use weft_e2e::envoy::Envoy;
 use weft_e2e::pki::{Issued, Pki};
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{paths, policy};
+use weft_envoy_config::filters::Configuration;
 use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
 
@@ -153,7 +154,107 @@ async fn main() -> anyhow::Result<()> {
             run_suite(suite, &options, &pki, &client).await?;
         }
     }
+    if options
+        .suite
+        .as_deref()
+        .is_none_or(|only| only == "configure")
+    {
+        configure_suite(&upstream, &options).await?;
+    }
     Ok(())
+}
+
+/// TrafficTargets in the policy the configure suite loads.
+const CONFIGURE_TRAFFIC_TARGETS: usize = 10_000;
+
+/// How long weft takes to configure itself inside Envoy (`on_configure`: read the plugin
+/// configuration, build the engine; the plugin logs it) for a policy of
+/// [`CONFIGURE_TRAFFIC_TARGETS`] TrafficTargets, given as the JSON document and as the compiled
+/// bundle, with the bytes each takes and Envoy's RSS after. Each VM (main thread and worker)
+/// configures itself; the slower is kept, then the median over the rounds.
+async fn configure_suite(upstream: &HttpUpstream, options: &Options) -> anyhow::Result<()> {
+    let manifests = vec![(
+        "busy-api.yaml".to_owned(),
+        weft_e2e::fixtures::busy_api(CONFIGURE_TRAFFIC_TARGETS),
+    )];
+    let config = policy::inbound(&manifests, "shop/api", AccessMode::Enforce)?;
+    let json = serde_json::to_string(&config)?;
+    let bundle = weft_policy::wire::encode(&config)?;
+    let module = paths::weft_wasm()?;
+    let variants = [
+        ("JSON document (StringValue)", Configuration::Json(json)),
+        (
+            "compiled bundle (BytesValue)",
+            Configuration::Bundle(bundle),
+        ),
+    ];
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    for _ in 0..options.rounds {
+        for (index, (_, configuration)) in variants.iter().enumerate() {
+            let envoy = Envoy::start(&bootstrap(
+                vec![http_listener(
+                    MEASURED_LISTENER,
+                    vec![weft_http_filter_with(&module, configuration.clone())],
+                    "app",
+                )],
+                vec![cluster("app", upstream.addr())],
+            ))
+            .await?;
+            envoy.listener(MEASURED_LISTENER).await?;
+            let slowest = envoy
+                .log()
+                .lines()
+                .filter_map(configure_ms)
+                .fold(0.0, f64::max);
+            ensure!(
+                slowest > 0.0,
+                "no configuration time in the log:\n{}",
+                envoy.log()
+            );
+            samples[index].push((slowest, resident_mib(envoy.pid())?));
+        }
+    }
+    println!(
+        "\n| plugin configuration of {CONFIGURE_TRAFFIC_TARGETS} TrafficTargets | bytes | vs JSON | on_configure ms | vs JSON | Envoy RSS MiB | vs JSON |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let size = |configuration: &Configuration| match configuration {
+        Configuration::Json(json) => json.len() as f64,
+        Configuration::Bundle(bytes) => bytes.len() as f64,
+    };
+    let medians: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|runs| {
+            let middle = |pick: fn(&(f64, f64)) -> f64| {
+                let mut values: Vec<f64> = runs.iter().map(pick).collect();
+                values.sort_by(f64::total_cmp);
+                values.get(values.len() / 2).copied().unwrap_or(0.0)
+            };
+            (middle(|run| run.0), middle(|run| run.1))
+        })
+        .collect();
+    let (base_size, (base_ms, base_rss)) = (size(&variants[0].1), medians[0]);
+    for ((name, configuration), (ms, rss)) in variants.iter().zip(&medians) {
+        println!(
+            "| {name} | {:.0} | {:.2}x | {ms:.1} | {:.2}x | {rss:.1} | {:+.1} |",
+            size(configuration),
+            size(configuration) / base_size,
+            ms / base_ms,
+            rss - base_rss
+        );
+    }
+    println!(
+        "\nweft.wasm: {} bytes; the slower VM's on_configure as the plugin logs it, median of {} rounds.",
+        std::fs::metadata(&module)?.len(),
+        options.rounds
+    );
+    Ok(())
+}
+
+/// The milliseconds of a "configured ... in N ms" line of the plugin's log.
+fn configure_ms(line: &str) -> Option<f64> {
+    let rest = line.split("configured as the HTTP filter in ").nth(1)?;
+    rest.split(" ms").next()?.parse().ok()
 }
 
 async fn run_suite(
@@ -306,7 +407,7 @@ const LOOPBACK_ANY_PORT: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// The suites, in the order they run.
-const SUITES: [&str; 2] = ["access", "split"];
+const SUITES: [&str; 3] = ["access", "split", "configure"];
 
 /// Name of the listener of the measured Envoy in every variant.
 const MEASURED_LISTENER: &str = "measured";
