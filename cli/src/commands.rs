@@ -282,13 +282,15 @@ fn human_decision(report: &Value) -> String {
     format!("{head}DENY: {why}\n")
 }
 
-/// `weft compile`.
+/// `weft compile`: the JSON document, or with `bundle` the compiled bundle weft.wasm reads,
+/// base64-encoded.
 pub fn compile_config(
     manifests: &Sources,
     identity: &Identity,
     side: Side,
     options: &Options,
     listener: &ListenerSettings,
+    bundle: bool,
 ) -> Outcome {
     if side == Side::Outbound
         && (listener.mode != AccessMode::Enforce || !listener.unauthenticated_ports.is_empty())
@@ -348,7 +350,51 @@ pub fn compile_config(
             if let Err(err) = Engine::new(&config) {
                 return Outcome::fail(EXIT_USAGE, format!("weft: {err}\n"));
             }
+            if bundle {
+                return render_bundle(&config, &diagnostics);
+            }
             render_config(&config, &diagnostics)
+        }
+        Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    }
+}
+
+/// `weft bundle`: the JSON document at `path` (`-`: standard input) compiled into its bundle,
+/// base64-encoded; a document the filter would refuse is refused here, naming the field.
+pub fn bundle(path: &std::path::Path) -> Outcome {
+    let text = if path.as_os_str() == "-" {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read(path)
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(err) => {
+            return Outcome::fail(
+                EXIT_USAGE,
+                format!("weft: cannot read {}: {err}\n", path.display()),
+            );
+        }
+    };
+    let config = match PluginConfig::from_json(&text) {
+        Ok(config) => config,
+        Err(err) => return Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
+    };
+    if let Err(err) = Engine::new(&config) {
+        return Outcome::fail(EXIT_INVALID, format!("weft: {err}\n"));
+    }
+    render_bundle(&config, &[])
+}
+
+fn render_bundle(config: &PluginConfig, diagnostics: &[Diagnostic]) -> Outcome {
+    use base64::Engine as _;
+    match weft_policy::wire::encode(config) {
+        Ok(bytes) => {
+            let mut outcome =
+                Outcome::ok(base64::engine::general_purpose::STANDARD.encode(bytes) + "\n");
+            outcome.stderr = human_diagnostics(diagnostics);
+            outcome
         }
         Err(err) => Outcome::fail(EXIT_INVALID, format!("weft: {err}\n")),
     }

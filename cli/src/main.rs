@@ -332,8 +332,16 @@ enum Command {
         #[command(flatten)]
         cluster: Cluster,
     },
-    /// Print the weft plugin configuration of one workload's listener, for the `configuration`
-    /// value of the weft filter in an envoy.yaml.
+    /// Compile a plugin configuration (a JSON document, as `weft compile` prints it or written
+    /// by hand) into the bundle weft.wasm reads, printed base64-encoded for the `value` of a
+    /// google.protobuf.BytesValue `configuration`.
+    #[command(after_help = EXIT_CODES)]
+    Bundle {
+        /// The JSON document (`-` for standard input).
+        document: PathBuf,
+    },
+    /// Print the weft plugin configuration of one workload's listener: the JSON document, or
+    /// with --bundle the compiled bundle for the `configuration` of the weft filter.
     #[command(after_help = EXIT_CODES)]
     Compile {
         /// Directory (or file) of manifests.
@@ -375,6 +383,10 @@ enum Command {
         /// Leave the per-edge metrics out (they are on by default; see docs/metrics.md).
         #[arg(long)]
         no_metrics: bool,
+        /// Print the compiled bundle that weft.wasm reads, base64-encoded: the `value` of a
+        /// google.protobuf.BytesValue `configuration` (without it, the readable JSON document).
+        #[arg(long)]
+        bundle: bool,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -489,6 +501,7 @@ fn main() -> ExitCode {
             strict,
             output,
         } => commands::check(&Sources { paths, strict }, output),
+        Command::Bundle { document } => commands::bundle(&document),
         Command::Describe {
             what: DescribeWhat::Service { service, manifests },
         } => commands::describe_service(
@@ -539,6 +552,7 @@ fn main() -> ExitCode {
             sticky_header,
             sticky_cookie,
             no_metrics,
+            bundle,
             cluster,
         } => {
             let side = match side {
@@ -563,7 +577,14 @@ fn main() -> ExitCode {
                 paths: manifests,
                 strict,
             };
-            commands::compile_config(&sources, &identity, side, &cluster.options(), &listener)
+            commands::compile_config(
+                &sources,
+                &identity,
+                side,
+                &cluster.options(),
+                &listener,
+                bundle,
+            )
         }
     };
     print!("{}", outcome.stdout);

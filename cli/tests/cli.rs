@@ -276,6 +276,68 @@ fn compile_prints_a_plugin_configuration_the_engine_accepts() {
 }
 
 #[test]
+fn compile_bundle_prints_the_same_configuration_compiled_as_base64() {
+    use base64::Engine as _;
+    for (identity, side) in [("shop/api", "inbound"), ("shop/client", "outbound")] {
+        let args = |bundle: bool| {
+            let mut args = vec![
+                "compile",
+                "--manifests",
+                &fixtures("shop"),
+                "--identity",
+                identity,
+                "--side",
+                side,
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+            if bundle {
+                args.push("--bundle".to_owned());
+            }
+            args
+        };
+        let run = |bundle| {
+            let args = args(bundle);
+            let output = weft(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+            output.stdout
+        };
+        let document = PluginConfig::from_json(&run(false)).unwrap();
+        let encoded = run(true);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8(encoded).unwrap().trim_end())
+            .unwrap();
+        let bundle = weft_policy::wire::decode(&bytes).unwrap();
+        assert_eq!(bundle.config, document, "{identity} {side}");
+    }
+}
+
+#[test]
+fn bundle_compiles_a_document_and_refuses_one_the_filter_would_refuse_naming_the_field() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"version": 1, "destination_port": 8080}"#).unwrap();
+    let output = weft(&["bundle", good.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(stdout(&output).trim_end())
+        .unwrap();
+    let bundle = weft_policy::wire::decode(&bytes).unwrap();
+    assert_eq!(bundle.config.destination_port, Some(8080));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"version": 1, "acess": {}}"#).unwrap();
+    let output = weft(&["bundle", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("field `acess`: unknown field `acess`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn compile_records_metrics_on_both_sides_unless_told_not_to() {
     let manifests = fixtures("shop");
     for side in ["inbound", "outbound"] {

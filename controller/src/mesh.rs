@@ -299,7 +299,7 @@ impl Plan {
     ) -> Result<Configuration, MeshError> {
         self.bundles
             .encode(config)
-            .map(Configuration::Bundle)
+            .map(Configuration)
             .map_err(|err| MeshError::Compile {
                 identity: identity.to_string(),
                 reason: err.to_string(),

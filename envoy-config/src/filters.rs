@@ -17,8 +17,10 @@ use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm as Netw
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig as WasmPluginConfig, VmConfig, plugin_config,
 };
-use envoy_types::pb::google::protobuf::{Any, BytesValue, StringValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, BytesValue, UInt32Value};
 use prost::Name;
+use weft_policy::wire::{self, WireError};
+use weft_policy::{ConfigError, PluginConfig};
 
 use crate::render::any;
 use crate::sources::{ads, duration};
@@ -75,41 +77,46 @@ impl Kind {
     }
 }
 
-/// A plugin configuration as Envoy hands it to `weft.wasm`.
+/// Why a plugin configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The JSON document is not a valid plugin configuration.
+    #[error(transparent)]
+    Json(#[from] ConfigError),
+    /// The configuration cannot be compiled into a bundle.
+    #[error("plugin configuration: {0}")]
+    Bundle(#[from] WireError),
+}
+
+/// A plugin configuration as Envoy hands it to `weft.wasm`: the compiled bundle
+/// ([`weft_policy::wire`]) in a `google.protobuf.BytesValue`, whose bytes Envoy passes on as
+/// they are. `weft.wasm` reads nothing else (docs/plugin-configuration.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Configuration {
-    /// The JSON document (docs/plugin-configuration.md), in a `StringValue`: what people read
-    /// and write.
-    Json(String),
-    /// The compiled bundle ([`weft_policy::wire`]), in a `BytesValue`: regexes compiled, less
-    /// than half the bytes, read without a JSON parser. What the controller pushes.
-    Bundle(Vec<u8>),
-}
-
-impl From<String> for Configuration {
-    fn from(json: String) -> Self {
-        Configuration::Json(json)
-    }
-}
-
-impl From<&str> for Configuration {
-    fn from(json: &str) -> Self {
-        Configuration::Json(json.to_owned())
-    }
-}
+pub struct Configuration(pub Vec<u8>);
 
 impl Configuration {
-    /// The `Any` Envoy's wasm plugin carries it in; Envoy hands the module the value of
-    /// either wrapper as it is.
+    /// The bundle of `config`.
+    ///
+    /// # Errors
+    /// [`PluginError::Bundle`] when a regex of `config` does not compile.
+    pub fn compile(config: &PluginConfig) -> Result<Self, PluginError> {
+        Ok(Self(wire::encode(config)?))
+    }
+
+    /// The bundle of the JSON document `text` (docs/plugin-configuration.md).
+    ///
+    /// # Errors
+    /// [`PluginError::Json`] naming the field of an invalid document, or
+    /// [`PluginError::Bundle`].
+    pub fn from_json(text: &str) -> Result<Self, PluginError> {
+        Self::compile(&PluginConfig::from_json(text.as_bytes())?)
+    }
+
+    /// The `Any` Envoy's wasm plugin carries it in.
     fn any(&self) -> Any {
-        match self {
-            Configuration::Json(json) => any(&StringValue {
-                value: json.clone(),
-            }),
-            Configuration::Bundle(bytes) => any(&BytesValue {
-                value: bytes.clone(),
-            }),
-        }
+        any(&BytesValue {
+            value: self.0.clone(),
+        })
     }
 }
 
@@ -131,12 +138,12 @@ pub struct WeftPlugin {
 
 impl WeftPlugin {
     /// A plugin named `weft` that fails closed.
-    pub fn new(kind: Kind, code: Code, configuration: impl Into<Configuration>) -> Self {
+    pub fn new(kind: Kind, code: Code, configuration: Configuration) -> Self {
         Self {
             name: WEFT.to_owned(),
             kind,
             code,
-            configuration: configuration.into(),
+            configuration,
             fail_open: false,
         }
     }

@@ -58,12 +58,7 @@ pub fn cluster(name: &str, endpoint: SocketAddr) -> Value {
     ))
 }
 
-fn plugin(
-    module: &Path,
-    name: &str,
-    kind: Kind,
-    configuration: impl Into<Configuration>,
-) -> WeftPlugin {
+fn plugin(module: &Path, name: &str, kind: Kind, configuration: Configuration) -> WeftPlugin {
     let mut plugin = WeftPlugin::new(
         kind,
         Code::File(module.display().to_string()),
@@ -73,9 +68,17 @@ fn plugin(
     plugin
 }
 
-/// The weft HTTP filter loading `module` with `configuration` (the plugin's JSON, passed to the
-/// filter verbatim as a `StringValue`). It fails closed: when the plugin cannot run, requests
-/// are refused instead of passed on.
+/// The bundle of the plugin configuration `document` (JSON), as `weft compile --bundle` makes
+/// it; a document that is not a valid configuration goes to Envoy as it is, so that a test can
+/// watch weft.wasm refuse it.
+pub fn configuration(document: &str) -> Configuration {
+    Configuration::from_json(document)
+        .unwrap_or_else(|_| Configuration(document.as_bytes().to_vec()))
+}
+
+/// The weft HTTP filter loading `module` with the plugin configuration `configuration` (JSON,
+/// compiled into its bundle by [`configuration`]). It fails closed: when the plugin cannot run,
+/// requests are refused instead of passed on.
 pub fn weft_http_filter(module: &Path, configuration: &str) -> Value {
     weft_http_plugin(module, WEFT_PLUGIN, configuration)
 }
@@ -87,7 +90,7 @@ pub fn weft_http_plugin(module: &Path, name: &str, configuration: &str) -> Value
         module,
         name,
         Kind::Http,
-        configuration,
+        self::configuration(configuration),
     )))
 }
 
@@ -98,7 +101,7 @@ pub fn weft_network_filter(module: &Path, configuration: &str) -> Value {
         module,
         WEFT_PLUGIN,
         Kind::Tcp,
-        configuration,
+        self::configuration(configuration),
     )))
 }
 
@@ -109,6 +112,16 @@ pub fn weft_http_filter_with(module: &Path, configuration: Configuration) -> Val
         module,
         WEFT_PLUGIN,
         Kind::Http,
+        configuration,
+    )))
+}
+
+/// The weft network filter with `configuration` as given; see [`weft_http_filter_with`].
+pub fn weft_network_filter_with(module: &Path, configuration: Configuration) -> Value {
+    json_of(&weft_envoy_config::filters::network_filter(&plugin(
+        module,
+        WEFT_PLUGIN,
+        Kind::Tcp,
         configuration,
     )))
 }

@@ -201,13 +201,15 @@ fn embedded_plugin(file: &str) -> (String, PluginConfig) {
     let config = read_yaml(&yaml);
     let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
     let plugin = &manager["typed_config"]["http_filters"][0]["typed_config"]["config"];
-    let embedded = PluginConfig::from_json(
-        plugin["configuration"]["value"]
-            .as_str()
-            .unwrap()
-            .as_bytes(),
-    )
-    .unwrap();
+    use base64::Engine as _;
+    assert_eq!(
+        plugin["configuration"]["@type"],
+        "type.googleapis.com/google.protobuf.BytesValue"
+    );
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(plugin["configuration"]["value"].as_str().unwrap())
+        .unwrap();
+    let embedded = weft_policy::wire::decode(&bytes).unwrap().config;
     let failure_policy = plugin["failure_policy"].as_str().unwrap_or_default();
     (failure_policy.to_owned(), embedded)
 }

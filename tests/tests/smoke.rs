@@ -1,10 +1,14 @@
 //! Smoke tests: a real Envoy loads the real `weft.wasm`, requests pass through it, and a bad
 //! plugin configuration is refused with nothing reaching the upstream.
 
-use weft_e2e::bootstrap::{LdsFile, bootstrap, cluster, http_listener, weft_http_filter};
+use weft_e2e::bootstrap::{
+    LdsFile, bootstrap, cluster, configuration, http_listener, weft_http_filter,
+    weft_http_filter_with,
+};
 use weft_e2e::envoy::Envoy;
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{client, paths};
+use weft_envoy_config::filters::Configuration;
 use weft_policy::metrics::{DURATION, REQUESTS};
 
 /// A plugin with only the metrics feature, inbound, knowing no services: every request is
@@ -16,11 +20,15 @@ const METRICS_ONLY: &str =
 const LDS_REJECTED: &str = "listener_manager.lds.update_rejected";
 
 fn weft_proxy(upstream: &HttpUpstream, plugin_configuration: &str) -> serde_json::Value {
+    weft_proxy_with(upstream, configuration(plugin_configuration))
+}
+
+fn weft_proxy_with(upstream: &HttpUpstream, configuration: Configuration) -> serde_json::Value {
     let module = paths::weft_wasm().expect("weft.wasm is built");
     bootstrap(
         vec![http_listener(
             "ingress",
-            vec![weft_http_filter(&module, plugin_configuration)],
+            vec![weft_http_filter_with(&module, configuration)],
             "app",
         )],
         vec![cluster("app", upstream.addr())],
@@ -35,7 +43,7 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
         .unwrap();
     let configured = envoy
         .wait_for_log(
-            "bytes of JSON (plugin configuration version 1; access off; splits 0; metrics inbound)",
+            "bytes of compiled bundle (plugin configuration version 1; access off; splits 0; metrics inbound)",
             std::time::Duration::from_secs(5),
         )
         .await
@@ -75,51 +83,45 @@ async fn envoy_loads_weft_wasm_and_requests_pass_through_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_plugin_configuration_is_refused_and_nothing_reaches_the_upstream() {
-    let cases = [
+    let whole = configuration(r#"{"version": 1, "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#).0;
+    let mut other_version = b"WEFT\x050.0.9".to_vec();
+    other_version.extend_from_slice(&whole[4 + 1 + weft_policy::wire::WEFT_VERSION.len()..]);
+    let cases: [(Configuration, &str); 6] = [
         (
-            r#"{"version": 1, "acess": {}}"#,
-            "field `acess`: unknown field `acess`, expected one of `version`",
+            // The JSON document itself: weft.wasm reads only its compiled bundle (strictness
+            // of the document is `weft compile`'s and `weft bundle`'s, tested there).
+            Configuration(br#"{"version": 1, "acess": {}}"#.to_vec()),
+            "field `(root)`: this is a JSON document, and weft.wasm reads the compiled bundle",
         ),
         (
-            r#"{"version": "one"}"#,
-            "field `version`: invalid type: string \"one\", expected u32",
+            Configuration(Vec::new()),
+            "plugin configuration: none given",
         ),
         (
-            r#"{"version": 7}"#,
-            "field `version`: 7 is not supported; this weft.wasm reads version 1",
+            Configuration(whole[..whole.len() - 2].to_vec()),
+            "the bundle ends early",
         ),
         (
-            "[1, 2]",
-            "field `(root)`: expected a JSON object, found an array",
-        ),
-        ("", "plugin configuration: none given"),
-        (
-            r#"{"http_matches": [{"name": "a/b/c", "path_regex": "(unclosed"}]}"#,
-            "field `http_matches[0].path_regex`: invalid regex",
+            Configuration(other_version),
+            "the bundle was compiled by weft 0.0.9, and this is weft",
         ),
         (
-            r#"{"access": {"mode": "lenient", "trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
-            "field `access.mode`: unknown variant `lenient`, expected one of `enforce`, `permissive`, `audit`",
-        ),
-        (
-            r#"{"access": {"trust_domain": "cluster.local", "sources": {"spiffe://cluster.local/ns/a/sa/b": [3]}, "grants": []}}"#,
+            configuration(
+                r#"{"access": {"trust_domain": "cluster.local", "sources": {"spiffe://cluster.local/ns/a/sa/b": [3]}, "grants": []}}"#,
+            ),
             "field `access.sources.spiffe://cluster.local/ns/a/sa/b`: index 3 is out of range; there are 0 grants",
         ),
         (
-            // A second `access` appended to a compiled configuration must not switch it to
-            // permissive: a repeated key refuses the whole configuration.
-            r#"{"version": 1, "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}, "access": {"mode": "permissive", "trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
-            "field `access`: `access` is given twice; give each key once",
-        ),
-        (
             // With access policy beside splits, an error anywhere refuses: access fails closed.
-            r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": [], "sticky": {"cookie": ""}}], "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            configuration(
+                r#"{"splits": [{"traffic_split": "a/b", "service": "b.a", "hosts": ["b"], "backends": [], "sticky": {"cookie": ""}}], "access": {"trust_domain": "cluster.local", "sources": {}, "grants": []}}"#,
+            ),
             "field `splits[0].sticky.cookie`: \"\" is not a valid cookie name",
         ),
     ];
     let upstream = HttpUpstream::start("app").await.unwrap();
     for (configuration, reason) in cases {
-        let (code, log) = Envoy::expect_exit(&weft_proxy(&upstream, configuration))
+        let (code, log) = Envoy::expect_exit(&weft_proxy_with(&upstream, configuration.clone()))
             .await
             .unwrap();
         assert_ne!(code, Some(0), "Envoy accepted {configuration:?}\n{log}");
@@ -154,7 +156,8 @@ async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_
     let ingress = envoy.wait_for_listener("ingress").await.unwrap();
     assert_eq!(client::get(ingress, "/before").await.unwrap().status, 200);
 
-    // The same listener with a misspelt field: Envoy must refuse the update...
+    // The same listener with a configuration weft.wasm refuses (a JSON document where the
+    // compiled bundle belongs): Envoy must refuse the update...
     lds.publish(vec![weft_listener(
         "ingress",
         r#"{"version": 1, "acess": {}}"#,
@@ -162,7 +165,7 @@ async fn a_listener_update_with_an_invalid_plugin_configuration_is_rejected_and_
     .unwrap();
     envoy.wait_for_stat(LDS_REJECTED, 1).await.unwrap();
     envoy
-        .wait_for_log("field `acess`", std::time::Duration::from_secs(5))
+        .wait_for_log("this is a JSON document", std::time::Duration::from_secs(5))
         .await
         .unwrap();
     // ...and the last good configuration keeps serving on the same address.

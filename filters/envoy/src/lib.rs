@@ -47,16 +47,6 @@ pub const TCP_AUDIT_METRIC: &str = "weft_access_tcp_audit_denied_total";
 /// `name.namespace`, which is the cluster's name.
 pub const ROUTE_HEADER: &str = "x-weft-cluster";
 
-/// Top-level fields of a plugin configuration that can never carry access policy.
-pub const SPLIT_ONLY_FIELDS: [&str; 6] = [
-    "version",
-    "identity",
-    "destination_port",
-    "http_matches",
-    "splits",
-    "metrics",
-];
-
 /// `root_id` that selects the network (TCP) filter.
 pub const TCP_ROOT_ID: &str = "weft.tcp";
 /// `root_id`s that select the HTTP filter.
@@ -233,32 +223,36 @@ pub struct WeftRoot {
 
 impl Context for WeftRoot {}
 
-/// Parses a plugin configuration and builds its engine: everything that can refuse a
-/// configuration, in one place.
+/// Reads a plugin configuration (a compiled bundle, [`weft_policy::wire`]) and builds its
+/// engine: everything that can refuse a configuration, in one place.
 ///
 /// # Errors
-/// The [`ConfigError`] that names the field at fault.
+/// The [`ConfigError`] that names the field at fault; a JSON document is refused saying how to
+/// compile it.
 pub fn load(bytes: &[u8]) -> Result<(PluginConfig, Engine), ConfigError> {
-    if wire::is_bundle(bytes) {
-        let bundle = wire::decode(bytes).map_err(|err| ConfigError::Invalid {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::Missing);
+    }
+    let bundle = wire::decode(bytes).map_err(|err| ConfigError::Invalid {
+        field: err.field().to_owned(),
+        reason: match err {
+            wire::WireError::NotABundle if bytes.trim_ascii_start().starts_with(b"{") => {
+                JSON_REFUSED.to_owned()
+            }
+            err => err.reason(),
+        },
+    })?;
+    let engine = Engine::with_automata(&bundle.config, bundle.automata).map_err(|err| {
+        ConfigError::Invalid {
             field: err.field().to_owned(),
             reason: err.reason(),
-        })?;
-        let engine = Engine::with_automata(&bundle.config, bundle.automata).map_err(|err| {
-            ConfigError::Invalid {
-                field: err.field().to_owned(),
-                reason: err.reason(),
-            }
-        })?;
-        return Ok((bundle.config, engine));
-    }
-    let config = PluginConfig::from_json(bytes)?;
-    let engine = Engine::new(&config).map_err(|err| ConfigError::Invalid {
-        field: err.field().to_owned(),
-        reason: err.reason(),
+        }
     })?;
-    Ok((config, engine))
+    Ok((bundle.config, engine))
 }
+
+/// Why a JSON document is refused, and what to do instead.
+pub const JSON_REFUSED: &str = "this is a JSON document, and weft.wasm reads the compiled bundle: compile it with `weft compile --bundle` (or let the controller push it) and pass it as a google.protobuf.BytesValue; see docs/plugin-configuration.md";
 
 impl RootContext for WeftRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -291,11 +285,7 @@ impl RootContext for WeftRoot {
                     elapsed_us / 1_000,
                     elapsed_us % 1_000,
                     bytes.len(),
-                    if wire::is_bundle(&bytes) {
-                        "compiled bundle"
-                    } else {
-                        "JSON"
-                    },
+                    "compiled bundle",
                     config.version,
                     engine.access_mode().map_or("off", |mode| mode.as_str()),
                     config.splits.len(),
@@ -344,33 +334,16 @@ impl RootContext for WeftRoot {
 }
 
 /// The plugin of a split-only configuration that was refused: no split routing, and the
-/// metrics of the document's `identity` and `metrics` when those are valid on their own (so the
-/// traffic stays visible while the configuration is broken), else nothing at all.
+/// metrics of the bundle's `identity` and `metrics` when those read on their own (they come
+/// first; so the traffic stays visible while the configuration is broken), else nothing.
 fn fallback(bytes: &[u8]) -> (PluginConfig, Engine) {
-    // A bundle's identity and metrics come first, so they can be read on their own.
-    let salvaged = if wire::is_bundle(bytes) {
-        wire::decode_metrics(bytes)
-            .ok()
-            .and_then(|config| {
-                let engine = Engine::with_automata(&config, Vec::new()).ok()?;
-                Some((config, engine))
-            })
-            .filter(|(config, _)| config.metrics.is_some())
-    } else {
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
-            .ok()
-            .and_then(|document| {
-                let mut kept = serde_json::Map::new();
-                for field in ["identity", "metrics"] {
-                    if let Some(value) = document.get(field) {
-                        kept.insert(field.to_owned(), value.clone());
-                    }
-                }
-                serde_json::to_vec(&kept).ok()
-            })
-            .and_then(|kept| load(&kept).ok())
-            .filter(|(config, _)| config.metrics.is_some())
-    };
+    let salvaged = wire::decode_metrics(bytes)
+        .ok()
+        .filter(|config| config.metrics.is_some())
+        .and_then(|config| {
+            let engine = Engine::with_automata(&config, Vec::new()).ok()?;
+            Some((config, engine))
+        });
     match salvaged {
         Some(loaded) => {
             log::info!("the metrics of the refused configuration keep counting");
@@ -380,35 +353,28 @@ fn fallback(bytes: &[u8]) -> (PluginConfig, Engine) {
     }
 }
 
-/// Whether a configuration certainly enables no access control: a compiled bundle that reads
-/// whole with splits and no access section, or a JSON object with `splits` and no field outside
-/// [`SPLIT_ONLY_FIELDS`]. Only such a configuration may fall back
-/// to the root service when it is invalid; anything else (a misspelt `access`, a document that
-/// is not JSON) is refused, because access fails closed.
+/// Whether a configuration certainly enables no access control: a bundle that reads whole,
+/// with split tables and no access section (its engine refused it: an index out of range, say).
+/// Only such a configuration may fall back to the root service when it is refused; anything
+/// else (a bundle that does not read, a JSON document) is refused, because access fails closed.
 pub fn split_only(bytes: &[u8]) -> bool {
-    if wire::is_bundle(bytes) {
-        // Only a bundle that reads whole says for certain that it has no access policy; one
-        // that does not read is refused.
-        return wire::decode(bytes).is_ok_and(|bundle| {
-            !bundle.config.splits.is_empty() && bundle.config.access.is_none()
-        });
-    }
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).is_ok_and(
-        |document| {
-            document.contains_key("splits")
-                && document
-                    .keys()
-                    .all(|field| SPLIT_ONLY_FIELDS.contains(&field.as_str()))
-        },
-    )
+    wire::decode(bytes)
+        .is_ok_and(|bundle| !bundle.config.splits.is_empty() && bundle.config.access.is_none())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{HeaderPlan, load, split_only};
+    use super::{HeaderPlan, JSON_REFUSED, load, split_only};
+    use weft_policy::PluginConfig;
+
+    /// The bundle `weft compile` would make of the JSON document `text`.
+    fn bundle(text: &str) -> Vec<u8> {
+        let config = PluginConfig::from_json(text.as_bytes()).unwrap();
+        weft_policy::wire::encode(&config).unwrap()
+    }
 
     fn plan(configuration: &str, split_fallback: bool) -> HeaderPlan {
-        let (_, engine) = load(configuration.as_bytes()).unwrap();
+        let (_, engine) = load(&bundle(configuration)).unwrap();
         HeaderPlan::for_engine(&engine, split_fallback)
     }
 
@@ -457,47 +423,41 @@ mod tests {
     }
 
     #[test]
-    fn a_bundle_loads_as_the_document_it_was_compiled_from() {
+    fn a_bundle_loads_as_the_document_it_was_compiled_from_and_json_is_refused() {
         let document = format!(r#"{{"version": 1, {ACCESS}, {SPLIT}}}"#);
-        let (config, _) = load(document.as_bytes()).unwrap();
-        let bundle = weft_policy::wire::encode(&config).unwrap();
-        let (decoded, engine) = load(&bundle).unwrap();
-        assert_eq!(decoded, config);
+        let (decoded, engine) = load(&bundle(&document)).unwrap();
+        assert_eq!(
+            decoded,
+            PluginConfig::from_json(document.as_bytes()).unwrap()
+        );
         assert!(engine.has_access_policy() && engine.has_splits());
         // A bundle cut short is refused, naming where it stopped.
-        let err = load(&bundle[..bundle.len() - 1]).unwrap_err().to_string();
+        let whole = bundle(&document);
+        let err = load(&whole[..whole.len() - 1]).unwrap_err().to_string();
         assert!(err.contains("field `splits"), "{err}");
+        let err = load(document.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(JSON_REFUSED), "{err}");
+        assert!(load(b"").is_err() && load(b" \n").is_err());
     }
 
     #[test]
-    fn only_a_bundle_that_reads_whole_and_has_splits_and_no_access_may_fall_back() {
-        let split = |extra: &str| {
-            let (config, _) =
-                load(format!(r#"{{"version": 1, {SPLIT}{extra}}}"#).as_bytes()).unwrap();
-            weft_policy::wire::encode(&config).unwrap()
-        };
+    fn only_a_bundle_that_reads_whole_with_splits_and_no_access_may_fall_back() {
+        let split = |extra: &str| bundle(&format!(r#"{{"version": 1, {SPLIT}{extra}}}"#));
+        // An index out of range: the bundle reads, the engine refuses it.
+        let broken = bundle(&format!(
+            r#"{{"version": 1, {}}}"#,
+            SPLIT.replace(r#""backends""#, r#""matches": [7], "backends""#)
+        ));
+        assert!(load(&broken).is_err());
+        assert!(split_only(&broken));
         assert!(split_only(&split("")));
         assert!(!split_only(&split(&format!(", {ACCESS}"))));
         let whole = split("");
         assert!(!split_only(&whole[..whole.len() - 1]));
-    }
-
-    #[test]
-    fn only_a_document_with_splits_and_no_other_feature_may_fall_back() {
         for text in [
-            r#"{"splits": 7}"#,
-            r#"{"version": 1, "http_matches": [{"path_regex": "("}], "splits": []}"#,
-            r#"{"splits": [], "metrics": {"direction": "outbound"}}"#,
-        ] {
-            assert!(split_only(text.as_bytes()), "{text}");
-        }
-        for text in [
-            r#"{"version": 1}"#,
-            r#"{"splits": [], "access": {}}"#,
-            r#"{"splits": [], "acess": {}}"#,
-            r#"{"splits": [],"#,
-            r#"[{"splits": []}]"#,
-            "",
+            format!(r#"{{"version": 1, {SPLIT}}}"#),
+            r#"{"splits": [],"#.to_owned(),
+            String::new(),
         ] {
             assert!(!split_only(text.as_bytes()), "{text}");
         }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{AccessPolicy, HttpMatchSpec, Identity, MetricsConfig, SplitTable};
+#[cfg(feature = "authoring")]
 use crate::document::JsonError;
 
 /// The plugin configuration format this build reads and writes.
@@ -19,7 +20,7 @@ pub const CONFIG_VERSION: u32 = 1;
 pub enum ConfigError {
     /// No configuration bytes at all (Envoy's `configuration` is absent or empty).
     #[error(
-        "plugin configuration: none given; set `configuration` to a JSON object, at least `{{\"version\": {CONFIG_VERSION}}}`"
+        "plugin configuration: none given; set `configuration` to the compiled bundle that `weft compile --bundle` (or `weft bundle`) prints"
     )]
     Missing,
     /// The bytes are not valid UTF-8 JSON of the expected shape.
@@ -71,6 +72,7 @@ pub struct PluginConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
+#[cfg(feature = "authoring")]
 fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -100,8 +102,9 @@ impl Default for PluginConfig {
     }
 }
 
+#[cfg(feature = "authoring")]
 impl PluginConfig {
-    /// Parses and checks a configuration from the bytes Envoy delivers.
+    /// Parses and checks a configuration from its JSON document.
     ///
     /// # Errors
     /// [`ConfigError::Missing`] for empty input, [`ConfigError::Invalid`] naming the field for
@@ -174,7 +177,7 @@ mod tests {
         for blank in ["", "  \n"] {
             let err = parse(blank).unwrap_err();
             assert_eq!(err, ConfigError::Missing);
-            assert!(err.to_string().contains("\"version\": 1"), "{err}");
+            assert!(err.to_string().contains("weft compile --bundle"), "{err}");
         }
     }
 

@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::bundle::{AccessMode, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
-use crate::matcher::{Matcher, MatcherError};
+use crate::matcher::Matcher;
+#[cfg(feature = "authoring")]
+use crate::matcher::MatcherError;
 use crate::metrics::MetricsTable;
 use crate::path::{NotNormal, path_only};
 use crate::wire::MatchAutomata;
@@ -355,6 +357,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+#[cfg(feature = "authoring")]
 fn regex_error(field: String) -> impl FnOnce(MatcherError) -> EngineError {
     move |err| EngineError::Regex {
         field,
@@ -381,6 +384,7 @@ fn check_index(
 }
 
 impl Engine {
+    #[cfg(feature = "authoring")]
     /// Builds the engine: compiles every regex once (paths anchored at the start, header
     /// values matched whole) and indexes sources and hosts.
     ///

@@ -10,22 +10,30 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bundle;
+#[cfg(feature = "authoring")]
 pub mod compile;
 pub mod config;
+#[cfg(feature = "authoring")]
 pub mod diagnostic;
+#[cfg(feature = "authoring")]
 pub mod document;
 pub mod engine;
+#[cfg(feature = "authoring")]
 pub mod load;
 pub mod matcher;
 pub mod metrics;
+#[cfg(feature = "authoring")]
 pub mod model;
 pub mod path;
+#[cfg(feature = "authoring")]
 pub mod traffic;
+#[cfg(feature = "authoring")]
 pub mod validate;
 pub mod wire;
 
 pub use config::{ConfigError, PluginConfig};
 
+#[cfg(feature = "authoring")]
 /// Reads every `(file name, YAML text)` source and validates the whole set: the catalog (sorted,
 /// so nothing built from it depends on the order of the sources) and every problem found,
 /// loading and cross-object alike, each at the line of the field it is about, in a stable order.

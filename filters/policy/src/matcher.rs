@@ -12,9 +12,10 @@
 //! and the regex does not match, which can only deny (or send a request to a split's root
 //! service).
 
-use regex_automata::dfa::{Automaton, StartKind, dense};
-use regex_automata::nfa::thompson;
+use regex_automata::dfa::{Automaton, dense};
 use regex_automata::{Anchored, Input};
+#[cfg(feature = "authoring")]
+use regex_automata::{dfa::StartKind, nfa::thompson};
 
 /// Largest automaton weft builds for one regex, in bytes: a hostile or careless pattern (a
 /// large counted repetition of a Unicode class) is refused instead of exhausting memory.
@@ -47,6 +48,7 @@ impl std::fmt::Debug for Matcher {
 }
 
 impl Matcher {
+    #[cfg(feature = "authoring")]
     /// An HTTPRouteGroup `pathRegex` as SMI defines it: matched from the start of the path.
     ///
     /// # Errors
@@ -55,6 +57,7 @@ impl Matcher {
         Self::build(&format!("(?:{pattern})"))
     }
 
+    #[cfg(feature = "authoring")]
     /// A header value regex as Envoy's `safe_regex` applies it: the whole value.
     ///
     /// # Errors
@@ -63,6 +66,7 @@ impl Matcher {
         Self::build(&format!("(?:{pattern})$"))
     }
 
+    #[cfg(feature = "authoring")]
     fn build(pattern: &str) -> Result<Self, MatcherError> {
         let config = dense::Config::new()
             // Every search starts at the beginning of the text, so only anchored start states
@@ -87,6 +91,7 @@ impl Matcher {
         matches!(self.dfa.try_search_fwd(&input), Ok(Some(_)))
     }
 
+    #[cfg(feature = "authoring")]
     /// The automaton in its serialised form (little endian, as wasm32 and x86-64 are).
     pub fn to_bytes(&self) -> Vec<u8> {
         let (mut bytes, padding) = self.dfa.to_bytes_little_endian();
@@ -122,7 +127,7 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "authoring"))]
 mod tests {
     use super::*;
 

@@ -12,7 +12,9 @@
 //! and their bytes, lists a count and their items, optional values a 0 or 1 byte first. A
 //! source's SPIFFE ID in the access trust domain is written without its common prefix.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+#[cfg(feature = "authoring")]
+use std::collections::HashMap;
 
 use crate::bundle::{
     AccessMode, AccessPolicy, Allows, Direction, Grant, HttpMatchSpec, Identity, MetricsConfig,
@@ -96,6 +98,7 @@ pub struct Bundle {
     pub automata: Vec<MatchAutomata>,
 }
 
+#[cfg(feature = "authoring")]
 /// Compiles the automata of `config`'s HTTP matches, each regex once per encoder: the pods of
 /// a mesh share their route groups, so the controller compiles a pattern once per rebuild.
 #[derive(Debug, Default)]
@@ -104,6 +107,7 @@ pub struct Encoder {
     compiled: HashMap<(bool, String), Vec<u8>>,
 }
 
+#[cfg(feature = "authoring")]
 impl Encoder {
     /// `config` as a bundle.
     ///
@@ -170,6 +174,7 @@ impl Encoder {
     }
 }
 
+#[cfg(feature = "authoring")]
 /// `config` as a bundle (one-off; see [`Encoder`] to share compiled regexes).
 ///
 /// # Errors
@@ -212,53 +217,48 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
         version: CONFIG_VERSION,
         ..PluginConfig::default()
     };
-    config.identity = r.option(
-        || "identity".to_owned(),
-        |r| {
-            Ok(Identity {
-                namespace: r.string(|| "identity.namespace".to_owned())?,
-                service_account: r.string(|| "identity.service_account".to_owned())?,
-            })
-        },
-    )?;
-    config.destination_port = r.option(
-        || "destination_port".to_owned(),
-        |r| r.u16(|| "destination_port".to_owned()),
-    )?;
-    config.metrics = r.option(|| "metrics".to_owned(), read_metrics)?;
+    config.identity = r.option(&|| "identity".to_owned(), |r| {
+        Ok(Identity {
+            namespace: r.string(&|| "identity.namespace".to_owned())?,
+            service_account: r.string(&|| "identity.service_account".to_owned())?,
+        })
+    })?;
+    config.destination_port = r.option(&|| "destination_port".to_owned(), |r| {
+        r.u16(&|| "destination_port".to_owned())
+    })?;
+    config.metrics = r.option(&|| "metrics".to_owned(), read_metrics)?;
     if last == Section::Metrics {
         return Ok(Bundle {
             config,
             automata: Vec::new(),
         });
     }
-    let count = r.count(|| "http_matches".to_owned())?;
+    let count = r.count(&|| "http_matches".to_owned())?;
     let mut automata = Vec::with_capacity(count);
     for i in 0..count {
         let at = |part: &str| format!("http_matches[{i}].{part}");
-        let name = r.string(|| at("name"))?;
+        let name = r.string(&|| at("name"))?;
         let mut compiled = MatchAutomata::default();
-        let path_regex = match r.byte(|| at("path_regex"))? {
+        let path_regex = match r.byte(&|| at("path_regex"))? {
             0 => None,
             1 => {
-                let pattern = r.string(|| at("path_regex"))?;
-                compiled.path = Some(r.automaton(|| at("path_regex"))?);
+                let pattern = r.string(&|| at("path_regex"))?;
+                compiled.path = Some(r.automaton(&|| at("path_regex"))?);
                 Some(pattern)
             }
             other => return Err(r.bad_tag(at("path_regex"), other)),
         };
-        let methods = r.list(
-            || at("methods"),
-            |r, m| r.string(|| at(&format!("methods[{m}]"))),
-        )?;
-        let headers_count = r.count(|| at("headers"))?;
+        let methods = r.list(&|| at("methods"), |r, m| {
+            r.string(&|| at(&format!("methods[{m}]")))
+        })?;
+        let headers_count = r.count(&|| at("headers"))?;
         let mut headers = Vec::with_capacity(headers_count);
         for h in 0..headers_count {
-            let name = r.string(|| at(&format!("headers[{h}]")))?;
-            let pattern = r.string(|| at(&format!("headers.{name}")))?;
+            let name = r.string(&|| at(&format!("headers[{h}]")))?;
+            let pattern = r.string(&|| at(&format!("headers.{name}")))?;
             compiled
                 .headers
-                .push(r.automaton(|| at(&format!("headers.{name}")))?);
+                .push(r.automaton(&|| at(&format!("headers.{name}")))?);
             headers.push((name, pattern));
         }
         config.http_matches.push(HttpMatchSpec {
@@ -269,8 +269,8 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
         });
         automata.push(compiled);
     }
-    config.access = r.option(|| "access".to_owned(), read_access)?;
-    config.splits = r.list(|| "splits".to_owned(), read_split)?;
+    config.access = r.option(&|| "access".to_owned(), read_access)?;
+    config.splits = r.list(&|| "splits".to_owned(), read_split)?;
     if r.rest() != 0 {
         return Err(r.malformed(
             "(end)".to_owned(),
@@ -280,6 +280,7 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
     Ok(Bundle { config, automata })
 }
 
+#[cfg(feature = "authoring")]
 fn write_metrics(out: &mut Writer, metrics: &MetricsConfig) {
     out.bytes.push(match metrics.direction {
         Direction::Inbound => 0,
@@ -294,28 +295,23 @@ fn write_metrics(out: &mut Writer, metrics: &MetricsConfig) {
 }
 
 fn read_metrics(r: &mut Reader<'_>) -> Result<MetricsConfig, WireError> {
-    let direction = match r.byte(|| "metrics.direction".to_owned())? {
+    let direction = match r.byte(&|| "metrics.direction".to_owned())? {
         0 => Direction::Inbound,
         1 => Direction::Outbound,
         other => return Err(r.bad_tag("metrics.direction".to_owned(), other)),
     };
-    let trust_domain = r.string(|| "metrics.trust_domain".to_owned())?;
-    let services = r.list(
-        || "metrics.services".to_owned(),
-        |r, s| {
-            Ok(ServiceHosts {
-                service: r.string(|| format!("metrics.services[{s}].service"))?,
-                hosts: r.list(
-                    || format!("metrics.services[{s}].hosts"),
-                    |r, h| r.string(|| format!("metrics.services[{s}].hosts[{h}]")),
-                )?,
-            })
-        },
-    )?;
-    let service = r.option(
-        || "metrics.service".to_owned(),
-        |r| r.string(|| "metrics.service".to_owned()),
-    )?;
+    let trust_domain = r.string(&|| "metrics.trust_domain".to_owned())?;
+    let services = r.list(&|| "metrics.services".to_owned(), |r, s| {
+        Ok(ServiceHosts {
+            service: r.string(&|| format!("metrics.services[{s}].service"))?,
+            hosts: r.list(&|| format!("metrics.services[{s}].hosts"), |r, h| {
+                r.string(&|| format!("metrics.services[{s}].hosts[{h}]"))
+            })?,
+        })
+    })?;
+    let service = r.option(&|| "metrics.service".to_owned(), |r| {
+        r.string(&|| "metrics.service".to_owned())
+    })?;
     Ok(MetricsConfig {
         direction,
         trust_domain,
@@ -329,6 +325,7 @@ fn spiffe_prefix(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/ns/")
 }
 
+#[cfg(feature = "authoring")]
 fn write_access(out: &mut Writer, access: &AccessPolicy) {
     out.bytes.push(match access.mode {
         AccessMode::Enforce => 0,
@@ -384,70 +381,63 @@ fn write_access(out: &mut Writer, access: &AccessPolicy) {
 }
 
 fn read_access(r: &mut Reader<'_>) -> Result<AccessPolicy, WireError> {
-    let mode = match r.byte(|| "access.mode".to_owned())? {
+    let mode = match r.byte(&|| "access.mode".to_owned())? {
         0 => AccessMode::Enforce,
         1 => AccessMode::Permissive,
         2 => AccessMode::Audit,
         other => return Err(r.bad_tag("access.mode".to_owned(), other)),
     };
-    let unauthenticated_ports = r.list(
-        || "access.unauthenticated_ports".to_owned(),
-        |r, p| r.u16(|| format!("access.unauthenticated_ports[{p}]")),
-    )?;
-    let trust_domain = r.string(|| "access.trust_domain".to_owned())?;
+    let unauthenticated_ports = r.list(&|| "access.unauthenticated_ports".to_owned(), |r, p| {
+        r.u16(&|| format!("access.unauthenticated_ports[{p}]"))
+    })?;
+    let trust_domain = r.string(&|| "access.trust_domain".to_owned())?;
     let prefix = spiffe_prefix(&trust_domain);
-    let count = r.count(|| "access.sources".to_owned())?;
+    let count = r.count(&|| "access.sources".to_owned())?;
     let mut sources = BTreeMap::new();
     for s in 0..count {
         let field = || format!("access.sources[{s}]");
-        let id = match r.byte(field)? {
-            0 => r.string(field)?,
-            1 => format!("{prefix}{}", r.string(field)?),
+        let id = match r.byte(&field)? {
+            0 => r.string(&field)?,
+            1 => format!("{prefix}{}", r.string(&field)?),
             other => return Err(r.bad_tag(field(), other)),
         };
-        let grants = r.list(
-            || format!("access.sources.{id}"),
-            |r, g| r.u32(|| format!("access.sources.{id}[{g}]")),
-        )?;
+        let grants = r.list(&|| format!("access.sources.{id}"), |r, g| {
+            r.u32(&|| format!("access.sources.{id}[{g}]"))
+        })?;
         sources.insert(id, grants);
     }
-    let grants = r.list(
-        || "access.grants".to_owned(),
-        |r, g| {
-            let at = |part: &str| format!("access.grants[{g}].{part}");
-            let traffic_target = r.string(|| at("traffic_target"))?;
-            let rule = r.u32(|| at("rule"))?;
-            let port = r.option(|| at("port"), |r| r.u16(|| at("port")))?;
-            let allows = match r.byte(|| at("allows"))? {
-                0 => Allows::Http {
-                    route_group: r.string(|| at("allows.http.route_group"))?,
-                    matches: r.list(
-                        || at("allows.http.matches"),
-                        |r, m| r.u32(|| at(&format!("allows.http.matches[{m}]"))),
-                    )?,
-                },
-                kind @ (1 | 2) => {
-                    let route = r.string(|| at("allows.route"))?;
-                    let ports = r.list(
-                        || at("allows.ports"),
-                        |r, p| r.u16(|| at(&format!("allows.ports[{p}]"))),
-                    )?;
-                    if kind == 1 {
-                        Allows::Tcp { route, ports }
-                    } else {
-                        Allows::Udp { route, ports }
-                    }
+    let grants = r.list(&|| "access.grants".to_owned(), |r, g| {
+        let at = |part: &str| format!("access.grants[{g}].{part}");
+        let traffic_target = r.string(&|| at("traffic_target"))?;
+        let rule = r.u32(&|| at("rule"))?;
+        let port = r.option(&|| at("port"), |r| r.u16(&|| at("port")))?;
+        let allows = match r.byte(&|| at("allows"))? {
+            0 => Allows::Http {
+                route_group: r.string(&|| at("allows.http.route_group"))?,
+                matches: r.list(&|| at("allows.http.matches"), |r, m| {
+                    r.u32(&|| at(&format!("allows.http.matches[{m}]")))
+                })?,
+            },
+            kind @ (1 | 2) => {
+                let route = r.string(&|| at("allows.route"))?;
+                let ports = r.list(&|| at("allows.ports"), |r, p| {
+                    r.u16(&|| at(&format!("allows.ports[{p}]")))
+                })?;
+                if kind == 1 {
+                    Allows::Tcp { route, ports }
+                } else {
+                    Allows::Udp { route, ports }
                 }
-                other => return Err(r.bad_tag(at("allows"), other)),
-            };
-            Ok(Grant {
-                traffic_target,
-                rule,
-                port,
-                allows,
-            })
-        },
-    )?;
+            }
+            other => return Err(r.bad_tag(at("allows"), other)),
+        };
+        Ok(Grant {
+            traffic_target,
+            rule,
+            port,
+            allows,
+        })
+    })?;
     Ok(AccessPolicy {
         mode,
         unauthenticated_ports,
@@ -457,6 +447,7 @@ fn read_access(r: &mut Reader<'_>) -> Result<AccessPolicy, WireError> {
     })
 }
 
+#[cfg(feature = "authoring")]
 fn write_split(out: &mut Writer, split: &SplitTable) {
     out.string(&split.traffic_split);
     out.string(&split.service);
@@ -481,41 +472,35 @@ fn write_split(out: &mut Writer, split: &SplitTable) {
 fn read_split(r: &mut Reader<'_>, s: usize) -> Result<SplitTable, WireError> {
     let at = |part: &str| format!("splits[{s}].{part}");
     Ok(SplitTable {
-        traffic_split: r.string(|| at("traffic_split"))?,
-        service: r.string(|| at("service"))?,
-        hosts: r.list(
-            || at("hosts"),
-            |r, h| r.string(|| at(&format!("hosts[{h}]"))),
-        )?,
-        matches: r.list(
-            || at("matches"),
-            |r, m| r.u32(|| at(&format!("matches[{m}]"))),
-        )?,
-        backends: r.list(
-            || at("backends"),
-            |r, b| {
-                Ok(WeightedBackend {
-                    service: r.string(|| at(&format!("backends[{b}].service")))?,
-                    weight: r.varint(|| at(&format!("backends[{b}].weight")))?,
-                })
-            },
-        )?,
-        sticky: r.option(
-            || at("sticky"),
-            |r| match r.byte(|| at("sticky"))? {
-                0 => Ok(StickyKey::Header(r.string(|| at("sticky.header"))?)),
-                1 => Ok(StickyKey::Cookie(r.string(|| at("sticky.cookie"))?)),
-                other => Err(r.bad_tag(at("sticky"), other)),
-            },
-        )?,
+        traffic_split: r.string(&|| at("traffic_split"))?,
+        service: r.string(&|| at("service"))?,
+        hosts: r.list(&|| at("hosts"), |r, h| {
+            r.string(&|| at(&format!("hosts[{h}]")))
+        })?,
+        matches: r.list(&|| at("matches"), |r, m| {
+            r.u32(&|| at(&format!("matches[{m}]")))
+        })?,
+        backends: r.list(&|| at("backends"), |r, b| {
+            Ok(WeightedBackend {
+                service: r.string(&|| at(&format!("backends[{b}].service")))?,
+                weight: r.varint(&|| at(&format!("backends[{b}].weight")))?,
+            })
+        })?,
+        sticky: r.option(&|| at("sticky"), |r| match r.byte(&|| at("sticky"))? {
+            0 => Ok(StickyKey::Header(r.string(&|| at("sticky.header"))?)),
+            1 => Ok(StickyKey::Cookie(r.string(&|| at("sticky.cookie"))?)),
+            other => Err(r.bad_tag(at("sticky"), other)),
+        })?,
     })
 }
 
+#[cfg(feature = "authoring")]
 #[derive(Default)]
 struct Writer {
     bytes: Vec<u8>,
 }
 
+#[cfg(feature = "authoring")]
 impl Writer {
     fn varint(&mut self, mut value: u64) {
         loop {
@@ -567,7 +552,7 @@ impl<'a> Reader<'a> {
     fn header(bytes: &'a [u8]) -> Result<Self, WireError> {
         let rest = bytes.strip_prefix(MAGIC).ok_or(WireError::NotABundle)?;
         let mut reader = Reader { bytes: rest, at: 0 };
-        let version = reader.string(|| "(version)".to_owned())?;
+        let version = reader.string(&|| "(version)".to_owned())?;
         if version != WEFT_VERSION {
             return Err(WireError::OtherVersion { found: version });
         }
@@ -586,7 +571,7 @@ impl<'a> Reader<'a> {
         self.malformed(field, format!("unknown tag {tag}"))
     }
 
-    fn take(&mut self, len: usize, field: impl Fn() -> String) -> Result<&'a [u8], WireError> {
+    fn take(&mut self, len: usize, field: &dyn Fn() -> String) -> Result<&'a [u8], WireError> {
         let bytes: &'a [u8] = self.bytes;
         let taken = self
             .at
@@ -605,14 +590,14 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn byte(&mut self, field: impl Fn() -> String) -> Result<u8, WireError> {
+    fn byte(&mut self, field: &dyn Fn() -> String) -> Result<u8, WireError> {
         Ok(self.take(1, field)?.first().copied().unwrap_or(0))
     }
 
-    fn varint(&mut self, field: impl Fn() -> String) -> Result<u64, WireError> {
+    fn varint(&mut self, field: &dyn Fn() -> String) -> Result<u64, WireError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = self.byte(&field)?;
+            let byte = self.byte(field)?;
             let bits = u64::from(byte & 0x7f);
             if shift == 63 && bits > 1 {
                 break;
@@ -625,22 +610,22 @@ impl<'a> Reader<'a> {
         Err(self.malformed(field(), "an integer longer than 64 bits".to_owned()))
     }
 
-    fn u32(&mut self, field: impl Fn() -> String) -> Result<u32, WireError> {
-        let value = self.varint(&field)?;
+    fn u32(&mut self, field: &dyn Fn() -> String) -> Result<u32, WireError> {
+        let value = self.varint(field)?;
         u32::try_from(value)
             .map_err(|_| self.malformed(field(), format!("{value} is above {}", u32::MAX)))
     }
 
-    fn u16(&mut self, field: impl Fn() -> String) -> Result<u16, WireError> {
-        let value = self.varint(&field)?;
+    fn u16(&mut self, field: &dyn Fn() -> String) -> Result<u16, WireError> {
+        let value = self.varint(field)?;
         u16::try_from(value)
             .map_err(|_| self.malformed(field(), format!("{value} is not a port (0-65535)")))
     }
 
     /// A list's length, bounded by the bytes left (each item takes at least one), so that a
     /// damaged length cannot reserve memory the bundle does not account for.
-    fn count(&mut self, field: impl Fn() -> String) -> Result<usize, WireError> {
-        let count = self.varint(&field)?;
+    fn count(&mut self, field: &dyn Fn() -> String) -> Result<usize, WireError> {
+        let count = self.varint(field)?;
         match usize::try_from(count) {
             Ok(count) if count <= self.rest() => Ok(count),
             _ => Err(self.malformed(
@@ -650,25 +635,25 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn byte_string(&mut self, field: impl Fn() -> String) -> Result<&'a [u8], WireError> {
-        let len = self.count(&field)?;
+    fn byte_string(&mut self, field: &dyn Fn() -> String) -> Result<&'a [u8], WireError> {
+        let len = self.count(field)?;
         self.take(len, field)
     }
 
-    fn string(&mut self, field: impl Fn() -> String) -> Result<String, WireError> {
-        let bytes = self.byte_string(&field)?;
+    fn string(&mut self, field: &dyn Fn() -> String) -> Result<String, WireError> {
+        let bytes = self.byte_string(field)?;
         String::from_utf8(bytes.to_vec())
             .map_err(|_| self.malformed(field(), "not UTF-8".to_owned()))
     }
 
-    fn automaton(&mut self, field: impl Fn() -> String) -> Result<Matcher, WireError> {
-        let bytes = self.byte_string(&field)?;
+    fn automaton(&mut self, field: &dyn Fn() -> String) -> Result<Matcher, WireError> {
+        let bytes = self.byte_string(field)?;
         Matcher::from_bytes(bytes).map_err(|err| self.malformed(field(), err.to_string()))
     }
 
     fn list<T>(
         &mut self,
-        field: impl Fn() -> String,
+        field: &dyn Fn() -> String,
         mut read: impl FnMut(&mut Self, usize) -> Result<T, WireError>,
     ) -> Result<Vec<T>, WireError> {
         let count = self.count(field)?;
@@ -681,10 +666,10 @@ impl<'a> Reader<'a> {
 
     fn option<T>(
         &mut self,
-        field: impl Fn() -> String,
+        field: &dyn Fn() -> String,
         read: impl FnOnce(&mut Self) -> Result<T, WireError>,
     ) -> Result<Option<T>, WireError> {
-        match self.byte(&field)? {
+        match self.byte(field)? {
             0 => Ok(None),
             1 => read(self).map(Some),
             other => Err(self.bad_tag(field(), other)),

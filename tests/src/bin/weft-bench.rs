@@ -167,82 +167,61 @@ async fn main() -> anyhow::Result<()> {
 /// TrafficTargets in the policy the configure suite loads.
 const CONFIGURE_TRAFFIC_TARGETS: usize = 10_000;
 
-/// How long weft takes to configure itself inside Envoy (`on_configure`: read the plugin
-/// configuration, build the engine; the plugin logs it) for a policy of
-/// [`CONFIGURE_TRAFFIC_TARGETS`] TrafficTargets, given as the JSON document and as the compiled
-/// bundle, with the bytes each takes and Envoy's RSS after. Each VM (main thread and worker)
-/// configures itself; the slower is kept, then the median over the rounds.
+/// How long weft takes to configure itself inside Envoy (`on_configure`: read the compiled
+/// bundle, check its automata, build the engine; the plugin logs it) for a policy of
+/// [`CONFIGURE_TRAFFIC_TARGETS`] TrafficTargets, with the bundle's size beside the JSON
+/// document's and Envoy's RSS after. Each VM (main thread and worker) configures itself; the
+/// slower is kept, then the median over the rounds.
 async fn configure_suite(upstream: &HttpUpstream, options: &Options) -> anyhow::Result<()> {
     let manifests = vec![(
         "busy-api.yaml".to_owned(),
         weft_e2e::fixtures::busy_api(CONFIGURE_TRAFFIC_TARGETS),
     )];
     let config = policy::inbound(&manifests, "shop/api", AccessMode::Enforce)?;
-    let json = serde_json::to_string(&config)?;
-    let bundle = weft_policy::wire::encode(&config)?;
+    let json = serde_json::to_string(&config)?.len();
+    let configuration = Configuration::compile(&config)?;
+    let bundle = configuration.0.len();
     let module = paths::weft_wasm()?;
-    let variants = [
-        ("JSON document (StringValue)", Configuration::Json(json)),
-        (
-            "compiled bundle (BytesValue)",
-            Configuration::Bundle(bundle),
-        ),
-    ];
-    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    let mut runs = Vec::new();
     for _ in 0..options.rounds {
-        for (index, (_, configuration)) in variants.iter().enumerate() {
-            let envoy = Envoy::start(&bootstrap(
-                vec![http_listener(
-                    MEASURED_LISTENER,
-                    vec![weft_http_filter_with(&module, configuration.clone())],
-                    "app",
-                )],
-                vec![cluster("app", upstream.addr())],
-            ))
-            .await?;
-            envoy.listener(MEASURED_LISTENER).await?;
-            let slowest = envoy
-                .log()
-                .lines()
-                .filter_map(configure_ms)
-                .fold(0.0, f64::max);
-            ensure!(
-                slowest > 0.0,
-                "no configuration time in the log:\n{}",
-                envoy.log()
-            );
-            samples[index].push((slowest, resident_mib(envoy.pid())?));
-        }
-    }
-    println!(
-        "\n| plugin configuration of {CONFIGURE_TRAFFIC_TARGETS} TrafficTargets | bytes | vs JSON | on_configure ms | vs JSON | Envoy RSS MiB | vs JSON |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    let size = |configuration: &Configuration| match configuration {
-        Configuration::Json(json) => json.len() as f64,
-        Configuration::Bundle(bytes) => bytes.len() as f64,
-    };
-    let medians: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|runs| {
-            let middle = |pick: fn(&(f64, f64)) -> f64| {
-                let mut values: Vec<f64> = runs.iter().map(pick).collect();
-                values.sort_by(f64::total_cmp);
-                values.get(values.len() / 2).copied().unwrap_or(0.0)
-            };
-            (middle(|run| run.0), middle(|run| run.1))
-        })
-        .collect();
-    let (base_size, (base_ms, base_rss)) = (size(&variants[0].1), medians[0]);
-    for ((name, configuration), (ms, rss)) in variants.iter().zip(&medians) {
-        println!(
-            "| {name} | {:.0} | {:.2}x | {ms:.1} | {:.2}x | {rss:.1} | {:+.1} |",
-            size(configuration),
-            size(configuration) / base_size,
-            ms / base_ms,
-            rss - base_rss
+        let envoy = Envoy::start(&bootstrap(
+            vec![http_listener(
+                MEASURED_LISTENER,
+                vec![weft_http_filter_with(&module, configuration.clone())],
+                "app",
+            )],
+            vec![cluster("app", upstream.addr())],
+        ))
+        .await?;
+        envoy.listener(MEASURED_LISTENER).await?;
+        let slowest = envoy
+            .log()
+            .lines()
+            .filter_map(configure_ms)
+            .fold(0.0, f64::max);
+        ensure!(
+            slowest > 0.0,
+            "no configuration time in the log:\n{}",
+            envoy.log()
         );
+        runs.push((slowest, resident_mib(envoy.pid())?));
     }
+    let middle = |pick: fn(&(f64, f64)) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "\n| plugin configuration of {CONFIGURE_TRAFFIC_TARGETS} TrafficTargets | bytes | on_configure ms | Envoy RSS MiB |"
+    );
+    println!("|---|---|---|---|");
+    println!("| JSON document (what `weft compile` prints) | {json} | | |");
+    println!(
+        "| compiled bundle (what weft.wasm reads) | {bundle} ({:.2}x) | {:.1} | {:.1} |",
+        bundle as f64 / json as f64,
+        middle(|run| run.0),
+        middle(|run| run.1)
+    );
     println!(
         "\nweft.wasm: {} bytes; the slower VM's on_configure as the plugin logs it, median of {} rounds.",
         std::fs::metadata(&module)?.len(),
