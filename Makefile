@@ -12,7 +12,7 @@ help:
 setup:
 	bash scripts/setup.sh
 
-# Build target/wasm/weft.wasm (release profile, wasm-opt where it helps), target/wasm/manifest.json, and the commands the walk-throughs use: target/debug/weft and target/debug/weft-upstream.
+# Build target/wasm/weft.wasm (wasm profile, wasm-opt where it helps), target/wasm/manifest.json, and the commands the walk-throughs use: target/debug/weft and target/debug/weft-upstream.
 build:
 	$(CARGO) run --quiet -p weft-wasm-build
 	$(CARGO) build --quiet -p weft-cli -p weft-e2e --bin weft --bin weft-upstream

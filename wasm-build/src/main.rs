@@ -1,5 +1,5 @@
 //! `weft-wasm-build`: `cargo run -p weft-wasm-build --release` (what `make build` runs).
-//! Compiles `filters/envoy` for `wasm32-wasip1` with the release profile, keeps only the exports
+//! Compiles `filters/envoy` for `wasm32-wasip1` with the `wasm` profile (the workspace Cargo.toml), keeps only the exports
 //! in [`ENVOY_ENTRY_POINTS`] (so Envoy does not enter the VM for hooks weft does not implement),
 //! runs `wasm-opt` over it (which also drops the code nothing references any more) and keeps the
 //! result only when it is smaller, then writes `target/wasm/weft.wasm` and
@@ -15,6 +15,9 @@ use weft_wasm_build::{MANIFEST_FILE, MODULE_FILE, Manifest, Optimisation};
 
 const TARGET: &str = "wasm32-wasip1";
 const PACKAGE: &str = "weft-envoy";
+/// The Cargo profile of the module (the workspace's Cargo.toml says how it differs from
+/// `release`, and why).
+const PROFILE: &str = "wasm";
 /// Optimiser flags. The wasm feature flags match what rustc emits for wasm32-wasip1, which
 /// V8 in Envoy supports; `-O3` optimises for speed (see docs/decisions.md for the measurement).
 const WASM_OPT_FLAGS: &[&str] = &[
@@ -41,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--release", "--target", TARGET, "-p", PACKAGE])
+        .args(["build", "--profile", PROFILE, "--target", TARGET, "-p", PACKAGE])
         .status()
         .context("cannot run cargo")?;
     ensure!(
@@ -51,7 +54,7 @@ fn main() -> anyhow::Result<()> {
 
     let compiled = target_dir
         .join(TARGET)
-        .join("release")
+        .join(PROFILE)
         .join("weft_envoy.wasm");
     let out_dir = target_dir.join("wasm");
     std::fs::create_dir_all(&out_dir)
