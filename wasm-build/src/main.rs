@@ -44,7 +44,15 @@ fn main() -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--profile", PROFILE, "--target", TARGET, "-p", PACKAGE])
+        .args([
+            "build",
+            "--profile",
+            PROFILE,
+            "--target",
+            TARGET,
+            "-p",
+            PACKAGE,
+        ])
         .status()
         .context("cannot run cargo")?;
     ensure!(

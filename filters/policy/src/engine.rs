@@ -298,12 +298,10 @@ struct CompiledMatch {
 }
 
 impl CompiledMatch {
-    fn matches<H: Headers + ?Sized>(&self, request: &HttpRequest<'_, H>) -> bool {
+    /// Whether `request`, whose path without its query is `path`, matches.
+    fn matches<H: Headers + ?Sized>(&self, request: &HttpRequest<'_, H>, path: &str) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m == request.method))
-            && self
-                .path
-                .as_ref()
-                .is_none_or(|path| path.is_match(path_only(request.path)))
+            && self.path.as_ref().is_none_or(|regex| regex.is_match(path))
             && self.headers.iter().all(|(name, value)| {
                 request
                     .headers
@@ -615,6 +613,7 @@ impl Engine {
                 },
             };
         }
+        let path = path_only(request.path);
         self.decide(request.source, request.port, |grant| match &grant.allows {
             Allows::Http {
                 route_group,
@@ -622,7 +621,7 @@ impl Engine {
             } => matches
                 .iter()
                 .filter_map(|i| self.matches.get(*i as usize))
-                .find(|m| m.matches(request))
+                .find(|m| m.matches(request, path))
                 .map(|m| (route_group.as_str(), Some(m.name.as_str()))),
             Allows::Tcp { route, ports } => (ports.is_empty() || ports.contains(&request.port))
                 .then_some((route.as_str(), None)),
@@ -825,7 +824,7 @@ impl<'e> Split<'e> {
                 .matches
                 .iter()
                 .filter_map(|i| self.engine.matches.get(*i as usize))
-                .any(|m| m.matches(request))
+                .any(|m| m.matches(request, path_only(request.path)))
         {
             return root(RootReason::NotMatched);
         }

@@ -90,6 +90,9 @@ pub fn path_only(path: &str) -> &str {
 /// [`NotNormal`] with the first problem found: dot segments and empty segments first (they
 /// change which resource a path names), then backslashes and escapes.
 pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
+    if plainly_normal(path) {
+        return Ok(());
+    }
     let path = path_only(path);
     if path.is_empty() || path == "*" {
         return Ok(());
@@ -100,9 +103,6 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
             part: path,
         });
     };
-    if plainly_normal(path) {
-        return Ok(());
-    }
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
@@ -150,17 +150,20 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
     Ok(())
 }
 
-/// Whether an absolute path certainly has none of the problems, in one pass over its bytes
-/// (most paths): every problem needs a `.`, a `%`, a backslash or two slashes in a row.
-fn plainly_normal(path: &str) -> bool {
+/// Whether a request target certainly has none of the problems, in one pass over its bytes up
+/// to its query (most paths): an absolute path where every problem would need a `.`, a `%`, a
+/// backslash or two slashes in a row.
+fn plainly_normal(target: &str) -> bool {
     let mut previous = 0u8;
-    for byte in path.bytes() {
-        if matches!(byte, b'.' | b'%' | b'\\') || (byte == b'/' && previous == b'/') {
-            return false;
+    for byte in target.bytes() {
+        match byte {
+            b'?' | b'#' => break,
+            b'.' | b'%' | b'\\' => return false,
+            b'/' if previous == b'/' => return false,
+            _ => previous = byte,
         }
-        previous = byte;
     }
-    true
+    previous != 0 && target.starts_with('/')
 }
 
 /// `.` or `..`, each dot written plainly or as `%2e`/`%2E`.
