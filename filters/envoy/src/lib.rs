@@ -1,6 +1,7 @@
 //! `weft-envoy` builds `weft.wasm`, the one module that carries every weft feature into an
-//! unmodified Envoy. It is a thin adapter: the root context reads the plugin configuration
-//! once per configuration change, builds the [`weft_policy::engine::Engine`] from it and keeps
+//! unmodified Envoy. It is a thin adapter: the root context reads the plugin configuration (the
+//! compiled bundle of [`weft_policy::wire`], regexes already automata) once per configuration
+//! change, builds the [`weft_policy::engine::Engine`] from it and keeps
 //! both in an [`Rc`] that every request or connection context shares; the contexts only read
 //! facts from Envoy, ask the engine, and act on the answer. Read [`WeftRoot::on_configure`]
 //! first, then [`http::WeftHttp`] and [`tcp::WeftTcp`].

@@ -63,20 +63,30 @@ impl WeftTcp {
         Some(edge)
     }
 
-    /// Counts the connection opened, once, from `peer`, or from the peer Envoy verified when
-    /// the caller has not read it.
-    fn open(&mut self, peer: Option<Option<String>>) {
-        let Some(state) = &self.state else {
-            return;
-        };
-        if self.opened.is_some() || state.engine.metrics().is_none() {
+    /// Counts the connection opened, once, reading the peer Envoy verified only if it counts.
+    fn open(&mut self) {
+        if self.opened.is_some()
+            || self
+                .state
+                .as_ref()
+                .is_none_or(|state| state.engine.metrics().is_none())
+        {
             return;
         }
-        let peer = peer.unwrap_or_else(|| match state.reads_peer_identity() {
+        let peer = match self.state.as_ref().is_some_and(|s| s.reads_peer_identity()) {
             true => host::peer_identity(),
             false => None,
-        });
-        self.opened = Self::count(state, peer.as_deref(), TcpEvent::Opened);
+        };
+        self.open_from(peer.as_deref());
+    }
+
+    /// Counts the connection opened, once, from `peer` (already read for the decision).
+    fn open_from(&mut self, peer: Option<&str>) {
+        if let Some(state) = &self.state
+            && self.opened.is_none()
+        {
+            self.opened = Self::count(state, peer, TcpEvent::Opened);
+        }
     }
 
     /// Counts bytes an opened connection carried.
@@ -96,7 +106,7 @@ impl WeftTcp {
         };
         let Some(mode) = state.deciding_mode() else {
             self.verdict = Verdict::Allowed;
-            self.open(None);
+            self.open();
             return Action::Continue;
         };
         let source = host::peer_identity();
@@ -104,7 +114,7 @@ impl WeftTcp {
         let decision = state.engine.decide_tcp(source.as_deref(), port);
         let Decision::Deny { reason } = decision else {
             self.verdict = Verdict::Allowed;
-            self.open(Some(source));
+            self.open_from(source.as_deref());
             return Action::Continue;
         };
         let caller = source.as_deref().unwrap_or("(no verified identity)");
@@ -114,7 +124,7 @@ impl WeftTcp {
                 "audit: would close a TCP connection to port {port} from {caller}: {reason}"
             );
             self.verdict = Verdict::Allowed;
-            self.open(Some(source));
+            self.open_from(source.as_deref());
             return Action::Continue;
         }
         host::count(state.metrics.tcp_denied);
@@ -152,7 +162,7 @@ impl StreamContext for WeftTcp {
         let action = match self.verdict {
             // Without access decisions, the first bytes either way open the connection.
             Verdict::Allowed => {
-                self.open(None);
+                self.open();
                 Action::Continue
             }
             Verdict::Closed => Action::Pause,
@@ -168,7 +178,7 @@ impl StreamContext for WeftTcp {
         // A server that speaks first must not talk to a caller not yet allowed.
         match self.verdict {
             Verdict::Allowed => {
-                self.open(None);
+                self.open();
                 self.carried(TcpEvent::Sent(data_size as u64));
                 Action::Continue
             }

@@ -1,12 +1,17 @@
 //! `weft-policy` is weft's pure core: the SMI model ([`model`]) read from YAML of every served
 //! version ([`load`]), cross-object validation ([`validate`]) with precise [`diagnostic`]s,
 //! compilation per workload ([`compile`]) into the policy bundle ([`bundle`]) that is the
-//! filter's plugin configuration ([`config`]), and the per-request decisions ([`engine`]); plus
+//! filter's plugin configuration ([`config`]), written for the filter as a compiled bundle
+//! ([`wire`]) with its regexes as automata ([`matcher`]), and the per-request decisions
+//! ([`engine`]); plus
 //! weft's own resources beyond SMI, TrafficPolicy and EnvoyPatch ([`traffic`]), read and checked
 //! with it (what they become in Envoy is `weft-envoy-config`'s). It
 //! does no I/O and knows nothing of proxy-wasm, tokio or Kubernetes, so the filter, the `weft`
 //! command and the browser page run the same code and never disagree. Start at [`check`], then
 //! [`compile::compile`] and [`engine::Engine`].
+//!
+//! The `authoring` feature (on by default) holds everything but reading bundles and deciding:
+//! the filter builds without it, so it carries no YAML or JSON reader and no regex compiler.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bundle;
