@@ -819,12 +819,13 @@ impl<'e> Split<'e> {
             service: &table.service,
             why,
         };
+        let path = path_only(request.path);
         if !table.matches.is_empty()
             && !table
                 .matches
                 .iter()
                 .filter_map(|i| self.engine.matches.get(*i as usize))
-                .any(|m| m.matches(request, path_only(request.path)))
+                .any(|m| m.matches(request, path))
         {
             return root(RootReason::NotMatched);
         }

@@ -206,11 +206,6 @@ async fn configure_suite(upstream: &HttpUpstream, options: &Options) -> anyhow::
         );
         runs.push((slowest, resident_mib(envoy.pid())?));
     }
-    let middle = |pick: fn(&(f64, f64)) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(pick).collect();
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(0.0)
-    };
     println!(
         "\n| plugin configuration of {CONFIGURE_TRAFFIC_TARGETS} TrafficTargets | bytes | on_configure ms | Envoy RSS MiB |"
     );
@@ -219,8 +214,8 @@ async fn configure_suite(upstream: &HttpUpstream, options: &Options) -> anyhow::
     println!(
         "| compiled bundle (what weft.wasm reads) | {bundle} ({:.2}x) | {:.1} | {:.1} |",
         bundle as f64 / json as f64,
-        middle(|run| run.0),
-        middle(|run| run.1)
+        middle(runs.iter().map(|run| run.0)),
+        middle(runs.iter().map(|run| run.1))
     );
     println!(
         "\nweft.wasm: {} bytes; the slower VM's on_configure as the plugin logs it, median of {} rounds.",
@@ -744,12 +739,15 @@ fn resident_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn middle(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn median(runs: &[Sample]) -> Sample {
-    let pick = |key: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(key).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let pick = |key: fn(&Sample) -> f64| middle(runs.iter().map(key));
     Sample {
         requests: pick(|s| s.requests),
         cpu_us_per_request: pick(|s| s.cpu_us_per_request),
