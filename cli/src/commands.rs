@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 use weft_policy::compile::{Options, Side, compile};
-use weft_policy::config::PluginConfig;
+use weft_policy::config::{CallerIdentity, PluginConfig};
 use weft_policy::diagnostic::Diagnostic;
 use weft_policy::engine::{Decision, Engine, HttpRequest};
 use weft_policy::model::Catalog;
@@ -333,6 +333,7 @@ pub fn compile_config(
     match compile(&catalog, &diagnostics, identity, side, options) {
         Ok(mut config) => {
             config.destination_port = listener.destination_port;
+            config.caller_identity = listener.caller_identity;
             if let Some(access) = config.access.as_mut() {
                 access.mode = listener.mode;
                 access.unauthenticated_ports = listener.unauthenticated_ports.clone();
@@ -420,6 +421,8 @@ pub struct ListenerSettings {
     pub unauthenticated_ports: Vec<u16>,
     /// The port that port rules see, when the listener's port is not the application's.
     pub destination_port: Option<u16>,
+    /// Where HTTP requests' caller identity is read (inbound only).
+    pub caller_identity: CallerIdentity,
     /// The Service the workload serves, by name (inbound only).
     pub service: Option<String>,
     /// Where every TrafficSplit reads its sticky key (outbound only).
@@ -434,6 +437,7 @@ impl Default for ListenerSettings {
             mode: AccessMode::default(),
             unauthenticated_ports: Vec::new(),
             destination_port: None,
+            caller_identity: CallerIdentity::Connection,
             service: None,
             sticky: None,
             metrics: true,

@@ -8,6 +8,7 @@ use weft_cli::certs;
 use weft_cli::commands::{
     self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol, Sources,
 };
+use weft_policy::CallerIdentity;
 use weft_policy::bundle::Identity;
 use weft_policy::bundle::{AccessMode, StickyKey};
 use weft_policy::compile::{Options, Side};
@@ -368,6 +369,13 @@ enum Command {
         /// explicit inbound listener in front of the application).
         #[arg(long)]
         destination_port: Option<u16>,
+        /// Inbound: read the caller's identity from the x-forwarded-client-cert header instead
+        /// of the connection (one host call a request less). Only for a listener whose
+        /// http_connection_manager sets forward_client_cert_details: SANITIZE_SET and
+        /// set_current_client_cert_details: {uri: true}; elsewhere a client could claim any
+        /// identity (docs/access.md, "Caller identity").
+        #[arg(long)]
+        forwarded_client_cert: bool,
         /// Inbound: the Service (its name, in the workload's namespace) that the workload
         /// serves, the destination_service label of every request it receives; without it
         /// that label is `unknown`.
@@ -548,6 +556,7 @@ fn main() -> ExitCode {
             mode,
             unauthenticated_ports,
             destination_port,
+            forwarded_client_cert,
             service,
             sticky_header,
             sticky_cookie,
@@ -567,6 +576,10 @@ fn main() -> ExitCode {
                 },
                 unauthenticated_ports,
                 destination_port,
+                caller_identity: match forwarded_client_cert {
+                    true => CallerIdentity::ForwardedClientCert,
+                    false => CallerIdentity::Connection,
+                },
                 service,
                 sticky: sticky_header
                     .map(StickyKey::Header)

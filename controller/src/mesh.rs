@@ -13,7 +13,8 @@ use prost::Name;
 use weft_envoy_config::clusters::load_assignment;
 use weft_envoy_config::filters::{Code, Configuration, Kind};
 use weft_envoy_config::mesh::{
-    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, inbound_plugin_name,
+    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, inbound_configuration,
+    inbound_plugin_name,
 };
 use weft_envoy_config::pb::google::protobuf::Any;
 use weft_envoy_config::render::{any, content_digest};
@@ -562,11 +563,7 @@ pub fn sidecar_snapshot(
         .first()
         .map(|service| format!("{}.{}", service.meta.name, service.meta.namespace));
     for port in &sidecar.inbound {
-        let mut config = inbound_config.clone();
-        config.destination_port = Some(port.port);
-        if let Some(metrics) = config.metrics.as_mut() {
-            metrics.service.clone_from(&served);
-        }
+        let config = inbound_configuration(port, &inbound_config, served.as_deref());
         let kind = match port.protocol {
             Protocol::Http => Kind::Http,
             Protocol::Tcp => Kind::Tcp,

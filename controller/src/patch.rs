@@ -72,7 +72,9 @@ pub enum PatchError {
         to: String,
     },
     /// A patch that would let traffic skip weft's filter or its TLS.
-    #[error("{0}; weft's filter stays first and TLS stays as generated in every listener")]
+    #[error(
+        "{0}; weft's filter stays first, and TLS and the settings it relies on stay as generated, in every listener"
+    )]
     Guard(String),
     /// Envoy refused the configuration with this patch (a NACK).
     #[error("Envoy refused it: {0}")]
@@ -206,27 +208,47 @@ fn patched<T: Message + Name + Default>(
     })
 }
 
-/// The first network filter of a chain, and the first HTTP filter when it is an HTTP
-/// connection manager: what must stay in place.
-fn guard_of(chain: &FilterChain) -> (Option<Value>, Option<Value>) {
+/// What of a filter chain must stay as weft generated it: its first network filter, or, when
+/// that is an HTTP connection manager, its first HTTP filter and the manager's settings that
+/// weft's filter relies on (paths in normal form; the caller's identity in
+/// `x-forwarded-client-cert` set by Envoy alone), each as Envoy's JSON.
+#[derive(Debug, PartialEq)]
+struct Guard {
+    network: Option<Value>,
+    http: Option<Value>,
+    manager_settings: Option<Value>,
+}
+
+fn guard_of(chain: &FilterChain) -> Guard {
+    let mut guard = Guard {
+        network: None,
+        http: None,
+        manager_settings: None,
+    };
     let Some(first) = chain.filters.first() else {
-        return (None, None);
+        return guard;
     };
-    let http = (first.name == HTTP_CONNECTION_MANAGER)
-        .then(|| match &first.config_type {
-            Some(filter::ConfigType::TypedConfig(any)) => {
-                HttpConnectionManager::decode(any.value.as_slice())
-                    .ok()
-                    .and_then(|manager| manager.http_filters.first().and_then(|f| to_json(f).ok()))
-            }
-            _ => None,
-        })
-        .flatten();
-    let network = match first.name.as_str() {
-        HTTP_CONNECTION_MANAGER => None,
-        _ => to_json(first).ok(),
+    if first.name != HTTP_CONNECTION_MANAGER {
+        guard.network = to_json(first).ok();
+        return guard;
+    }
+    let Some(filter::ConfigType::TypedConfig(any)) = &first.config_type else {
+        return guard;
     };
-    (network, http)
+    let Ok(manager) = HttpConnectionManager::decode(any.value.as_slice()) else {
+        return guard;
+    };
+    guard.http = manager.http_filters.first().and_then(|f| to_json(f).ok());
+    let settings = HttpConnectionManager {
+        normalize_path: manager.normalize_path,
+        merge_slashes: manager.merge_slashes,
+        path_with_escaped_slashes_action: manager.path_with_escaped_slashes_action,
+        forward_client_cert_details: manager.forward_client_cert_details,
+        set_current_client_cert_details: manager.set_current_client_cert_details,
+        ..HttpConnectionManager::default()
+    };
+    guard.manager_settings = to_json(&settings).ok();
+    guard
 }
 
 /// Checks that `patched` keeps weft's guard of `original`: its TLS, its first filter (weft's,
@@ -255,15 +277,22 @@ fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError
                 "filter_chains[{i}].transport_socket differs from the TLS weft generated"
             )));
         }
-        let (network, http) = guard_of(chain);
-        let same = match (&guard.0, &guard.1) {
-            (Some(_), _) => network == guard.0,
-            (None, Some(first)) => http.as_ref() == Some(first),
+        let patched = guard_of(chain);
+        let same = match (&guard.network, &guard.http) {
+            (Some(_), _) => patched.network == guard.network,
+            (None, Some(first)) => patched.http.as_ref() == Some(first),
             (None, None) => true,
         };
         if !same {
             return Err(PatchError::Guard(format!(
                 "filter_chains[{i}] does not start with the filter weft generated first"
+            )));
+        }
+        if guard.http.is_some() && patched.manager_settings != guard.manager_settings {
+            return Err(PatchError::Guard(format!(
+                "filter_chains[{i}]: the http_connection_manager's path normalisation and \
+                 forward_client_cert_details/set_current_client_cert_details cannot be patched: \
+                 weft's filter judges the normalised path and trusts the identity Envoy sets"
             )));
         }
     }
@@ -722,7 +751,8 @@ mod tests {
     }
 
     #[test]
-    fn no_patch_can_take_the_access_filter_or_tls_out_of_an_inbound_listener() {
+    fn no_patch_can_take_the_access_filter_tls_or_its_manager_settings_out_of_an_inbound_listener()
+    {
         let chain = "/filter_chains/0";
         let manager = format!("{chain}/filters/0/typed_config");
         let cases = [
@@ -732,6 +762,13 @@ mod tests {
                    {"op": "remove", "path": "/default_filter_chain/transport_socket"}]),
             json!([{"op": "copy", "from": chain, "path": "/filter_chains/-"},
                    {"op": "remove", "path": "/filter_chains/1/filters/0/typed_config/http_filters/0"}]),
+            // A client's x-forwarded-client-cert passed on would be trusted as the caller.
+            json!([{"op": "replace", "path": format!("{manager}/forward_client_cert_details"),
+                    "value": "ALWAYS_FORWARD_ONLY"}]),
+            json!([{"op": "remove", "path": format!("{manager}/set_current_client_cert_details")}]),
+            // The filter would judge a path other than the one the application serves.
+            json!([{"op": "remove", "path": format!("{manager}/normalize_path")}]),
+            json!([{"op": "replace", "path": format!("{manager}/merge_slashes"), "value": false}]),
         ];
         for operations in cases {
             let (resources, problem) =

@@ -23,6 +23,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation as EarlyHeaderMutation;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
+use weft_policy::{CallerIdentity, PluginConfig};
+
 use crate::render::any;
 use crate::sources::{ads, socket_address};
 
@@ -62,6 +64,10 @@ pub struct HttpListener {
     /// Remove these request headers as the request arrives, before any filter or route sees
     /// them (a client must not choose split routing's cluster).
     pub strip_request_headers: Vec<String>,
+    /// Envoy writes the verified caller's URI SAN into `x-forwarded-client-cert` and removes any
+    /// such header a client sent, so that weft reads the caller's identity from the request
+    /// headers instead of a property ([`forward_caller_identity`]).
+    pub forwards_caller_identity: bool,
 }
 
 impl HttpListener {
@@ -75,6 +81,7 @@ impl HttpListener {
             tls: None,
             normalise_paths: false,
             strip_request_headers: Vec::new(),
+            forwards_caller_identity: false,
         }
     }
 
@@ -105,6 +112,15 @@ impl HttpListener {
         };
         if self.normalise_paths {
             normalise_paths(&mut manager);
+        }
+        if self.forwards_caller_identity {
+            manager.forward_client_cert_details =
+                http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+            manager.set_current_client_cert_details =
+                Some(http_connection_manager::SetCurrentClientCertDetails {
+                    uri: true,
+                    ..Default::default()
+                });
         }
         if !self.strip_request_headers.is_empty() {
             let mutation = EarlyHeaderMutation {
@@ -138,6 +154,30 @@ impl HttpListener {
             self.tls.clone(),
         )
     }
+}
+
+/// Has `listener` hand its filters the caller's verified identity in `x-forwarded-client-cert`
+/// (`forward_client_cert_details: SANITIZE_SET`, `set_current_client_cert_details: {uri:
+/// true}`: a header a client sent is replaced, or removed when the connection has no verified
+/// certificate) and tells `config`, the weft plugin on it, to read the identity there, which
+/// saves the filter a host call per request. The two go together or not at all: a plugin that
+/// trusted the header on a listener that passes a client's header on would take a spoofed
+/// identity, so this is the one place either is set (docs/access.md, "Caller identity").
+pub fn forward_caller_identity(listener: &mut HttpListener, config: &mut PluginConfig) {
+    listener.forwards_caller_identity = true;
+    config.caller_identity = CallerIdentity::ForwardedClientCert;
+}
+
+/// Whether `manager` sets `x-forwarded-client-cert` as a plugin configuration with
+/// [`CallerIdentity::ForwardedClientCert`] requires: the caller's URI SAN in it, and no value
+/// of a client's kept.
+pub fn forwards_caller_identity(manager: &HttpConnectionManager) -> bool {
+    manager.forward_client_cert_details
+        == http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32
+        && manager
+            .set_current_client_cert_details
+            .as_ref()
+            .is_some_and(|details| details.uri)
 }
 
 /// The fields of the HTTP connection manager that put paths in normal form before any filter

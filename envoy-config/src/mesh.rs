@@ -21,6 +21,8 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost, route};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 
+use weft_policy::{CallerIdentity, PluginConfig};
+
 use crate::bootstrap::{bootstrap, node, with_ads};
 use crate::clusters::{eds_cluster, static_cluster, with_http2, with_tls};
 use crate::filters::{
@@ -46,6 +48,34 @@ pub const OUTBOUND: &str = "outbound";
 pub const OUTBOUND_PLUGIN: &str = "weft.outbound";
 /// The static cluster that reaches the controller's xDS server.
 pub const XDS_CLUSTER: &str = "weft-xds";
+
+/// Where the weft plugin of an inbound HTTP listener reads the caller's identity: from the
+/// `x-forwarded-client-cert` header, which [`Sidecar::resources`] has every inbound HTTP listener
+/// set (and clear of a client's value) and [`inbound_configuration`] has its plugin read. Both
+/// follow this one constant, so they cannot disagree (see
+/// [`crate::listeners::forward_caller_identity`]).
+const INBOUND_HTTP_CALLER_IDENTITY: CallerIdentity = CallerIdentity::ForwardedClientCert;
+
+/// The plugin configuration of the inbound listener of `port`, from `workload`'s compiled
+/// inbound policy: port rules see the application's port, the metrics count requests to
+/// `served` (the Service the workload serves, `name.namespace`), and an HTTP port reads the
+/// caller's identity where its listener puts it.
+pub fn inbound_configuration(
+    port: &InboundPort,
+    workload: &PluginConfig,
+    served: Option<&str>,
+) -> PluginConfig {
+    let mut config = workload.clone();
+    config.destination_port = Some(port.port);
+    if let Some(metrics) = config.metrics.as_mut() {
+        metrics.service = served.map(str::to_owned);
+    }
+    config.caller_identity = match port.protocol {
+        Protocol::Http => INBOUND_HTTP_CALLER_IDENTITY,
+        Protocol::Tcp => CallerIdentity::Connection,
+    };
+    config
+}
 
 /// The inbound listener (and the cluster of the application) for port `port`.
 pub fn inbound_name(port: u16) -> String {
@@ -164,6 +194,8 @@ impl Sidecar {
                     listener.filters =
                         vec![discovered_http_filter(&inbound_plugin_name(port.port))];
                     listener.normalise_paths = true;
+                    listener.forwards_caller_identity =
+                        INBOUND_HTTP_CALLER_IDENTITY == CallerIdentity::ForwardedClientCert;
                     listener.tls = tls;
                     listener.build()
                 }

@@ -203,6 +203,43 @@ pub fn http_listener_with_hosts(
     json_of(&listener.build())
 }
 
+/// An HTTP listener named `name` whose weft filter (loading `module`) reads the caller's identity
+/// from `x-forwarded-client-cert`, which the listener itself sets: both through envoy-config's
+/// `forward_caller_identity`, as the controller and the shipped configuration do. `config` is
+/// the rest of the plugin configuration; every request goes to `cluster`.
+pub fn http_listener_forwarding_caller(
+    name: &str,
+    module: &Path,
+    config: &weft_policy::PluginConfig,
+    cluster: &str,
+) -> Value {
+    let mut listener = HttpListener::new(
+        name,
+        any_loopback_port(),
+        Routes::Inline(Box::new(envoy_listeners::route_configuration(
+            "",
+            vec![envoy_listeners::virtual_host(
+                "all",
+                &["*".to_owned()],
+                vec![envoy_listeners::route_to(cluster)],
+            )],
+        ))),
+    );
+    let mut config = config.clone();
+    envoy_listeners::forward_caller_identity(&mut listener, &mut config);
+    let configuration = match Configuration::compile(&config) {
+        Ok(configuration) => configuration,
+        Err(err) => panic!("a test's plugin configuration does not compile: {err}"),
+    };
+    listener.filters = vec![http_filter(&plugin(
+        module,
+        WEFT_PLUGIN,
+        Kind::Http,
+        configuration,
+    ))];
+    json_of(&listener.build())
+}
+
 /// A virtual host named `name` for `domains` with `routes`.
 pub fn virtual_host(name: &str, domains: &[&str], routes: Vec<Value>) -> Value {
     let domains: Vec<String> = domains.iter().map(|d| (*d).to_owned()).collect();

@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 
 use weft_e2e::bootstrap::{
-    ServerTls, bootstrap, cluster, http_listener, weft_http_filter, with_tls,
+    ServerTls, bootstrap, cluster, http_listener, http_listener_forwarding_caller,
+    weft_http_filter, with_tls,
 };
 use weft_e2e::client::Reply;
 use weft_e2e::envoy::Envoy;
@@ -45,6 +46,9 @@ impl Mesh {
                 "api",
             )
         };
+        let forwarding = |name: &str, config: &weft_policy::PluginConfig| {
+            http_listener_forwarding_caller(name, &module, config, "api")
+        };
         let config = |mode| policy::inbound(&manifests, "shop/api", mode).unwrap();
         let mut plain = config(AccessMode::Enforce);
         plain.destination_port = Some(8080);
@@ -67,6 +71,18 @@ impl Mesh {
             ),
             listener("plaintext", &plain),
             listener("health", &health),
+            // The plugin reads the caller from x-forwarded-client-cert, which these listeners
+            // set (SANITIZE_SET), as every inbound listener weft generates does.
+            with_tls(forwarding("forwarded", &plain), &tls(true)),
+            with_tls(forwarding("forwarded-optional-cert", &plain), &tls(false)),
+            forwarding("forwarded-plaintext", &plain),
+            // A control: the same plugin behind a listener that forwards a client's header
+            // (ALWAYS_FORWARD_ONLY), which weft never generates; it shows what the pairing
+            // prevents.
+            with_tls(
+                always_forwarding(forwarding("trusting-always-forward", &plain)),
+                &tls(false),
+            ),
         ];
         let envoy = Envoy::start(&bootstrap(listeners, vec![cluster("api", upstream.addr())]))
             .await
@@ -97,6 +113,15 @@ impl Mesh {
             .map(|seen| seen.path)
             .collect()
     }
+}
+
+/// `listener` with its connection manager forwarding a client's `x-forwarded-client-cert` as
+/// it came, whatever the connection (`ALWAYS_FORWARD_ONLY`; the other settings remove it from a
+/// connection without a client certificate).
+fn always_forwarding(mut listener: serde_json::Value) -> serde_json::Value {
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["forward_client_cert_details"] =
+        serde_json::json!("ALWAYS_FORWARD_ONLY");
+    listener
 }
 
 /// Caller, its identity, method, path, headers, whether it is allowed, the statement checked.
@@ -515,4 +540,104 @@ async fn a_header_sent_twice_is_matched_on_all_its_values_over_http1_and_http2()
             .count()
             == 1
     }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_client_cert_header_a_client_sends_never_becomes_its_identity() {
+    let mesh = Mesh::start().await;
+    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let spoofed = format!("URI={FRONTEND}");
+    let spoof: &[(&str, &str)] = &[("x-forwarded-client-cert", &spoofed)];
+    let forwarded = mesh.addr("forwarded").await;
+
+    // The verified caller's identity arrives in the header Envoy sets, and decides.
+    let reply = mesh
+        .caller("shop/frontend")
+        .request(forwarded, "GET", "/metrics", &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = mesh.upstream.seen();
+    let xfcc = seen
+        .last()
+        .and_then(|s| {
+            s.headers
+                .iter()
+                .find(|(k, _)| k == "x-forwarded-client-cert")
+        })
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("Hash=") && xfcc.ends_with(&format!(";URI={FRONTEND}")),
+        "Envoy set the header the plugin read: {xfcc:?}"
+    );
+
+    // A caller with another certificate claiming frontend's identity is judged as itself.
+    let reply = mesh
+        .caller("shop/stranger")
+        .request(forwarded, "GET", "/metrics", spoof)
+        .await
+        .unwrap();
+    assert_denied(&reply, "spiffe://cluster.local/ns/shop/sa/stranger");
+    // So is a caller frontend's rules do not cover, sending the header twice.
+    let reply = mesh
+        .caller("shop/mobile")
+        .request(forwarded, "GET", "/metrics", &[spoof[0], spoof[0]])
+        .await
+        .unwrap();
+    assert_denied(&reply, "spiffe://cluster.local/ns/shop/sa/mobile");
+
+    // Without a certificate (TLS or plaintext), the header is removed: no identity at all.
+    for (what, reply) in [
+        (
+            "TLS without a certificate",
+            mesh.client(None)
+                .request(
+                    mesh.addr("forwarded-optional-cert").await,
+                    "GET",
+                    "/metrics",
+                    spoof,
+                )
+                .await
+                .unwrap(),
+        ),
+        (
+            "plaintext",
+            client::request(
+                mesh.addr("forwarded-plaintext").await,
+                "GET",
+                "/metrics",
+                spoof,
+            )
+            .await
+            .unwrap(),
+        ),
+    ] {
+        assert_eq!(reply.status, 403, "{what}: {reply:?}");
+        assert!(
+            reply.body.contains("no verified client certificate"),
+            "{what}: {reply:?}"
+        );
+    }
+
+    // The control: were the header passed on as a client sent it, the claim would be believed,
+    // which is why the plugin's setting and the listener's are only ever made together.
+    let reply = mesh
+        .client(None)
+        .request(
+            mesh.addr("trusting-always-forward").await,
+            "GET",
+            "/metrics",
+            spoof,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    let paths = mesh.upstream_paths();
+    assert_eq!(
+        paths,
+        ["/metrics", "/metrics"],
+        "only the verified frontend and the control got through"
+    );
 }

@@ -86,6 +86,22 @@ impl RequestHeaders {
         }
     }
 
+    /// The caller's SPIFFE ID in the `x-forwarded-client-cert` header ([`weft_policy::xfcc`]),
+    /// read in place: `None` when the header is absent, repeated, not UTF-8 or holds no
+    /// well-formed `URI`. Only trusted where the plugin configuration says the listener sets
+    /// the header itself ([`weft_policy::CallerIdentity::ForwardedClientCert`]).
+    pub fn forwarded_caller(&self) -> Option<&str> {
+        let mut values = self
+            .pairs
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(weft_policy::xfcc::HEADER));
+        let (_, value) = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        weft_policy::xfcc::caller_uri(std::str::from_utf8(value).ok()?)
+    }
+
     /// Whether the request certainly has no header `name`: known only when every header was
     /// fetched, so that a host call to remove it can be skipped.
     pub fn certainly_lacks(&self, name: &str) -> bool {

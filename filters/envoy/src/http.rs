@@ -4,10 +4,12 @@
 //! denied request is never routed; the metrics feature notes the edge), and the end of the
 //! stream records the request's outcome and duration.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode};
+use weft_policy::CallerIdentity;
 use weft_policy::bundle::AccessMode;
 use weft_policy::engine::{Decision, Headers, HttpRequest, Routing};
 
@@ -70,9 +72,12 @@ impl HttpContext for WeftHttp {
             HeaderPlan::HostOnly => RequestHeaders::fetch_one(":authority"),
             HeaderPlan::Every => RequestHeaders::fetch_all(),
         };
-        let peer = match state.reads_peer_identity() {
-            true => host::peer_identity(),
-            false => None,
+        let peer = match (state.reads_peer_identity(), state.config.caller_identity) {
+            (false, _) => None,
+            (true, CallerIdentity::Connection) => host::peer_identity().map(Cow::Owned),
+            (true, CallerIdentity::ForwardedClientCert) => {
+                headers.forwarded_caller().map(Cow::Borrowed)
+            }
         };
         let mut action = Action::Continue;
         if let Some(mode) = state.deciding_mode() {

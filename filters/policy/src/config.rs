@@ -41,6 +41,35 @@ pub enum ConfigError {
     },
 }
 
+/// Where the HTTP filter reads a request's verified caller identity (its SPIFFE ID).
+///
+/// Both say the same for a listener that verifies client certificates; the header costs the
+/// filter no host call, since it arrives with the request headers the filter fetches anyway,
+/// while the property is a host call per request (about 10,000 instructions). The filter
+/// cannot see its listener's settings, so the header is only trusted when the configuration
+/// says so, and weft generates that configuration together with the listener settings that make
+/// it true (docs/access.md, "Caller identity"). The TCP filter always reads the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerIdentity {
+    /// The URI SAN of the peer certificate Envoy verified on the downstream connection (the
+    /// property `connection.uri_san_peer_certificate`).
+    #[default]
+    Connection,
+    /// The `URI` of the `x-forwarded-client-cert` header ([`crate::xfcc`]). Only sound on a
+    /// listener whose connection manager sets `forward_client_cert_details: SANITIZE_SET` and
+    /// `set_current_client_cert_details: {uri: true}`: Envoy then replaces a header a client
+    /// sent with the verified certificate's details, or removes it when there is none.
+    ForwardedClientCert,
+}
+
+impl CallerIdentity {
+    /// Whether this is the default, [`CallerIdentity::Connection`].
+    pub fn is_connection(&self) -> bool {
+        *self == CallerIdentity::Connection
+    }
+}
+
 /// The whole configuration of one weft plugin instance: the compiled policy bundle of one
 /// workload (see [`crate::bundle`]); `weft compile` writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +87,11 @@ pub struct PluginConfig {
     /// as in an explicit (non-transparent) inbound sidecar listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// Where HTTP requests' verified caller identity is read; absent means the connection's
+    /// peer certificate. Only a listener that sets `x-forwarded-client-cert` itself (and removes
+    /// any a client sent) may say `forwarded_client_cert`: see [`CallerIdentity`].
+    #[serde(default, skip_serializing_if = "CallerIdentity::is_connection")]
+    pub caller_identity: CallerIdentity,
     /// HTTP matches, referenced by index from `access` and `splits`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_matches: Vec<HttpMatchSpec>,
@@ -94,6 +128,7 @@ impl Default for PluginConfig {
             version: CONFIG_VERSION,
             identity: None,
             destination_port: None,
+            caller_identity: CallerIdentity::Connection,
             http_matches: Vec::new(),
             access: None,
             splits: Vec::new(),

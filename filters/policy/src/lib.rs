@@ -35,8 +35,9 @@ pub mod traffic;
 #[cfg(feature = "authoring")]
 pub mod validate;
 pub mod wire;
+pub mod xfcc;
 
-pub use config::{ConfigError, PluginConfig};
+pub use config::{CallerIdentity, ConfigError, PluginConfig};
 
 #[cfg(feature = "authoring")]
 /// Reads every `(file name, YAML text)` source and validates the whole set: the catalog (sorted,

@@ -7,8 +7,8 @@
 //!
 //! Layout (docs/plugin-configuration.md#the-compiled-bundle): the magic bytes `WEFT`, the
 //! weft version that wrote it (a bundle of another version is refused, saying so), then the
-//! sections in this order: identity, destination port, metrics, HTTP
-//! matches, access, splits. Integers are LEB128 varints, strings and byte strings a length
+//! sections in this order: identity, destination port, caller identity (a byte), metrics,
+//! HTTP matches, access, splits. Integers are LEB128 varints, strings and byte strings a length
 //! and their bytes, lists a count and their items, optional values a 0 or 1 byte first. A
 //! source's SPIFFE ID in the access trust domain is written without its common prefix.
 
@@ -20,7 +20,7 @@ use crate::bundle::{
     AccessMode, AccessPolicy, Allows, Direction, Grant, HttpMatchSpec, Identity, MetricsConfig,
     ServiceHosts, SplitTable, StickyKey, WeightedBackend,
 };
-use crate::config::{CONFIG_VERSION, PluginConfig};
+use crate::config::{CONFIG_VERSION, CallerIdentity, PluginConfig};
 use crate::matcher::{Matcher, MatcherError};
 
 /// The first bytes of every compiled bundle.
@@ -124,6 +124,10 @@ impl Encoder {
         out.option(config.destination_port.as_ref(), |out, port| {
             out.varint(u64::from(*port));
         });
+        out.bytes.push(match config.caller_identity {
+            CallerIdentity::Connection => 0,
+            CallerIdentity::ForwardedClientCert => 1,
+        });
         out.option(config.metrics.as_ref(), write_metrics);
         out.varint(config.http_matches.len() as u64);
         for (i, spec) in config.http_matches.iter().enumerate() {
@@ -226,6 +230,11 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
     config.destination_port = r.option(&|| "destination_port".to_owned(), |r| {
         r.u16(&|| "destination_port".to_owned())
     })?;
+    config.caller_identity = match r.byte(&|| "caller_identity".to_owned())? {
+        0 => CallerIdentity::Connection,
+        1 => CallerIdentity::ForwardedClientCert,
+        other => return Err(r.bad_tag("caller_identity".to_owned(), other)),
+    };
     config.metrics = r.option(&|| "metrics".to_owned(), read_metrics)?;
     if last == Section::Metrics {
         return Ok(Bundle {

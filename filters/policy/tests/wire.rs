@@ -12,7 +12,7 @@ use weft_policy::bundle::{
     ServiceHosts, SplitTable, StickyKey, WeightedBackend,
 };
 use weft_policy::compile::Side;
-use weft_policy::config::PluginConfig;
+use weft_policy::config::{CallerIdentity, PluginConfig};
 use weft_policy::engine::{Decision, Engine, HttpRequest};
 use weft_policy::wire::{self, Encoder, WEFT_VERSION, WireError};
 
@@ -30,6 +30,7 @@ fn everything() -> PluginConfig {
             service_account: "api".to_owned(),
         }),
         destination_port: Some(8080),
+        caller_identity: CallerIdentity::ForwardedClientCert,
         http_matches: vec![
             HttpMatchSpec {
                 name: "shop/routes/items".to_owned(),
