@@ -386,3 +386,78 @@ pub fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+
+    use super::*;
+    use crate::listeners::{HTTP_CONNECTION_MANAGER, forwards_caller_identity};
+
+    fn sidecar() -> Sidecar {
+        Sidecar {
+            pod_ip: Ipv4Addr::new(127, 0, 0, 2),
+            app_ip: Ipv4Addr::new(127, 0, 0, 3),
+            module: Code::File("weft.wasm".to_owned()),
+            certificate_secret: "workload".to_owned(),
+            trust_secret: "trust".to_owned(),
+            inbound: vec![
+                InboundPort {
+                    port: 8080,
+                    protocol: Protocol::Http,
+                },
+                InboundPort {
+                    port: 5432,
+                    protocol: Protocol::Tcp,
+                },
+            ],
+            services: Vec::new(),
+        }
+    }
+
+    fn manager(listener: &Listener) -> Option<HttpConnectionManager> {
+        let first = listener.filter_chains.first()?.filters.first()?;
+        if first.name != HTTP_CONNECTION_MANAGER {
+            return None;
+        }
+        match &first.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_inbound_http_plugin_trusts_the_forwarded_client_cert_its_listener_sets() {
+        let sidecar = sidecar();
+        let resources = sidecar.resources();
+        let http = resources
+            .listeners
+            .iter()
+            .find(|l| l.name == inbound_name(8080))
+            .and_then(manager)
+            .unwrap();
+        assert!(forwards_caller_identity(&http));
+        let outbound = resources
+            .listeners
+            .iter()
+            .find(|l| l.name == OUTBOUND)
+            .and_then(manager)
+            .unwrap();
+        assert!(!forwards_caller_identity(&outbound));
+
+        let workload = PluginConfig::default();
+        let [http_port, tcp_port] = &sidecar.inbound[..] else {
+            panic!("two ports")
+        };
+        let config = inbound_configuration(http_port, &workload, Some("api.shop"));
+        assert_eq!(config.caller_identity, CallerIdentity::ForwardedClientCert);
+        assert_eq!(config.destination_port, Some(8080));
+        // A TCP connection carries no header: its plugin reads the connection.
+        let config = inbound_configuration(tcp_port, &workload, Some("api.shop"));
+        assert_eq!(config.caller_identity, CallerIdentity::Connection);
+    }
+}

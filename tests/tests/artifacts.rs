@@ -5,11 +5,12 @@ use std::process::Command;
 
 use weft_certs::{MeshCa, Validity};
 use weft_e2e::{paths, policy};
+use weft_envoy_config::listeners::forwards_caller_identity;
 use weft_envoy_config::pb::envoy::config::metrics::v3::StatsConfig;
 use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use weft_envoy_config::render::{from_json, to_json};
-use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
+use weft_policy::{CallerIdentity, PluginConfig};
 use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
@@ -184,6 +185,36 @@ fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_the
     }
 }
 
+#[test]
+fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_envoy_sets_it() {
+    let mut readers = 0;
+    for file in [
+        "standalone.yaml",
+        "inbound-access.yaml",
+        "outbound-split.yaml",
+    ] {
+        let yaml =
+            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
+                .unwrap();
+        let config = read_yaml(&yaml);
+        let mut manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]
+            .clone();
+        manager.as_object_mut().unwrap().remove("@type");
+        let manager: HttpConnectionManager = from_json(&manager).unwrap();
+        let (_, plugin) = embedded_plugin(file);
+        if plugin.caller_identity == CallerIdentity::ForwardedClientCert {
+            readers += 1;
+            assert!(
+                forwards_caller_identity(&manager),
+                "{file}: the plugin trusts x-forwarded-client-cert, so the listener must set it \
+                 (SANITIZE_SET and the URI): weft_envoy_config::listeners::forward_caller_identity"
+            );
+        }
+    }
+    assert_eq!(readers, 1, "the inbound example reads the header");
+}
+
 /// A shipped YAML configuration as a value, read by weft's own YAML reader.
 fn read_yaml(text: &str) -> serde_json::Value {
     let mut documents = weft_policy::document::read_yaml(text, 1).unwrap();
@@ -225,6 +256,7 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
     )
     .unwrap();
     compiled.destination_port = Some(8080);
+    compiled.caller_identity = CallerIdentity::ForwardedClientCert;
     if let Some(metrics) = compiled.metrics.as_mut() {
         metrics.service = Some("api.shop".to_owned());
     }
