@@ -16,7 +16,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     RuntimeFractionalPercent,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, RetryPolicy, RouteAction, RouteMatch, header_matcher, retry_policy, route_match,
+    FilterConfig, HeaderMatcher, RetryPolicy, RouteAction, RouteMatch, header_matcher,
+    retry_policy, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
@@ -244,7 +245,7 @@ pub fn per_filter_config(settings: &Settings) -> HashMap<String, Any> {
             filter_enforced: Some(always()),
             ..LocalRateLimit::default()
         };
-        configs.insert(LOCAL_RATE_LIMIT.to_owned(), any(&config));
+        configs.insert(LOCAL_RATE_LIMIT.to_owned(), enabling(any(&config)));
     }
     if let Some(fault) = &settings.fault_injection {
         let config = HttpFault {
@@ -261,14 +262,27 @@ pub fn per_filter_config(settings: &Settings) -> HashMap<String, Any> {
             }),
             ..HttpFault::default()
         };
-        configs.insert(FAULT.to_owned(), any(&config));
+        configs.insert(FAULT.to_owned(), enabling(any(&config)));
     }
     configs
 }
 
-/// The HTTP filters every outbound listener carries after weft's, inert until a route's
-/// configuration turns them on: fault injection, then the local rate limit (so that a delayed
-/// request still takes a token, and weft's metrics see both the faults and the 429s).
+/// A filter's per-route `config` that also enables the filter, which the outbound listener
+/// carries disabled ([`outbound_filters`]).
+fn enabling(config: Any) -> Any {
+    any(&FilterConfig {
+        config: Some(config),
+        is_optional: false,
+        disabled: false,
+    })
+}
+
+/// The HTTP filters every outbound listener carries after weft's, disabled until a route's (or
+/// virtual host's) configuration enables and configures them ([`per_filter_config`]): fault
+/// injection, then the local rate limit (so that a delayed request still takes a token, and
+/// weft's metrics see both the faults and the 429s). Envoy does not create a disabled filter
+/// for a request whose route does not enable it, so a request no TrafficPolicy touches does not
+/// pay for them, and a policy still changes routes only, never the listener.
 pub fn outbound_filters() -> Vec<HttpFilter> {
     let limit = LocalRateLimit {
         stat_prefix: RATE_LIMIT_STATS.to_owned(),
@@ -280,11 +294,13 @@ pub fn outbound_filters() -> Vec<HttpFilter> {
             config_type: Some(http_filter::ConfigType::TypedConfig(any(
                 &HttpFault::default(),
             ))),
+            disabled: true,
             ..HttpFilter::default()
         },
         HttpFilter {
             name: LOCAL_RATE_LIMIT.to_owned(),
             config_type: Some(http_filter::ConfigType::TypedConfig(any(&limit))),
+            disabled: true,
             ..HttpFilter::default()
         },
     ]
