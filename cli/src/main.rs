@@ -373,7 +373,8 @@ enum Command {
         /// of the connection (one host call a request less). Only for a listener whose
         /// http_connection_manager sets forward_client_cert_details: SANITIZE_SET and
         /// set_current_client_cert_details: {uri: true}; elsewhere a client could claim any
-        /// identity (docs/access.md, "Caller identity").
+        /// identity (docs/access.md, "Caller identity from
+        /// x-forwarded-client-cert").
         #[arg(long)]
         forwarded_client_cert: bool,
         /// Inbound: the Service (its name, in the workload's namespace) that the workload

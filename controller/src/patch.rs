@@ -210,8 +210,8 @@ fn patched<T: Message + Name + Default>(
 
 /// What of a filter chain must stay as weft generated it: its first network filter, or, when
 /// that is an HTTP connection manager, its first HTTP filter and the manager's settings that
-/// weft's filter relies on (paths in normal form; the caller's identity in
-/// `x-forwarded-client-cert` set by Envoy alone), each as Envoy's JSON.
+/// weft's filter relies on (paths in normal form, so that it judges the path the application
+/// serves), each as Envoy's JSON.
 #[derive(Debug, PartialEq)]
 struct Guard {
     network: Option<Value>,
@@ -243,8 +243,6 @@ fn guard_of(chain: &FilterChain) -> Guard {
         normalize_path: manager.normalize_path,
         merge_slashes: manager.merge_slashes,
         path_with_escaped_slashes_action: manager.path_with_escaped_slashes_action,
-        forward_client_cert_details: manager.forward_client_cert_details,
-        set_current_client_cert_details: manager.set_current_client_cert_details,
         ..HttpConnectionManager::default()
     };
     guard.manager_settings = to_json(&settings).ok();
@@ -290,9 +288,9 @@ fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError
         }
         if guard.http.is_some() && patched.manager_settings != guard.manager_settings {
             return Err(PatchError::Guard(format!(
-                "filter_chains[{i}]: the http_connection_manager's path normalisation and \
-                 forward_client_cert_details/set_current_client_cert_details cannot be patched: \
-                 weft's filter judges the normalised path and trusts the identity Envoy sets"
+                "filter_chains[{i}]: the http_connection_manager's path normalisation \
+                 (normalize_path, merge_slashes, path_with_escaped_slashes_action) cannot be \
+                 patched: weft's filter judges the path the application will serve"
             )));
         }
     }
@@ -751,8 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn no_patch_can_take_the_access_filter_tls_or_its_manager_settings_out_of_an_inbound_listener()
-    {
+    fn no_patch_can_take_the_access_filter_tls_or_path_normalisation_out_of_an_inbound_listener() {
         let chain = "/filter_chains/0";
         let manager = format!("{chain}/filters/0/typed_config");
         let cases = [
@@ -762,10 +759,6 @@ mod tests {
                    {"op": "remove", "path": "/default_filter_chain/transport_socket"}]),
             json!([{"op": "copy", "from": chain, "path": "/filter_chains/-"},
                    {"op": "remove", "path": "/filter_chains/1/filters/0/typed_config/http_filters/0"}]),
-            // A client's x-forwarded-client-cert passed on would be trusted as the caller.
-            json!([{"op": "replace", "path": format!("{manager}/forward_client_cert_details"),
-                    "value": "ALWAYS_FORWARD_ONLY"}]),
-            json!([{"op": "remove", "path": format!("{manager}/set_current_client_cert_details")}]),
             // The filter would judge a path other than the one the application serves.
             json!([{"op": "remove", "path": format!("{manager}/normalize_path")}]),
             json!([{"op": "replace", "path": format!("{manager}/merge_slashes"), "value": false}]),
@@ -780,13 +773,18 @@ mod tests {
             );
             assert_eq!(resources, sidecar());
         }
-        // What does not touch the guard is allowed.
-        let (_, problem) = outcome(&patch(
-            "Listener",
-            "inbound:8080",
+        // What does not touch the guard is allowed, such as handing the application the
+        // caller's certificate details (weft's filter reads the connection, not the header).
+        for operations in [
             json!([{"op": "add", "path": "/per_connection_buffer_limit_bytes", "value": 65536}]),
-        ));
-        assert_eq!(problem, None);
+            json!([{"op": "add", "path": format!("{manager}/forward_client_cert_details"),
+                    "value": "SANITIZE_SET"},
+                   {"op": "add", "path": format!("{manager}/set_current_client_cert_details"),
+                    "value": {"uri": true}}]),
+        ] {
+            let (_, problem) = outcome(&patch("Listener", "inbound:8080", operations.clone()));
+            assert_eq!(problem, None, "{operations}");
+        }
     }
 
     #[test]

@@ -162,7 +162,9 @@ impl HttpListener {
 /// certificate) and tells `config`, the weft plugin on it, to read the identity there, which
 /// saves the filter a host call per request. The two go together or not at all: a plugin that
 /// trusted the header on a listener that passes a client's header on would take a spoofed
-/// identity, so this is the one place either is set (docs/access.md, "Caller identity").
+/// identity, so code that builds both sets them here (docs/access.md, "Caller identity from
+/// x-forwarded-client-cert"). The listeners weft generates do neither: Envoy's setting costs
+/// what the filter saves (docs/decisions.md).
 pub fn forward_caller_identity(listener: &mut HttpListener, config: &mut PluginConfig) {
     listener.forwards_caller_identity = true;
     config.caller_identity = CallerIdentity::ForwardedClientCert;

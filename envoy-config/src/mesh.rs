@@ -49,17 +49,11 @@ pub const OUTBOUND_PLUGIN: &str = "weft.outbound";
 /// The static cluster that reaches the controller's xDS server.
 pub const XDS_CLUSTER: &str = "weft-xds";
 
-/// Where the weft plugin of an inbound HTTP listener reads the caller's identity: from the
-/// `x-forwarded-client-cert` header, which [`Sidecar::resources`] has every inbound HTTP listener
-/// set (and clear of a client's value) and [`inbound_configuration`] has its plugin read. Both
-/// follow this one constant, so they cannot disagree (see
-/// [`crate::listeners::forward_caller_identity`]).
-const INBOUND_HTTP_CALLER_IDENTITY: CallerIdentity = CallerIdentity::ForwardedClientCert;
-
 /// The plugin configuration of the inbound listener of `port`, from `workload`'s compiled
-/// inbound policy: port rules see the application's port, the metrics count requests to
-/// `served` (the Service the workload serves, `name.namespace`), and an HTTP port reads the
-/// caller's identity where its listener puts it.
+/// inbound policy: port rules see the application's port, and the metrics count requests to
+/// `served` (the Service the workload serves, `name.namespace`). The caller's identity is read
+/// from the connection: the listener does not forward it in `x-forwarded-client-cert`, which
+/// measured no cheaper (docs/decisions.md).
 pub fn inbound_configuration(
     port: &InboundPort,
     workload: &PluginConfig,
@@ -70,10 +64,7 @@ pub fn inbound_configuration(
     if let Some(metrics) = config.metrics.as_mut() {
         metrics.service = served.map(str::to_owned);
     }
-    config.caller_identity = match port.protocol {
-        Protocol::Http => INBOUND_HTTP_CALLER_IDENTITY,
-        Protocol::Tcp => CallerIdentity::Connection,
-    };
+    config.caller_identity = CallerIdentity::Connection;
     config
 }
 
@@ -194,8 +185,6 @@ impl Sidecar {
                     listener.filters =
                         vec![discovered_http_filter(&inbound_plugin_name(port.port))];
                     listener.normalise_paths = true;
-                    listener.forwards_caller_identity =
-                        INBOUND_HTTP_CALLER_IDENTITY == CallerIdentity::ForwardedClientCert;
                     listener.tls = tls;
                     listener.build()
                 }
@@ -431,33 +420,23 @@ mod tests {
     }
 
     #[test]
-    fn an_inbound_http_plugin_trusts_the_forwarded_client_cert_its_listener_sets() {
+    fn an_inbound_plugin_reads_the_caller_from_the_connection_and_no_listener_forwards_a_header() {
         let sidecar = sidecar();
         let resources = sidecar.resources();
-        let http = resources
-            .listeners
-            .iter()
-            .find(|l| l.name == inbound_name(8080))
-            .and_then(manager)
-            .unwrap();
-        assert!(forwards_caller_identity(&http));
-        let outbound = resources
-            .listeners
-            .iter()
-            .find(|l| l.name == OUTBOUND)
-            .and_then(manager)
-            .unwrap();
-        assert!(!forwards_caller_identity(&outbound));
-
-        let workload = PluginConfig::default();
-        let [http_port, tcp_port] = &sidecar.inbound[..] else {
-            panic!("two ports")
+        for listener in &resources.listeners {
+            if let Some(manager) = manager(listener) {
+                assert!(!forwards_caller_identity(&manager), "{}", listener.name);
+            }
+        }
+        // Even a workload configuration that said otherwise is read from the connection.
+        let workload = PluginConfig {
+            caller_identity: CallerIdentity::ForwardedClientCert,
+            ..PluginConfig::default()
         };
-        let config = inbound_configuration(http_port, &workload, Some("api.shop"));
-        assert_eq!(config.caller_identity, CallerIdentity::ForwardedClientCert);
-        assert_eq!(config.destination_port, Some(8080));
-        // A TCP connection carries no header: its plugin reads the connection.
-        let config = inbound_configuration(tcp_port, &workload, Some("api.shop"));
-        assert_eq!(config.caller_identity, CallerIdentity::Connection);
+        for port in &sidecar.inbound {
+            let config = inbound_configuration(port, &workload, Some("api.shop"));
+            assert_eq!(config.caller_identity, CallerIdentity::Connection);
+            assert_eq!(config.destination_port, Some(port.port));
+        }
     }
 }

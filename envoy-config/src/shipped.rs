@@ -13,8 +13,8 @@ use crate::bootstrap::bootstrap;
 use crate::clusters::static_cluster;
 use crate::filters::{Code, Configuration, Kind, PluginError, WeftPlugin, http_filter};
 use crate::listeners::{
-    HttpListener, ROUTE_HEADER, Routes, direct_response, forward_caller_identity,
-    route_configuration, route_to, split_route, virtual_host,
+    HttpListener, ROUTE_HEADER, Routes, direct_response, route_configuration, route_to,
+    split_route, virtual_host,
 };
 use crate::render::{RenderError, to_json};
 use crate::tls::{Credentials, downstream_tls};
@@ -232,17 +232,13 @@ pub fn inbound_access(example: &[(String, String)]) -> Result<ShippedConfig, Shi
             )],
         ))),
     );
-    forward_caller_identity(&mut listener, &mut config);
     let (configuration, configuration_comment) = plugin_configuration(
         &config,
         "The output of:\n\
-         \x20 weft compile --manifests examples/shop --identity shop/api --destination-port 8080 \\\n\
-         \x20   --service api --forwarded-client-cert --bundle\n\
+         \x20 weft compile --manifests examples/shop --identity shop/api --destination-port 8080 --service api --bundle\n\
          (destination_port: the application's port, which TCPRoute port rules name;\n\
          this listener's own port is 15006. service: the Service shop/api serves, the\n\
-         destination of every request this listener counts. caller_identity: the\n\
-         caller's SPIFFE ID is read from x-forwarded-client-cert, which this listener\n\
-         sets; see forward_client_cert_details above.)",
+         destination of every request this listener counts.)",
     )?;
     let plugin = WeftPlugin::new(Kind::Http, Code::File(MODULE.to_owned()), configuration);
     listener.filters = vec![http_filter(&plugin)];
@@ -257,14 +253,6 @@ pub fn inbound_access(example: &[(String, String)]) -> Result<ShippedConfig, Shi
     ));
     let mut comments = common_comments();
     comments.push(normalisation_comment());
-    comments.push(Comment::at(
-        &format!("{MANAGER}/forward_client_cert_details"),
-        "Envoy writes the verified caller's URI SAN into x-forwarded-client-cert and\n\
-         removes any such header a client sent (with set_current_client_cert_details.uri),\n\
-         so the weft filter reads the caller's identity from the request headers\n\
-         (caller_identity in its configuration). Keep SANITIZE_SET while the plugin\n\
-         says forwarded_client_cert: any other setting lets a client claim an identity.",
-    ));
     comments.push(Comment::at(
         &format!(
             "{LISTENER}/filter_chains/0/transport_socket/typed_config/require_client_certificate"

@@ -187,7 +187,6 @@ fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_the
 
 #[test]
 fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_envoy_sets_it() {
-    let mut readers = 0;
     for file in [
         "standalone.yaml",
         "inbound-access.yaml",
@@ -204,7 +203,6 @@ fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_env
         let manager: HttpConnectionManager = from_json(&manager).unwrap();
         let (_, plugin) = embedded_plugin(file);
         if plugin.caller_identity == CallerIdentity::ForwardedClientCert {
-            readers += 1;
             assert!(
                 forwards_caller_identity(&manager),
                 "{file}: the plugin trusts x-forwarded-client-cert, so the listener must set it \
@@ -212,7 +210,6 @@ fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_env
             );
         }
     }
-    assert_eq!(readers, 1, "the inbound example reads the header");
 }
 
 /// A shipped YAML configuration as a value, read by weft's own YAML reader.
@@ -256,7 +253,6 @@ fn the_inbound_example_carries_what_weft_compile_makes_of_the_example_policy() {
     )
     .unwrap();
     compiled.destination_port = Some(8080);
-    compiled.caller_identity = CallerIdentity::ForwardedClientCert;
     if let Some(metrics) = compiled.metrics.as_mut() {
         metrics.service = Some("api.shop".to_owned());
     }

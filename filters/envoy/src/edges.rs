@@ -7,6 +7,11 @@
 
 use std::collections::HashMap;
 
+/// The recorder's maps, looked up on every request: foldhash instead of std's SipHash (keys are
+/// verified identities and the edges they make, bounded by [`MAX_PEERS`], so no flooding of
+/// one bucket is to be feared).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use weft_policy::bundle::Direction;
 use weft_policy::metrics::{
     self, DURATION, MetricsTable, Outcome, REQUESTS, RESPONSE_LABELS, Source, TCP_CLOSED,
@@ -88,13 +93,13 @@ pub enum TcpEvent {
 #[derive(Debug, Default)]
 pub struct EdgeRecorder {
     /// SPIFFE ID as Envoy gave it to the source it stands for.
-    peer_ids: HashMap<String, SourceId>,
+    peer_ids: FastMap<String, SourceId>,
     /// `(namespace, service account)` of each peer, by index.
     peers: Vec<(String, String)>,
-    histograms: HashMap<EdgeKey, Option<u32>>,
-    counters: HashMap<(EdgeKey, &'static str, Outcome), Option<u32>>,
+    histograms: FastMap<EdgeKey, Option<u32>>,
+    counters: FastMap<(EdgeKey, &'static str, Outcome), Option<u32>>,
     /// TCP metrics by edge and family.
-    tcp: HashMap<(EdgeKey, &'static str), Option<u32>>,
+    tcp: FastMap<(EdgeKey, &'static str), Option<u32>>,
 }
 
 impl EdgeRecorder {

@@ -51,25 +51,28 @@ pub fn request_header(name: &str) -> Option<String> {
 /// 1,800, counted under callgrind; docs/BENCHMARKS.md). Fetching every header in one call costs
 /// about as much as fetching one, so a plugin that reads more than one header fetches them all
 /// ([`RequestHeaders::fetch_all`]), and one that reads only the host fetches only that.
+///
+/// The headers stay in the one buffer Envoy wrote them to, in its serialized form, and are read
+/// in place: the SDK's `get_map_bytes` would copy every name and value into a `String` and a
+/// `Vec` of its own, two allocations a header, a few thousand instructions a request.
 #[derive(Debug, Default)]
 pub struct RequestHeaders {
-    /// Names (lower-case, as Envoy keeps them) and values, in Envoy's order.
-    pairs: Vec<(String, Vec<u8>)>,
+    /// Envoy's serialized header map, checked whole when fetched ([`SerializedPairs`]).
+    pairs: SerializedPairs,
     /// Every header of the request was fetched, so one absent here is absent from the request.
     complete: bool,
 }
 
 impl RequestHeaders {
-    /// Every request header, in one host call; none if Envoy refuses.
+    /// Every request header, in one host call; none if Envoy refuses or the map it hands over
+    /// does not read whole.
     pub fn fetch_all() -> Self {
-        // The SDK decodes names as UTF-8 and would panic otherwise; Envoy's HTTP/1 and HTTP/2
-        // codecs admit only token characters in header names, so that cannot come from a client.
-        match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(pairs) => Self {
+        match header_map_pairs(MapType::HttpRequestHeaders).and_then(SerializedPairs::new) {
+            Some(pairs) => Self {
                 pairs,
                 complete: true,
             },
-            Err(_) => Self::default(),
+            None => Self::default(),
         }
     }
 
@@ -78,7 +81,7 @@ impl RequestHeaders {
         let pairs = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
             .ok()
             .flatten()
-            .map(|value| vec![(name.to_owned(), value)])
+            .map(|value| SerializedPairs::one(name.as_bytes(), &value))
             .unwrap_or_default();
         Self {
             pairs,
@@ -91,11 +94,8 @@ impl RequestHeaders {
     /// well-formed `URI`. Only trusted where the plugin configuration says the listener sets
     /// the header itself ([`weft_policy::CallerIdentity::ForwardedClientCert`]).
     pub fn forwarded_caller(&self) -> Option<&str> {
-        let mut values = self
-            .pairs
-            .iter()
-            .filter(|(key, _)| key.eq_ignore_ascii_case(weft_policy::xfcc::HEADER));
-        let (_, value) = values.next()?;
+        let mut values = self.values(weft_policy::xfcc::HEADER);
+        let value = values.next()?;
         if values.next().is_some() {
             return None;
         }
@@ -105,12 +105,118 @@ impl RequestHeaders {
     /// Whether the request certainly has no header `name`: known only when every header was
     /// fetched, so that a host call to remove it can be skipped.
     pub fn certainly_lacks(&self, name: &str) -> bool {
-        self.complete
-            && !self
-                .pairs
-                .iter()
-                .any(|(key, _)| key.eq_ignore_ascii_case(name))
+        self.complete && self.values(name).next().is_none()
     }
+
+    /// The values of header `name` (compared without regard to ASCII case), in Envoy's order.
+    fn values<'h>(&'h self, name: &str) -> impl Iterator<Item = &'h [u8]> + Clone {
+        self.pairs
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
+    }
+}
+
+/// A header map as proxy-wasm serializes it: the number of pairs (`u32`, little endian), the
+/// length of each name and value (two `u32`s a pair), then each name and each value followed
+/// by a NUL byte. Only a buffer that reads whole is kept, so iterating it never stops early.
+#[derive(Debug, Default)]
+pub struct SerializedPairs {
+    bytes: Vec<u8>,
+}
+
+impl SerializedPairs {
+    /// `bytes` if they read whole as a serialized map, `None` otherwise.
+    pub fn new(bytes: Vec<u8>) -> Option<Self> {
+        let pairs = Self { bytes };
+        let (count, mut data) = pairs.layout()?;
+        for index in 0..count {
+            let (_, _, next) = pairs.pair_at(index, data)?;
+            data = next;
+        }
+        (data == pairs.bytes.len()).then_some(pairs)
+    }
+
+    /// A map of one pair.
+    pub fn one(name: &[u8], value: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(14 + name.len() + value.len());
+        for length in [1, name.len(), value.len()] {
+            bytes.extend_from_slice(&u32::try_from(length).unwrap_or(0).to_le_bytes());
+        }
+        for part in [name, value] {
+            bytes.extend_from_slice(part);
+            bytes.push(0);
+        }
+        Self { bytes }
+    }
+
+    /// The `(name, value)` pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        let (count, start) = self.layout().unwrap_or((0, 0));
+        let mut data = start;
+        (0..count).map_while(move |index| {
+            let (name, value, next) = self.pair_at(index, data)?;
+            data = next;
+            Some((name, value))
+        })
+    }
+
+    /// The number of pairs and where the first name starts.
+    fn layout(&self) -> Option<(usize, usize)> {
+        if self.bytes.is_empty() {
+            return Some((0, 0));
+        }
+        let count = self.u32_at(0)?;
+        let data = count.checked_mul(8)?.checked_add(4)?;
+        (data <= self.bytes.len()).then_some((count, data))
+    }
+
+    /// Pair `index`, whose name starts at `data`, and where the next name starts.
+    fn pair_at(&self, index: usize, data: usize) -> Option<(&[u8], &[u8], usize)> {
+        let name_len = self.u32_at(4 + index * 8)?;
+        let value_len = self.u32_at(8 + index * 8)?;
+        let name_end = data.checked_add(name_len)?;
+        let name = self.bytes.get(data..name_end)?;
+        let value_start = name_end.checked_add(1)?;
+        let value_end = value_start.checked_add(value_len)?;
+        let value = self.bytes.get(value_start..value_end)?;
+        Some((name, value, value_end.checked_add(1)?))
+    }
+
+    fn u32_at(&self, at: usize) -> Option<usize> {
+        let bytes = self.bytes.get(at..at.checked_add(4)?)?;
+        let word = u32::from_le_bytes(bytes.try_into().ok()?);
+        usize::try_from(word).ok()
+    }
+}
+
+/// Every pair of header map `map`, as Envoy serialized it, in the buffer Envoy had the module
+/// allocate; `None` if Envoy refuses. What the SDK's `get_map_bytes` does before it copies each
+/// pair out.
+#[allow(unsafe_code)]
+fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: Envoy writes the address and size of a buffer it had the module allocate through
+    // the SDK's `proxy_on_memory_allocate`, a `Vec<u8>` of exactly `size` bytes and capacity
+    // forgotten there; taking it back as that `Vec` frees it when dropped, as the SDK does.
+    let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
+    if status != proxy_wasm::types::Status::Ok as u32 {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    // SAFETY: as above; `data` is non-null and owns `size` initialised bytes.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
 impl weft_policy::engine::Headers for RequestHeaders {
@@ -121,16 +227,12 @@ impl weft_policy::engine::Headers for RequestHeaders {
         // A pseudo-header appears once (Envoy's codecs make each one; HTTP/2 forbids repeating
         // them), and Envoy puts them first: stop at it instead of scanning every header.
         if name.starts_with(':') {
-            let (_, value) = self.pairs.iter().find(|(key, _)| key == name)?;
+            let (_, value) = self.pairs.iter().find(|(key, _)| *key == name.as_bytes())?;
             return std::str::from_utf8(value)
                 .ok()
                 .map(std::borrow::Cow::Borrowed);
         }
-        let values = self
-            .pairs
-            .iter()
-            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| std::str::from_utf8(value));
+        let values = self.values(name).map(std::str::from_utf8);
         if values.clone().any(|value| value.is_err()) {
             return None;
         }
@@ -298,5 +400,98 @@ impl crate::edges::MetricHost for EnvoyStats {
 
     fn record(&mut self, id: Option<u32>, value: u64) {
         record(id, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_policy::engine::Headers;
+
+    /// `pairs` serialized as Envoy does.
+    fn serialized(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut bytes = u32::try_from(pairs.len()).unwrap().to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            bytes.extend_from_slice(&u32::try_from(name.len()).unwrap().to_le_bytes());
+            bytes.extend_from_slice(&u32::try_from(value.len()).unwrap().to_le_bytes());
+        }
+        for (name, value) in pairs {
+            for part in [name, value] {
+                bytes.extend_from_slice(part.as_bytes());
+                bytes.push(0);
+            }
+        }
+        bytes
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
+        RequestHeaders {
+            pairs: SerializedPairs::new(serialized(pairs)).unwrap(),
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn headers_are_read_in_place_with_repeated_ones_joined() {
+        let headers = headers(&[
+            (":authority", "api.shop"),
+            (":path", "/orders/1"),
+            ("x-user", "a"),
+            ("empty", ""),
+            ("X-User", "b"),
+        ]);
+        assert_eq!(headers.header(":path").as_deref(), Some("/orders/1"));
+        assert_eq!(
+            headers.header(":PATH"),
+            None,
+            "pseudo-headers match exactly"
+        );
+        assert_eq!(headers.header("x-user").as_deref(), Some("a,b"));
+        assert_eq!(headers.header("empty").as_deref(), Some(""));
+        assert_eq!(headers.header("absent"), None);
+        assert!(headers.certainly_lacks("absent"));
+        assert!(!headers.certainly_lacks("X-USER"));
+    }
+
+    #[test]
+    fn one_fetched_header_reads_back_and_says_nothing_of_others() {
+        let one = RequestHeaders {
+            pairs: SerializedPairs::one(b":authority", b"api.shop"),
+            complete: false,
+        };
+        assert_eq!(one.header(":authority").as_deref(), Some("api.shop"));
+        assert!(!one.certainly_lacks("x-weft-cluster"));
+    }
+
+    #[test]
+    fn a_map_that_does_not_read_whole_is_refused() {
+        let good = serialized(&[(":path", "/"), ("a", "b")]);
+        assert!(SerializedPairs::new(good.clone()).is_some());
+        assert!(SerializedPairs::new(Vec::new()).is_some());
+        for cut in 1..good.len() {
+            assert!(
+                SerializedPairs::new(good[..cut].to_vec()).is_none(),
+                "{cut}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(SerializedPairs::new(longer).is_none());
+        let mut huge = good;
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(SerializedPairs::new(huge).is_none());
+    }
+
+    #[test]
+    fn the_forwarded_caller_is_read_from_one_header_only() {
+        let xfcc = "By=spiffe://td/ns/a/sa/b;Hash=ab;URI=spiffe://td/ns/shop/sa/web";
+        let one = headers(&[("x-forwarded-client-cert", xfcc)]);
+        assert_eq!(one.forwarded_caller(), Some("spiffe://td/ns/shop/sa/web"));
+        let twice = headers(&[
+            ("x-forwarded-client-cert", xfcc),
+            ("x-forwarded-client-cert", xfcc),
+        ]);
+        assert_eq!(twice.forwarded_caller(), None);
+        assert_eq!(headers(&[]).forwarded_caller(), None);
     }
 }

@@ -45,10 +45,10 @@ pub enum ConfigError {
 ///
 /// Both say the same for a listener that verifies client certificates; the header costs the
 /// filter no host call, since it arrives with the request headers the filter fetches anyway,
-/// while the property is a host call per request (about 10,000 instructions). The filter
-/// cannot see its listener's settings, so the header is only trusted when the configuration
-/// says so, and weft generates that configuration together with the listener settings that make
-/// it true (docs/access.md, "Caller identity"). The TCP filter always reads the connection.
+/// while the property is a host call per request. The filter cannot see its listener's
+/// settings, so the header is only trusted when the configuration says so, for a listener that
+/// sets it anyway (docs/access.md, "Caller identity from x-forwarded-client-cert"). The TCP
+/// filter always reads the connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallerIdentity {

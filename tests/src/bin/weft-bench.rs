@@ -33,8 +33,9 @@ use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use serde_json::json;
 use weft_e2e::bootstrap::{
-    ServerTls, bootstrap, cluster, http_listener, http_listener_with_hosts, route_to, split_route,
-    virtual_host, weft_http_filter, weft_http_filter_with, weft_http_plugin, with_tls,
+    ServerTls, bootstrap, cluster, http_listener, http_listener_forwarding_caller,
+    http_listener_with_hosts, route_to, split_route, virtual_host, weft_http_filter,
+    weft_http_filter_with, weft_http_plugin, with_tls,
 };
 use weft_e2e::client::Session;
 use weft_e2e::envoy::Envoy;
@@ -420,6 +421,25 @@ fn access_suite(
             &serde_json::to_string(config)?,
         )]))
     };
+    // The listener hands the caller's identity over in x-forwarded-client-cert (SANITIZE_SET),
+    // and the plugin reads it there instead of the connection's property.
+    let forwarding = |filters: Vec<Value>| {
+        let mut config = inbound(filters);
+        let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"];
+        manager["forward_client_cert_details"] = serde_json::json!("SANITIZE_SET");
+        manager["set_current_client_cert_details"] = serde_json::json!({"uri": true});
+        config
+    };
+    let weft_forwarding = |config: &PluginConfig| {
+        bootstrap(
+            vec![with_tls(
+                http_listener_forwarding_caller(MEASURED_LISTENER, &module, config, "app"),
+                &tls,
+            )],
+            vec![cluster("app", upstream.addr())],
+        )
+    };
     let (access_only, metrics_only) = features_apart(&config);
     let mut variants = vec![
         ("mTLS, no access control", inbound(Vec::new())),
@@ -435,6 +455,14 @@ fn access_suite(
         (
             "mTLS + weft access + metrics, two plugins",
             inbound(two_plugins(&module, &access_only, &metrics_only)?),
+        ),
+        (
+            "mTLS, no access control, listener setting x-forwarded-client-cert",
+            forwarding(Vec::new()),
+        ),
+        (
+            "mTLS + weft access + metrics, identity from x-forwarded-client-cert",
+            weft_forwarding(&config),
         ),
     ];
     if let Some(other) = compare_wasm {
@@ -550,8 +578,9 @@ fn split_suite(
         ),
         (
             // What a mesh sidecar's outbound listener runs (docs/traffic-policy.md): Envoy's
-            // fault and local rate limit filters after weft's, inert without a TrafficPolicy.
-            "weft split + metrics, + inert fault and rate-limit filters",
+            // fault and local rate limit filters after weft's, disabled unless a TrafficPolicy's
+            // route enables them.
+            "weft split + metrics, + disabled fault and rate-limit filters (as generated)",
             outbound(
                 std::iter::once(weft_http_filter(&module, &serde_json::to_string(&config)?))
                     .chain(
