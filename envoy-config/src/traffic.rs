@@ -2,7 +2,8 @@
 //! on the calling side: circuit breaking, outlier detection and the connect timeout on the
 //! cluster of the Service called; retries and timeouts on its routes; the local rate limit and
 //! fault injection as per-route configurations of Envoy's own filters, which every outbound
-//! HTTP listener carries inert (so that a policy never changes a listener). Nothing here goes
+//! HTTP listener carries disabled and those configurations enable (so that a policy never
+//! changes a listener, and a request no policy touches does not run them). Nothing here goes
 //! into wasm. docs/traffic-policy.md maps each field to the Envoy field it sets.
 
 use std::collections::HashMap;
