@@ -8,8 +8,9 @@ use std::collections::HashMap;
 
 /// The maps a decision looks a request up in (caller, host). foldhash is several times faster
 /// than the standard library's SipHash on short keys; flooding is no concern here, because a
-/// request only looks up keys the configuration put in.
-type LookupMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+/// request only looks up keys the configuration put in. The metrics table's host and service
+/// maps are of this kind too.
+pub(crate) type LookupMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 use serde::Serialize;
 

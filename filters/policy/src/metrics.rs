@@ -9,10 +9,8 @@
 //! Prometheus output strips the `wasmcustom.` namespace it puts wasm metrics in. Label values
 //! never contain `;`, so the lazy regexes stop at the right place.
 
-use std::collections::HashMap;
-
 use crate::bundle::{Direction, Identity, MetricsConfig};
-use crate::engine::host_key;
+use crate::engine::{LookupMap, host_key};
 
 /// Counter of requests, with the edge labels and `response_code_class` and `outcome`.
 pub const REQUESTS: &str = "weft_requests_total";
@@ -240,8 +238,8 @@ pub struct MetricsTable {
     local: Option<(String, String)>,
     /// `(namespace, name)` of each service, by index.
     services: Vec<(String, String)>,
-    by_host: HashMap<String, u32>,
-    by_name: HashMap<String, u32>,
+    by_host: LookupMap<u32>,
+    by_name: LookupMap<u32>,
     /// Inbound: the workload itself, the destination of every request (its service, or
     /// `unknown` in its namespace).
     inbound_destination: Option<u32>,
@@ -254,8 +252,8 @@ impl MetricsTable {
     /// [`MetricsError::Service`] for a service not written `name.namespace`.
     pub fn new(config: &MetricsConfig, identity: Option<&Identity>) -> Result<Self, MetricsError> {
         let mut services = Vec::with_capacity(config.services.len());
-        let mut by_host = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_host = LookupMap::default();
+        let mut by_name = LookupMap::default();
         let inbound_destination = match config.direction {
             Direction::Outbound => {
                 if config.service.is_some() {
