@@ -151,10 +151,7 @@ fn every_shipped_configuration_carries_the_stats_settings_weft_metrics_need() {
         "inbound-access.yaml",
         "outbound-split.yaml",
     ] {
-        let yaml =
-            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
-                .unwrap();
-        let config = read_yaml(&yaml);
+        let config = shipped(file);
         let written: StatsConfig = from_json(&config["stats_config"]).unwrap();
         assert_eq!(
             written, expected,
@@ -170,10 +167,7 @@ fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_the
     let expected = to_json(&normalised).unwrap();
     assert!(!expected.as_object().unwrap().is_empty());
     for file in ["standalone.yaml", "inbound-access.yaml"] {
-        let yaml =
-            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
-                .unwrap();
-        let config = read_yaml(&yaml);
+        let config = shipped(file);
         let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         for (field, value) in expected.as_object().unwrap() {
@@ -192,10 +186,7 @@ fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_env
         "inbound-access.yaml",
         "outbound-split.yaml",
     ] {
-        let yaml =
-            std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file))
-                .unwrap();
-        let config = read_yaml(&yaml);
+        let config = shipped(file);
         let mut manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"]
             .clone();
@@ -212,6 +203,12 @@ fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_env
     }
 }
 
+/// The shipped configuration `file` (in envoy-configs/) as a value.
+fn shipped(file: &str) -> serde_json::Value {
+    let path = paths::workspace_root().join("envoy-configs").join(file);
+    read_yaml(&std::fs::read_to_string(path).unwrap())
+}
+
 /// A shipped YAML configuration as a value, read by weft's own YAML reader.
 fn read_yaml(text: &str) -> serde_json::Value {
     let mut documents = weft_policy::document::read_yaml(text, 1).unwrap();
@@ -224,9 +221,7 @@ fn read_yaml(text: &str) -> serde_json::Value {
 /// The failure policy and plugin configuration of the weft filter in a shipped configuration
 /// with one HTTP listener.
 fn embedded_plugin(file: &str) -> (String, PluginConfig) {
-    let yaml =
-        std::fs::read_to_string(paths::workspace_root().join("envoy-configs").join(file)).unwrap();
-    let config = read_yaml(&yaml);
+    let config = shipped(file);
     let manager = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
     let plugin = &manager["typed_config"]["http_filters"][0]["typed_config"]["config"];
     use base64::Engine as _;
