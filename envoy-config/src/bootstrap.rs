@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::bootstrap::v3::{
+    Admin, Bootstrap, MemoryAllocatorManager, bootstrap,
+};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, GrpcService, Node, api_config_source, grpc_service,
@@ -54,8 +56,30 @@ pub fn stats_config() -> StatsConfig {
     }
 }
 
+/// How much free memory Envoy's allocator hands back to the system each
+/// [`MEMORY_RELEASE_INTERVAL_SECONDS`]: 16 MiB.
+pub const BYTES_TO_RELEASE: u64 = 16 << 20;
+/// How often Envoy's allocator hands free memory back to the system, in seconds.
+pub const MEMORY_RELEASE_INTERVAL_SECONDS: i64 = 1;
+
+/// Envoy's allocator (tcmalloc) keeps the memory it frees; loading a wasm module leaves about
+/// 7 MiB of it free and held for good (compiling the module, configuring the plugin). With this,
+/// Envoy releases free memory in the background, about 5 MiB less resident memory with weft
+/// loaded (docs/BENCHMARKS.md).
+pub fn memory_allocator_manager() -> MemoryAllocatorManager {
+    MemoryAllocatorManager {
+        bytes_to_release: BYTES_TO_RELEASE,
+        memory_release_interval: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: MEMORY_RELEASE_INTERVAL_SECONDS,
+            nanos: 0,
+        }),
+        ..MemoryAllocatorManager::default()
+    }
+}
+
 /// What every bootstrap weft writes has: the admin interface on `admin`, weft's stats
-/// settings, and `listeners` and `clusters` as static resources.
+/// settings, the allocator's background release ([`memory_allocator_manager`]), and
+/// `listeners` and `clusters` as static resources.
 pub fn bootstrap(admin: SocketAddr, listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
     Bootstrap {
         admin: Some(Admin {
@@ -63,6 +87,7 @@ pub fn bootstrap(admin: SocketAddr, listeners: Vec<Listener>, clusters: Vec<Clus
             ..Admin::default()
         }),
         stats_config: Some(stats_config()),
+        memory_allocator_manager: Some(memory_allocator_manager()),
         static_resources: Some(bootstrap::StaticResources {
             listeners,
             clusters,
