@@ -14,12 +14,11 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use weft_envoy_config::constraints;
-use weft_envoy_config::listeners::HTTP_CONNECTION_MANAGER;
+use weft_envoy_config::listeners::{connection_manager, puts_paths_in_normal_form};
 use weft_envoy_config::mesh::SidecarResources;
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
-use weft_envoy_config::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use weft_envoy_config::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
-use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::traffic::{EnvoyPatch, ResourcePatch};
 use weft_xds::snapshot::{CLUSTER, LISTENER, ROUTE};
@@ -209,44 +208,29 @@ fn patched<T: Message + Name + Default>(
 }
 
 /// What of a filter chain must stay as weft generated it: its first network filter, or, when
-/// that is an HTTP connection manager, its first HTTP filter and the manager's settings that
-/// weft's filter relies on (paths in normal form, so that it judges the path the application
-/// serves), each as Envoy's JSON.
+/// that is an HTTP connection manager, its first HTTP filter (each as Envoy's JSON) and whether
+/// the manager puts paths in normal form, which weft's filter relies on to judge the path the
+/// application serves.
 #[derive(Debug, PartialEq)]
 struct Guard {
     network: Option<Value>,
     http: Option<Value>,
-    manager_settings: Option<Value>,
+    normalises_paths: bool,
 }
 
 fn guard_of(chain: &FilterChain) -> Guard {
-    let mut guard = Guard {
-        network: None,
-        http: None,
-        manager_settings: None,
-    };
-    let Some(first) = chain.filters.first() else {
-        return guard;
-    };
-    if first.name != HTTP_CONNECTION_MANAGER {
-        guard.network = to_json(first).ok();
-        return guard;
+    match connection_manager(chain) {
+        Some(manager) => Guard {
+            network: None,
+            http: manager.http_filters.first().and_then(|f| to_json(f).ok()),
+            normalises_paths: puts_paths_in_normal_form(&manager),
+        },
+        None => Guard {
+            network: chain.filters.first().and_then(|f| to_json(f).ok()),
+            http: None,
+            normalises_paths: false,
+        },
     }
-    let Some(filter::ConfigType::TypedConfig(any)) = &first.config_type else {
-        return guard;
-    };
-    let Ok(manager) = HttpConnectionManager::decode(any.value.as_slice()) else {
-        return guard;
-    };
-    guard.http = manager.http_filters.first().and_then(|f| to_json(f).ok());
-    let settings = HttpConnectionManager {
-        normalize_path: manager.normalize_path,
-        merge_slashes: manager.merge_slashes,
-        path_with_escaped_slashes_action: manager.path_with_escaped_slashes_action,
-        ..HttpConnectionManager::default()
-    };
-    guard.manager_settings = to_json(&settings).ok();
-    guard
 }
 
 /// Checks that `patched` keeps weft's guard of `original`: its TLS, its first filter (weft's,
@@ -286,7 +270,7 @@ fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError
                 "filter_chains[{i}] does not start with the filter weft generated first"
             )));
         }
-        if guard.http.is_some() && patched.manager_settings != guard.manager_settings {
+        if guard.normalises_paths && !patched.normalises_paths {
             return Err(PatchError::Guard(format!(
                 "filter_chains[{i}]: the http_connection_manager's path normalisation \
                  (normalize_path, merge_slashes, path_with_escaped_slashes_action) cannot be \

@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation as EarlyHeaderMutation;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
+use prost::Message;
 use weft_policy::{CallerIdentity, PluginConfig};
 
 use crate::render::any;
@@ -114,13 +115,7 @@ impl HttpListener {
             normalise_paths(&mut manager);
         }
         if self.forwards_caller_identity {
-            manager.forward_client_cert_details =
-                http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
-            manager.set_current_client_cert_details =
-                Some(http_connection_manager::SetCurrentClientCertDetails {
-                    uri: true,
-                    ..Default::default()
-                });
+            set_forwarded_client_cert(&mut manager);
         }
         if !self.strip_request_headers.is_empty() {
             let mutation = EarlyHeaderMutation {
@@ -170,6 +165,18 @@ pub fn forward_caller_identity(listener: &mut HttpListener, config: &mut PluginC
     config.caller_identity = CallerIdentity::ForwardedClientCert;
 }
 
+/// The fields of the HTTP connection manager that make Envoy write the verified caller's URI
+/// SAN into `x-forwarded-client-cert` and drop any value a client sent.
+pub fn set_forwarded_client_cert(manager: &mut HttpConnectionManager) {
+    manager.forward_client_cert_details =
+        http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+    manager.set_current_client_cert_details =
+        Some(http_connection_manager::SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        });
+}
+
 /// Whether `manager` sets `x-forwarded-client-cert` as a plugin configuration with
 /// [`CallerIdentity::ForwardedClientCert`] requires: the caller's URI SAN in it, and no value
 /// of a client's kept.
@@ -180,6 +187,20 @@ pub fn forwards_caller_identity(manager: &HttpConnectionManager) -> bool {
             .set_current_client_cert_details
             .as_ref()
             .is_some_and(|details| details.uri)
+}
+
+/// The HTTP connection manager a filter chain starts with, if it starts with one.
+pub fn connection_manager(chain: &FilterChain) -> Option<HttpConnectionManager> {
+    let first = chain.filters.first()?;
+    if first.name != HTTP_CONNECTION_MANAGER {
+        return None;
+    }
+    match &first.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => {
+            HttpConnectionManager::decode(any.value.as_slice()).ok()
+        }
+        _ => None,
+    }
 }
 
 /// The fields of the HTTP connection manager that put paths in normal form before any filter
@@ -193,6 +214,13 @@ pub fn normalise_paths(manager: &mut HttpConnectionManager) {
     manager.merge_slashes = true;
     manager.path_with_escaped_slashes_action =
         http_connection_manager::PathWithEscapedSlashesAction::RejectRequest as i32;
+}
+
+/// Whether `manager` puts paths in normal form as [`normalise_paths`] has it do.
+pub fn puts_paths_in_normal_form(manager: &HttpConnectionManager) -> bool {
+    let mut normalised = manager.clone();
+    normalise_paths(&mut normalised);
+    normalised == *manager
 }
 
 /// A listener named `name` on `address` with one filter chain.

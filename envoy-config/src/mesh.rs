@@ -378,12 +378,8 @@ pub fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::config::listener::v3::filter;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-    use prost::Message;
-
     use super::*;
-    use crate::listeners::{HTTP_CONNECTION_MANAGER, forwards_caller_identity};
+    use crate::listeners::{connection_manager, forwards_caller_identity};
 
     fn sidecar() -> Sidecar {
         Sidecar {
@@ -406,27 +402,26 @@ mod tests {
         }
     }
 
-    fn manager(listener: &Listener) -> Option<HttpConnectionManager> {
-        let first = listener.filter_chains.first()?.filters.first()?;
-        if first.name != HTTP_CONNECTION_MANAGER {
-            return None;
-        }
-        match &first.config_type {
-            Some(filter::ConfigType::TypedConfig(any)) => {
-                HttpConnectionManager::decode(any.value.as_slice()).ok()
-            }
-            _ => None,
-        }
-    }
-
     #[test]
     fn an_inbound_plugin_reads_the_caller_from_the_connection_and_no_listener_forwards_a_header() {
         let sidecar = sidecar();
         let resources = sidecar.resources();
-        for listener in &resources.listeners {
-            if let Some(manager) = manager(listener) {
-                assert!(!forwards_caller_identity(&manager), "{}", listener.name);
-            }
+        let managers: Vec<_> = resources
+            .listeners
+            .iter()
+            .filter_map(|listener| connection_manager(listener.filter_chains.first()?))
+            .collect();
+        assert_eq!(
+            managers.len(),
+            2,
+            "the inbound HTTP listener and the outbound one"
+        );
+        for manager in &managers {
+            assert!(
+                !forwards_caller_identity(manager),
+                "{}",
+                manager.stat_prefix
+            );
         }
         // Even a workload configuration that said otherwise is read from the connection.
         let workload = PluginConfig {

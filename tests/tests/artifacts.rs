@@ -181,6 +181,10 @@ fn every_shipped_inbound_listener_puts_paths_in_normal_form_before_weft_sees_the
 
 #[test]
 fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_envoy_sets_it() {
+    // A plugin may trust the header only where its listener writes it and drops a client's.
+    let sound = |plugin: &PluginConfig, manager: &HttpConnectionManager| {
+        plugin.caller_identity == CallerIdentity::Connection || forwards_caller_identity(manager)
+    };
     for file in [
         "standalone.yaml",
         "inbound-access.yaml",
@@ -192,14 +196,15 @@ fn a_shipped_plugin_reads_the_caller_from_x_forwarded_client_cert_only_where_env
             .clone();
         manager.as_object_mut().unwrap().remove("@type");
         let manager: HttpConnectionManager = from_json(&manager).unwrap();
-        let (_, plugin) = embedded_plugin(file);
-        if plugin.caller_identity == CallerIdentity::ForwardedClientCert {
-            assert!(
-                forwards_caller_identity(&manager),
-                "{file}: the plugin trusts x-forwarded-client-cert, so the listener must set it \
-                 (SANITIZE_SET and the URI): weft_envoy_config::listeners::forward_caller_identity"
-            );
-        }
+        let (_, mut plugin) = embedded_plugin(file);
+        assert!(
+            sound(&plugin, &manager),
+            "{file}: the plugin trusts x-forwarded-client-cert, so the listener must set it \
+             (SANITIZE_SET and the URI): weft_envoy_config::listeners::forward_caller_identity"
+        );
+        // The same listener with a plugin that trusted the header would be refused here.
+        plugin.caller_identity = CallerIdentity::ForwardedClientCert;
+        assert!(!sound(&plugin, &manager), "{file}");
     }
 }
 

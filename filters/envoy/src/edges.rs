@@ -5,14 +5,8 @@
 //! [`weft_policy::metrics::MetricsTable`]; host calls go through [`MetricHost`], so this is
 //! tested natively with a fake host.
 
-use std::collections::HashMap;
-
-/// The recorder's maps, looked up on every request: foldhash instead of std's SipHash (keys are
-/// verified identities and the edges they make, bounded by [`MAX_PEERS`], so no flooding of
-/// one bucket is to be feared).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 use weft_policy::bundle::Direction;
+use weft_policy::engine::FastMap;
 use weft_policy::metrics::{
     self, DURATION, MetricsTable, Outcome, REQUESTS, RESPONSE_LABELS, Source, TCP_CLOSED,
     TCP_DENIED, TCP_DURATION, TCP_OPENED, TCP_RECEIVED_BYTES, TCP_SENT_BYTES,
@@ -273,7 +267,7 @@ mod tests {
     #[derive(Default)]
     struct FakeHost {
         names: Vec<String>,
-        values: HashMap<u32, Vec<u64>>,
+        values: std::collections::HashMap<u32, Vec<u64>>,
     }
 
     impl FakeHost {

@@ -15,31 +15,26 @@ pub const HEADER: &str = "x-forwarded-client-cert";
 /// without regard to case), as the property `connection.uri_san_peer_certificate` gives the
 /// first URI SAN; `None` when there is none or the value is not one well-formed element.
 pub fn caller_uri(header: &str) -> Option<&str> {
-    if !header
+    if header
         .bytes()
         .any(|byte| matches!(byte, b'"' | b',' | b'\\'))
     {
-        // What Envoy writes for SPIFFE IDs: one element, nothing quoted; read without a list.
-        return first_uri(header.split(';'));
+        first_uri(pairs(header)?.into_iter())
+    } else {
+        // What Envoy writes for SPIFFE IDs: one element, nothing quoted; split without a list.
+        first_uri(header.split(';'))
     }
-    let mut found = None;
-    for pair in pairs(header)? {
-        let (key, value) = pair.split_once('=')?;
-        if found.is_none() && key.eq_ignore_ascii_case("URI") {
-            let value = unquoted(value)?;
-            found = (!value.is_empty()).then_some(value);
-        }
-    }
-    found
 }
 
-/// The first non-empty `URI` of unquoted `pairs`; `None` if one of them is no `key=value`.
+/// The first non-empty `URI` of `pairs`, unquoted; `None` if a pair is no `key=value` or that
+/// `URI` is badly quoted.
 fn first_uri<'h>(pairs: impl Iterator<Item = &'h str>) -> Option<&'h str> {
     let mut found = None;
     for pair in pairs {
         let (key, value) = pair.split_once('=')?;
-        if found.is_none() && !value.is_empty() && key.eq_ignore_ascii_case("URI") {
-            found = Some(value);
+        if found.is_none() && key.eq_ignore_ascii_case("URI") {
+            let value = unquoted(value)?;
+            found = (!value.is_empty()).then_some(value);
         }
     }
     found

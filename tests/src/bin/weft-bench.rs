@@ -43,6 +43,7 @@ use weft_e2e::pki::{Issued, Pki};
 use weft_e2e::upstream::HttpUpstream;
 use weft_e2e::{paths, policy};
 use weft_envoy_config::filters::Configuration;
+use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use weft_policy::PluginConfig;
 use weft_policy::bundle::AccessMode;
 
@@ -423,13 +424,20 @@ fn access_suite(
     };
     // The listener hands the caller's identity over in x-forwarded-client-cert (SANITIZE_SET),
     // and the plugin reads it there instead of the connection's property.
-    let forwarding = |filters: Vec<Value>| {
+    let forwarding = |filters: Vec<Value>| -> anyhow::Result<Value> {
         let mut config = inbound(filters);
+        let mut settings = HttpConnectionManager::default();
+        weft_envoy_config::listeners::set_forwarded_client_cert(&mut settings);
         let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"];
-        manager["forward_client_cert_details"] = serde_json::json!("SANITIZE_SET");
-        manager["set_current_client_cert_details"] = serde_json::json!({"uri": true});
-        config
+        for (field, value) in weft_envoy_config::render::to_json(&settings)?
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            manager[field] = value.clone();
+        }
+        Ok(config)
     };
     let weft_forwarding = |config: &PluginConfig| {
         bootstrap(
@@ -458,7 +466,7 @@ fn access_suite(
         ),
         (
             "mTLS, no access control, listener setting x-forwarded-client-cert",
-            forwarding(Vec::new()),
+            forwarding(Vec::new())?,
         ),
         (
             "mTLS + weft access + metrics, identity from x-forwarded-client-cert",
