@@ -26,6 +26,26 @@ pub const CALLGRIND_START_DEADLINE: Duration = Duration::from_secs(600);
 /// Name of callgrind's output file in the Envoy's folder; each dump adds `.N`.
 const CALLGRIND_OUT: &str = "callgrind.out";
 
+/// Worker threads of every Envoy these tests start, unless [`Envoy::start_with_workers`] says
+/// otherwise: one, so that a test's requests meet one VM and a benchmark's one event loop.
+pub const DEFAULT_WORKERS: u32 = 1;
+
+/// How an Envoy process is started.
+#[derive(Debug, Clone, Copy)]
+struct Launch {
+    /// Under callgrind, instrumentation off until [`Envoy::count_instructions`].
+    callgrind: bool,
+    /// `--concurrency`.
+    workers: u32,
+}
+
+impl Launch {
+    const PLAIN: Self = Self {
+        callgrind: false,
+        workers: DEFAULT_WORKERS,
+    };
+}
+
 /// A running Envoy process.
 #[derive(Debug)]
 pub struct Envoy {
@@ -43,7 +63,22 @@ impl Envoy {
     /// When Envoy is missing, exits, or is not ready within [`START_DEADLINE`]; the error
     /// carries Envoy's log.
     pub async fn start(bootstrap: &Value) -> anyhow::Result<Self> {
-        Self::start_as(bootstrap, false).await
+        Self::start_as(bootstrap, Launch::PLAIN).await
+    }
+
+    /// Starts Envoy as [`Envoy::start`] does, with `workers` worker threads (`--concurrency`).
+    ///
+    /// # Errors
+    /// As [`Envoy::start`].
+    pub async fn start_with_workers(bootstrap: &Value, workers: u32) -> anyhow::Result<Self> {
+        Self::start_as(
+            bootstrap,
+            Launch {
+                workers,
+                ..Launch::PLAIN
+            },
+        )
+        .await
     }
 
     /// Starts Envoy with `bootstrap` under valgrind's callgrind, instrumentation off (it runs
@@ -52,16 +87,23 @@ impl Envoy {
     /// # Errors
     /// As [`Envoy::start`], or when valgrind is missing (`make setup` installs it).
     pub async fn start_counting_instructions(bootstrap: &Value) -> anyhow::Result<Self> {
-        Self::start_as(bootstrap, true).await
+        Self::start_as(
+            bootstrap,
+            Launch {
+                callgrind: true,
+                ..Launch::PLAIN
+            },
+        )
+        .await
     }
 
-    async fn start_as(bootstrap: &Value, callgrind: bool) -> anyhow::Result<Self> {
-        let deadline = if callgrind {
+    async fn start_as(bootstrap: &Value, launch: Launch) -> anyhow::Result<Self> {
+        let deadline = if launch.callgrind {
             CALLGRIND_START_DEADLINE
         } else {
             START_DEADLINE
         };
-        let envoy = Self::spawn(bootstrap, callgrind, deadline).await?;
+        let envoy = Self::spawn(bootstrap, launch, deadline).await?;
         let ready = poll::until("Envoy /ready", deadline, || async {
             envoy.check_alive()?;
             Ok(client::get(envoy.admin, "/ready")
@@ -78,8 +120,8 @@ impl Envoy {
     }
 
     /// Starts Envoy with `bootstrap` and waits only for its admin interface to listen.
-    async fn spawn(bootstrap: &Value, callgrind: bool, deadline: Duration) -> anyhow::Result<Self> {
-        let mut envoy = Self::launch(bootstrap, callgrind)?;
+    async fn spawn(bootstrap: &Value, launch: Launch, deadline: Duration) -> anyhow::Result<Self> {
+        let mut envoy = Self::launch(bootstrap, launch)?;
         let admin_path = envoy.dir.path().join(ADMIN_ADDRESS_FILE);
         let admin = poll::until("Envoy admin address file", deadline, || async {
             envoy.check_alive()?;
@@ -92,7 +134,8 @@ impl Envoy {
     }
 
     /// Writes the bootstrap and starts the process, without waiting for anything.
-    fn launch(bootstrap: &Value, callgrind: bool) -> anyhow::Result<Self> {
+    fn launch(bootstrap: &Value, launch: Launch) -> anyhow::Result<Self> {
+        let Launch { callgrind, workers } = launch;
         let dir = tempfile::Builder::new().prefix("weft-envoy-").tempdir()?;
         let config_path = dir.path().join("envoy.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(bootstrap)?)?;
@@ -123,7 +166,9 @@ impl Envoy {
             .arg(&admin_path)
             // Envoy picks a base id no other Envoy on the machine uses, so tests run in parallel.
             .arg("--use-dynamic-base-id")
-            .args(["--concurrency", "1", "--log-level", "info"])
+            .arg("--concurrency")
+            .arg(workers.to_string())
+            .args(["--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -207,7 +252,7 @@ impl Envoy {
     /// # Errors
     /// When Envoy cannot be started or is still running after [`START_DEADLINE`].
     pub async fn expect_exit(bootstrap: &Value) -> anyhow::Result<(Option<i32>, String)> {
-        let envoy = Self::launch(bootstrap, false)?;
+        let envoy = Self::launch(bootstrap, Launch::PLAIN)?;
         let status = poll::until("Envoy to exit", START_DEADLINE, || async {
             match envoy.child.lock() {
                 Ok(mut child) => Ok(child.try_wait()?),

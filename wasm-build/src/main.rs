@@ -20,8 +20,13 @@ const PACKAGE: &str = "weft-envoy";
 const PROFILE: &str = "wasm";
 /// Optimiser flags. The wasm feature flags match what rustc emits for wasm32-wasip1, which
 /// V8 in Envoy supports; `-O3` optimises for speed (see docs/decisions.md for the measurement).
+/// A function with one caller is inlined only when it is small: V8 compiles every function of
+/// the module with TurboFan when Envoy loads it, and the memory that takes for the largest
+/// functions stays in Envoy's heap (docs/decisions.md, "Small functions for V8").
 const WASM_OPT_FLAGS: &[&str] = &[
     "-O3",
+    "--one-caller-inline-max-function-size",
+    ONE_CALLER_INLINE_MAX_SIZE,
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-mutable-globals",
@@ -30,6 +35,10 @@ const WASM_OPT_FLAGS: &[&str] = &[
     "--enable-multivalue",
     "--strip-debug",
 ];
+
+/// wasm-opt's measure of a function's size (its expressions) up to which a function with a
+/// single caller is still inlined into it (wasm-opt's default is no limit).
+const ONE_CALLER_INLINE_MAX_SIZE: &str = "200";
 
 fn main() -> anyhow::Result<()> {
     let optimise = !std::env::args().skip(1).any(|arg| arg == "--no-opt");

@@ -16,7 +16,7 @@ pub(crate) type LookupMap<V> = FastMap<String, V>;
 
 use serde::Serialize;
 
-use crate::bundle::{AccessMode, Allows, Grant, SplitTable, StickyKey};
+use crate::bundle::{AccessMode, AccessPolicy, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
 use crate::matcher::Matcher;
 #[cfg(feature = "authoring")]
@@ -428,138 +428,13 @@ impl Engine {
                 field: "http_matches".to_owned(),
             });
         }
-        let mut matches = Vec::with_capacity(config.http_matches.len());
-        for (i, (spec, compiled)) in config.http_matches.iter().zip(automata).enumerate() {
-            if spec.path_regex.is_some() != compiled.path.is_some()
-                || spec.headers.len() != compiled.headers.len()
-            {
-                return Err(EngineError::Automata {
-                    field: format!("http_matches[{i}]"),
-                });
-            }
-            matches.push(CompiledMatch {
-                name: spec.name.clone(),
-                path: compiled.path,
-                methods: spec.methods.clone(),
-                headers: spec
-                    .headers
-                    .iter()
-                    .map(|(name, _)| name.to_ascii_lowercase())
-                    .zip(compiled.headers)
-                    .collect(),
-            });
-        }
-        let access = match &config.access {
-            None => None,
-            Some(policy) => {
-                for (g, grant) in policy.grants.iter().enumerate() {
-                    if let Allows::Http {
-                        matches: indexes, ..
-                    } = &grant.allows
-                    {
-                        for (m, index) in indexes.iter().enumerate() {
-                            check_index(
-                                || format!("access.grants[{g}].allows.http.matches[{m}]"),
-                                *index,
-                                matches.len(),
-                                "http_matches",
-                            )?;
-                        }
-                    }
-                }
-                for (source, grants) in &policy.sources {
-                    for index in grants {
-                        check_index(
-                            || format!("access.sources.{source}"),
-                            *index,
-                            policy.grants.len(),
-                            "grants",
-                        )?;
-                    }
-                }
-                let sources = policy
-                    .sources
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let mut header_names: Vec<String> = policy
-                    .grants
-                    .iter()
-                    .filter_map(|grant| match &grant.allows {
-                        Allows::Http { matches: m, .. } => Some(m),
-                        Allows::Tcp { .. } | Allows::Udp { .. } => None,
-                    })
-                    .flatten()
-                    .filter_map(|index| matches.get(*index as usize))
-                    .flat_map(|m| m.headers.iter().map(|(name, _)| name.clone()))
-                    .collect();
-                header_names.sort();
-                header_names.dedup();
-                let reads_port = !policy.unauthenticated_ports.is_empty()
-                    || policy.grants.iter().any(|grant| {
-                        grant.port.is_some()
-                            || matches!(&grant.allows, Allows::Tcp { ports, .. } if !ports.is_empty())
-                    });
-                Some(CompiledAccess {
-                    mode: policy.mode,
-                    reads_port,
-                    unauthenticated_ports: policy.unauthenticated_ports.clone(),
-                    header_names,
-                    grants: policy.grants.clone(),
-                    sources,
-                })
-            }
-        };
-        let mut splits = Vec::with_capacity(config.splits.len());
-        let mut hosts = LookupMap::default();
-        for (s, table) in config.splits.iter().enumerate() {
-            let mut header_names = Vec::new();
-            for (m, index) in table.matches.iter().enumerate() {
-                check_index(
-                    || format!("splits[{s}].matches[{m}]"),
-                    *index,
-                    matches.len(),
-                    "http_matches",
-                )?;
-                if let Some(spec) = matches.get(*index as usize) {
-                    header_names.extend(spec.headers.iter().map(|(name, _)| name.clone()));
-                }
-            }
-            let sticky = match &table.sticky {
-                None => None,
-                Some(StickyKey::Header(name)) => {
-                    let name = name.to_ascii_lowercase();
-                    check_token(|| format!("splits[{s}].sticky.header"), &name, "header")?;
-                    header_names.push(name.clone());
-                    Some(StickyKey::Header(name))
-                }
-                Some(StickyKey::Cookie(name)) => {
-                    check_token(|| format!("splits[{s}].sticky.cookie"), name, "cookie")?;
-                    header_names.push("cookie".to_owned());
-                    Some(StickyKey::Cookie(name.clone()))
-                }
-            };
-            header_names.sort();
-            header_names.dedup();
-            for host in &table.hosts {
-                hosts.entry(host_key(host).into_owned()).or_insert(s);
-            }
-            let mut total = 0u128;
-            let cumulative = table
-                .backends
-                .iter()
-                .map(|b| {
-                    total += u128::from(b.weight);
-                    total
-                })
-                .collect();
-            splits.push(CompiledSplit {
-                table: table.clone(),
-                cumulative,
-                header_names,
-                sticky,
-            });
-        }
+        let matches = compile_matches(config, automata)?;
+        let access = config
+            .access
+            .as_ref()
+            .map(|policy| compile_access(policy, &matches))
+            .transpose()?;
+        let (splits, hosts) = compile_splits(config, &matches)?;
         let metrics = config
             .metrics
             .as_ref()
@@ -765,6 +640,159 @@ impl Engine {
         self.split_for_host(host)
             .map_or(Routing::NotSplit, |split| split.route(request, random))
     }
+}
+
+// The three steps of `Engine::with_automata` stay functions of their own (`inline(never)`):
+// V8 compiles each wasm function whole, and the memory it takes for the largest one stays in
+// Envoy's heap afterwards (docs/decisions.md, "Small functions for V8").
+#[inline(never)]
+fn compile_matches(
+    config: &PluginConfig,
+    automata: Vec<MatchAutomata>,
+) -> Result<Vec<CompiledMatch>, EngineError> {
+    let mut matches = Vec::with_capacity(config.http_matches.len());
+    for (i, (spec, compiled)) in config.http_matches.iter().zip(automata).enumerate() {
+        if spec.path_regex.is_some() != compiled.path.is_some()
+            || spec.headers.len() != compiled.headers.len()
+        {
+            return Err(EngineError::Automata {
+                field: format!("http_matches[{i}]"),
+            });
+        }
+        matches.push(CompiledMatch {
+            name: spec.name.clone(),
+            path: compiled.path,
+            methods: spec.methods.clone(),
+            headers: spec
+                .headers
+                .iter()
+                .map(|(name, _)| name.to_ascii_lowercase())
+                .zip(compiled.headers)
+                .collect(),
+        });
+    }
+    Ok(matches)
+}
+
+#[inline(never)]
+fn compile_access(
+    policy: &AccessPolicy,
+    matches: &[CompiledMatch],
+) -> Result<CompiledAccess, EngineError> {
+    for (g, grant) in policy.grants.iter().enumerate() {
+        if let Allows::Http {
+            matches: indexes, ..
+        } = &grant.allows
+        {
+            for (m, index) in indexes.iter().enumerate() {
+                check_index(
+                    || format!("access.grants[{g}].allows.http.matches[{m}]"),
+                    *index,
+                    matches.len(),
+                    "http_matches",
+                )?;
+            }
+        }
+    }
+    for (source, grants) in &policy.sources {
+        for index in grants {
+            check_index(
+                || format!("access.sources.{source}"),
+                *index,
+                policy.grants.len(),
+                "grants",
+            )?;
+        }
+    }
+    let sources = policy
+        .sources
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut header_names: Vec<String> = policy
+        .grants
+        .iter()
+        .filter_map(|grant| match &grant.allows {
+            Allows::Http { matches: m, .. } => Some(m),
+            Allows::Tcp { .. } | Allows::Udp { .. } => None,
+        })
+        .flatten()
+        .filter_map(|index| matches.get(*index as usize))
+        .flat_map(|m| m.headers.iter().map(|(name, _)| name.clone()))
+        .collect();
+    header_names.sort();
+    header_names.dedup();
+    let reads_port = !policy.unauthenticated_ports.is_empty()
+        || policy.grants.iter().any(|grant| {
+            grant.port.is_some()
+                || matches!(&grant.allows, Allows::Tcp { ports, .. } if !ports.is_empty())
+        });
+    Ok(CompiledAccess {
+        mode: policy.mode,
+        reads_port,
+        unauthenticated_ports: policy.unauthenticated_ports.clone(),
+        header_names,
+        grants: policy.grants.clone(),
+        sources,
+    })
+}
+
+#[inline(never)]
+fn compile_splits(
+    config: &PluginConfig,
+    matches: &[CompiledMatch],
+) -> Result<(Vec<CompiledSplit>, LookupMap<usize>), EngineError> {
+    let mut splits = Vec::with_capacity(config.splits.len());
+    let mut hosts = LookupMap::default();
+    for (s, table) in config.splits.iter().enumerate() {
+        let mut header_names = Vec::new();
+        for (m, index) in table.matches.iter().enumerate() {
+            check_index(
+                || format!("splits[{s}].matches[{m}]"),
+                *index,
+                matches.len(),
+                "http_matches",
+            )?;
+            if let Some(spec) = matches.get(*index as usize) {
+                header_names.extend(spec.headers.iter().map(|(name, _)| name.clone()));
+            }
+        }
+        let sticky = match &table.sticky {
+            None => None,
+            Some(StickyKey::Header(name)) => {
+                let name = name.to_ascii_lowercase();
+                check_token(|| format!("splits[{s}].sticky.header"), &name, "header")?;
+                header_names.push(name.clone());
+                Some(StickyKey::Header(name))
+            }
+            Some(StickyKey::Cookie(name)) => {
+                check_token(|| format!("splits[{s}].sticky.cookie"), name, "cookie")?;
+                header_names.push("cookie".to_owned());
+                Some(StickyKey::Cookie(name.clone()))
+            }
+        };
+        header_names.sort();
+        header_names.dedup();
+        for host in &table.hosts {
+            hosts.entry(host_key(host).into_owned()).or_insert(s);
+        }
+        let mut total = 0u128;
+        let cumulative = table
+            .backends
+            .iter()
+            .map(|b| {
+                total += u128::from(b.weight);
+                total
+            })
+            .collect();
+        splits.push(CompiledSplit {
+            table: table.clone(),
+            cumulative,
+            header_names,
+            sticky,
+        });
+    }
+    Ok((splits, hosts))
 }
 
 impl CompiledSplit {

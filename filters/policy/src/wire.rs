@@ -215,6 +215,10 @@ enum Section {
     All,
 }
 
+// The readers of the bundle's parts (`read_http_match`, `read_metrics`, `read_access`,
+// `read_grant`, `read_split`) stay functions of their own (`inline(never)`): V8 compiles each
+// wasm function whole when Envoy loads the module, and the memory the largest one takes stays
+// in Envoy's heap afterwards (docs/decisions.md, "Small functions for V8").
 fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
     let mut r = Reader::header(bytes)?;
     let mut config = PluginConfig {
@@ -245,37 +249,8 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
     let count = r.count(&|| "http_matches".to_owned())?;
     let mut automata = Vec::with_capacity(count);
     for i in 0..count {
-        let at = |part: &str| format!("http_matches[{i}].{part}");
-        let name = r.string(&|| at("name"))?;
-        let mut compiled = MatchAutomata::default();
-        let path_regex = match r.byte(&|| at("path_regex"))? {
-            0 => None,
-            1 => {
-                let pattern = r.string(&|| at("path_regex"))?;
-                compiled.path = Some(r.automaton(&|| at("path_regex"))?);
-                Some(pattern)
-            }
-            other => return Err(r.bad_tag(at("path_regex"), other)),
-        };
-        let methods = r.list(&|| at("methods"), |r, m| {
-            r.string(&|| at(&format!("methods[{m}]")))
-        })?;
-        let headers_count = r.count(&|| at("headers"))?;
-        let mut headers = Vec::with_capacity(headers_count);
-        for h in 0..headers_count {
-            let name = r.string(&|| at(&format!("headers[{h}]")))?;
-            let pattern = r.string(&|| at(&format!("headers.{name}")))?;
-            compiled
-                .headers
-                .push(r.automaton(&|| at(&format!("headers.{name}")))?);
-            headers.push((name, pattern));
-        }
-        config.http_matches.push(HttpMatchSpec {
-            name,
-            path_regex,
-            methods,
-            headers,
-        });
+        let (spec, compiled) = read_http_match(&mut r, i)?;
+        config.http_matches.push(spec);
         automata.push(compiled);
     }
     config.access = r.option(&|| "access".to_owned(), read_access)?;
@@ -287,6 +262,47 @@ fn decode_until(bytes: &[u8], last: Section) -> Result<Bundle, WireError> {
         ));
     }
     Ok(Bundle { config, automata })
+}
+
+#[inline(never)]
+fn read_http_match(
+    r: &mut Reader<'_>,
+    i: usize,
+) -> Result<(HttpMatchSpec, MatchAutomata), WireError> {
+    let at = |part: &str| format!("http_matches[{i}].{part}");
+    let name = r.string(&|| at("name"))?;
+    let mut compiled = MatchAutomata::default();
+    let path_regex = match r.byte(&|| at("path_regex"))? {
+        0 => None,
+        1 => {
+            let pattern = r.string(&|| at("path_regex"))?;
+            compiled.path = Some(r.automaton(&|| at("path_regex"))?);
+            Some(pattern)
+        }
+        other => return Err(r.bad_tag(at("path_regex"), other)),
+    };
+    let methods = r.list(&|| at("methods"), |r, m| {
+        r.string(&|| at(&format!("methods[{m}]")))
+    })?;
+    let headers_count = r.count(&|| at("headers"))?;
+    let mut headers = Vec::with_capacity(headers_count);
+    for h in 0..headers_count {
+        let name = r.string(&|| at(&format!("headers[{h}]")))?;
+        let pattern = r.string(&|| at(&format!("headers.{name}")))?;
+        compiled
+            .headers
+            .push(r.automaton(&|| at(&format!("headers.{name}")))?);
+        headers.push((name, pattern));
+    }
+    Ok((
+        HttpMatchSpec {
+            name,
+            path_regex,
+            methods,
+            headers,
+        },
+        compiled,
+    ))
 }
 
 #[cfg(feature = "authoring")]
@@ -303,6 +319,7 @@ fn write_metrics(out: &mut Writer, metrics: &MetricsConfig) {
     out.option(metrics.service.as_ref(), |out, service| out.string(service));
 }
 
+#[inline(never)]
 fn read_metrics(r: &mut Reader<'_>) -> Result<MetricsConfig, WireError> {
     let direction = match r.byte(&|| "metrics.direction".to_owned())? {
         0 => Direction::Inbound,
@@ -389,6 +406,7 @@ fn write_access(out: &mut Writer, access: &AccessPolicy) {
     });
 }
 
+#[inline(never)]
 fn read_access(r: &mut Reader<'_>) -> Result<AccessPolicy, WireError> {
     let mode = match r.byte(&|| "access.mode".to_owned())? {
         0 => AccessMode::Enforce,
@@ -415,44 +433,47 @@ fn read_access(r: &mut Reader<'_>) -> Result<AccessPolicy, WireError> {
         })?;
         sources.insert(id, grants);
     }
-    let grants = r.list(&|| "access.grants".to_owned(), |r, g| {
-        let at = |part: &str| format!("access.grants[{g}].{part}");
-        let traffic_target = r.string(&|| at("traffic_target"))?;
-        let rule = r.u32(&|| at("rule"))?;
-        let port = r.option(&|| at("port"), |r| r.u16(&|| at("port")))?;
-        let allows = match r.byte(&|| at("allows"))? {
-            0 => Allows::Http {
-                route_group: r.string(&|| at("allows.http.route_group"))?,
-                matches: r.list(&|| at("allows.http.matches"), |r, m| {
-                    r.u32(&|| at(&format!("allows.http.matches[{m}]")))
-                })?,
-            },
-            kind @ (1 | 2) => {
-                let route = r.string(&|| at("allows.route"))?;
-                let ports = r.list(&|| at("allows.ports"), |r, p| {
-                    r.u16(&|| at(&format!("allows.ports[{p}]")))
-                })?;
-                if kind == 1 {
-                    Allows::Tcp { route, ports }
-                } else {
-                    Allows::Udp { route, ports }
-                }
-            }
-            other => return Err(r.bad_tag(at("allows"), other)),
-        };
-        Ok(Grant {
-            traffic_target,
-            rule,
-            port,
-            allows,
-        })
-    })?;
+    let grants = r.list(&|| "access.grants".to_owned(), read_grant)?;
     Ok(AccessPolicy {
         mode,
         unauthenticated_ports,
         trust_domain,
         sources,
         grants,
+    })
+}
+
+#[inline(never)]
+fn read_grant(r: &mut Reader<'_>, g: usize) -> Result<Grant, WireError> {
+    let at = |part: &str| format!("access.grants[{g}].{part}");
+    let traffic_target = r.string(&|| at("traffic_target"))?;
+    let rule = r.u32(&|| at("rule"))?;
+    let port = r.option(&|| at("port"), |r| r.u16(&|| at("port")))?;
+    let allows = match r.byte(&|| at("allows"))? {
+        0 => Allows::Http {
+            route_group: r.string(&|| at("allows.http.route_group"))?,
+            matches: r.list(&|| at("allows.http.matches"), |r, m| {
+                r.u32(&|| at(&format!("allows.http.matches[{m}]")))
+            })?,
+        },
+        kind @ (1 | 2) => {
+            let route = r.string(&|| at("allows.route"))?;
+            let ports = r.list(&|| at("allows.ports"), |r, p| {
+                r.u16(&|| at(&format!("allows.ports[{p}]")))
+            })?;
+            if kind == 1 {
+                Allows::Tcp { route, ports }
+            } else {
+                Allows::Udp { route, ports }
+            }
+        }
+        other => return Err(r.bad_tag(at("allows"), other)),
+    };
+    Ok(Grant {
+        traffic_target,
+        rule,
+        port,
+        allows,
     })
 }
 
@@ -478,6 +499,7 @@ fn write_split(out: &mut Writer, split: &SplitTable) {
     });
 }
 
+#[inline(never)]
 fn read_split(r: &mut Reader<'_>, s: usize) -> Result<SplitTable, WireError> {
     let at = |part: &str| format!("splits[{s}].{part}");
     Ok(SplitTable {

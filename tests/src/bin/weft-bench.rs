@@ -14,7 +14,9 @@
 //! All variants of a suite run in one run, interleaved over several rounds with the median kept,
 //! so that drift of the machine hits every variant alike. Prints a Markdown table per suite of
 //! throughput, p50/p99 latency, the measured Envoy's CPU time per request and its resident
-//! memory, as ratios to the native equivalent.
+//! memory, as ratios to the native equivalent. Then each variant's Envoy starts once more at
+//! `--concurrency 2` for its memory after a short load, once the allocator has handed back what
+//! it releases, with tcmalloc's own account beside it (a second table).
 //!
 //! Then each variant's measured Envoy runs once more under valgrind's callgrind, which counts
 //! the instructions it executes for a fixed number of requests sent one at a time: a cost per
@@ -293,10 +295,140 @@ async fn run_suite(
         suite.setup,
         options.rounds
     );
+    measure_memory(suite, options, pki, client).await?;
     if options.instructions > 0 {
         count_instructions(suite, options.instructions, pki, client).await?;
     }
     Ok(())
+}
+
+/// Worker threads of the Envoys whose memory [`measure_memory`] measures: issue 16's target
+/// reads "at `--concurrency 2`", and each worker holds a VM of its own.
+const MEMORY_WORKERS: u32 = 2;
+/// Seconds of load before memory is read, so that every worker has run requests.
+const MEMORY_LOAD_SECONDS: u64 = 2;
+/// How many release intervals memory may take to settle after the load.
+const MEMORY_SETTLE_INTERVALS: u32 = 20;
+/// Resident memory that moves less than this over one release interval has settled.
+const SETTLED_MIB: f64 = 0.1;
+
+/// Envoy's memory with each variant, at [`MEMORY_WORKERS`] workers: resident memory after a
+/// short load, once the allocator's background release (every bootstrap sets it) has nothing
+/// more to hand back, with tcmalloc's own account beside it (`/memory`): what is allocated,
+/// what it holds free, and what lies outside it (V8's own mappings, Envoy's code pages).
+async fn measure_memory(
+    suite: &Suite,
+    options: &Options,
+    pki: &Pki,
+    client: &Issued,
+) -> anyhow::Result<()> {
+    let mut samples: Vec<Vec<Memory>> = vec![Vec::new(); suite.variants.len()];
+    for _ in 0..options.rounds {
+        for (index, (name, config)) in suite.variants.iter().enumerate() {
+            let measured = Envoy::start_with_workers(config, MEMORY_WORKERS).await?;
+            let (entry, _sidecar) = entry_to(suite, &measured, pki, client).await?;
+            let url = format!("http://{entry}{}", suite.path);
+            wrk(&url, suite.host, MEMORY_LOAD_SECONDS, options.connections)?;
+            let memory = settled_memory(&measured).await?;
+            eprintln!("memory {name}: {memory:?}");
+            samples[index].push(memory);
+        }
+    }
+    let medians: Vec<Memory> = samples
+        .iter()
+        .map(|runs| {
+            let pick = |key: fn(&Memory) -> f64| middle(runs.iter().map(key));
+            Memory {
+                resident: pick(|m| m.resident),
+                allocated: pick(|m| m.allocated),
+                held_free: pick(|m| m.held_free),
+                tcmalloc_physical: pick(|m| m.tcmalloc_physical),
+            }
+        })
+        .collect();
+    let base = medians[suite.baseline];
+    let vs = suite.baseline_name;
+    println!(
+        "| {} at --concurrency {MEMORY_WORKERS} | RSS MiB | vs {vs} | allocated MiB | vs {vs} | free held by tcmalloc MiB | vs {vs} | outside tcmalloc MiB | vs {vs} |",
+        suite.title
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for ((name, _), m) in suite.variants.iter().zip(&medians) {
+        println!(
+            "| {name} | {:.1} | {:+.1} | {:.1} | {:+.1} | {:.1} | {:+.1} | {:.1} | {:+.1} |",
+            m.resident,
+            m.resident - base.resident,
+            m.allocated,
+            m.allocated - base.allocated,
+            m.held_free,
+            m.held_free - base.held_free,
+            m.outside(),
+            m.outside() - base.outside(),
+        );
+    }
+    println!(
+        "\nEach variant's Envoy at --concurrency {MEMORY_WORKERS}, after wrk -d{MEMORY_LOAD_SECONDS}s, read once its RSS moves less than {SETTLED_MIB} MiB over a release interval ({}s). allocated, free held: tcmalloc's /memory (free held = its page heap and caches). {} rounds interleaved, medians.\n",
+        weft_envoy_config::bootstrap::MEMORY_RELEASE_INTERVAL_SECONDS,
+        options.rounds
+    );
+    Ok(())
+}
+
+/// One reading of an Envoy's memory, in MiB.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    /// VmRSS.
+    resident: f64,
+    /// What tcmalloc has handed out and not got back.
+    allocated: f64,
+    /// What tcmalloc holds free: its page heap and its caches.
+    held_free: f64,
+    /// All the memory tcmalloc holds, resident.
+    tcmalloc_physical: f64,
+}
+
+impl Memory {
+    /// Resident memory tcmalloc does not account for: Envoy's code and data pages, V8's own
+    /// mappings (its isolates' heaps, the compiled module, the VMs' linear memories).
+    fn outside(&self) -> f64 {
+        self.resident - self.tcmalloc_physical
+    }
+}
+
+/// `envoy`'s memory once its resident size has stopped moving, polled once a release interval.
+async fn settled_memory(envoy: &Envoy) -> anyhow::Result<Memory> {
+    let interval = std::time::Duration::from_secs(u64::try_from(
+        weft_envoy_config::bootstrap::MEMORY_RELEASE_INTERVAL_SECONDS,
+    )?);
+    let mut previous = resident_mib(envoy.pid())?;
+    for _ in 0..MEMORY_SETTLE_INTERVALS {
+        tokio::time::sleep(interval).await;
+        let resident = resident_mib(envoy.pid())?;
+        if (resident - previous).abs() < SETTLED_MIB {
+            return tcmalloc_memory(envoy, resident).await;
+        }
+        previous = resident;
+    }
+    bail!("Envoy's RSS still moved after {MEMORY_SETTLE_INTERVALS} release intervals")
+}
+
+/// tcmalloc's account of `envoy`'s memory (`/memory`), beside `resident`.
+async fn tcmalloc_memory(envoy: &Envoy, resident: f64) -> anyhow::Result<Memory> {
+    let reply = envoy.admin_get("/memory").await?;
+    ensure!(reply.status == 200, "/memory answered {}", reply.status);
+    let stats: Value = serde_json::from_str(&reply.body).context("/memory is not JSON")?;
+    let mib = |field: &str| -> anyhow::Result<f64> {
+        let text = stats[field]
+            .as_str()
+            .with_context(|| format!("/memory has no {field}: {}", reply.body))?;
+        Ok(text.parse::<f64>()? / f64::from(1u32 << 20))
+    };
+    Ok(Memory {
+        resident,
+        allocated: mib("allocated")?,
+        held_free: mib("pageheap_free")? + mib("total_thread_cache")?,
+        tcmalloc_physical: mib("total_physical_bytes")?,
+    })
 }
 
 /// Where wrk or the counting client sends a suite's requests to reach `measured`: its listener,
