@@ -11,6 +11,7 @@ use weft_envoy_config::pb::envoy::extensions::filters::network::http_connection_
 use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::bundle::AccessMode;
 use weft_policy::{CallerIdentity, PluginConfig};
+use weft_wasm_build::code::{LARGEST_FUNCTION_BUDGET, function_sizes};
 use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, export_names};
 use weft_wasm_build::{MANIFEST_FILE, Manifest};
 
@@ -42,6 +43,30 @@ fn the_built_module_offers_envoy_only_the_hooks_weft_implements() {
     let mut expected: Vec<String> = ENVOY_ENTRY_POINTS.iter().map(|s| (*s).to_owned()).collect();
     expected.sort();
     assert_eq!(exported, expected);
+}
+
+#[test]
+fn no_function_of_the_built_module_is_larger_than_v8_compiles_cheaply() {
+    let module = std::fs::read(paths::weft_wasm().unwrap()).unwrap();
+    let sizes = function_sizes(&module).unwrap();
+    assert!(
+        sizes.len() > 100,
+        "{} functions: not weft.wasm",
+        sizes.len()
+    );
+    let (index, largest) = sizes
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    assert!(
+        largest <= LARGEST_FUNCTION_BUDGET,
+        "function {index} of weft.wasm is {largest} bytes, above {LARGEST_FUNCTION_BUDGET}: V8 \
+         compiles it whole when Envoy loads the module, and Envoy keeps the memory that took \
+         (docs/decisions.md, \"Small functions for V8\"); keep it apart with #[inline(never)] \
+         where it is built"
+    );
 }
 
 /// A working directory laid out like the README's walk-through leaves the repository root:

@@ -4,8 +4,9 @@
 //! reference it by this sha256 in ECDS, so the manifest is the artifact's identity. The binary
 //! (`src/main.rs`) does the building; this library holds the manifest and its checks, which
 //! the tests use to prove that a manifest describes the file beside it. [`exports`] decides
-//! which hooks the module offers Envoy.
+//! which hooks the module offers Envoy; [`code`] measures what V8 compiles.
 
+pub mod code;
 pub mod exports;
 
 use std::path::Path;

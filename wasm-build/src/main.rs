@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
+use weft_wasm_build::code::{LARGEST_FUNCTION_BUDGET, function_sizes};
 use weft_wasm_build::exports::{ENVOY_ENTRY_POINTS, keep_exports};
 use weft_wasm_build::{MANIFEST_FILE, MODULE_FILE, Manifest, Optimisation};
 
@@ -120,6 +121,14 @@ fn main() -> anyhow::Result<()> {
             }
         );
     }
+    let largest = function_sizes(&module)
+        .context("cannot read the module's code")?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    println!(
+        "wasm-build: largest function {largest} bytes (tests/tests/artifacts.rs allows {LARGEST_FUNCTION_BUDGET})"
+    );
     println!(
         "wasm-build: wrote {} ({} bytes, sha256 {}) and {}",
         module_path.display(),
