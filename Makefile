@@ -1,12 +1,12 @@
 # weft: the three commands a fresh clone needs are `make setup`, `make test` and `make demo`.
 CARGO ?= cargo
 .DEFAULT_GOAL := help
-.PHONY: help setup build test lint fuzz bench soak demo demo-standalone envoy-configs clean
+.PHONY: help setup build test lint fuzz bench bench-floor soak demo demo-standalone envoy-configs clean
 FUZZ_SECONDS ?= 20
 
 # List the targets.
 help:
-	@awk '/^# /{doc=substr($$0,3)} /^[a-z]+:/{sub(":.*","",$$1); if (doc) printf "  make %-6s %s\n", $$1, doc; doc=""}' Makefile
+	@awk '/^# /{doc=substr($$0,3)} /^[a-z-]+:/{sub(":.*","",$$1); if (doc) printf "  make %-6s %s\n", $$1, doc; doc=""}' Makefile
 
 # Install everything the build, tests and demo need (wasm target, wrk, binaryen, Envoy in .venv); idempotent.
 setup:
@@ -45,6 +45,17 @@ bench: build
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-bench
 	$(CARGO) build --release --quiet -p weft-cli --bin weft
 	$(CARGO) run --release --quiet -p weft-e2e --bin weft-xds-bench -- --proxies 100,1000,5000
+
+# The floor under weft's per-request cost: a module making only the host calls weft's filter makes (tests/floor-probe), measured beside weft.wasm in instructions per request, inbound and outbound (docs/BENCHMARKS.md).
+FLOOR_PROBE = $(CARGO) build --release --quiet --target wasm32-wasip1 --manifest-path tests/floor-probe/Cargo.toml --target-dir target/floor-probe
+FLOOR_BENCH = $(CARGO) run --release --quiet -p weft-e2e --bin weft-bench -- --rounds 1 --duration 1
+bench-floor: build
+	$(FLOOR_PROBE)
+	cp target/floor-probe/wasm32-wasip1/release/weft_floor_probe.wasm target/floor-probe/inbound.wasm
+	$(FLOOR_PROBE) --features outbound
+	cp target/floor-probe/wasm32-wasip1/release/weft_floor_probe.wasm target/floor-probe/outbound.wasm
+	$(FLOOR_BENCH) --suite access --compare-wasm target/floor-probe/inbound.wasm
+	$(FLOOR_BENCH) --suite split --compare-wasm target/floor-probe/outbound.wasm
 
 # The main job: a mesh of real Envoys driven by weft's controller (examples/mesh): access, split and metrics over mTLS, then policy edits enforced live; under a minute, nothing left behind.
 demo: build
