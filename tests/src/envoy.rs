@@ -28,7 +28,7 @@ const CALLGRIND_OUT: &str = "callgrind.out";
 
 /// Worker threads of every Envoy these tests start, unless [`Envoy::start_with_workers`] says
 /// otherwise: one, so that a test's requests meet one VM and a benchmark's one event loop.
-pub const DEFAULT_WORKERS: u32 = 1;
+const DEFAULT_WORKERS: u32 = 1;
 
 /// How an Envoy process is started.
 #[derive(Debug, Clone, Copy)]

@@ -645,6 +645,7 @@ impl Engine {
 // The three steps of `Engine::with_automata` stay functions of their own (`inline(never)`):
 // V8 compiles each wasm function whole, and the memory it takes for the largest one stays in
 // Envoy's heap afterwards (docs/decisions.md, "Small functions for V8").
+/// The bundle's HTTP matches, each with its automata, which must fit its spec.
 #[inline(never)]
 fn compile_matches(
     config: &PluginConfig,
@@ -674,6 +675,8 @@ fn compile_matches(
     Ok(matches)
 }
 
+/// The access policy, its indexes checked, with the headers its decisions read and whether they
+/// read the port.
 #[inline(never)]
 fn compile_access(
     policy: &AccessPolicy,
@@ -737,6 +740,7 @@ fn compile_access(
     })
 }
 
+/// The TrafficSplits, their indexes and sticky keys checked, and the table from host to split.
 #[inline(never)]
 fn compile_splits(
     config: &PluginConfig,
