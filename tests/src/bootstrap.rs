@@ -205,8 +205,9 @@ pub fn http_listener_with_hosts(
 
 /// An HTTP listener named `name` whose weft filter (loading `module`) reads the caller's identity
 /// from `x-forwarded-client-cert`, which the listener itself sets: both through envoy-config's
-/// `forward_caller_identity`, as the controller and the shipped configuration do. `config` is
-/// the rest of the plugin configuration; every request goes to `cluster`.
+/// `forward_caller_identity`, the one place that pairs them (the listeners the controller and
+/// the shipped configurations generate read the connection instead). `config` is the rest of
+/// the plugin configuration; every request goes to `cluster`.
 pub fn http_listener_forwarding_caller(
     name: &str,
     module: &Path,
