@@ -222,12 +222,10 @@ enum Command {
     /// started and the fetch is retried, backing off to every 5 s), write the bootstrap. Its
     /// credentials come from `weft cert workload` with the controller's CA (and its ca.pem).
     Sidecar {
-        /// The controller's xDS address.
+        /// The controller's xDS address (the module is fetched there too, over the same
+        /// mTLS channel).
         #[arg(long, default_value = "127.0.0.1:15010")]
         xds: std::net::SocketAddr,
-        /// The controller's status address (the module is fetched from it).
-        #[arg(long, default_value = "http://127.0.0.1:15014")]
-        controller: String,
         /// The pod, namespace/name.
         #[arg(long)]
         pod: String,
@@ -458,7 +456,6 @@ fn main() -> ExitCode {
         }
         Command::Sidecar {
             xds,
-            controller,
             pod,
             workload,
             service_account,
@@ -472,7 +469,6 @@ fn main() -> ExitCode {
         } => {
             let args = weft_cli::mesh::SidecarArgs {
                 xds,
-                controller,
                 pod,
                 workload,
                 service_account,

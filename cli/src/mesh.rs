@@ -389,10 +389,8 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
 /// What `weft sidecar` was asked.
 #[derive(Debug, Clone)]
 pub struct SidecarArgs {
-    /// The controller's xDS address.
+    /// The controller's xDS address (the module is fetched there, on the same channel).
     pub xds: SocketAddr,
-    /// The controller's admin URL (the module is fetched from it).
-    pub controller: String,
     /// The pod: `namespace/name`.
     pub pod: String,
     /// Its workload (Deployment or Pod name in the manifests).
@@ -419,8 +417,11 @@ pub struct SidecarArgs {
 /// first to the last.
 const MODULE_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
-/// Fetches the module (checked against its SHA-256; while it cannot be had, Envoy is not
-/// started and the fetch is retried), writes the bootstrap, and with `exec` becomes Envoy.
+/// Fetches the module over the control channel (mTLS with the sidecar's bootstrap credential,
+/// the controller checked by its SPIFFE ID; the module checked against the SHA-256 the
+/// controller announces, and against `--module-sha256` when given; while it cannot be had,
+/// Envoy is not started and the fetch is retried), writes the bootstrap, and with `exec`
+/// becomes Envoy.
 ///
 /// # Errors
 /// When the module is not the pinned one, or a file cannot be written; Envoy is then not
@@ -430,8 +431,21 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
         .pod
         .split_once('/')
         .with_context(|| format!("--pod {}: give namespace/name", args.pod))?;
+    let credentials = std::fs::canonicalize(&args.credentials)
+        .with_context(|| format!("{}", args.credentials.display()))?;
+    let read = |name: &str| {
+        let path = credentials.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
+    };
+    let controller_identity = weft_controller::pki::controller_identity(&args.trust_domain);
+    let tls = weft_controller::channel::client_config(
+        &read(weft_certs::CERT_FILE)?,
+        &read(weft_certs::KEY_FILE)?,
+        &read(weft_certs::CA_CERT_FILE)?,
+        &controller_identity,
+    )?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (bytes, sha256) = runtime.block_on(wait_for_module(args))?;
+    let (bytes, sha256) = runtime.block_on(wait_for_module(args, tls))?;
     let modules = args.out.join("modules");
     std::fs::create_dir_all(&modules)?;
     let module = modules.join(format!("weft-{sha256}.wasm"));
@@ -439,12 +453,10 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
     std::fs::write(&staging, &bytes)?;
     std::fs::rename(&staging, &module)?;
     let module = std::fs::canonicalize(&module)?;
-    let credentials = std::fs::canonicalize(&args.credentials)
-        .with_context(|| format!("{}", args.credentials.display()))?;
     let file = |name: &str| credentials.join(name).display().to_string();
     let link = weft_envoy_config::mesh::ControllerLink {
         address: args.xds,
-        identity: weft_controller::pki::controller_identity(&args.trust_domain),
+        identity: controller_identity,
         credentials: weft_envoy_config::tls::Credentials::Files {
             cert: file(weft_certs::CERT_FILE),
             key: file(weft_certs::KEY_FILE),
@@ -479,13 +491,8 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
         let err = std::process::Command::new(envoy)
             .arg("-c")
             .arg(&path)
-            .args([
-                "--use-dynamic-base-id",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warning",
-            ])
+            .args(weft_envoy_config::bootstrap::SIDECAR_ENVOY_ARGS)
+            .args(["--log-level", "warning"])
             .exec();
         anyhow::bail!("starting {}: {err}", envoy.display());
     }
@@ -495,16 +502,21 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
 /// The module and its SHA-256, once the controller serves one that matches what it announces:
 /// until then nothing listens on the pod's ports, so no request can pass a filter that is not
 /// there. A module that is not the pinned one is an error at once (waiting would not fix it).
-async fn wait_for_module(args: &SidecarArgs) -> anyhow::Result<(Bytes, String)> {
+async fn wait_for_module(
+    args: &SidecarArgs,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(Bytes, String)> {
     let mut pause = MODULE_RETRY.0;
     loop {
-        match fetch_module(&args.controller).await {
+        match weft_controller::channel::fetch_module(args.xds, tls.clone(), Duration::from_secs(10))
+            .await
+        {
             Ok((bytes, sha256)) => {
                 if let Some(pinned) = &args.module_sha256 {
                     anyhow::ensure!(
                         *pinned == sha256,
                         "the module from {} has SHA-256 {sha256}, not the pinned {pinned}; not starting Envoy",
-                        args.controller
+                        args.xds
                     );
                 }
                 return Ok((bytes, sha256));
@@ -519,34 +531,6 @@ async fn wait_for_module(args: &SidecarArgs) -> anyhow::Result<(Bytes, String)> 
             }
         }
     }
-}
-
-/// The controller's module and its SHA-256, which must be the one it announces.
-async fn fetch_module(controller: &str) -> anyhow::Result<(Bytes, String)> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    let url = format!("{}/module", controller.trim_end_matches('/'));
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.get(url.parse().with_context(|| format!("{url} is not a URL"))?),
-    )
-    .await
-    .with_context(|| format!("{url}: no answer in 10 s"))?
-    .with_context(|| format!("{url} cannot be reached"))?;
-    anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
-    let announced = response
-        .headers()
-        .get("x-weft-module-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response.into_body().collect().await?.to_bytes();
-    let sha256 = weft_controller::runtime::Module::digest(&body);
-    anyhow::ensure!(
-        announced.as_deref() == Some(sha256.as_str()),
-        "the module from {url} has SHA-256 {sha256}, but the controller announced {}",
-        announced.as_deref().unwrap_or("none")
-    );
-    Ok((body, sha256))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The controller's admin HTTP server: `/status` (JSON: every pod, its proxy's protocol state,
-//! the last refused change), `/module` (the `weft.wasm` sidecars load, with its SHA-256 in
-//! `x-weft-module-sha256`), `/metrics` (Prometheus), `/healthz` (liveness: the rebuild loop
-//! goes round) and `/readyz` (readiness: proxies are being served).
+//! the last refused change), `/metrics` (Prometheus), `/healthz` (liveness: the rebuild loop
+//! goes round) and `/readyz` (readiness: proxies are being served). It shows, and changes
+//! nothing; the module is served on the authenticated control channel only
+//! ([`crate::channel`]). Behind the connection gate of [`crate::serve`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,12 +11,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::patch::PatchError;
 use crate::runtime::Shared;
+use crate::serve::{Activity, ConnectionGate, Limits, drive};
 
 /// The JSON `/status` answers.
 pub fn status_json(shared: &Shared) -> serde_json::Value {
@@ -115,59 +117,39 @@ fn count(n: usize) -> i64 {
 }
 
 fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
-    let (status, content_type, body, sha) = match path {
+    let (status, content_type, body) = match path {
         "/status" => (
             StatusCode::OK,
             "application/json",
             Bytes::from(status_json(shared).to_string()),
-            None,
         ),
-        "/module" => {
-            let module = shared.module();
-            (
-                StatusCode::OK,
-                "application/wasm",
-                Bytes::from(module.bytes.as_ref().clone()),
-                Some(module.sha256),
-            )
-        }
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Bytes::from(metrics_text(shared)),
-            None,
         ),
-        "/healthz" if shared.is_live(LIVENESS) => (
-            StatusCode::OK,
-            "text/plain",
-            Bytes::from_static(b"ok\n"),
-            None,
-        ),
+        "/healthz" if shared.is_live(LIVENESS) => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
+        }
         "/healthz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             Bytes::from_static(b"the rebuild loop has stopped turning\n"),
-            None,
         ),
-        "/readyz" if shared.is_serving() => (
-            StatusCode::OK,
-            "text/plain",
-            Bytes::from_static(b"ok\n"),
-            None,
-        ),
+        "/readyz" if shared.is_serving() => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
+        }
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             Bytes::from_static(
                 b"not serving configuration yet (waiting for sidecars to reconnect)\n",
             ),
-            None,
         ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"weft controller: /status, /module, /metrics, /healthz, /readyz\n"),
-            None,
+            Bytes::from_static(b"weft controller: /status, /metrics, /healthz, /readyz\n"),
         ),
     };
     let mut response = Response::new(Full::new(body));
@@ -177,35 +159,94 @@ fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
-    if let Some(sha) = sha
-        && let Ok(value) = hyper::header::HeaderValue::from_str(&sha)
-    {
-        headers.insert("x-weft-module-sha256", value);
-    }
     response
 }
 
-/// Serves `listener` until `stop` turns true.
+/// Serves `listener` until `stop` turns true, within `limits`: at most so many connections
+/// (in all and per address), a request's headers within the handshake time, at most
+/// [`MAX_REQUEST_HEAD`] bytes of them, a connection closed when idle or old; only `GET` and
+/// `HEAD`, and no request body is read.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let gate = Arc::new(ConnectionGate::default());
+    let mut connections = tokio::task::JoinSet::new();
+    let mut last_log = std::time::Instant::now();
     loop {
         let accepted = tokio::select! {
-            () = crate::runtime::stopped(&mut stop) => return,
+            () = crate::runtime::stopped(&mut stop) => break,
             accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let Some(permits) = gate.admit(peer.ip(), &limits) else {
+            drop(stream);
+            if last_log.elapsed() >= std::time::Duration::from_secs(10) {
+                last_log = std::time::Instant::now();
+                log::warn!(
+                    "weft: the admin port refused {} connection(s): it holds {} (at most {} in all, {} from one address)",
+                    gate.take_refused(),
+                    gate.held(),
+                    limits.connections,
+                    limits.per_peer
+                );
+            }
+            continue;
+        };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permits = permits;
+            let activity = Activity::new();
+            let tracker = activity.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&shared, request.uri().path());
+                let _in_flight = tracker.start();
+                let response = match *request.method() {
+                    hyper::Method::GET | hyper::Method::HEAD => {
+                        respond(&shared, request.uri().path())
+                    }
+                    _ => text(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "the weft controller's admin port answers GET and HEAD only\n",
+                    ),
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.handshake)
+                .max_buf_size(MAX_REQUEST_HEAD);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                activity,
+                limits,
+                stop,
+            )
+            .await;
         });
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// The most bytes of a request's head the admin port reads (hyper's smallest buffer).
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
 }

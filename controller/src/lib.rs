@@ -6,6 +6,8 @@
 //! mesh CA and rotates workload certificates on wall-clock time, and reports status.
 
 pub mod admin;
+pub mod channel;
+pub mod guard;
 pub mod index;
 pub mod manifests;
 pub mod mesh;
@@ -13,5 +15,7 @@ pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod runtime;
+pub mod serve;
 pub mod status;
 pub mod trust;
+pub mod watch;

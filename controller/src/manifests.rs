@@ -8,8 +8,15 @@
 //! folders of a Kubernetes ConfigMap volume, whose files are read through the links next to
 //! them); a path given on the command line is always read. A file that cannot be read, or is
 //! not UTF-8 text, is reported against its path and the others are still read.
+//!
+//! What is refused: only regular files are read (a FIFO would block the reader for good, a link
+//! to `/dev/zero` would never end), each at most [`MAX_FILE_BYTES`] and all together at most
+//! [`MAX_TOTAL_BYTES`], and a walk stops after [`MAX_ENTRIES`] entries; each refusal is an error
+//! against the path. Reading blocks: callers on an async runtime read on a blocking thread.
 
 use std::collections::HashSet;
+use std::io::Read as _;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use weft_policy::diagnostic::{Diagnostic, Origin, Severity};
@@ -26,7 +33,32 @@ pub enum ManifestsError {
     /// No manifest file under the given paths.
     #[error("no .yaml, .yml or .json files under {0}")]
     Empty(String),
+    /// Something other than a regular file where a manifest was expected.
+    #[error("is {0}, not a regular file; manifests are regular YAML or JSON files")]
+    NotRegular(&'static str),
+    /// A file larger than [`MAX_FILE_BYTES`].
+    #[error(
+        "is {0} bytes, more than the {MAX_FILE_BYTES} a manifest file may have (a Kubernetes object is at most 1.5 MB); split it"
+    )]
+    TooLarge(u64),
+    /// The files together are larger than [`MAX_TOTAL_BYTES`].
+    #[error(
+        "is not read: the manifests read before it already hold {MAX_TOTAL_BYTES} bytes, as many as a folder may"
+    )]
+    TotalTooLarge,
+    /// A walk that met more than [`MAX_ENTRIES`] entries.
+    #[error(
+        "holds more than {MAX_ENTRIES} entries; the rest is not read (a link to a large tree?)"
+    )]
+    TooManyEntries,
 }
+
+/// The largest manifest file read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// The most bytes read from all manifest files together.
+pub const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
+/// The most directory entries a walk looks at.
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// The manifest files found, and the problems met reading them.
 #[derive(Debug, Default)]
@@ -48,17 +80,14 @@ pub fn read(paths: &[PathBuf]) -> Result<Manifests, ManifestsError> {
         files: Vec::new(),
         problems: walk.problems,
     };
+    let mut total = 0;
     for path in walk.files {
-        match std::fs::read(&path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => manifests.files.push((path.display().to_string(), text)),
-                Err(_) => manifests
-                    .problems
-                    .push(problem(&path, ManifestsError::NotText)),
-            },
-            Err(source) => manifests
-                .problems
-                .push(problem(&path, ManifestsError::Read(source))),
+        match read_file(&path, MAX_TOTAL_BYTES.saturating_sub(total)) {
+            Ok(text) => {
+                total += text.len() as u64;
+                manifests.files.push((path.display().to_string(), text));
+            }
+            Err(error) => manifests.problems.push(problem(&path, error)),
         }
     }
     if manifests.files.is_empty() && manifests.problems.is_empty() {
@@ -66,6 +95,62 @@ pub fn read(paths: &[PathBuf]) -> Result<Manifests, ManifestsError> {
         return Err(ManifestsError::Empty(given.join(", ")));
     }
     Ok(manifests)
+}
+
+/// What a file that is not a regular file is.
+fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The text of the regular file `path`, of at most [`MAX_FILE_BYTES`] and at most `room`
+/// bytes. Opened without blocking and checked again once open, so that a FIFO put in its place
+/// meanwhile is refused rather than waited on.
+fn read_file(path: &Path, room: u64) -> Result<String, ManifestsError> {
+    let regular = |metadata: &std::fs::Metadata| {
+        let file_type = metadata.file_type();
+        if !file_type.is_file() {
+            return Err(ManifestsError::NotRegular(file_kind(file_type)));
+        }
+        if metadata.len() > MAX_FILE_BYTES {
+            return Err(ManifestsError::TooLarge(metadata.len()));
+        }
+        if metadata.len() > room {
+            return Err(ManifestsError::TotalTooLarge);
+        }
+        Ok(())
+    };
+    regular(&std::fs::metadata(path).map_err(ManifestsError::Read)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ManifestsError::Read)?;
+    regular(&file.metadata().map_err(ManifestsError::Read)?)?;
+    let limit = MAX_FILE_BYTES.min(room);
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ManifestsError::Read)?;
+    if bytes.len() as u64 > limit {
+        return Err(if limit < MAX_FILE_BYTES {
+            ManifestsError::TotalTooLarge
+        } else {
+            ManifestsError::TooLarge(bytes.len() as u64)
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| ManifestsError::NotText)
 }
 
 /// The manifest files under `paths`, found as [`read`] finds them (links followed once, hidden
@@ -93,6 +178,8 @@ struct Walk {
     problems: Vec<Diagnostic>,
     /// Real (canonical) paths of the files and directories taken so far.
     seen: HashSet<PathBuf>,
+    /// Directory entries looked at.
+    entries: usize,
 }
 
 impl Walk {
@@ -133,7 +220,7 @@ impl Walk {
     }
 
     fn directory(&mut self, path: &Path) {
-        if !self.first_time(path) {
+        if self.entries > MAX_ENTRIES || !self.first_time(path) {
             return;
         }
         let entries = match std::fs::read_dir(path) {
@@ -142,6 +229,12 @@ impl Walk {
         };
         let mut paths = Vec::new();
         for entry in entries {
+            self.entries += 1;
+            if self.entries > MAX_ENTRIES {
+                self.problems
+                    .push(problem(path, ManifestsError::TooManyEntries));
+                return;
+            }
             match entry {
                 Ok(entry) => paths.push(entry.path()),
                 Err(source) => return self.unreadable(path, source),
@@ -162,6 +255,7 @@ impl Walk {
             );
             match std::fs::metadata(&entry) {
                 Ok(metadata) if metadata.is_dir() => self.directory(&entry),
+                // A manifest's name on something that is not a file is reported when read.
                 Ok(_) if manifest_name => self.file(&entry),
                 Ok(_) => {}
                 // A manifest's link to nowhere is reported, not silently skipped.

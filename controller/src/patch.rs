@@ -1,7 +1,7 @@
 //! EnvoyPatches applied to one sidecar's generated resources, after everything else: each
 //! resource patch's RFC 6902 operations on the resource's Envoy JSON, the result read back into
-//! its typed proto (unknown fields and wrong types refused, as Envoy refuses them), and a guard
-//! that no patch can take weft's filter out of a listener's path or change its TLS. A patch
+//! its typed proto (unknown fields and wrong types refused, as Envoy refuses them), and the
+//! guard ([`crate::guard`]): a patch changes only what cannot change who reaches what. A patch
 //! that fails is left out for this proxy alone, with a reason naming the patch, the operation
 //! and the JSON path; the proxy gets the unpatched resource. Pure: the runtime keeps which
 //! patches a proxy refused (NACK) and passes them in as withdrawn.
@@ -14,14 +14,15 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use weft_envoy_config::constraints;
-use weft_envoy_config::listeners::{connection_manager, puts_paths_in_normal_form};
 use weft_envoy_config::mesh::SidecarResources;
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
-use weft_envoy_config::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
 use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
 use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::traffic::{EnvoyPatch, ResourcePatch};
 use weft_xds::snapshot::{CLUSTER, LISTENER, ROUTE};
+
+use crate::guard::ResourceKind;
 
 /// Why a resource patch was not applied to a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,11 +71,9 @@ pub enum PatchError {
         /// The name after.
         to: String,
     },
-    /// A patch that would let traffic skip weft's filter or its TLS.
-    #[error(
-        "{0}; weft's filter stays first, and TLS and the settings it relies on stay as generated, in every listener"
-    )]
-    Guard(String),
+    /// A patch that would change what decides who reaches what.
+    #[error("{0}")]
+    Guard(crate::guard::Breach),
     /// Envoy refused the configuration with this patch (a NACK).
     #[error("Envoy refused it: {0}")]
     Refused(String),
@@ -207,78 +206,24 @@ fn patched<T: Message + Name + Default>(
     })
 }
 
-/// What of a filter chain must stay as weft generated it: its first network filter, or, when
-/// that is an HTTP connection manager, its first HTTP filter (each as Envoy's JSON) and whether
-/// the manager puts paths in normal form, which weft's filter relies on to judge the path the
-/// application serves.
-#[derive(Debug, PartialEq)]
-struct Guard {
-    network: Option<Value>,
-    http: Option<Value>,
-    normalises_paths: bool,
-}
-
-fn guard_of(chain: &FilterChain) -> Guard {
-    match connection_manager(chain) {
-        Some(manager) => Guard {
-            network: None,
-            http: manager.http_filters.first().and_then(|f| to_json(f).ok()),
-            normalises_paths: puts_paths_in_normal_form(&manager),
-        },
-        None => Guard {
-            network: chain.filters.first().and_then(|f| to_json(f).ok()),
-            http: None,
-            normalises_paths: false,
-        },
-    }
-}
-
-/// Checks that `patched` keeps weft's guard of `original`: its TLS, its first filter (weft's,
-/// where weft put one) and no default chain that would take connections past them.
-fn keeps_guard(original: &Listener, patched: &Listener) -> Result<(), PatchError> {
-    let Some(model) = original.filter_chains.first() else {
-        return Ok(());
+/// Checks that `patched` changes nothing of `original` (a resource of `kind`) but the safe
+/// fields of its side ([`crate::guard`]), comparing both as Envoy's JSON.
+fn keeps_guard<T: Message + Name>(
+    kind: ResourceKind,
+    name: &str,
+    original: &T,
+    patched: &T,
+) -> Result<(), PatchError> {
+    let json = |resource: &T| {
+        to_json(resource).map_err(|err| PatchError::Invalid {
+            index: 0,
+            op: String::new(),
+            path: String::new(),
+            type_name: T::NAME.to_owned(),
+            reason: err.to_string(),
+        })
     };
-    if patched.default_filter_chain != original.default_filter_chain {
-        return Err(PatchError::Guard(
-            "default_filter_chain cannot be patched: connections matching no chain would take it"
-                .to_owned(),
-        ));
-    }
-    // Compared as Envoy's JSON: a round trip through JSON may encode the same message anew.
-    let tls = |chain: &FilterChain| {
-        chain
-            .transport_socket
-            .as_ref()
-            .and_then(|t| to_json(t).ok())
-    };
-    let guard = guard_of(model);
-    for (i, chain) in patched.filter_chains.iter().enumerate() {
-        if tls(chain) != tls(model) {
-            return Err(PatchError::Guard(format!(
-                "filter_chains[{i}].transport_socket differs from the TLS weft generated"
-            )));
-        }
-        let patched = guard_of(chain);
-        let same = match (&guard.network, &guard.http) {
-            (Some(_), _) => patched.network == guard.network,
-            (None, Some(first)) => patched.http.as_ref() == Some(first),
-            (None, None) => true,
-        };
-        if !same {
-            return Err(PatchError::Guard(format!(
-                "filter_chains[{i}] does not start with the filter weft generated first"
-            )));
-        }
-        if guard.normalises_paths && !patched.normalises_paths {
-            return Err(PatchError::Guard(format!(
-                "filter_chains[{i}]: the http_connection_manager's path normalisation \
-                 (normalize_path, merge_slashes, path_with_escaped_slashes_action) cannot be \
-                 patched: weft's filter judges the path the application will serve"
-            )));
-        }
-    }
-    Ok(())
+    crate::guard::check(kind, name, &json(original)?, &json(patched)?).map_err(PatchError::Guard)
 }
 
 /// What patching gave, by the resource's bytes and the patch: the pods of a namespace share
@@ -290,14 +235,14 @@ pub struct PatchCache {
 }
 
 /// Patches the resource named `name` of `list` in place: found, patched, not renamed, and
-/// passing `guard` (the listener's), or left as it was.
+/// changing only what the guard lets a patch change, or left as it was.
 fn patch_in<T: Message + Name + Default>(
     list: &mut [T],
     resource: &ResourcePatch,
     key: &PatchKey,
     cache: &mut PatchCache,
     named: impl Fn(&T) -> &str,
-    guard: impl Fn(&T, &T) -> Result<(), PatchError>,
+    kind: ResourceKind,
 ) -> Result<(), PatchError> {
     let available: Vec<&str> = list.iter().map(&named).collect();
     let Some(index) = available.iter().position(|n| *n == resource.name) else {
@@ -321,7 +266,7 @@ fn patch_in<T: Message + Name + Default>(
                     to: named(&new).to_owned(),
                 });
             }
-            guard(target, &new)?;
+            keeps_guard(kind, &resource.name, &*target, &new)?;
             Ok(new.encode_to_vec())
         })
         .clone()?;
@@ -398,7 +343,7 @@ fn apply_one(
             key,
             cache,
             |l: &Listener| &l.name,
-            keeps_guard,
+            ResourceKind::Listener,
         ),
         "Cluster" => patch_in(
             &mut resources.clusters,
@@ -406,7 +351,7 @@ fn apply_one(
             key,
             cache,
             |c: &Cluster| &c.name,
-            |_: &Cluster, _: &Cluster| Ok(()),
+            ResourceKind::Cluster,
         ),
         _ => patch_in(
             &mut resources.routes,
@@ -414,7 +359,7 @@ fn apply_one(
             key,
             cache,
             |r: &RouteConfiguration| &r.name,
-            |_: &RouteConfiguration, _: &RouteConfiguration| Ok(()),
+            ResourceKind::Route,
         ),
     };
     (type_url(&resource.type_name), result)
@@ -752,7 +697,7 @@ mod tests {
                 outcome(&patch("Listener", "inbound:8080", operations.clone()));
             let problem = problem.unwrap_or_default();
             assert!(
-                problem.contains("weft's filter stays first"),
+                problem.contains("which decides who reaches what"),
                 "{operations}: {problem}"
             );
             assert_eq!(resources, sidecar());
@@ -781,7 +726,9 @@ mod tests {
         let mut bad = patch(
             "RouteConfiguration",
             "outbound",
-            json!([{"op": "add", "path": "/virtual_hosts/0/domains/-", "value": "checkout"}]),
+            // Safe by the guard; Envoy refuses to add a pseudo-header.
+            json!([{"op": "add", "path": "/virtual_hosts/0/request_headers_to_add",
+                    "value": [{"header": {"key": ":path", "value": "/x"}}]}]),
         );
         bad.meta.name = "q".to_owned();
         let mut ledger = PatchLedger::default();

@@ -269,6 +269,13 @@ impl Pki {
         let mut known = in_force.roots.clone();
         known.extend(wanted.roots.clone());
         let control = copy(&in_force.ca)?;
+        // The control channel trusts the mesh's own CAs only: the one in force and, when a
+        // rotation is under way, the one it rotates to. Other roots of the trust bundle (a
+        // partner's, for calls) may vouch for workloads' calls, never for sidecars to their
+        // controller, which hands out the mesh's keys.
+        let control_roots: BTreeSet<RootId> = [in_force.root.clone(), wanted.root.clone()]
+            .into_iter()
+            .collect();
         let mut pki = Self {
             trust_domain: trust_domain.to_owned(),
             policy,
@@ -284,7 +291,11 @@ impl Pki {
             phase: Phase::Steady,
             issued: HashMap::new(),
         };
-        pki.control_bundle = pki.bundle_pem();
+        pki.control_bundle = control_roots
+            .iter()
+            .filter_map(|root| pki.known.get(root))
+            .map(String::as_str)
+            .collect();
         pki.keep_in_force()?;
         Ok(pki)
     }
@@ -387,7 +398,10 @@ impl Pki {
         &self.phase
     }
 
-    /// The roots the control channel trusts (a sidecar checks the controller against them).
+    /// The roots the control channel trusts, PEM: the mesh CA in force when the controller
+    /// started and the one a rotation under way goes to, never another root of the trust
+    /// bundle. Sidecars' credentials must chain to them, and sidecars check the controller
+    /// against them.
     pub fn control_bundle_pem(&self) -> &str {
         &self.control_bundle
     }
@@ -502,12 +516,16 @@ pub fn controller_identity(trust_domain: &str) -> String {
 pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
+        .map_err(io(path))?;
+    // The mode above applies to a file created now; one that was there keeps its own.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io(path))?;
     file.write_all(text.as_bytes()).map_err(io(path))
 }
@@ -679,6 +697,43 @@ mod tests {
             roots_in(again.control_bundle_pem()),
             BTreeSet::from([old, new])
         );
+    }
+
+    #[test]
+    fn a_partner_root_in_the_trust_bundle_is_trusted_for_calls_but_not_by_the_control_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = pki(dir.path()).issuer_root().clone();
+        let partner =
+            MeshCa::generate("cluster.local", Validity::starting_now(CA_LIFETIME)).unwrap();
+        let partner_root =
+            RootId::of(&weft_certs::first_certificate_der(&partner.pem().cert_pem).unwrap());
+        let ca_pem = std::fs::read_to_string(dir.path().join(weft_certs::CA_CERT_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(weft_certs::TRUST_BUNDLE_FILE),
+            format!("{ca_pem}{}", partner.pem().cert_pem),
+        )
+        .unwrap();
+        let mut again = pki(dir.path());
+        again
+            .advance(&holding(&mesh, &BTreeSet::from([mesh.clone()])))
+            .unwrap();
+        assert_eq!(
+            roots_in(&again.bundle_pem()),
+            BTreeSet::from([mesh.clone(), partner_root])
+        );
+        assert_eq!(roots_in(again.control_bundle_pem()), BTreeSet::from([mesh]));
+    }
+
+    #[test]
+    fn a_key_written_over_a_readable_file_ends_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&key, "new").unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

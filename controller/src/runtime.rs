@@ -13,7 +13,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use weft_certs::RotationPolicy;
 use weft_envoy_config::mesh::node_metadata;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
@@ -28,6 +27,7 @@ use crate::mesh::{MeshView, Pod, sidecar_snapshot};
 use crate::pki::{CaFiles, CaSource, Pki};
 use crate::status::Status;
 use crate::trust::{Held, Phase};
+use crate::watch::{Fingerprint, SETTLE, Settler};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -838,13 +838,27 @@ impl Admission for Gate {
             }
             Event::InSync => self.shared.metrics.in_sync(key, std::time::Instant::now()),
             Event::StaleNonce { .. } => {}
-            Event::Missing { type_url, names } => {
-                log::warn!(
-                    "weft: proxy {key} asked for {} {} it is not given",
-                    short_name(type_url),
-                    names.join(", ")
-                );
-                self.shared.status.refused(key, names);
+            Event::Missing {
+                type_url,
+                names,
+                count,
+            } => {
+                if let Some(covered) = self.shared.status.refused(key, names, *count) {
+                    log::warn!(
+                        "weft: proxy {key} asked for {covered} {} resource(s) it is not given (logged at most once a minute), such as {}",
+                        short_name(type_url),
+                        names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            Event::TooManyNames { type_url, count } => {
+                if self.shared.status.refused(key, &[], *count).is_some() {
+                    log::warn!(
+                        "weft: proxy {key} named {count} {} resources in one request, more than {}; its stream is ended (logged at most once a minute)",
+                        short_name(type_url),
+                        weft_xds::protocol::MAX_RESOURCE_NAMES
+                    );
+                }
             }
         }
     }
@@ -882,8 +896,11 @@ impl Controller {
     /// # Errors
     /// When the manifests have errors, or a port, file or certificate cannot be had.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        let (catalog, diagnostics) =
-            crate::index::load(std::slice::from_ref(&options.manifests), false)?;
+        let manifests = options.manifests.clone();
+        let (catalog, diagnostics) = tokio::task::spawn_blocking(move || {
+            crate::index::load(std::slice::from_ref(&manifests), false)
+        })
+        .await??;
         let errors: Vec<String> = diagnostics
             .iter()
             .filter(|d| d.is_error())
@@ -935,62 +952,75 @@ impl Controller {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
 
+        let descriptors = crate::serve::raise_descriptor_limit();
         let xds = tokio::net::TcpListener::bind(shared.options.xds_listen).await?;
         let xds_address = xds.local_addr()?;
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &server.cert_pem,
-                &server.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&bundle));
+        let tls = crate::channel::server_config(&server.cert_pem, &server.key_pem, &bundle)?;
         let service = AdsService::new(
             shared.cache.clone(),
             Arc::new(Gate {
                 shared: shared.clone(),
             }),
-        );
-        let router = tonic::transport::Server::builder()
-            .tls_config(tls)?
-            .add_service(service.into_server());
-        let mut stop = shutdown.subscribe();
-        tasks.spawn(async move {
-            let until = async move { stopped(&mut stop).await };
-            if let Err(err) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(xds), until)
-                .await
-            {
-                log::error!("weft: the xDS server stopped: {err}");
-            }
-        });
+        )
+        .with_stop(shutdown.subscribe());
+        let port = crate::serve::XdsPort {
+            listener: xds,
+            tls,
+            ads: service.into_server(),
+            shared: shared.clone(),
+            limits: crate::serve::Limits::xds(descriptors),
+        };
+        tasks.spawn(port.serve(shutdown.subscribe()));
 
         let admin = tokio::net::TcpListener::bind(shared.options.admin_listen).await?;
         let admin_address = admin.local_addr()?;
         tasks.spawn(crate::admin::serve(
             admin,
             shared.clone(),
+            crate::serve::Limits::admin(descriptors),
             shutdown.subscribe(),
         ));
 
         let watcher = shared.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
-            let mut last = fingerprint(&watcher.options.manifests);
+            // Looking at files and reading them blocks: on a blocking thread, so that a file
+            // system that hangs holds the watcher, never the runtime.
+            let manifests = watcher.options.manifests.clone();
             let ca_files = watcher.pki().files().clone();
-            let mut last_ca = ca_fingerprint(&ca_files);
+            let look = move || (fingerprint(&manifests), ca_fingerprint(&ca_files));
+            let Ok((manifests_now, ca_now)) = tokio::task::spawn_blocking(look.clone()).await
+            else {
+                return;
+            };
+            let mut manifests_settler = Settler::new(manifests_now, SETTLE);
+            let mut ca_settler = Settler::new(ca_now, SETTLE);
             loop {
                 tokio::select! {
                     () = stopped(&mut stop) => return,
                     () = tokio::time::sleep(watcher.options.poll) => {}
                 }
-                let now = fingerprint(&watcher.options.manifests);
-                if now != last {
-                    last = now;
-                    watcher.reload();
-                }
-                let now = ca_fingerprint(&ca_files);
-                if now != last_ca {
-                    last_ca = now;
-                    watcher.reload_ca();
+                let Ok((manifests_now, ca_now)) = tokio::task::spawn_blocking(look.clone()).await
+                else {
+                    return;
+                };
+                let now = std::time::Instant::now();
+                let manifests_changed = manifests_settler.observe(manifests_now, now);
+                let ca_changed = ca_settler.observe(ca_now, now);
+                if manifests_changed || ca_changed {
+                    let shared = watcher.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || {
+                        if manifests_changed {
+                            shared.reload();
+                        }
+                        if ca_changed {
+                            shared.reload_ca();
+                        }
+                    });
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        _ = reloaded => {}
+                    }
                 }
             }
         });
@@ -1084,9 +1114,6 @@ fn log_unapplied(diagnostics: &[Diagnostic]) {
     }
 }
 
-/// What changes when a manifest changes: each manifest file's path, size and modification
-/// time, found as the manifests reader finds them (so a link loop ends, hidden entries such as
-/// local mode's `DIR/.weft` are skipped).
 /// Hands the memory a rebuild freed back to the system. A rebuild holds every pod's old and new
 /// snapshot at once; glibc's allocator keeps what was freed for reuse, so without this the
 /// controller stays at the high-water mark of its largest rebuild (measured: +260 MiB after
@@ -1100,29 +1127,20 @@ fn release_freed_memory() {
     }
 }
 
-/// The size and modification time of the operator's CA files (none for a missing one).
-fn ca_fingerprint(files: &CaFiles) -> Vec<Option<(u64, Option<std::time::SystemTime>)>> {
-    [Some(&files.cert), Some(&files.key), files.bundle.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|meta| (meta.len(), meta.modified().ok()))
-        })
-        .collect()
+/// The operator's CA files as the watcher sees them.
+fn ca_fingerprint(files: &CaFiles) -> Fingerprint {
+    crate::watch::fingerprint(
+        [Some(&files.cert), Some(&files.key), files.bundle.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned(),
+    )
 }
 
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    crate::manifests::list(&[dir.to_path_buf()])
-        .into_iter()
-        .map(|path| {
-            let metadata = std::fs::metadata(&path).ok();
-            let size = metadata.as_ref().map_or(0, std::fs::Metadata::len);
-            let modified = metadata.and_then(|m| m.modified().ok());
-            (path, size, modified)
-        })
-        .collect()
+/// The manifest files, found as the manifests reader finds them (so a link loop ends, hidden
+/// entries such as local mode's `DIR/.weft` are skipped), as the watcher sees them.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    crate::watch::fingerprint(crate::manifests::list(&[dir.to_path_buf()]))
 }
 
 #[cfg(test)]

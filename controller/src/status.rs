@@ -30,11 +30,23 @@ pub struct ProxyStatus {
     pub connected: bool,
     /// Per xDS type (`cds`, `eds`, `lds`, `rds`, `sds`, `ecds`).
     pub types: BTreeMap<String, TypeState>,
-    /// Resources it asked for and was refused (another workload's secret, say).
+    /// The latest resources it asked for and was refused (another workload's secret, say):
+    /// at most [`REFUSED_KEPT`], the latest last.
     pub refused: Vec<String>,
+    /// How many times it asked for a resource and was refused.
+    pub refused_total: u64,
+    /// When a refusal of this proxy was last logged, and how many came since.
+    #[serde(skip)]
+    refusals_logged: Option<(std::time::Instant, u64)>,
     /// When its workload certificate expires (RFC 3339).
     pub certificate_expires: Option<String>,
 }
+
+/// How many refused names each proxy's status keeps.
+pub const REFUSED_KEPT: usize = 16;
+
+/// How often refusals of one proxy are logged at most.
+pub const REFUSALS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every proxy's status, by node id.
 #[derive(Debug, Default)]
@@ -81,15 +93,35 @@ impl Status {
         });
     }
 
-    /// `node` asked for `names` and was not given them.
-    pub fn refused(&self, node: &str, names: &[String]) {
+    /// `node` asked for `count` resources it was not given, `names` among them. Returns, when
+    /// a log line is due (the proxy's first refusal, then at most one per
+    /// [`REFUSALS_LOGGED_EVERY`]), how many refusals it covers.
+    pub fn refused(&self, node: &str, names: &[String], count: usize) -> Option<u64> {
+        let now = std::time::Instant::now();
         self.with(node, |p| {
             for name in names {
-                if !p.refused.contains(name) {
-                    p.refused.push(name.clone());
+                if let Some(at) = p.refused.iter().position(|kept| kept == name) {
+                    p.refused.remove(at);
+                }
+                if p.refused.len() == REFUSED_KEPT {
+                    p.refused.remove(0);
+                }
+                p.refused.push(name.clone());
+            }
+            let count = u64::try_from(count).unwrap_or(u64::MAX);
+            p.refused_total = p.refused_total.saturating_add(count);
+            match &mut p.refusals_logged {
+                Some((at, since)) if now.duration_since(*at) < REFUSALS_LOGGED_EVERY => {
+                    *since = since.saturating_add(count);
+                    None
+                }
+                logged => {
+                    let covered = logged.map_or(0, |(_, since)| since) + count;
+                    *logged = Some((now, 0));
+                    Some(covered)
                 }
             }
-        });
+        })
     }
 
     /// `node`'s certificate expires at `at`.
@@ -123,5 +155,34 @@ impl Status {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_the_latest_few_a_count_and_log_once_a_minute() {
+        let status = Status::default();
+        let names: Vec<String> = (0..50_000).map(|i| format!("secret-{i}")).collect();
+        assert_eq!(
+            status.refused("shop/a-0", &names[..16], 50_000),
+            Some(50_000)
+        );
+        assert_eq!(
+            status.refused("shop/a-0", &names[16..20], 4),
+            None,
+            "logged a moment ago"
+        );
+        let proxy = &status.all()["shop/a-0"];
+        assert_eq!(proxy.refused.len(), REFUSED_KEPT);
+        assert_eq!(proxy.refused.last().map(String::as_str), Some("secret-19"));
+        assert_eq!(proxy.refused_total, 50_004);
+        // A name refused again moves to the end rather than being kept twice.
+        status.refused("shop/a-0", &names[4..5], 1);
+        let proxy = &status.all()["shop/a-0"];
+        assert_eq!(proxy.refused.iter().filter(|n| *n == "secret-4").count(), 1);
+        assert_eq!(proxy.refused.last().map(String::as_str), Some("secret-4"));
     }
 }

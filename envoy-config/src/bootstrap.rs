@@ -56,6 +56,25 @@ pub fn stats_config() -> StatsConfig {
     }
 }
 
+/// How long, in seconds, a sidecar's Envoy keeps the connections of a listener's old filter
+/// chains once the listener changed (a patch applied or withdrawn, a port changed): each is
+/// told to close at once (`Connection: close` on its next response, GOAWAY), and closed after
+/// this whatever it does. Envoy's default, 600 s with a gradual drain, let a connection opened
+/// under a withdrawn EnvoyPatch keep its old chain for ten minutes.
+pub const SIDECAR_DRAIN_SECONDS: u32 = 5;
+
+/// The command-line arguments every sidecar Envoy weft starts gets, after `-c BOOTSTRAP`:
+/// a base id of its own (several on one host), one worker, and the drain above.
+pub const SIDECAR_ENVOY_ARGS: &[&str] = &[
+    "--use-dynamic-base-id",
+    "--concurrency",
+    "1",
+    "--drain-time-s",
+    "5",
+    "--drain-strategy",
+    "immediate",
+];
+
 /// How much free memory Envoy's allocator hands back to the system each
 /// [`MEMORY_RELEASE_INTERVAL_SECONDS`]: 16 MiB.
 pub const BYTES_TO_RELEASE: u64 = 16 << 20;
@@ -131,4 +150,21 @@ pub fn with_ads(mut bootstrap: Bootstrap, xds_cluster: &str) -> Bootstrap {
         ..bootstrap::DynamicResources::default()
     });
     bootstrap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sidecar_arguments_drain_for_the_seconds_documented() {
+        let at = SIDECAR_ENVOY_ARGS
+            .iter()
+            .position(|arg| *arg == "--drain-time-s")
+            .unwrap();
+        assert_eq!(
+            SIDECAR_ENVOY_ARGS[at + 1],
+            SIDECAR_DRAIN_SECONDS.to_string()
+        );
+    }
 }

@@ -423,7 +423,7 @@ impl LocalMesh {
         envoy
             .arg("-c")
             .arg(&bootstrap_path)
-            .args(["--use-dynamic-base-id", "--concurrency", "1"])
+            .args(weft_envoy_config::bootstrap::SIDECAR_ENVOY_ARGS)
             .args([
                 "--log-level",
                 "warning",

@@ -244,7 +244,7 @@ pub struct RemotePod<'a> {
 }
 
 /// `weft sidecar --exec envoy` for `pod` in `trust_domain`, run with the `weft` binary `weft`,
-/// against the controller at `xds` (ADS) and `admin` (the module); its bootstrap credential
+/// against the controller at `xds` (ADS and the module); its bootstrap credential
 /// issued with `weft cert workload` from the CA in `state` into `dir`, with the CA beside it.
 /// Ready to spawn.
 ///
@@ -255,7 +255,7 @@ pub fn weft_sidecar(
     pod: &RemotePod<'_>,
     trust_domain: &str,
     (state, dir): (&Path, &Path),
-    (xds, admin): (u16, u16),
+    xds: u16,
 ) -> anyhow::Result<std::process::Command> {
     let namespace = pod.pod.split_once('/').map_or("default", |(ns, _)| ns);
     let issued = std::process::Command::new(weft)
@@ -281,7 +281,6 @@ pub fn weft_sidecar(
     command
         .arg("sidecar")
         .args(["--xds", &format!("127.0.0.1:{xds}")])
-        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
         .args(["--pod", pod.pod, "--workload", pod.workload])
         .args(["--service-account", pod.service_account])
         .args(["--trust-domain", trust_domain])

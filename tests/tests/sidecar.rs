@@ -153,7 +153,6 @@ fn start_sidecar(
     trust_domain: &str,
     (state, pods): (&Path, &Path),
     xds: u16,
-    admin: u16,
 ) -> Process {
     let name = format!("shop/{}", pod.name);
     let remote = pod.remote(&name);
@@ -162,7 +161,7 @@ fn start_sidecar(
         &remote,
         trust_domain,
         (state, &pods.join(pod.name)),
-        (xds, admin),
+        xds,
     )
     .unwrap()
     .stdout(Stdio::null())
@@ -173,9 +172,9 @@ fn start_sidecar(
 }
 
 /// [`start_sidecar`] for each of `pods`, in cluster.local.
-fn start_sidecars(pods: &[Pod], files: (&Path, &Path), xds: u16, admin: u16) -> Vec<Process> {
+fn start_sidecars(pods: &[Pod], files: (&Path, &Path), xds: u16) -> Vec<Process> {
     pods.iter()
-        .map(|pod| start_sidecar(pod, "cluster.local", files, xds, admin))
+        .map(|pod| start_sidecar(pod, "cluster.local", files, xds))
         .collect()
 }
 
@@ -238,7 +237,7 @@ async fn sidecars_of_a_separate_controller_keep_serving_through_its_sigkill_and_
     wait_controller(admin).await;
 
     let app = start_checkout_app(&pods[2]);
-    let sidecars: Vec<Process> = start_sidecars(&pods, (state.path(), pods_dir.path()), xds, admin);
+    let sidecars: Vec<Process> = start_sidecars(&pods, (state.path(), pods_dir.path()), xds);
     wait_live(&pods).await;
     wait_reaches_checkout(&pods[0]).await;
     assert_eq!(
@@ -351,7 +350,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
         &remote,
         "cluster.local",
         (state.path(), &pods_dir.path().join(checkout.name)),
-        (xds, admin),
+        xds,
     )
     .unwrap();
     let mut waiting = waiting
@@ -392,8 +391,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
     // The module comes: the sidecar starts by itself and serves, enforcing.
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
     let _app = start_checkout_app(checkout);
-    let callers: Vec<Process> =
-        start_sidecars(&pods[..2], (state.path(), pods_dir.path()), xds, admin);
+    let callers: Vec<Process> = start_sidecars(&pods[..2], (state.path(), pods_dir.path()), xds);
     wait_live(&pods).await;
     wait_reaches_checkout(&pods[0]).await;
     assert_eq!(call(&pods[1], "/cart").await.0, 403);
@@ -410,9 +408,22 @@ fn a_sidecar_refuses_to_start_when_the_module_does_not_match_its_pin() {
     let _controller = start_controller(manifests.path(), state.path(), xds, admin);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(wait_controller(admin));
+    let issued = weft()
+        .args(["cert", "workload", "--ca"])
+        .arg(state.path())
+        .args(["--identity", "shop/frontend", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(issued.success());
+    std::fs::copy(
+        state.path().join(weft_certs::CA_CERT_FILE),
+        out.path().join(weft_certs::CA_CERT_FILE),
+    )
+    .unwrap();
     let pinned = weft()
         .arg("sidecar")
-        .args(["--controller", &format!("http://127.0.0.1:{admin}")])
+        .args(["--xds", &format!("127.0.0.1:{xds}")])
         .args([
             "--pod",
             "shop/frontend-0",
@@ -472,8 +483,8 @@ async fn a_pod_whose_sidecar_went_away_is_forgotten_and_leaves_its_callers_endpo
     // In a trust domain of its own: every identity check (the controller's, the admission's,
     // the peers') is made in it.
     let files = (state.path(), pods_dir.path());
-    let _caller = start_sidecar(&CALLER, "example.org", files, xds, admin);
-    let called = start_sidecar(&CALLED, "example.org", files, xds, admin);
+    let _caller = start_sidecar(&CALLER, "example.org", files, xds);
+    let called = start_sidecar(&CALLED, "example.org", files, xds);
     wait_live(&[CALLER, CALLED]).await;
     wait_reaches_checkout(&CALLER).await;
     let identities: Vec<String> = status(admin).await.unwrap()["pods"]
@@ -535,7 +546,7 @@ async fn a_sidecar_restarted_under_load_serves_nothing_until_configured_and_lets
     wait_controller(admin).await;
     let _app = start_checkout_app(checkout);
     let files = (state.path(), pods_dir.path());
-    let mut sidecars = start_sidecars(&restarted, files, xds, admin);
+    let mut sidecars = start_sidecars(&restarted, files, xds);
     wait_live(&restarted).await;
     wait_reaches_checkout(&restarted[0]).await;
 
@@ -578,7 +589,7 @@ async fn a_sidecar_restarted_under_load_serves_nothing_until_configured_and_lets
     // is up and traffic flows.
     let killed_at = std::time::Instant::now();
     drop(sidecars.pop());
-    sidecars.push(start_sidecar(checkout, "cluster.local", files, xds, admin));
+    sidecars.push(start_sidecar(checkout, "cluster.local", files, xds));
     let served_at = until(
         "the restarted sidecar serving",
         Duration::from_secs(30),

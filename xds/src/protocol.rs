@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use crate::snapshot::{PUSH_ORDER, Resource, SharedSnapshot, is_wildcard_type, set_version};
+use crate::snapshot::{
+    PUSH_ORDER, Resource, SharedSnapshot, is_wildcard_type, set_version, short_name as short_type,
+};
 
 /// Something the stream observed that the controller records (logs, metrics, status).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +54,17 @@ pub enum Event {
     Missing {
         /// xDS type.
         type_url: String,
-        /// Names asked for and not served.
+        /// Names asked for and not served: the first [`MISSING_NAMED`] of them.
         names: Vec<String>,
+        /// How many names were asked for and not served.
+        count: usize,
+    },
+    /// A request named more resources than [`MAX_RESOURCE_NAMES`]; the stream ends.
+    TooManyNames {
+        /// xDS type.
+        type_url: String,
+        /// How many it named.
+        count: usize,
     },
     /// After an ACK, the proxy has applied everything it was sent and nothing is left to send:
     /// it runs its current snapshot (for what it subscribes to). The end of a convergence.
@@ -67,7 +78,17 @@ pub struct Output {
     pub responses: Vec<DiscoveryResponse>,
     /// What happened.
     pub events: Vec<Event>,
+    /// Why the stream must end, when it must.
+    pub end: Option<String>,
 }
+
+/// The most resource names one request may carry. Envoy names one resource per cluster it
+/// discovers endpoints for, and a handful of others; a request with more is refused whole, so
+/// that no proxy can make the controller sort and keep an unbounded list.
+pub const MAX_RESOURCE_NAMES: usize = 10_000;
+
+/// How many of the names a proxy asked for and was not given an event carries.
+pub const MISSING_NAMED: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Sent {
@@ -121,6 +142,18 @@ impl Stream {
     pub fn on_request(&mut self, request: &DiscoveryRequest) -> Output {
         let mut output = Output::default();
         let type_url = request.type_url.clone();
+        if request.resource_names.len() > MAX_RESOURCE_NAMES {
+            let count = request.resource_names.len();
+            output.events.push(Event::TooManyNames {
+                type_url: type_url.clone(),
+                count,
+            });
+            output.end = Some(format!(
+                "a request for {} names {count} resources; at most {MAX_RESOURCE_NAMES} are served per request",
+                short_type(&type_url)
+            ));
+            return output;
+        }
         let first = request.response_nonce.is_empty();
         if !first {
             // Before anything of the type is kept: a stale request (or one naming a nonce never
@@ -223,8 +256,18 @@ impl Stream {
 
     /// Takes a new snapshot of the proxy's resources and pushes what changed.
     pub fn on_snapshot(&mut self, snapshot: SharedSnapshot) -> Output {
+        let first = self.snapshot.is_none();
         self.snapshot = Some(snapshot);
         let mut output = Output::default();
+        if first {
+            // What the proxy asked for before it had a snapshot is judged now.
+            let subscribed: Vec<String> = self.types.keys().cloned().collect();
+            for type_url in subscribed {
+                if let Some(missing) = self.missing(&type_url) {
+                    output.events.push(missing);
+                }
+            }
+        }
         let mut order: Vec<String> = PUSH_ORDER.iter().map(|t| (*t).to_owned()).collect();
         order.extend(
             self.types
@@ -280,19 +323,17 @@ impl Stream {
     fn missing(&self, type_url: &str) -> Option<Event> {
         let snapshot = self.snapshot.as_ref()?;
         let state = self.types.get(type_url)?;
-        let names: Vec<String> = state
-            .names
-            .iter()
-            .filter(|name| {
-                snapshot
-                    .resources(type_url)
-                    .is_none_or(|resources| !resources.contains_key(*name))
-            })
-            .cloned()
-            .collect();
-        (!names.is_empty()).then(|| Event::Missing {
+        let mut missing = state.names.iter().filter(|name| {
+            snapshot
+                .resources(type_url)
+                .is_none_or(|resources| !resources.contains_key(*name))
+        });
+        let names: Vec<String> = missing.by_ref().take(MISSING_NAMED).cloned().collect();
+        let count = names.len() + missing.count();
+        (count > 0).then(|| Event::Missing {
             type_url: type_url.to_owned(),
             names,
+            count,
         })
     }
 
@@ -670,9 +711,79 @@ mod tests {
             vec![Event::Missing {
                 type_url: SECRET.to_owned(),
                 names: vec!["spiffe://cluster.local/ns/shop/sa/admin".to_owned()],
+                count: 1,
             }]
         );
         assert!(one(&output).resources.is_empty());
+    }
+
+    #[test]
+    fn a_request_made_before_the_snapshot_existed_is_judged_when_it_comes() {
+        let mut stream = Stream::new();
+        let early = stream.on_request(&request(
+            SECRET,
+            &["spiffe://cluster.local/ns/shop/sa/admin"],
+            "",
+            "",
+        ));
+        assert!(early.events.is_empty() && early.responses.is_empty());
+        let output = stream.on_snapshot(snapshot(&[(
+            SECRET,
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "cert",
+        )]));
+        assert_eq!(
+            output.events[0],
+            Event::Missing {
+                type_url: SECRET.to_owned(),
+                names: vec!["spiffe://cluster.local/ns/shop/sa/admin".to_owned()],
+                count: 1,
+            }
+        );
+        // A later snapshot does not report it again.
+        let later = stream.on_snapshot(snapshot(&[(
+            SECRET,
+            "spiffe://cluster.local/ns/shop/sa/api",
+            "cert2",
+        )]));
+        assert!(
+            !later
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Missing { .. })),
+            "{:?}",
+            later.events
+        );
+    }
+
+    #[test]
+    fn a_request_for_many_names_reports_a_few_and_the_count_and_too_many_end_the_stream() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(SECRET, "mine", "cert")]));
+        let names: Vec<String> = (0..MAX_RESOURCE_NAMES)
+            .map(|i| format!("n{i:05}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let output = stream.on_request(&request(SECRET, &refs, "", ""));
+        match &output.events[0] {
+            Event::Missing { names, count, .. } => {
+                assert_eq!(names.len(), MISSING_NAMED);
+                assert_eq!(*count, MAX_RESOURCE_NAMES);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(output.end.is_none());
+        let mut more = refs.clone();
+        more.push("one-too-many");
+        let output = stream.on_request(&request(SECRET, &more, "", ""));
+        assert_eq!(
+            output.events,
+            vec![Event::TooManyNames {
+                type_url: SECRET.to_owned(),
+                count: MAX_RESOURCE_NAMES + 1
+            }]
+        );
+        assert!(output.end.is_some() && output.responses.is_empty());
     }
 
     #[test]

@@ -39,6 +39,11 @@ const REQUEST_BUFFER: usize = 1024;
 /// The largest request read, as tonic's default.
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
+/// The client certificates (DER, leaf first) of the TLS connection a request came on, put in
+/// the request's extensions by the server that terminated TLS.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
+
 /// The caller's side of each stream.
 pub trait Admission: Send + Sync + 'static {
     /// Who the proxy that sent `node` over a connection with `peer_certificates` (DER, leaf
@@ -156,9 +161,14 @@ impl<A: Admission> Service<http::Request<tonic::body::Body>> for AdsServer<A> {
 
 impl<A: Admission> AdsService<A> {
     fn session(&self, request: Request<Streaming<DiscoveryRequest>>) -> Session<A> {
-        let peer_certificates = request
-            .peer_certs()
-            .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect());
+        // From the server that terminated TLS, or from tonic's own TLS.
+        let peer_certificates = match request.extensions().get::<PeerCertificates>() {
+            Some(certificates) if !certificates.0.is_empty() => Some(certificates.0.to_vec()),
+            Some(_) => None,
+            None => request
+                .peer_certs()
+                .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect()),
+        };
         Session {
             cache: self.cache.clone(),
             admission: self.admission.clone(),
@@ -292,7 +302,9 @@ impl<A: Admission> Session<A> {
                 }
             }
         };
-        queue(&*self.admission, &mut self.queued, key, output);
+        if let Some(end) = queue(&*self.admission, &mut self.queued, key, output) {
+            self.end(end);
+        }
     }
 
     /// Reads the first request, which must name the node, and asks the admission about it.
@@ -324,8 +336,11 @@ impl<A: Admission> Session<A> {
             self.stream.on_snapshot(snapshot);
         }
         let output = self.stream.on_request(&first);
-        queue(&*self.admission, &mut self.queued, &key, output);
+        let end = queue(&*self.admission, &mut self.queued, &key, output);
         self.admitted = Some((key, snapshots));
+        if let Some(end) = end {
+            self.end(end);
+        }
     }
 
     fn end(&mut self, status: Status) {
@@ -342,13 +357,14 @@ impl<A: Admission> Drop for Session<A> {
     }
 }
 
-/// Tells `admission` what `key`'s stream observed and queues its responses.
+/// Tells `admission` what `key`'s stream observed and queues its responses; returns the
+/// status the stream ends with, when the step ends it.
 fn queue<A: Admission>(
     admission: &A,
     queued: &mut VecDeque<Result<DiscoveryResponse, Status>>,
     key: &str,
     output: Output,
-) {
+) -> Option<Status> {
     for event in &output.events {
         admission.on_event(key, event);
     }
@@ -356,6 +372,7 @@ fn queue<A: Admission>(
         admission.on_push(key, &response.type_url, &response.version_info);
     }
     queued.extend(output.responses.into_iter().map(Ok));
+    output.end.map(Status::resource_exhausted)
 }
 
 /// Resolves when `stop` turns true, or never if its sender is gone.

@@ -347,15 +347,9 @@ fn weft_binary() -> std::path::PathBuf {
     paths::workspace_root().join("target/release/weft")
 }
 
-/// Starts real Envoy `index` against the controller at `xds` (module from `admin`), with a
+/// Starts real Envoy `index` against the controller at `xds` (and its module), with a
 /// bootstrap credential issued from the CA in `state`, files under `dir`.
-fn real_envoy(
-    index: usize,
-    state: &Path,
-    dir: &Path,
-    xds: u16,
-    admin: u16,
-) -> anyhow::Result<RealEnvoy> {
+fn real_envoy(index: usize, state: &Path, dir: &Path, xds: u16) -> anyhow::Result<RealEnvoy> {
     let pod_ip = Ipv4Addr::new(127, 92, 0, u8::try_from(index + 1)?);
     let name = format!("bench/app-0-envoy-{index}");
     let pod = RemotePod {
@@ -370,7 +364,7 @@ fn real_envoy(
         &pod,
         weft_policy::bundle::DEFAULT_TRUST_DOMAIN,
         (state, &dir.join(format!("envoy-{index}"))),
-        (xds, admin),
+        xds,
     )?
     .stdout(Stdio::null())
     .stderr(Stdio::null())
@@ -567,7 +561,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     );
     let envoy_files = tempfile::tempdir()?;
     let real = (0..envoys)
-        .map(|index| real_envoy(index, state.path(), envoy_files.path(), xds, admin))
+        .map(|index| real_envoy(index, state.path(), envoy_files.path(), xds))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for envoy in &real {
         until("a real Envoy ready", Duration::from_secs(60), || async {

@@ -1,0 +1,491 @@
+//! The controller's ports at the connection level, where nothing is known of the peer yet:
+//! how many connections are held (in all, and per peer address), how long a TLS handshake may
+//! take, and how long a connection may sit idle. A flood of idle or half-open connections
+//! therefore costs the controller a bounded number of descriptors for a bounded time, and real
+//! sidecars and `/healthz` keep being served. The xDS port (TLS, HTTP/2: ADS and the module)
+//! is served here; the admin port's HTTP is in [`crate::admin`], behind the same gate.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tonic::codegen::Service as _;
+use weft_xds::server::{Admission, AdsServer, PeerCertificates};
+
+use crate::channel::{MODULE_PATH, MODULE_SHA256_HEADER};
+use crate::runtime::{Shared, stopped};
+
+/// What a port lets its peers hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held at once, in all.
+    pub connections: usize,
+    /// Connections held at once from one address (on the xDS port: those not yet through
+    /// their TLS handshake; after it, a peer is a sidecar with a credential, and many
+    /// sidecars may share a host's address).
+    pub per_peer: usize,
+    /// How long a TLS handshake (or, on the admin port, a request's headers) may take.
+    pub handshake: Duration,
+    /// How long a connection may have nothing in flight before it is closed.
+    pub idle: Duration,
+    /// How long a connection may live at all (`None`: as long as it is used).
+    pub lifetime: Option<Duration>,
+}
+
+impl Limits {
+    /// The xDS port's: one connection per sidecar, thousands of sidecars.
+    pub fn xds(descriptors: u64) -> Self {
+        Self {
+            connections: within(descriptors, 16_384, 3, 4),
+            per_peer: 64,
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            lifetime: None,
+        }
+    }
+
+    /// The admin port's: a few people, scrapers and probes.
+    pub fn admin(descriptors: u64) -> Self {
+        Self {
+            connections: within(descriptors, 128, 1, 8),
+            per_peer: 16,
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(15),
+            lifetime: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `wanted`, but at most `numerator / denominator` of the descriptors the process may open.
+fn within(descriptors: u64, wanted: usize, numerator: u64, denominator: u64) -> usize {
+    let share =
+        usize::try_from(descriptors.saturating_mul(numerator) / denominator).unwrap_or(usize::MAX);
+    wanted.min(share).max(1)
+}
+
+/// The soft limit on this process's open descriptors, raised to the hard limit first (as Go's
+/// runtime does): a controller serves a connection per sidecar.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Counts the connections a port holds, in all and per peer address.
+#[derive(Debug, Default)]
+pub struct ConnectionGate {
+    total: AtomicUsize,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections refused since the last log line about them.
+    refused: AtomicUsize,
+}
+
+/// One connection held: it is let go when this is dropped.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<ConnectionGate>,
+    peer: Option<IpAddr>,
+}
+
+impl ConnectionGate {
+    /// A permit for a connection from `peer`, unless the port holds `limits.connections`
+    /// already, or `limits.per_peer` from that address.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, limits: &Limits) -> Option<(Permit, Permit)> {
+        let total = self.total.fetch_add(1, Ordering::SeqCst);
+        let overall = Permit {
+            gate: self.clone(),
+            peer: None,
+        };
+        if total >= limits.connections {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut per_peer = lock(&self.per_peer);
+        let held = per_peer.entry(peer).or_default();
+        if *held >= limits.per_peer {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *held += 1;
+        Some((
+            overall,
+            Permit {
+                gate: self.clone(),
+                peer: Some(peer),
+            },
+        ))
+    }
+
+    /// Connections held now.
+    pub fn held(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused since the last call.
+    pub fn take_refused(&self) -> usize {
+        self.refused.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        match self.peer {
+            None => {
+                self.gate.total.fetch_sub(1, Ordering::SeqCst);
+            }
+            Some(peer) => {
+                let mut per_peer = lock(&self.gate.per_peer);
+                if let Some(held) = per_peer.get_mut(&peer) {
+                    *held = held.saturating_sub(1);
+                    if *held == 0 {
+                        per_peer.remove(&peer);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a connection has in flight, and since when it has had nothing.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    quiet_since: Mutex<Instant>,
+}
+
+impl Activity {
+    /// A connection just opened: nothing in flight.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            quiet_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A request starts; it ends when the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight (zero while it has).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        lock(&self.quiet_since).elapsed()
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *lock(&self.0.quiet_since) = Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is done with.
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Drives `connection` until it ends: asked to finish gracefully once it has been idle for
+/// `limits.idle`, has lived `limits.lifetime`, or `stop` turns true; dropped if it has not
+/// finished 5 s after that.
+pub async fn drive<C, F>(
+    connection: C,
+    shut: F,
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: std::future::Future,
+    F: Fn(Pin<&mut C>),
+{
+    tokio::pin!(connection);
+    let born = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = tick.tick() => {}
+            () = stopped(&mut stop), if closing.is_none() => {}
+        }
+        match closing {
+            Some(at) if at.elapsed() > Duration::from_secs(5) => return,
+            Some(_) => {}
+            None => {
+                let over = *stop.borrow()
+                    || activity.idle_for() >= limits.idle
+                    || limits.lifetime.is_some_and(|life| born.elapsed() >= life);
+                if over {
+                    shut(connection.as_mut());
+                    closing = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The xDS port: TLS (the control channel's), then HTTP/2 with ADS and the module.
+pub struct XdsPort<A: Admission> {
+    /// The listener.
+    pub listener: tokio::net::TcpListener,
+    /// The TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// ADS.
+    pub ads: AdsServer<A>,
+    /// What the controller knows (the module).
+    pub shared: Arc<Shared>,
+    /// The limits.
+    pub limits: Limits,
+}
+
+/// How often refused connections are logged at most.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+impl<A: Admission> XdsPort<A> {
+    /// Serves until `stop` turns true; then every connection is asked to finish and, after a
+    /// few seconds, dropped.
+    pub async fn serve(self, stop: watch::Receiver<bool>) {
+        let gate = Arc::new(ConnectionGate::default());
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let mut connections = tokio::task::JoinSet::new();
+        let mut stopping = stop.clone();
+        let mut last_log = Instant::now();
+        loop {
+            let accepted = tokio::select! {
+                () = stopped(&mut stopping) => break,
+                accepted = self.listener.accept() => accepted,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let Ok((tcp, peer)) = accepted else {
+                // Out of descriptors, most likely: give the others a moment to close.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Some((overall, handshaking)) = gate.admit(peer.ip(), &self.limits) else {
+                drop(tcp);
+                if last_log.elapsed() >= REFUSALS_LOGGED_EVERY {
+                    last_log = Instant::now();
+                    log::warn!(
+                        "weft: the xDS port refused {} connection(s) in the last {:?}: it holds {} (at most {} in all, {} from one address in their TLS handshake)",
+                        gate.take_refused(),
+                        REFUSALS_LOGGED_EVERY,
+                        gate.held(),
+                        self.limits.connections,
+                        self.limits.per_peer
+                    );
+                }
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let ads = self.ads.clone();
+            let shared = self.shared.clone();
+            let limits = self.limits;
+            let stop = stop.clone();
+            connections.spawn(async move {
+                let _overall = overall;
+                let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await;
+                drop(handshaking);
+                let Ok(Ok(tls)) = handshake else {
+                    return;
+                };
+                serve_xds_connection(tls, ads, shared, limits, stop).await;
+            });
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(3), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+    }
+}
+
+async fn serve_xds_connection<A: Admission>(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    ads: AdsServer<A>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let certificates = PeerCertificates(Arc::new(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.to_vec())
+            .collect(),
+    ));
+    let activity = Activity::new();
+    let tracker = activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let in_flight = tracker.start();
+        let mut ads = ads.clone();
+        let shared = shared.clone();
+        let certificates = certificates.clone();
+        async move {
+            if request.uri().path() == MODULE_PATH {
+                let response = module_response(&shared).map(|body| {
+                    tonic::body::Body::new(Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                });
+                return Ok::<_, Infallible>(response);
+            }
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(certificates);
+            let request = hyper::Request::from_parts(parts, tonic::body::Body::new(body));
+            let Ok(response) = ads.call(request).await;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(Tracked {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(32)
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    drive(
+        connection,
+        |connection| connection.graceful_shutdown(),
+        activity,
+        limits,
+        stop,
+    )
+    .await;
+}
+
+/// The module, with its SHA-256 in a header.
+fn module_response(shared: &Shared) -> hyper::Response<Full<Bytes>> {
+    let module = shared.module();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(module.bytes.as_ref().clone())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/wasm"),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&module.sha256) {
+        response.headers_mut().insert(MODULE_SHA256_HEADER, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_holds_at_most_its_limits_and_lets_go_of_what_is_dropped() {
+        let limits = Limits {
+            connections: 3,
+            per_peer: 2,
+            ..Limits::admin(1 << 20)
+        };
+        let gate = Arc::new(ConnectionGate::default());
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = gate.admit(a, &limits).unwrap();
+        let second = gate.admit(a, &limits).unwrap();
+        assert!(gate.admit(a, &limits).is_none(), "two from one address");
+        let third = gate.admit(b, &limits).unwrap();
+        assert!(gate.admit(b, &limits).is_none(), "three in all");
+        assert_eq!(gate.held(), 3);
+        assert_eq!(gate.take_refused(), 2);
+        drop(first);
+        assert!(gate.admit(a, &limits).is_some());
+        drop((second, third));
+        assert_eq!(gate.held(), 0);
+    }
+
+    #[test]
+    fn limits_leave_descriptors_for_the_rest_of_the_process() {
+        assert_eq!(Limits::xds(1024).connections, 768);
+        assert_eq!(Limits::xds(1 << 20).connections, 16_384);
+        assert_eq!(Limits::admin(1024).connections, 128);
+        assert_eq!(Limits::admin(256).connections, 32);
+    }
+
+    #[test]
+    fn activity_is_idle_only_with_nothing_in_flight() {
+        let activity = Activity::new();
+        let request = activity.start();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(activity.idle_for(), Duration::ZERO);
+        drop(request);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(activity.idle_for() >= Duration::from_millis(20));
+    }
+}
