@@ -759,3 +759,70 @@ fn explain_exits_3_on_deny_only_when_asked() {
     assert_eq!(explain("shop/stranger", &["--exit-code"]), Some(3));
     assert_eq!(explain("shop/frontend", &["--exit-code"]), Some(0));
 }
+
+/// Writes `text` as `name` in a new folder and returns the folder.
+fn manifests(name: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), text).unwrap();
+    dir
+}
+
+#[test]
+fn a_misspelt_field_that_would_widen_access_is_an_error_and_explain_refuses_to_answer() {
+    let dir = manifests(
+        "access.yaml",
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: routes, namespace: shop}\nspec:\n  matches:\n  - name: read\n    pathRegex: /cart\n    method: [GET]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: t, namespace: shop}\nspec:\n  destination: {kind: ServiceAccount, name: checkout, namespace: shop}\n  sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]\n  rules: [{kind: HTTPRouteGroup, name: routes}]\n",
+    );
+    let path = dir.path().to_str().unwrap();
+    let output = weft(&["check", path]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains("access.yaml:8: error: HTTPRouteGroup shop/routes: spec.matches[0].method: unknown field: did you mean `methods`?"),
+        "{text}"
+    );
+    // Without the error, this match would allow every method.
+    let explained = weft(&[
+        "explain",
+        "--manifests",
+        path,
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/checkout",
+        "--method",
+        "DELETE",
+        "--path",
+        "/cart",
+    ]);
+    assert_ne!(explained.status.code(), Some(0), "{}", stdout(&explained));
+    assert!(
+        !stdout(&explained).contains("ALLOW"),
+        "{}",
+        stdout(&explained)
+    );
+    assert!(
+        stderr(&explained).contains("did you mean `methods`?"),
+        "{}",
+        stderr(&explained)
+    );
+}
+
+#[test]
+fn check_refuses_what_the_mesh_cannot_serve_with_file_and_line() {
+    let dir = manifests(
+        "mesh.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  selector: {app: db}\n  ports: [{name: tcp-db, port: 5432}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cache, namespace: shop}\nspec:\n  selector: {app: cache}\n  ports:\n  - {name: http, port: 8080}\n  - {name: tcp-cache, port: 5432}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: checkout-v1, namespace: shop}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: checkout}}\n    spec:\n      containers: [{command: [app], ports: [{containerPort: 8080}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: checkout-v1-1, namespace: shop}\nspec:\n  containers:\n  - command: [app]\n    ports: [{containerPort: 15001}]\n---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: dark, namespace: shop}\nspec:\n  service: cache\n  backends: [{service: db, weight: 0}]\n",
+    );
+    let output = weft(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    for expected in [
+        "mesh.yaml:6: error: Service shop/db: spec.ports[0].port: TCP port 5432 is also Service shop/cache's; every sidecar listens for each TCP Service port on that port of its own address, so two TCP Services cannot share a port: give one another port",
+        "mesh.yaml:29: error: Pod shop/checkout-v1-1: metadata.name: it is pod shop/checkout-v1-1, which is already replica 1 of Deployment shop/checkout-v1",
+        "mesh.yaml:33: error: Pod shop/checkout-v1-1: spec.containers[0].ports[0].containerPort: port 15001 is the sidecar's own (its outbound HTTP listener) on the pod's address; use another",
+        "mesh.yaml:40: error: TrafficSplit shop/dark: spec.backends: every backend has weight 0, so the split would send nowhere",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The index: every object the controller knows, read from its sources. The one way manifests
 //! become a checked catalog (`weft check`, `weft compile`, `weft explain` and the controller all
-//! call [`load`]); the Kubernetes source will produce the same catalog.
+//! call [`load`]): SMI's checks, then what the mesh cannot serve ([`crate::mesh::check_mesh`]);
+//! the Kubernetes source will produce the same catalog.
 
 use std::path::PathBuf;
 
@@ -44,13 +45,16 @@ fn read(
             .iter()
             .map(|(name, text)| (name.as_str(), text.as_str())),
     );
+    let files = manifests
+        .files
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let mut mesh = crate::mesh::check_mesh(&catalog);
+    locate_fields(&files, &mut mesh);
+    diagnostics.extend(mesh);
     if try_patches && !diagnostics.iter().any(Diagnostic::is_error) {
         let mut tried = crate::mesh::check_patches(&catalog, DEFAULT_TRUST_DOMAIN);
-        let files = manifests
-            .files
-            .iter()
-            .map(|(name, text)| (name.as_str(), text.as_str()))
-            .collect();
         locate_fields(&files, &mut tried);
         diagnostics.extend(tried);
     }

@@ -416,6 +416,130 @@ fn describe_sidecar<'c>(
     (sidecar, own_services)
 }
 
+/// What the mesh cannot serve although each object is valid SMI and Kubernetes: two TCP
+/// Service ports on one port (every sidecar listens for each on its own address, so Envoy
+/// would refuse every sidecar's listeners as duplicates), a port the sidecar keeps for itself,
+/// and two pods of one name (a Pod named like the replica of a Deployment, which local mode
+/// names `<deployment>-<n>`). Each an error at its field.
+pub fn check_mesh(catalog: &Catalog) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let error =
+        |kind: &str, meta: &weft_policy::model::Meta, field: String, message: String| Diagnostic {
+            severity: Severity::Error,
+            kind: Some(kind.to_owned()),
+            namespace: Some(meta.namespace.clone()),
+            name: Some(meta.name.clone()),
+            field,
+            origin: meta.origin.clone(),
+            message,
+        };
+    let reserved = [
+        (weft_envoy_config::mesh::ADMIN_PORT, "its admin"),
+        (
+            weft_envoy_config::mesh::OUTBOUND_PORT,
+            "its outbound HTTP listener",
+        ),
+    ];
+    let mut tcp_ports: BTreeMap<u16, String> = BTreeMap::new();
+    for service in &catalog.services {
+        for (index, spec) in service.port_specs.iter().enumerate() {
+            if spec.protocol != AppProtocol::Tcp {
+                continue;
+            }
+            let field = format!("spec.ports[{index}].port");
+            let name = format!("{}/{}", service.meta.namespace, service.meta.name);
+            if let Some((_, what)) = reserved.iter().find(|(port, _)| *port == spec.port) {
+                diagnostics.push(error(
+                    "Service",
+                    &service.meta,
+                    field,
+                    format!(
+                        "TCP port {} is the sidecar's own ({what}); every sidecar listens for a TCP Service port on that port of its address, so use another",
+                        spec.port
+                    ),
+                ));
+                continue;
+            }
+            match tcp_ports.get(&spec.port) {
+                Some(first) if *first != name => diagnostics.push(error(
+                    "Service",
+                    &service.meta,
+                    field,
+                    format!(
+                        "TCP port {} is also Service {first}'s; every sidecar listens for each TCP Service port on that port of its own address, so two TCP Services cannot share a port: give one another port",
+                        spec.port
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    tcp_ports.insert(spec.port, name);
+                }
+            }
+        }
+    }
+    let mut pods: BTreeMap<(String, String), String> = BTreeMap::new();
+    for workload in &catalog.workloads {
+        let ports_field = if workload.kind == "Pod" {
+            "spec.containers[0].ports"
+        } else {
+            "spec.template.spec.containers[0].ports"
+        };
+        for (index, port) in workload.ports.iter().enumerate() {
+            if let Some((_, what)) = reserved.iter().find(|(reserved, _)| reserved == port) {
+                diagnostics.push(error(
+                    &workload.kind,
+                    &workload.meta,
+                    format!("{ports_field}[{index}].containerPort"),
+                    format!("port {port} is the sidecar's own ({what}) on the pod's address; use another"),
+                ));
+            }
+        }
+        // Each pod's name, what it is to this workload, and how a message says it is named.
+        let names: Vec<(String, String, String)> = if workload.kind == "Pod" {
+            vec![(
+                workload.meta.name.clone(),
+                "the Pod".to_owned(),
+                "it is".to_owned(),
+            )]
+        } else {
+            (0..workload.replicas)
+                .map(|n| {
+                    (
+                        format!("{}-{n}", workload.meta.name),
+                        format!("replica {n}"),
+                        format!("its replica {n} would be"),
+                    )
+                })
+                .collect()
+        };
+        let this = format!(
+            "{} {}/{}",
+            workload.kind, workload.meta.namespace, workload.meta.name
+        );
+        for (pod, what, named) in names {
+            let key = (workload.meta.namespace.clone(), pod.clone());
+            match pods.get(&key) {
+                Some(first) => {
+                    diagnostics.push(error(
+                        &workload.kind,
+                        &workload.meta,
+                        "metadata.name".to_owned(),
+                        format!(
+                            "{named} pod {}/{pod}, which is already {first}; local mode names a Deployment's replicas <name>-<n>, so rename one of them",
+                            workload.meta.namespace
+                        ),
+                    ));
+                    break;
+                }
+                None => {
+                    pods.insert(key, format!("{what} of {this}"));
+                }
+            }
+        }
+    }
+    diagnostics
+}
+
 /// Every EnvoyPatch of `catalog` tried on the sidecar of each workload it selects, as the
 /// controller would apply it (`weft check`): an error for each resource patch that would be
 /// refused, naming the workload; a warning for a patch that selects no workload.

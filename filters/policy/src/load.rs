@@ -64,6 +64,22 @@ pub enum LoadError {
     /// A field this version does not define (ignored).
     #[error("unknown field, ignored (check its spelling against the {0} schema)")]
     UnknownField(String),
+    /// A field an SMI object that decides access does not define: an error, since a misspelt
+    /// field ignored could widen access (`method` for `methods` would allow every method).
+    #[error(
+        "unknown field{}; here {kind} {api_version} reads {known} (docs/smi.md)",
+        suggestion.as_ref().map(|s| format!(": did you mean `{s}`?")).unwrap_or_default()
+    )]
+    UnknownAccessField {
+        /// The kind.
+        kind: String,
+        /// Its apiVersion.
+        api_version: String,
+        /// The field it most likely meant, if one is close.
+        suggestion: Option<String>,
+        /// The fields read at that place, comma-separated.
+        known: String,
+    },
     /// A field weft's own kinds do not define (an error: a misspelt setting must not pass).
     #[error(
         "unknown field; check its spelling against the {0} schema (docs/traffic-policy.md, docs/patches.md)"
@@ -266,9 +282,11 @@ pub fn load_value(
             namespace: None,
             name: None,
         },
-        // A misspelt setting of weft's own kinds must not pass silently; SMI's unknown fields
-        // stay warnings, as kubectl treats them.
+        // A misspelt setting of weft's own kinds, or of the SMI kinds that decide access,
+        // must not pass silently; other unknown fields (a TrafficSplit's) stay warnings, as
+        // kubectl treats them.
         unknown_fields_are_errors: group == crate::traffic::GROUP,
+        access_schema: access_schema(group, &kind),
     };
     let served = match group {
         ACCESS_GROUP => ACCESS_VERSIONS,
@@ -409,6 +427,92 @@ pub(crate) struct Reader<'a> {
     object: ObjectId,
     /// Whether a field the schema does not define is an error rather than a warning.
     unknown_fields_are_errors: bool,
+    /// For the SMI kinds that decide access: the fields read at each place, by the place's
+    /// path with list indices left out (an unknown field there is an error).
+    access_schema: Option<&'static [(&'static str, &'static [&'static str])]>,
+}
+
+/// The fields of a TrafficTarget (every served version: v1alpha1 keeps the body at the root
+/// and calls the rules `specs`; v1alpha1 and v1alpha2 give the destination a port).
+const TRAFFIC_TARGET_FIELDS: &[(&str, &[&str])] = &[
+    ("", &["spec", "destination", "sources", "rules", "specs"]),
+    ("spec", &["destination", "sources", "rules", "specs"]),
+    ("destination", &["kind", "name", "namespace", "port"]),
+    ("spec.destination", &["kind", "name", "namespace", "port"]),
+    ("sources[]", &["kind", "name", "namespace", "port"]),
+    ("spec.sources[]", &["kind", "name", "namespace", "port"]),
+    ("rules[]", &["kind", "name", "matches"]),
+    ("spec.rules[]", &["kind", "name", "matches"]),
+    ("specs[]", &["kind", "name", "matches"]),
+    ("spec.specs[]", &["kind", "name", "matches"]),
+];
+
+/// The fields of an HTTPRouteGroup (`matches` at the root in v1alpha1 and v1alpha2).
+const HTTP_ROUTE_GROUP_FIELDS: &[(&str, &[&str])] = &[
+    ("", &["spec", "matches"]),
+    ("spec", &["matches"]),
+    ("matches[]", &["name", "pathRegex", "methods", "headers"]),
+    (
+        "spec.matches[]",
+        &["name", "pathRegex", "methods", "headers"],
+    ),
+];
+
+/// The fields of a TCPRoute or UDPRoute.
+const PORT_ROUTE_FIELDS: &[(&str, &[&str])] = &[
+    ("", &["spec"]),
+    ("spec", &["matches"]),
+    ("spec.matches", &["name", "ports"]),
+];
+
+/// The fields of `kind` of `group` when it is a kind that decides access.
+fn access_schema(
+    group: &str,
+    kind: &str,
+) -> Option<&'static [(&'static str, &'static [&'static str])]> {
+    match (group, kind) {
+        (ACCESS_GROUP, "TrafficTarget") => Some(TRAFFIC_TARGET_FIELDS),
+        (SPECS_GROUP, "HTTPRouteGroup") => Some(HTTP_ROUTE_GROUP_FIELDS),
+        (SPECS_GROUP, "TCPRoute" | "UDPRoute") => Some(PORT_ROUTE_FIELDS),
+        _ => None,
+    }
+}
+
+/// `field` (a path such as `spec.matches[0].method`) split into its place with list indices
+/// left out (`spec.matches[]`) and its last name (`method`).
+fn place_of(field: &str) -> (String, &str) {
+    let (parent, name) = field.rsplit_once('.').unwrap_or(("", field));
+    let mut place = String::new();
+    let mut in_index = false;
+    for c in parent.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                place.push_str("[]");
+            }
+            ']' => in_index = false,
+            _ if in_index => {}
+            _ => place.push(c),
+        }
+    }
+    (place, name)
+}
+
+/// The known field `name` most likely meant: the closest by edit distance (letter case
+/// aside), if it is close enough to be a slip.
+pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|candidate| {
+            (
+                strsim::damerau_levenshtein(&lower, &candidate.to_ascii_lowercase()),
+                *candidate,
+            )
+        })
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
 }
 
 // ---- wire shapes: lenient (every field optional) so that all problems are reported at once ----
@@ -727,15 +831,8 @@ impl Reader<'_> {
         let deserializer = serde_ignored::Deserializer::new(value, &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
         for field in unknown {
-            let schema = schema.to_owned();
-            self.error(
-                &field,
-                if self.unknown_fields_are_errors {
-                    LoadError::UnknownWeftField(schema)
-                } else {
-                    LoadError::UnknownField(schema)
-                },
-            );
+            let error = self.unknown_field(&field, schema);
+            self.error(&field, error);
         }
         match result {
             Ok(wire) => Some(wire),
@@ -747,7 +844,46 @@ impl Reader<'_> {
         }
     }
 
+    /// What an unknown `field` of an object read with `schema` is.
+    fn unknown_field(&self, field: &str, schema: &str) -> LoadError {
+        if let Some(fields) = self.access_schema {
+            let (place, name) = place_of(field);
+            let known = fields
+                .iter()
+                .find(|(at, _)| *at == place)
+                .map_or(&[][..], |(_, known)| *known);
+            return LoadError::UnknownAccessField {
+                kind: self.object.kind.clone(),
+                api_version: schema.to_owned(),
+                suggestion: closest(name, known).map(str::to_owned),
+                known: if known.is_empty() {
+                    "no fields".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            };
+        }
+        if self.unknown_fields_are_errors {
+            LoadError::UnknownWeftField(schema.to_owned())
+        } else {
+            LoadError::UnknownField(schema.to_owned())
+        }
+    }
+
     fn traffic_target(&mut self, value: Value, api_version: &str) -> Option<TrafficTarget> {
+        // The body may sit at the root (v1alpha1), which serde reads as a flattened struct and
+        // cannot report unknown fields of: the root is checked here.
+        if let Some(root) = value.as_object() {
+            let known = TRAFFIC_TARGET_FIELDS[0].1;
+            for key in root.keys() {
+                let envelope =
+                    matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status");
+                if !envelope && !known.contains(&key.as_str()) {
+                    let error = self.unknown_field(key, api_version);
+                    self.error(key, error);
+                }
+            }
+        }
         let wire: WireTrafficTarget = self.wire(value, api_version)?;
         let meta = self.meta(api_version)?;
         let in_spec = wire.spec.is_some();

@@ -87,7 +87,9 @@ pub enum ValidationError {
     #[error("backend {0} is listed twice; list each backend once with its total weight")]
     DuplicateBackend(String),
     /// Every backend has weight 0.
-    #[error("every backend has weight 0, so every request goes to the root service")]
+    #[error(
+        "every backend has weight 0, so the split would send nowhere; give a backend a weight above 0 (or remove the TrafficSplit to send everything to the root service)"
+    )]
     AllZeroWeights,
     /// The root service listed as its own backend.
     #[error(
@@ -137,7 +139,6 @@ impl ValidationError {
             ValidationError::MatchesOnPortRule(_)
             | ValidationError::OpenPathRegex { .. }
             | ValidationError::NoMatches
-            | ValidationError::AllZeroWeights
             | ValidationError::ServiceNotFound(_)
             | ValidationError::NoCommonPort { .. } => Severity::Warning,
             _ => Severity::Error,

@@ -440,13 +440,6 @@ spec:
   service: shop.web.svc.cluster.local
   matches: [{kind: HTTPRouteGroup, name: ab-test}]
   backends: [{service: shop-v2, weight: 1}]
----
-apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata: {name: dark, namespace: web}
-spec:
-  service: dark
-  backends: [{service: dark-v1, weight: 0}]
 "#;
 
 fn route(engine: &Engine, host: &str, headers: &[(&str, &str)], roll: u64) -> String {
@@ -532,12 +525,24 @@ fn with_matches_only_matching_requests_are_split() {
     );
 }
 
+/// The client's configuration with the canary split left with no backend that can receive
+/// traffic (`weft check` refuses weights that are all 0, but a backend may lose its port, and a
+/// hand-written bundle may say anything).
+fn canary_without_backends() -> Engine {
+    let mut config = config_for("web/client", Side::Outbound, SPLITS);
+    for table in &mut config.splits {
+        if table.traffic_split == "web/canary" {
+            table.backends.clear();
+        }
+    }
+    Engine::new(&config).unwrap()
+}
+
 #[test]
-fn all_zero_weights_send_requests_to_the_root_service() {
-    let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+fn a_split_left_with_no_backend_sends_requests_to_the_root_service() {
     assert_eq!(
-        route(&client, "dark", &[], 3),
-        "root dark.web (NoEligibleBackend)"
+        route(&canary_without_backends(), "website", &[], 3),
+        "root website.web (NoEligibleBackend)"
     );
 }
 
@@ -670,9 +675,12 @@ fn an_invalid_sticky_name_is_refused_naming_the_field() {
 #[test]
 fn splits_without_backends_are_listed() {
     let client = Engine::new(&config_for("web/client", Side::Outbound, SPLITS)).unwrap();
+    assert_eq!(client.splits_without_backends().count(), 0);
     assert_eq!(
-        client.splits_without_backends().collect::<Vec<_>>(),
-        [("web/dark", "dark.web")]
+        canary_without_backends()
+            .splits_without_backends()
+            .collect::<Vec<_>>(),
+        [("web/canary", "website.web")]
     );
 }
 

@@ -301,22 +301,109 @@ metadata: {name: ignored}
 }
 
 #[test]
-fn unknown_fields_are_warnings_with_their_path_and_metadata_is_not_checked() {
-    let (catalog, diagnostics) = load(
+fn an_unknown_field_of_an_object_that_decides_access_is_an_error_naming_what_it_likely_meant() {
+    let (_, diagnostics) = load(
         r#"
 apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
 metadata: {name: g, namespace: ns, labels: {app: x}, annotations: {a: b}}
 spec:
   matches:
-  - {name: m, pathregex: /typo}
+  - {name: m, pathregex: /typo, method: [GET]}
+status: {}
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: t, namespace: ns}
+spce: {}
+spec:
+  destination: {kind: ServiceAccount, name: b, namespace: ns}
+  sources: [{kind: ServiceAccount, nmae: a, name: a}]
+  rules: [{kind: HTTPRouteGroup, name: g, match: [m]}]
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: db, namespace: ns}
+spec:
+  matches: {port: [5432]}
+"#,
+    );
+    let found: Vec<(&str, Severity, &str)> = diagnostics
+        .iter()
+        .filter(|d| d.message.starts_with("unknown field"))
+        .map(|d| (d.field.as_str(), d.severity, d.message.as_str()))
+        .collect();
+    let expect = [
+        ("spec.matches[0].method", "did you mean `methods`?"),
+        ("spec.matches[0].pathregex", "did you mean `pathRegex`?"),
+        ("spce", "did you mean `spec`?"),
+        ("spec.sources[0].nmae", "did you mean `name`?"),
+        ("spec.rules[0].match", "did you mean `matches`?"),
+        ("spec.matches.port", "did you mean `ports`?"),
+    ];
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    for (field, meant) in expect {
+        let (_, severity, message) = found
+            .iter()
+            .find(|(at, _, _)| *at == field)
+            .unwrap_or_else(|| panic!("nothing at {field}: {found:#?}"));
+        assert_eq!(*severity, Severity::Error, "{field}");
+        assert!(message.contains(meant), "{field}: {message}");
+    }
+    let method = found
+        .iter()
+        .find(|(at, _, _)| *at == "spec.matches[0].method")
+        .unwrap();
+    assert!(
+        method.2.contains(
+            "HTTPRouteGroup specs.smi-spec.io/v1alpha4 reads name, pathRegex, methods, headers"
+        ),
+        "{}",
+        method.2
+    );
+}
+
+#[test]
+fn a_field_far_from_every_known_one_is_an_error_without_a_guess() {
+    let (_, diagnostics) = load(
+        r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: g, namespace: ns}
+spec:
+  matches:
+  - {name: m, allowEverything: true}
+"#,
+    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0].severity, Severity::Error);
+    assert!(
+        diagnostics[0]
+            .message
+            .starts_with("unknown field; here HTTPRouteGroup"),
+        "{}",
+        diagnostics[0].message
+    );
+}
+
+#[test]
+fn unknown_fields_of_a_traffic_split_are_warnings_with_their_path_and_metadata_is_not_checked() {
+    let (catalog, diagnostics) = load(
+        r#"
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: s, namespace: ns, labels: {app: x}, annotations: {a: b}}
+spec:
+  service: web
+  comment: rolled out on Monday
+  backends: [{service: web-v1, weight: 1}]
 status: {}
 "#,
     );
-    assert_eq!(catalog.http_route_groups.len(), 1);
+    assert_eq!(catalog.traffic_splits.len(), 1);
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert_eq!(diagnostics[0].severity, Severity::Warning);
-    assert_eq!(diagnostics[0].field, "spec.matches[0].pathregex");
+    assert_eq!(diagnostics[0].field, "spec.comment");
 }
 
 #[test]

@@ -231,7 +231,7 @@ fn split_problems_are_reported() {
             ""
         )),
         [
-            "Warning spec.backends: every backend has weight 0, so every request goes to the root service"
+            "Error spec.backends: every backend has weight 0, so the split would send nowhere; give a backend a weight above 0 (or remove the TrafficSplit to send everything to the root service)"
         ]
     );
     assert_eq!(
