@@ -216,6 +216,10 @@ enum Command {
         /// sidecar disconnected; then its endpoints leave every proxy.
         #[arg(long, default_value_t = 30_000)]
         forget_after_ms: u64,
+        /// A network (CIDR) sidecars may register their pod's address in; repeat for several.
+        /// Default: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
+        #[arg(long = "pod-network", value_name = "CIDR")]
+        pod_networks: Vec<ipnet::Ipv4Net>,
     },
     /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
     /// elsewhere: fetch the module and check its SHA-256 (while it cannot be had, Envoy is not
@@ -444,12 +448,18 @@ fn main() -> ExitCode {
             controller,
             resume_grace_ms,
             forget_after_ms,
+            pod_networks,
         } => {
             let args = weft_cli::mesh::ControllerArgs {
                 manifests,
                 state,
                 resume_grace: std::time::Duration::from_millis(resume_grace_ms),
                 forget_after: std::time::Duration::from_millis(forget_after_ms),
+                pod_networks: if pod_networks.is_empty() {
+                    weft_controller::runtime::default_pod_networks()
+                } else {
+                    pod_networks
+                },
                 controller: controller.settings(),
             };
             finished(weft_cli::mesh::controller(&args).map(|()| String::new()))

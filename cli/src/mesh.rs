@@ -64,6 +64,8 @@ impl ControllerSettings {
             poll: Duration::from_millis(100),
             resume_grace,
             forget_after: weft_controller::runtime::FORGET_AFTER,
+            // Local mode registers the pods it runs; `weft controller` sets its own.
+            pod_networks: Vec::new(),
         }
     }
 }
@@ -173,7 +175,7 @@ async fn serve(mesh: &mut LocalMesh, exit_when_ready: bool) -> anyhow::Result<()
             () = interrupted() => return Ok(()),
             () = tokio::time::sleep(Duration::from_millis(200)) => {
                 mesh.reconcile();
-                mesh.check_processes()?;
+                mesh.supervise();
             }
         }
     }
@@ -221,6 +223,7 @@ pub fn status_table(status: &Value) -> String {
             "READY",
             "ECDS",
             "NACKS",
+            "RESTARTS",
             "CERTIFICATE EXPIRES",
         ]
         .map(str::to_owned)
@@ -245,6 +248,7 @@ pub fn status_table(status: &Value) -> String {
             .to_owned(),
             ecds.chars().take(8).collect(),
             nacks.to_string(),
+            proxy["restarts"].as_u64().unwrap_or_default().to_string(),
             proxy["certificate_expires"]
                 .as_str()
                 .unwrap_or("-")
@@ -355,6 +359,8 @@ pub struct ControllerArgs {
     pub resume_grace: Duration,
     /// How long a pod its sidecar registered stays after its sidecar disconnected.
     pub forget_after: Duration,
+    /// The networks sidecars may register their pod's address in.
+    pub pod_networks: Vec<ipnet::Ipv4Net>,
     /// The controller.
     pub controller: ControllerSettings,
 }
@@ -369,6 +375,7 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let options = weft_controller::runtime::Options {
             forget_after: args.forget_after,
+            pod_networks: args.pod_networks.clone(),
             ..args
                 .controller
                 .options(&args.manifests, &args.state, args.resume_grace)

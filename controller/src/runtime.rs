@@ -62,6 +62,33 @@ pub struct Options {
     /// and its endpoints leave every proxy. A sidecar that reconnects within it is the same
     /// pod; one that comes back later registers again.
     pub forget_after: Duration,
+    /// The networks a sidecar may register its pod's address in (`weft sidecar` describes
+    /// its pod in its node metadata); empty: no sidecar may register a pod (local mode, which
+    /// knows every pod it runs).
+    pub pod_networks: Vec<ipnet::Ipv4Net>,
+}
+
+/// The default of [`Options::pod_networks`] for `weft controller`: the private blocks where
+/// pod networks live (RFC 1918 and the shared 100.64.0.0/10), not loopback, which would point
+/// every caller at its own host.
+pub fn default_pod_networks() -> Vec<ipnet::Ipv4Net> {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+    ]
+    .iter()
+    .filter_map(|net| net.parse().ok())
+    .collect()
+}
+
+/// How many pods one workload's sidecars may register: its replicas, and a quarter more (at
+/// least one) for the new pods of a rolling update while the old are not yet forgotten, as
+/// Kubernetes' default surge.
+pub fn registrations_allowed(replicas: u32) -> usize {
+    let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
+    replicas.saturating_add(replicas.div_ceil(4).max(1))
 }
 
 /// The file in the state folder that keeps the pods their sidecars registered.
@@ -89,6 +116,29 @@ impl Module {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// The digests of `current` and of every module kept in `state/modules` whose content
+    /// is what its name says.
+    pub fn installed(state: &Path, current: &Self) -> BTreeSet<String> {
+        let mut known = BTreeSet::from([current.sha256.clone()]);
+        let Ok(entries) = std::fs::read_dir(state.join("modules")) else {
+            return known;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(sha) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("weft-"))
+                .and_then(|n| n.strip_suffix(".wasm"))
+            else {
+                continue;
+            };
+            if std::fs::read(entry.path()).is_ok_and(|bytes| Self::digest(&bytes) == sha) {
+                known.insert(sha.to_owned());
+            }
+        }
+        known
     }
 
     /// Reads `source` and keeps it in `state/modules` under its digest.
@@ -151,6 +201,9 @@ pub struct Shared {
     /// Per-proxy protocol status.
     pub status: Status,
     module: RwLock<Module>,
+    /// The digests of every module this controller installed: the only modules a sidecar's
+    /// plugin configuration may name.
+    known_modules: RwLock<BTreeSet<String>>,
     changed: Notify,
     /// Since when there has been a change not yet rebuilt.
     changed_since: Mutex<Option<std::time::Instant>>,
@@ -431,7 +484,10 @@ impl Shared {
         let mut restored = 0;
         for pod in pods {
             let node = pod.node_id();
-            match pod.of_workload(&catalog) {
+            let checked = pod
+                .of_workload(&catalog)
+                .and_then(|pod| self.may_register(&pod).map(|()| pod));
+            match checked {
                 Ok(pod) => {
                     lock(&self.pods).insert(node.clone(), pod);
                     lock(&self.ready).insert(node.clone());
@@ -453,6 +509,122 @@ impl Shared {
                 self.options.forget_after
             );
         }
+    }
+
+    /// Whether `pod` (of its workload, as the catalog has it) may be registered by its
+    /// sidecar; why not otherwise.
+    fn may_register(&self, pod: &Pod) -> Result<(), String> {
+        let node = pod.node_id();
+        let networks = &self.options.pod_networks;
+        if !networks.iter().any(|net| net.contains(&pod.pod_ip)) {
+            return Err(if networks.is_empty() {
+                format!(
+                    "{node}: this controller runs its pods itself; sidecars cannot register pods"
+                )
+            } else {
+                format!(
+                    "{node}: pod address {} is not in a pod network this controller allows ({}; --pod-network)",
+                    pod.pod_ip,
+                    networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+        }
+        let catalog = self.catalog();
+        let Some(workload) = catalog
+            .workloads
+            .iter()
+            .find(|w| w.meta.namespace == pod.namespace && w.meta.name == pod.workload)
+        else {
+            return Err(format!("no workload {}/{}", pod.namespace, pod.workload));
+        };
+        let named_as_its_pods = if workload.kind == "Pod" {
+            pod.name == workload.meta.name
+        } else {
+            pod.name
+                .strip_prefix(&workload.meta.name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|suffix| !suffix.is_empty())
+        };
+        if !named_as_its_pods {
+            return Err(format!(
+                "{node} is not named as a pod of {} {}/{} ({})",
+                workload.kind,
+                pod.namespace,
+                pod.workload,
+                if workload.kind == "Pod" {
+                    format!("{} itself", workload.meta.name)
+                } else {
+                    format!("{}-<suffix>", workload.meta.name)
+                }
+            ));
+        }
+        let pods = lock(&self.pods);
+        if let Some(other) = pods
+            .values()
+            .find(|other| other.pod_ip == pod.pod_ip && other.node_id() != node)
+        {
+            return Err(format!(
+                "{node}: pod address {} is already pod {}'s",
+                pod.pod_ip,
+                other.node_id()
+            ));
+        }
+        let allowed = if workload.kind == "Pod" {
+            1
+        } else {
+            registrations_allowed(workload.replicas)
+        };
+        let registered = lock(&self.registered);
+        let of_workload = pods
+            .values()
+            .filter(|other| {
+                other.namespace == pod.namespace
+                    && other.workload == pod.workload
+                    && other.node_id() != node
+                    && registered.contains_key(&other.node_id())
+            })
+            .count();
+        if of_workload >= allowed {
+            return Err(format!(
+                "{node}: {} {}/{} already has {of_workload} pod(s) registered, as many as its {} replica(s) allow (with a rolling update's surge); a pod that went away is forgotten {:?} after its sidecar disconnected",
+                workload.kind,
+                pod.namespace,
+                pod.workload,
+                workload.replicas,
+                self.options.forget_after
+            ));
+        }
+        drop((registered, pods));
+        if let Some(module) = &pod.module {
+            let known = self.known_module(module);
+            if !known {
+                return Err(format!(
+                    "{node} names module {module}, which is not a module this controller serves (weft-<sha256>.wasm, fetched with weft sidecar)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is the file of a module this controller serves or served: named
+    /// `weft-<sha256>.wasm` with the digest of one it installed.
+    fn known_module(&self, path: &str) -> bool {
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        name.strip_prefix("weft-")
+            .and_then(|rest| rest.strip_suffix(".wasm"))
+            .is_some_and(|sha| {
+                self.known_modules
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(sha)
+            })
     }
 
     /// How many pods there are.
@@ -490,6 +662,10 @@ impl Shared {
             "weft: module {} installed; pushing it to every sidecar",
             module.sha256
         );
+        self.known_modules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(module.sha256.clone());
         *self
             .module
             .write()
@@ -740,8 +916,24 @@ impl Gate {
     }
 
     /// A sidecar started by `weft sidecar` describes its pod in its node metadata; it must name
-    /// a workload of the index that runs as the identity it proved.
+    /// a workload of the index that runs as the identity it proved, be named as that
+    /// workload's pods are, fit in its number of pods, sit in a pod network the operator
+    /// allows at an address no other pod has, and name a module the controller serves.
     fn remote_pod(
+        &self,
+        node: &Node,
+        namespace: &str,
+        pod_name: &str,
+        service_account: &str,
+    ) -> Result<Pod, tonic::Status> {
+        let pod = self.described_pod(node, namespace, pod_name, service_account)?;
+        self.shared
+            .may_register(&pod)
+            .map_err(tonic::Status::permission_denied)?;
+        Ok(pod)
+    }
+
+    fn described_pod(
         &self,
         node: &Node,
         namespace: &str,
@@ -913,7 +1105,7 @@ impl Controller {
             errors.len()
         );
         log_unapplied(&diagnostics);
-        std::fs::create_dir_all(&options.state)?;
+        prepare_state(&options.state)?;
         let pki = Pki::open(
             &options.state,
             &options.ca,
@@ -937,6 +1129,7 @@ impl Controller {
             interner: Mutex::new(crate::mesh::Interner::default()),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),
+            known_modules: RwLock::new(Module::installed(&options.state, &module)),
             module: RwLock::new(module),
             changed: Notify::new(),
             changed_since: Mutex::new(None),
@@ -1098,6 +1291,27 @@ impl Controller {
     }
 }
 
+/// What the state folder's `.gitignore` says: everything in it stays out of version control.
+pub const STATE_GITIGNORE: &str =
+    "# weft's state: the mesh CA's key and every workload's key. Never commit it.\n*\n";
+
+/// Creates the state folder if need be, readable by its owner only, with a `.gitignore` that
+/// keeps all of it out of version control (local mode keeps it in the manifests folder by
+/// default, which is likely a repository).
+///
+/// # Errors
+/// When the folder or the file cannot be written.
+pub fn prepare_state(state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(state)?;
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))?;
+    let ignore = state.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, STATE_GITIGNORE)?;
+    }
+    Ok(())
+}
+
 /// Resolves when `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
@@ -1158,6 +1372,30 @@ mod tests {
         assert_eq!(before.len(), 1, "{before:?}");
         std::fs::write(dir.path().join("a.yaml"), "kind: changed\n").unwrap();
         assert_ne!(fingerprint(dir.path()), before);
+    }
+
+    #[test]
+    fn the_state_folder_is_private_and_ignored_by_version_control() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let manifests = tempfile::tempdir().unwrap();
+        let state = manifests.path().join(".weft");
+        prepare_state(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let ignore = std::fs::read_to_string(state.join(".gitignore")).unwrap();
+        assert!(ignore.lines().any(|line| line == "*"), "{ignore}");
+        // git itself agrees, when it is there to ask.
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(manifests.path())
+                .output()
+        };
+        if git(&["init", "-q"]).is_ok_and(|o| o.status.success()) {
+            std::fs::write(state.join("ca-key.pem"), "key").unwrap();
+            let ignored = git(&["check-ignore", "-q", ".weft/ca-key.pem"]).unwrap();
+            assert!(ignored.status.success(), "git does not ignore the CA key");
+        }
     }
 
     #[test]

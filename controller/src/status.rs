@@ -40,6 +40,10 @@ pub struct ProxyStatus {
     refusals_logged: Option<(std::time::Instant, u64)>,
     /// When its workload certificate expires (RFC 3339).
     pub certificate_expires: Option<String>,
+    /// How many times local mode started one of the pod's processes again after it exited.
+    pub restarts: u64,
+    /// The last such exit: which process, and how it ended.
+    pub last_exit: Option<String>,
 }
 
 /// How many refused names each proxy's status keeps.
@@ -122,6 +126,15 @@ impl Status {
                 }
             }
         })
+    }
+
+    /// A process of `node`'s pod (`role`: the sidecar, the application) exited with `exit`
+    /// and is to be started again.
+    pub fn restarted(&self, node: &str, role: &str, exit: &str) {
+        self.with(node, |p| {
+            p.restarts += 1;
+            p.last_exit = Some(format!("{role}: {exit}"));
+        });
     }
 
     /// `node`'s certificate expires at `at`.

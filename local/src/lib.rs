@@ -11,7 +11,9 @@
 //! same machine.
 //!
 //! The manifests folder is watched: a workload added, scaled, changed or removed on disk gets
-//! its replicas started, restarted or stopped, and no other replica is touched.
+//! its replicas started, restarted or stopped, and no other replica is touched. A sidecar or
+//! an application that exits is started again after a backoff, as a kubelet restarts a
+//! container.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,6 +47,118 @@ pub struct UpOptions {
     pub subnet: u8,
 }
 
+/// How long local mode waits before starting an exited process again: doubling from the
+/// first to the last, and back to the first once a process ran for [`RESTART_RESET`].
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// How long a process must run for its next exit to be taken as a new failure.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
+/// One process of a replica, and how to start it again.
+#[derive(Debug)]
+struct Supervised {
+    /// What it is, in messages: `the sidecar`, `the application`.
+    role: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    /// Running, or `None` while it waits to start again.
+    child: Option<Child>,
+    started: Instant,
+    restarts: u32,
+    /// When it starts again.
+    restart_at: Option<Instant>,
+}
+
+impl Supervised {
+    /// Starts `program` with `args` and `env` (added to this process's), its output in `log`.
+    fn start(
+        role: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut process = Self {
+            role,
+            program,
+            args,
+            env,
+            log,
+            child: None,
+            started: Instant::now(),
+            restarts: 0,
+            restart_at: None,
+        };
+        process.child = Some(process.spawn(false)?);
+        Ok(process)
+    }
+
+    fn spawn(&self, append: bool) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        spawn(command, &self.log, append)
+    }
+
+    /// Notices an exit (scheduling a start after the backoff) or starts it again when its
+    /// time has come; returns what happened, for the log.
+    fn supervise(
+        &mut self,
+        node: &str,
+        status: &weft_controller::status::Status,
+    ) -> Option<String> {
+        if let Some(child) = self.child.as_mut() {
+            let exit = match child.try_wait() {
+                Ok(Some(exit)) => exit.to_string(),
+                Ok(None) => return None,
+                Err(err) => err.to_string(),
+            };
+            self.child = None;
+            if self.started.elapsed() >= RESTART_RESET {
+                self.restarts = 0;
+            }
+            let delay = RESTART_BACKOFF
+                .0
+                .saturating_mul(1 << self.restarts.min(5))
+                .min(RESTART_BACKOFF.1);
+            self.restarts += 1;
+            self.restart_at = Some(Instant::now() + delay);
+            status.restarted(node, self.role, &exit);
+            return Some(format!(
+                "weft: {} of {node} exited ({exit}); starting it again in {delay:?}:\n{}",
+                self.role,
+                tail(&self.log)
+            ));
+        }
+        let due = self.restart_at.is_some_and(|at| Instant::now() >= at);
+        if !due {
+            return None;
+        }
+        match self.spawn(true) {
+            Ok(child) => {
+                self.child = Some(child);
+                self.started = Instant::now();
+                self.restart_at = None;
+                Some(format!("weft: started {} of {node} again", self.role))
+            }
+            Err(err) => {
+                self.restart_at = Some(Instant::now() + RESTART_BACKOFF.1);
+                Some(format!(
+                    "weft: {} of {node} could not start again: {err:#}; trying again in {:?}",
+                    self.role, RESTART_BACKOFF.1
+                ))
+            }
+        }
+    }
+
+    fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// One running replica.
 #[derive(Debug)]
 pub struct Replica {
@@ -54,14 +168,16 @@ pub struct Replica {
     workload: Workload,
     /// Its folder: bootstrap, credentials, logs.
     pub dir: PathBuf,
-    envoy: Child,
-    app: Option<Child>,
+    envoy: Supervised,
+    app: Option<Supervised>,
 }
 
 impl Replica {
-    /// Its processes: the sidecar, then the application if it has one.
+    /// Its processes that run: the sidecar, then the application if it has one.
     fn children(&mut self) -> impl Iterator<Item = &mut Child> {
-        std::iter::once(&mut self.envoy).chain(self.app.as_mut())
+        std::iter::once(&mut self.envoy)
+            .chain(self.app.as_mut())
+            .filter_map(|process| process.child.as_mut())
     }
 
     /// The sidecar's admin address.
@@ -69,10 +185,12 @@ impl Replica {
         SocketAddr::from((self.pod.pod_ip, weft_envoy_config::mesh::ADMIN_PORT))
     }
 
-    /// The process ids of its Envoy and its application.
+    /// The process ids of its Envoy and its application (those running).
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.envoy.id())
-            .chain(self.app.as_ref().map(Child::id))
+        self.envoy
+            .id()
+            .into_iter()
+            .chain(self.app.as_ref().and_then(Supervised::id))
             .collect()
     }
 
@@ -86,7 +204,7 @@ impl Drop for Replica {
     /// A replica dropped without [`LocalMesh::down`] (a panic) still takes its processes with
     /// it.
     fn drop(&mut self) {
-        for child in std::iter::once(&mut self.envoy).chain(self.app.as_mut()) {
+        for child in self.children() {
             if matches!(child.try_wait(), Ok(None)) {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -247,10 +365,17 @@ pub fn expand(text: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// Starts `command`, killed with SIGKILL if this process dies first, so nothing outlives
-/// local mode even when it is killed.
-fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+/// Starts `command`, its output written to `log` (after what it holds, with `append`),
+/// killed with SIGKILL if this process dies first, so nothing outlives local mode even when it
+/// is killed.
+fn spawn(mut command: Command, log: &Path, append: bool) -> anyhow::Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .with_context(|| format!("{}", log.display()))?;
     command
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -419,19 +544,29 @@ impl LocalMesh {
         std::fs::write(&bootstrap_path, to_json(&bootstrap)?.to_string())?;
         shared.register_pod(pod.clone());
 
-        let mut envoy = Command::new(&options.envoy);
-        envoy
-            .arg("-c")
-            .arg(&bootstrap_path)
-            .args(weft_envoy_config::bootstrap::SIDECAR_ENVOY_ARGS)
-            .args([
+        let mut envoy_args = vec!["-c".to_owned(), bootstrap_path.display().to_string()];
+        envoy_args.extend(
+            weft_envoy_config::bootstrap::SIDECAR_ENVOY_ARGS
+                .iter()
+                .map(|arg| (*arg).to_owned()),
+        );
+        envoy_args.extend(
+            [
                 "--log-level",
                 "warning",
                 "--component-log-level",
                 "wasm:info",
-            ]);
+            ]
+            .map(str::to_owned),
+        );
         let node = pod.node_id();
-        let mut envoy = match spawn(envoy, &dir.join("envoy.log")) {
+        let mut envoy = match Supervised::start(
+            "the sidecar",
+            options.envoy.clone(),
+            envoy_args,
+            Vec::new(),
+            dir.join("envoy.log"),
+        ) {
             Ok(envoy) => envoy,
             Err(err) => {
                 shared.unregister_pod(&node);
@@ -442,16 +577,17 @@ impl LocalMesh {
         let env = environment(catalog, &pod, &workload);
         let app = match workload.command.split_first() {
             Some((program, args)) => {
-                let mut command =
-                    Command::new(find_command(&expand(program, &env), &options.command_path));
-                command.args(args.iter().map(|arg| expand(arg, &env)));
-                command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                match spawn(command, &dir.join("app.log")) {
+                let program = find_command(&expand(program, &env), &options.command_path);
+                let args = args.iter().map(|arg| expand(arg, &env)).collect();
+                match Supervised::start("the application", program, args, env, dir.join("app.log"))
+                {
                     Ok(app) => Some(app),
                     Err(err) => {
                         // Half a replica is none: its sidecar goes too.
-                        let _ = envoy.kill();
-                        let _ = envoy.wait();
+                        if let Some(child) = envoy.child.as_mut() {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                        }
                         shared.unregister_pod(&node);
                         return Err(err);
                     }
@@ -471,14 +607,14 @@ impl LocalMesh {
 
     /// Waits until every sidecar has applied its listeners and says it is live (its admin's
     /// `/ready`: its listeners warmed, so they accept connections), or `timeout`; a process
-    /// that exits meanwhile is an error naming it and its log.
+    /// that exits meanwhile is started again ([`LocalMesh::supervise`]).
     ///
     /// # Errors
-    /// When a process exits or time runs out.
+    /// When time runs out, naming the sidecars not ready.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         loop {
-            self.check_processes()?;
+            self.supervise();
             let mut waiting = Vec::new();
             for replica in &self.replicas {
                 if !self.controller.shared.is_ready(&replica.pod.node_id())
@@ -499,29 +635,20 @@ impl LocalMesh {
         }
     }
 
-    /// Fails naming the first process that exited, with the tail of its log.
-    ///
-    /// # Errors
-    /// When one did.
-    pub fn check_processes(&mut self) -> anyhow::Result<()> {
+    /// Starts again, after a backoff, every process that exited (a sidecar or an application
+    /// crashing does not stop the mesh, as a kubelet restarts a container): each exit and each
+    /// start is logged, with the end of the process's log, and counted in the pod's status
+    /// (`restarts`, `last_exit`).
+    pub fn supervise(&mut self) {
+        let status = &self.controller.shared.status;
         for replica in &mut self.replicas {
             let node = replica.pod.node_id();
-            if let Some(status) = replica.envoy.try_wait()? {
-                anyhow::bail!(
-                    "the sidecar of {node} exited ({status}):\n{}",
-                    tail(&replica.dir.join("envoy.log"))
-                );
-            }
-            if let Some(app) = replica.app.as_mut()
-                && let Some(status) = app.try_wait()?
-            {
-                anyhow::bail!(
-                    "the application of {node} exited ({status}):\n{}",
-                    tail(&replica.dir.join("app.log"))
-                );
+            for process in std::iter::once(&mut replica.envoy).chain(replica.app.as_mut()) {
+                if let Some(message) = process.supervise(&node, status) {
+                    log::warn!("{message}");
+                }
             }
         }
-        Ok(())
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 5 s) and the controller.

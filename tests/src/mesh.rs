@@ -49,6 +49,7 @@ pub fn options(manifests: &Path, state: &Path) -> anyhow::Result<UpOptions> {
             poll: Duration::from_millis(50),
             resume_grace: Duration::ZERO,
             forget_after: weft_controller::runtime::FORGET_AFTER,
+            pod_networks: Vec::new(),
         },
         envoy: paths::envoy_binary()?,
         command_path: vec![paths::workspace_root().join("target/debug")],

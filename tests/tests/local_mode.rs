@@ -21,31 +21,63 @@ fn killing_weft_up_takes_every_process_it_started_with_it() {
     wait_gone(&children);
 }
 
+/// The pid of the child of `weft` whose command line holds every one of `words`.
+fn child_with(weft: &WeftUp, words: &[&str]) -> Option<u32> {
+    children_of(weft.id()).into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| words.iter().all(|word| cmd.contains(word)))
+    })
+}
+
 #[test]
-fn a_crashed_application_stops_the_mesh_and_is_named() {
+fn a_crashed_application_or_sidecar_is_started_again_and_reported_while_the_mesh_runs_on() {
     let mut weft = WeftUp::example(62);
-    let children = children_of(weft.id());
-    let analytics = children
-        .iter()
-        .copied()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmd| cmd.contains("weft-upstream") && cmd.contains("analytics"))
-        })
-        .expect("the analytics application");
-    Command::new("kill")
-        .args(["-KILL", &analytics.to_string()])
-        .status()
+    let running = children_of(weft.id());
+    for (role, words) in [
+        ("the application", &["weft-upstream", "analytics"][..]),
+        ("the sidecar", &["envoy", "analytics-0"][..]),
+    ] {
+        let crashed = child_with(&weft, words).unwrap_or_else(|| panic!("{role} of analytics"));
+        Command::new("kill")
+            .args(["-KILL", &crashed.to_string()])
+            .status()
+            .unwrap();
+        weft.wait_for_all(
+            &[
+                &format!("{role} of shop/analytics-0 exited (signal: 9"),
+                &format!("started {role} of shop/analytics-0 again"),
+            ],
+            Duration::from_secs(20),
+        );
+        let again = child_with(&weft, words).expect("started again");
+        assert_ne!(again, crashed);
+        assert!(matches!(weft.try_wait(), Ok(None)), "the mesh runs on");
+    }
+    // Every other process ran on untouched, and the pod's status counts both restarts.
+    let after = children_of(weft.id());
+    let untouched = running.iter().filter(|pid| after.contains(pid)).count();
+    assert_eq!(untouched, running.len() - 2, "{running:?} then {after:?}");
+    let status = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(weft_e2e::client::get_json(weft.admin, "/status"))
         .unwrap();
-    let seen = weft.wait_for("every process stopped", Duration::from_secs(20));
-    let status = weft.wait().unwrap();
-    assert!(!status.success());
-    let all = seen.join("\n") + &weft.lines.try_iter().collect::<Vec<_>>().join("\n");
+    let analytics = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pod| pod["pod"] == "shop/analytics-0")
+        .unwrap()
+        .clone();
+    assert_eq!(analytics["proxy"]["restarts"], 2, "{analytics:#}");
     assert!(
-        all.contains("the application of shop/analytics-0 exited"),
-        "{all}"
+        analytics["proxy"]["last_exit"]
+            .as_str()
+            .is_some_and(|exit| exit.starts_with("the sidecar: signal: 9")),
+        "{analytics:#}"
     );
-    wait_gone(&children);
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    wait_gone(&after);
 }
 
 fn reports(replicas: u32) -> String {

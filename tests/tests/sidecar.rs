@@ -119,6 +119,8 @@ fn start_controller_with(
             &format!("127.0.0.1:{admin}"),
         ])
         .args(["--resume-grace-ms", "1500"])
+        // The test's pods live on loopback addresses.
+        .args(["--pod-network", "127.0.0.0/8"])
         .args(flags)
         .arg("--module")
         .arg(paths::weft_wasm().unwrap())

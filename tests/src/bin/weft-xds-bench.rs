@@ -397,11 +397,14 @@ struct Rows {
 }
 
 /// The churn workload's manifest: a Deployment, a Service, and a TrafficTarget letting it call
-/// `svc-0` (so that every proxy of app-0 gets a new source in its plugin configuration).
-fn write_churn(dir: &Path) -> anyhow::Result<()> {
-    let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: churn, namespace: bench}\nspec:\n  replicas: 1\n  template:\n    metadata: {labels: {app: churn}}\n    spec:\n      serviceAccountName: sa-churn\n      containers: [{command: [app], ports: [{containerPort: 8080}]}]\n---\n\
-                apiVersion: v1\nkind: Service\nmetadata: {name: svc-churn, namespace: bench}\nspec:\n  selector: {app: churn}\n  ports: [{port: 8080}]\n---\n\
-                apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: churn-to-0, namespace: bench}\nspec:\n  destination: {kind: ServiceAccount, name: sa-0, namespace: bench}\n  sources: [{kind: ServiceAccount, name: sa-churn, namespace: bench}]\n  rules: [{kind: HTTPRouteGroup, name: all}]\n";
+/// `svc-0` (so that every proxy of app-0 gets a new source in its plugin configuration), with
+/// `replicas` pods (the controller lets a workload's sidecars register as many).
+fn write_churn(dir: &Path, replicas: usize) -> anyhow::Result<()> {
+    let yaml = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: churn, namespace: bench}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: churn}}}}\n    spec:\n      serviceAccountName: sa-churn\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {{name: svc-churn, namespace: bench}}\nspec:\n  selector: {{app: churn}}\n  ports: [{{port: 8080}}]\n---\n\
+                apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: churn-to-0, namespace: bench}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-0, namespace: bench}}\n  sources: [{{kind: ServiceAccount, name: sa-churn, namespace: bench}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n"
+    );
     let staging = dir.join(".churn.tmp");
     std::fs::write(&staging, yaml)?;
     std::fs::rename(&staging, dir.join("churn.yaml"))?;
@@ -486,6 +489,8 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
             &format!("127.0.0.1:{admin}"),
         ])
         .args(["--resume-grace-ms", "0", "--forget-after-ms", "1000"])
+        // The simulated pods live on loopback addresses.
+        .args(["--pod-network", "127.0.0.0/8"])
         .arg("--module")
         .arg(paths::weft_wasm()?)
         .stdout(Stdio::null())
@@ -624,7 +629,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     let before_churn_kib = rss_kib(pid)?;
     let mut after_cycles = Vec::new();
     for cycle in 0..cycles {
-        write_churn(manifests_dir.path())?;
+        write_churn(manifests_dir.path(), churn_size)?;
         generation = catalog_after(admin, generation).await?;
         let first = proxies + cycle * churn_size;
         let mut churners = tokio::task::JoinSet::new();
