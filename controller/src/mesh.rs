@@ -13,8 +13,8 @@ use prost::Name;
 use weft_envoy_config::clusters::load_assignment;
 use weft_envoy_config::filters::{Code, Configuration, Kind};
 use weft_envoy_config::mesh::{
-    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, inbound_configuration,
-    inbound_plugin_name,
+    InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, SidecarResources,
+    inbound_configuration, inbound_plugin_name,
 };
 use weft_envoy_config::pb::google::protobuf::Any;
 use weft_envoy_config::render::{any, content_digest};
@@ -540,22 +540,43 @@ pub fn check_mesh(catalog: &Catalog) -> Vec<Diagnostic> {
     diagnostics
 }
 
+/// A view of `catalog` for building sidecars' resources outside a running controller: no
+/// pods, patches allowed and none withdrawn.
+fn offline_view<'a>(
+    catalog: &'a Catalog,
+    trust_domain: &'a str,
+    withdrawn: &'a BTreeMap<String, BTreeMap<PatchKey, PatchError>>,
+    ready: &'a BTreeSet<String>,
+) -> MeshView<'a> {
+    MeshView {
+        catalog,
+        pods: &[],
+        ready,
+        trust_domain,
+        bundle: "",
+        module: "weft.wasm",
+        allow_patches: true,
+        withdrawn,
+    }
+}
+
+/// The listeners, clusters and routes the controller generates for `pod`'s sidecar, before
+/// any EnvoyPatch: what a patch is applied to.
+pub fn generated_resources(catalog: &Catalog, trust_domain: &str, pod: &Pod) -> SidecarResources {
+    let (withdrawn, ready) = (BTreeMap::new(), BTreeSet::new());
+    let view = offline_view(catalog, trust_domain, &withdrawn, &ready);
+    describe_sidecar(&view, &mut Plan::default(), pod)
+        .0
+        .resources()
+}
+
 /// Every EnvoyPatch of `catalog` tried on the sidecar of each workload it selects, as the
 /// controller would apply it (`weft check`): an error for each resource patch that would be
 /// refused, naming the workload; a warning for a patch that selects no workload.
 pub fn check_patches(catalog: &Catalog, trust_domain: &str) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
-    let withdrawn = BTreeMap::new();
-    let view = MeshView {
-        catalog,
-        pods: &[],
-        ready: &BTreeSet::new(),
-        trust_domain,
-        bundle: "",
-        module: "weft.wasm",
-        allow_patches: true,
-        withdrawn: &withdrawn,
-    };
+    let (withdrawn, ready) = (BTreeMap::new(), BTreeSet::new());
+    let view = offline_view(catalog, trust_domain, &withdrawn, &ready);
     let mut plan = Plan::default();
     for patch in &catalog.envoy_patches {
         let report = |severity, field: String, message: String| Diagnostic {

@@ -5,8 +5,9 @@
 //! - a response is only for a type the proxy subscribed to, and carries exactly the resources
 //!   of its subscription that the current snapshot holds;
 //! - a version the proxy NACKed is never sent again on that stream;
-//! - content is never sent twice in a row (only a new subscription is answered with what was
-//!   sent before);
+//! - content is never sent twice in a row (only a new subscription, and endpoints or routes
+//!   once the proxy applied a cluster or listener change, are answered with what was sent
+//!   before);
 //! - nonces are never reused on a stream;
 //! and at the end, once the proxy has ACKed everything it was sent, every subscription holds
 //! the snapshot's current content (unless that content is the version it refused).
@@ -140,8 +141,8 @@ impl Model {
     }
 
     /// Checks one step's output against the rules and folds it into the proxy's view.
-    /// `first` is the type of a first request that caused the step, if any.
-    fn absorb(&mut self, output: &Output, first: Option<&'static str>) {
+    /// `repeat` is the type that may be sent again unchanged in this step, if any.
+    fn absorb(&mut self, output: &Output, repeat: Option<&'static str>) {
         for event in &output.events {
             if let Event::Nack { type_url, version, .. } = event {
                 let proxy = self.types.get_mut(type_url.as_str()).expect("a known type");
@@ -149,7 +150,7 @@ impl Model {
             }
         }
         for response in &output.responses {
-            self.check_response(response, first);
+            self.check_response(response, repeat);
         }
         if output.responses.len() > 1 {
             let order: Vec<usize> = output
@@ -161,7 +162,7 @@ impl Model {
         }
     }
 
-    fn check_response(&mut self, response: &DiscoveryResponse, first: Option<&'static str>) {
+    fn check_response(&mut self, response: &DiscoveryResponse, repeat: Option<&'static str>) {
         let type_url = TYPES
             .iter()
             .copied()
@@ -183,7 +184,7 @@ impl Model {
             !proxy.refused.contains(&response.version_info),
             "{type_url}: a NACKed version sent again"
         );
-        if first != Some(type_url) {
+        if repeat != Some(type_url) {
             assert_ne!(
                 proxy.received.as_deref(),
                 Some(response.version_info.as_str()),
@@ -244,6 +245,19 @@ impl Model {
             ..DiscoveryRequest::default()
         };
         let output = self.stream.on_request(&request);
+        // An applied cluster change may bring the endpoints again, unchanged (warming).
+        let repeat = if first {
+            Some(type_url)
+        } else if type_url == CLUSTER && current && !nack {
+            Some(ENDPOINT)
+        } else if type_url == LISTENER && current && !nack {
+            Some(ROUTE)
+        } else if (type_url == ENDPOINT || type_url == ROUTE) && current && !nack {
+            // Asked again for what it has: it may be warming a changed cluster or listener.
+            Some(type_url)
+        } else {
+            None
+        };
         if first || current {
             // The server takes this request: its subscription is the proxy's.
             let proxy = self.types.get_mut(type_url).expect("a known type");
@@ -265,7 +279,7 @@ impl Model {
                 "{type_url}: a stale request was answered"
             );
         }
-        self.absorb(&output, first.then_some(type_url));
+        self.absorb(&output, repeat);
     }
 
     fn reconnect(&mut self) {

@@ -34,7 +34,8 @@ pub struct Seen {
 /// connection without answering; `/flaky/KEY/N` answers 503 to the first N requests for KEY
 /// and 200 afterwards, each body ending with `attempt K`. `POST /upstream/fail` makes it answer
 /// 500 to everything else until `POST /upstream/heal`. Every answer says where it was served in
-/// `x-served-by` (the listening address), so replicas of one name can be told apart.
+/// `x-served-by` (the listening address), so replicas of one name can be told apart, and, when
+/// asked with [`ECHO`], what it saw of a request header.
 #[derive(Debug)]
 pub struct HttpUpstream {
     name: String,
@@ -99,6 +100,12 @@ impl Drop for HttpUpstream {
     }
 }
 
+/// The request header that names another request header whose value the upstream sends back
+/// in [`ECHOED`]: what the application saw of it.
+pub const ECHO: &str = "x-echo";
+/// The response header that carries the value of the header [`ECHO`] named.
+pub const ECHOED: &str = "x-echoed";
+
 /// What an upstream remembers between requests: whether it fails everything, and how often
 /// each flaky key was asked for.
 #[derive(Debug, Default)]
@@ -147,7 +154,20 @@ async fn serve_http(listener: TcpListener, name: String, seen: Option<Arc<Mutex<
                 let name = name.clone();
                 let path = request.uri().path().to_owned();
                 let behaviour = behaviour.clone();
-                async move { respond(&name, &path, body, &behaviour).await }
+                // `x-echo: NAME` asks for what the application saw of request header NAME.
+                let echoed = request
+                    .headers()
+                    .get(ECHO)
+                    .and_then(|name| name.to_str().ok())
+                    .and_then(|name| request.headers().get(name))
+                    .cloned();
+                async move {
+                    let mut response = respond(&name, &path, body, &behaviour).await?;
+                    if let Some(value) = echoed {
+                        response.headers_mut().insert(ECHOED, value);
+                    }
+                    Ok::<_, std::io::Error>(response)
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

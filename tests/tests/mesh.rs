@@ -13,6 +13,10 @@ const FRONTEND: &str = "shop/frontend-0";
 const ANALYTICS: &str = "shop/analytics-0";
 const CHECKOUT_V1: &str = "shop/checkout-v1-0";
 const CHECKOUT_V2: &str = "shop/checkout-v2-0";
+const DB: &str = "shop/db-0";
+/// The outbound route configuration's updates an Envoy refused, and applied.
+const ROUTES_REJECTED: &str = "http.outbound.rds.outbound.update_rejected";
+const ROUTES_APPLIED: &str = "http.outbound.rds.outbound.update_success";
 
 /// `GET path` to checkout as `from` is refused with 403, naming the caller's SPIFFE identity
 /// (read by checkout's sidecar from the certificate the controller issued to the caller's).
@@ -250,32 +254,29 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     );
     let load_probes = load.probes();
     let mut timeline = Timeline::new(SHIPPED);
-    // A second TCP Service on the database's port: each caller would get two listeners on one
-    // address, which Envoy refuses (a NACK of the whole listener update).
     let services = std::fs::read_to_string(mesh.manifest("services.yaml")).unwrap();
-    let clash = format!(
-        "{services}---\napiVersion: v1\nkind: Service\nmetadata: {{name: replica, namespace: shop}}\nspec:\n  selector: {{app: db}}\n  ports: [{{name: tcp-postgres, port: 5432, appProtocol: tcp}}]\n"
-    );
-    mesh.write_manifest("services.yaml", &clash).unwrap();
-    // Every pod but the database's (whose own port the clash is on) refuses it, once.
-    let callers = [ANALYTICS, CHECKOUT_V1, CHECKOUT_V2, FRONTEND];
+    // A TrafficPolicy on the routes of a match whose regex weft reads but Envoy's RE2 refuses
+    // (a counted repetition above RE2's 1000): every caller of checkout, every pod, gets
+    // outbound routes it refuses (a NACK of the whole route configuration).
+    let refused = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: long, namespace: shop}\nspec:\n  matches: [{name: xs, pathRegex: \"/x{1001}\"}]\n---\napiVersion: policy.weft.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: long, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: checkout}\n  routes:\n  - match: {kind: HTTPRouteGroup, name: long, match: xs}\n    timeouts: {request: 5s}\n";
+    mesh.write_manifest("services.yaml", &format!("{services}---\n{refused}"))
+        .unwrap();
+    // Every pod refuses it, once.
+    let callers = [ANALYTICS, CHECKOUT_V1, CHECKOUT_V2, DB, FRONTEND];
     until(
-        "every caller refused its listeners",
+        "every caller refused its routes",
         Duration::from_secs(10),
         || async {
             let refused = callers
                 .iter()
-                .all(|node| mesh.pod_status(node)["proxy"]["types"]["lds"]["nacks"] == 1);
+                .all(|node| mesh.pod_status(node)["proxy"]["types"]["rds"]["nacks"] == 1);
             Ok(refused.then_some(()))
         },
     )
     .await
     .unwrap();
     for node in callers {
-        let rejected = mesh
-            .stat(node, "listener_manager.lds.update_rejected")
-            .await
-            .unwrap();
+        let rejected = mesh.stat(node, ROUTES_REJECTED).await.unwrap();
         assert_eq!(rejected, 1, "{node}");
     }
     // Unrelated changes come and go (a new TrafficSplit weight): the refused listeners are not
@@ -307,30 +308,24 @@ async fn a_change_every_proxy_refuses_is_recorded_once_per_proxy_and_never_resen
     .unwrap();
     timeline.applied(Instant::now());
     for node in callers {
-        let rejected = mesh
-            .stat(node, "listener_manager.lds.update_rejected")
-            .await
-            .unwrap();
-        assert_eq!(rejected, 1, "{node}: the refused listeners were sent again");
-        let lds = mesh.pod_status(node)["proxy"]["types"]["lds"].clone();
-        assert_eq!(lds["nacks"], 1, "{node}: {lds}");
-        let error = lds["error"].as_str().unwrap_or_default();
-        assert!(error.contains("duplicate address"), "{node}: {lds}");
+        let rejected = mesh.stat(node, ROUTES_REJECTED).await.unwrap();
+        assert_eq!(rejected, 1, "{node}: the refused routes were sent again");
+        let rds = mesh.pod_status(node)["proxy"]["types"]["rds"].clone();
+        assert_eq!(rds["nacks"], 1, "{node}: {rds}");
+        let error = rds["error"].as_str().unwrap_or_default();
+        assert!(error.contains("repetition"), "{node}: {rds}");
     }
     let metrics = mesh.controller_metrics().await.unwrap();
     assert_eq!(
-        metrics.counter("weft_controller_xds_nacks_total", &[("type", "lds")]),
-        4.0,
+        metrics.counter("weft_controller_xds_nacks_total", &[("type", "rds")]),
+        5.0,
         "one refusal per caller"
     );
     // The fix is sent and applied.
+    let applied_before = mesh.stat(FRONTEND, ROUTES_APPLIED).await.unwrap();
     mesh.write_manifest("services.yaml", &services).unwrap();
     until("the fix applied", Duration::from_secs(10), || async {
-        Ok((mesh
-            .stat(FRONTEND, "listener_manager.lds.update_success")
-            .await?
-            >= 2)
-            .then_some(()))
+        Ok((mesh.stat(FRONTEND, ROUTES_APPLIED).await? > applied_before).then_some(()))
     })
     .await
     .unwrap();

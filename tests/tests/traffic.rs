@@ -334,19 +334,20 @@ spec:
     - {op: add, path: /virtual_hosts/0/no_such_field, value: 1}
 ";
 
-/// A valid RouteConfiguration Envoy refuses: two virtual hosts claim the domain `checkout`.
-const NACKED_PATCH: &str = r"
+/// A RouteConfiguration that passes weft's checks (headers added on the outbound side are
+/// safe) and Envoy refuses: a pseudo-header cannot be added.
+const NACKED_PATCH: &str = r#"
 apiVersion: policy.weft.io/v1alpha1
 kind: EnvoyPatch
-metadata: {name: duplicate-domain, namespace: shop}
+metadata: {name: pseudo-header, namespace: shop}
 spec:
   selector: {matchLabels: {app: frontend}}
   patches:
   - type: RouteConfiguration
     name: outbound
     operations:
-    - {op: add, path: /virtual_hosts/0/domains/-, value: checkout}
-";
+    - {op: add, path: /request_headers_to_add, value: [{header: {key: ":path", value: /x}}]}
+"#;
 
 /// The status entry of EnvoyPatch `patch` on pod `pod`, once it is in state `state`.
 async fn patch_state(mesh: &TestMesh, patch: &str, state: &str) -> serde_json::Value {
@@ -431,10 +432,10 @@ async fn a_patch_changes_behaviour_and_a_broken_one_is_refused_or_withdrawn_whil
 
     let nacks_before = nacks(&mesh);
     mesh.write_manifest("nacked.yaml", NACKED_PATCH).unwrap();
-    let withdrawn = patch_state(&mesh, "shop/duplicate-domain", "withdrawn").await;
+    let withdrawn = patch_state(&mesh, "shop/pseudo-header", "withdrawn").await;
     let reason = withdrawn["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.starts_with("Envoy refused it:") && reason.contains("checkout"),
+        reason.starts_with("Envoy refused it:") && reason.contains("may not be modified"),
         "{withdrawn}"
     );
     assert_eq!(

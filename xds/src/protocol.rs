@@ -13,14 +13,18 @@
 //!   already has that version (a reconnect after a controller restart causes no push storm);
 //! - nothing is sent before the proxy's snapshot exists (a sidecar with no configuration
 //!   serves nothing, which is what it should do);
-//! - a snapshot change is pushed type by type in [`PUSH_ORDER`].
+//! - a snapshot change is pushed type by type in [`PUSH_ORDER`];
+//! - once the proxy applied clusters sent after the last endpoints, the endpoints are sent
+//!   again, changed or not, and routes after listeners: Envoy warms a changed cluster until an
+//!   EDS response comes, and a changed listener until an RDS response comes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::snapshot::{
-    PUSH_ORDER, Resource, SharedSnapshot, is_wildcard_type, set_version, short_name as short_type,
+    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, SharedSnapshot, is_wildcard_type,
+    set_version, short_name as short_type,
 };
 
 /// Something the stream observed that the controller records (logs, metrics, status).
@@ -104,6 +108,8 @@ struct TypeState {
     sent: Option<Sent>,
     acked: Option<String>,
     nacked: Option<(String, String)>,
+    /// The nonce of the response the proxy last acknowledged.
+    acked_nonce: Option<String>,
     /// Every version refused on this stream, the latest last (at most [`REFUSED_KEPT`]).
     refused: VecDeque<String>,
 }
@@ -124,12 +130,34 @@ pub struct TypeStatus {
     pub nacked: Option<(String, String)>,
 }
 
+/// Why a type's resources are being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    /// Its content may have changed: sent if it did.
+    Change,
+    /// A new subscription: sent unless the proxy says it has this version.
+    First,
+    /// Endpoints after a cluster change the proxy applied, routes after a listener change:
+    /// sent even when unchanged, since Envoy warms a changed cluster until an EDS response
+    /// comes, and a changed listener until an RDS response comes (xDS protocol, "Resource
+    /// warming"); without it the change waits for `initial_fetch_timeout` (15 s).
+    Warm,
+}
+
+/// The types whose resources warm with another's: clusters with their endpoints, listeners
+/// with their routes.
+const WARMED_BY: [(&str, &str); 2] = [(CLUSTER, ENDPOINT), (LISTENER, ROUTE)];
+
 /// One ADS stream.
 #[derive(Debug, Default)]
 pub struct Stream {
     snapshot: Option<SharedSnapshot>,
     types: BTreeMap<String, TypeState>,
     nonces: u64,
+    /// The types owed to warm what was sent: clusters were sent and no endpoints since (or
+    /// listeners and no routes); the proxy's ACK of them is answered with these
+    /// ([`Send::Warm`]).
+    owed: BTreeSet<&'static str>,
 }
 
 impl Stream {
@@ -172,6 +200,11 @@ impl Stream {
             }
         }
         let state = self.types.entry(type_url.clone()).or_default();
+        // The same acknowledgement again: Envoy added a watch for resources it already has (a
+        // changed cluster's endpoints, a changed listener's routes) and asks anew.
+        let asked_again = !first
+            && request.error_detail.is_none()
+            && state.acked_nonce.as_deref() == Some(request.response_nonce.as_str());
         if !first {
             let sent_version = state
                 .sent
@@ -195,6 +228,7 @@ impl Stream {
                 }
                 None => {
                     state.acked = Some(request.version_info.clone());
+                    state.acked_nonce = Some(request.response_nonce.clone());
                     output.events.push(Event::Ack {
                         type_url: type_url.clone(),
                         version: request.version_info.clone(),
@@ -232,7 +266,29 @@ impl Stream {
             if let Some(missing) = self.missing(&type_url) {
                 output.events.push(missing);
             }
-            self.respond(&type_url, first, &mut output);
+            let send = if first { Send::First } else { Send::Change };
+            self.respond(&type_url, send, &mut output);
+        }
+        // What a change the proxy applied warms on, it gets again: when it acknowledges the
+        // change (a listener), or asks again for what warms it (a cluster's endpoints: Envoy
+        // acknowledges clusters only once they warmed).
+        let applied = !first
+            && output
+                .events
+                .iter()
+                .any(|event| matches!(event, Event::Ack { .. }));
+        let warm = match WARMED_BY.iter().find(|(by, _)| *by == type_url) {
+            Some((_, warmed)) if applied => Some(*warmed),
+            _ => WARMED_BY
+                .iter()
+                .find(|(_, warmed)| *warmed == type_url && asked_again)
+                .map(|(_, warmed)| *warmed),
+        };
+        if let Some(warmed) = warm
+            && self.owed.contains(warmed)
+            && self.types.contains_key(warmed)
+        {
+            self.respond(warmed, Send::Warm, &mut output);
         }
         let acked = output
             .events
@@ -277,7 +333,7 @@ impl Stream {
         );
         for type_url in order {
             if self.types.contains_key(&type_url) {
-                self.respond(&type_url, false, &mut output);
+                self.respond(&type_url, Send::Change, &mut output);
             }
         }
         // Nothing to send (the change was in what the proxy does not subscribe to, or it
@@ -337,9 +393,10 @@ impl Stream {
         })
     }
 
-    /// Sends `type_url`'s current resources unless the proxy has them, refused them, or (for a
-    /// change, not a first request) they are what was last sent.
-    fn respond(&mut self, type_url: &str, first: bool, output: &mut Output) {
+    /// Sends `type_url`'s current resources unless the proxy refused them, or, but to warm
+    /// clusters, has them (for a change: they are what was last sent).
+    fn respond(&mut self, type_url: &str, send: Send, output: &mut Output) {
+        let first = send == Send::First;
         if self.snapshot.is_none() {
             return;
         }
@@ -357,7 +414,7 @@ impl Stream {
             Some(sent) if !first => Some(sent.version.as_str()),
             _ => state.acked.as_deref(),
         };
-        let unchanged = has == Some(version.as_str());
+        let unchanged = has == Some(version.as_str()) && send != Send::Warm;
         if refused || unchanged {
             if unchanged && (first || state.sent.is_none()) {
                 // The proxy has it; later changes compare against it.
@@ -374,6 +431,13 @@ impl Stream {
             version: version.clone(),
             nonce: nonce.clone(),
         });
+        for (by, warmed) in WARMED_BY {
+            if type_url == by {
+                self.owed.insert(warmed);
+            } else if type_url == warmed {
+                self.owed.remove(warmed);
+            }
+        }
         output.responses.push(DiscoveryResponse {
             version_info: version,
             resources: bodies,
@@ -715,6 +779,61 @@ mod tests {
             }]
         );
         assert!(one(&output).resources.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_change_the_proxy_applies_is_followed_by_its_endpoints_even_unchanged() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(CLUSTER, "a", "1"), (ENDPOINT, "a", "e")]));
+        let clusters = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        // Envoy asks for the endpoints of the clusters it got once it applied them.
+        assert!(stream.on_request(&acking(&clusters)).responses.is_empty());
+        let endpoints = one(&stream.on_request(&request(ENDPOINT, &["a"], "", ""))).clone();
+        assert!(
+            stream
+                .on_request(&request(
+                    ENDPOINT,
+                    &["a"],
+                    &endpoints.version_info,
+                    &endpoints.nonce
+                ))
+                .responses
+                .is_empty()
+        );
+        // The cluster changes, its endpoints do not: only the cluster is pushed...
+        let changed = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "2"), (ENDPOINT, "a", "e")]));
+        let clusters = one(&changed).clone();
+        assert_eq!(clusters.type_url, CLUSTER);
+        // ...Envoy warms the new cluster and asks for its endpoints again, repeating its last
+        // acknowledgement (it acknowledges the clusters only once they warmed): it gets them.
+        let asked_again = request(ENDPOINT, &["a"], &endpoints.version_info, &endpoints.nonce);
+        let warmed = stream.on_request(&asked_again);
+        let again = one(&warmed);
+        assert_eq!(again.type_url, ENDPOINT);
+        assert_eq!(again.version_info, endpoints.version_info);
+        assert_ne!(again.nonce, endpoints.nonce);
+        // Once: the endpoints' ACK, and the clusters' ACK, send nothing more.
+        let ack = request(ENDPOINT, &["a"], &again.version_info, &again.nonce);
+        assert!(stream.on_request(&ack).responses.is_empty());
+        assert!(stream.on_request(&acking(&clusters)).responses.is_empty());
+        // A request repeated with nothing to warm is an acknowledgement like any other.
+        assert!(stream.on_request(&ack).responses.is_empty());
+        // Had the proxy acknowledged the clusters first, that would have brought them.
+        let changed = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "4"), (ENDPOINT, "a", "e")]));
+        assert_eq!(
+            one(&stream.on_request(&acking(one(&changed)))).type_url,
+            ENDPOINT
+        );
+        // When the endpoints changed with the clusters, they were pushed behind them: nothing
+        // more after the clusters' ACK.
+        let both = stream.on_snapshot(snapshot(&[(CLUSTER, "a", "3"), (ENDPOINT, "a", "f")]));
+        assert_eq!(both.responses.len(), 2);
+        assert!(
+            stream
+                .on_request(&acking(&both.responses[0]))
+                .responses
+                .is_empty()
+        );
     }
 
     #[test]
