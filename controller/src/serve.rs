@@ -42,13 +42,18 @@ pub struct Limits {
     pub lifetime: Option<Duration>,
 }
 
+/// How long a peer has to complete its TLS handshake on the xDS port, or to send a request's
+/// headers on the admin port: ample for a real client, short for one that only holds a
+/// connection open.
+pub const HANDSHAKE: Duration = Duration::from_secs(5);
+
 impl Limits {
     /// The xDS port's: one connection per sidecar, thousands of sidecars.
     pub fn xds(descriptors: u64) -> Self {
         Self {
             connections: within(descriptors, 16_384, 3, 4),
             per_peer: 64,
-            handshake: Duration::from_secs(10),
+            handshake: HANDSHAKE,
             idle: Duration::from_secs(60),
             lifetime: None,
         }
@@ -59,7 +64,7 @@ impl Limits {
         Self {
             connections: within(descriptors, 128, 1, 8),
             per_peer: 16,
-            handshake: Duration::from_secs(5),
+            handshake: HANDSHAKE,
             idle: Duration::from_secs(15),
             lifetime: Some(Duration::from_secs(60)),
         }

@@ -10,6 +10,7 @@
 //! Guarantees: every process a test starts is killed when its handle drops (also when the test
 //! panics), a failing test prints the Envoy log, and readiness is polled with a deadline.
 
+pub mod ads;
 pub mod attacks;
 pub mod bootstrap;
 pub mod client;

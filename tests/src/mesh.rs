@@ -295,3 +295,34 @@ pub fn weft_sidecar(
         .arg(paths::envoy_binary()?);
     Ok(command)
 }
+
+/// `weft controller` (the `weft` binary of `make build`) on `manifests`, keeping its state in
+/// `state`, serving xDS on `127.0.0.1:xds` and its admin on `127.0.0.1:admin`, with no resume
+/// grace to speak of, the test's pods on loopback allowed (unless `flags` name the pod
+/// networks), the module `make build` made, and `flags`. Ready to spawn.
+///
+/// # Errors
+/// When the module cannot be found.
+pub fn weft_controller(
+    manifests: &Path,
+    state: &Path,
+    (xds, admin): (u16, u16),
+    flags: &[&str],
+) -> anyhow::Result<std::process::Command> {
+    let mut command = std::process::Command::new(paths::workspace_root().join("target/debug/weft"));
+    command
+        .arg("controller")
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--state")
+        .arg(state)
+        .args(["--xds", &format!("127.0.0.1:{xds}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--resume-grace-ms", "1500"]);
+    if !flags.contains(&"--pod-network") {
+        // The test's pods live on loopback addresses.
+        command.args(["--pod-network", "127.0.0.0/8"]);
+    }
+    command.args(flags).arg("--module").arg(paths::weft_wasm()?);
+    Ok(command)
+}

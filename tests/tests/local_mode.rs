@@ -157,3 +157,58 @@ fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind()
     weft.wait().unwrap();
     wait_gone(&running);
 }
+
+#[test]
+fn a_manifest_truncated_for_a_second_is_never_taken_and_a_removed_folder_recovers() {
+    let mut weft = WeftUp::example(68);
+    let mut running = children_of(weft.id());
+    running.sort_unstable();
+    let dir = weft.manifests().to_path_buf();
+    let workloads = dir.join("workloads.yaml");
+    let text = std::fs::read_to_string(&workloads).unwrap();
+    // Written in place, as an editor or a copy does: truncated, nothing for a second, then
+    // the text again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&workloads)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&workloads, &text).unwrap();
+    // Past the time a change written in place must stay unchanged, nothing stopped.
+    std::thread::sleep(weft_controller::watch::SETTLE + Duration::from_millis(1500));
+    let seen: Vec<String> = weft.lines.try_iter().collect();
+    assert!(
+        !seen.iter().any(|line| line.contains("stopped")),
+        "{seen:#?}"
+    );
+    let mut after = children_of(weft.id());
+    after.sort_unstable();
+    assert_eq!(after, running, "every replica ran on");
+    // The folder removed, then written again with a change: the change is taken once the
+    // folder is back, and nothing stopped meanwhile.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::create_dir(&dir).unwrap();
+    let example = weft_e2e::paths::workspace_root().join("examples/mesh");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if name == "split.yaml" {
+            text = text.replace("weight: 90", "weight: 0");
+        }
+        write_manifest(&dir, name.to_str().unwrap(), &text).unwrap();
+    }
+    let seen = weft.wait_for("manifests changed", Duration::from_secs(20));
+    assert!(
+        !seen.iter().any(|line| line.contains("stopped")),
+        "{seen:#?}"
+    );
+    let mut after = children_of(weft.id());
+    after.sort_unstable();
+    assert_eq!(after, running, "every replica ran on");
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    wait_gone(&running);
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::request;
 use weft_e2e::load::{Load, Timeline, judge};
-use weft_e2e::mesh::{RemotePod, copy_example, weft_sidecar};
+use weft_e2e::mesh::{RemotePod, copy_example, weft_controller, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
 use weft_e2e::shop::{Policy, SHIPPED, probes, verdict};
@@ -106,24 +106,8 @@ fn start_controller_with(
     admin: u16,
     flags: &[&str],
 ) -> Process {
-    let child = weft()
-        .arg("controller")
-        .arg("--manifests")
-        .arg(manifests)
-        .arg("--state")
-        .arg(state)
-        .args([
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .args(["--resume-grace-ms", "1500"])
-        // The test's pods live on loopback addresses.
-        .args(["--pod-network", "127.0.0.0/8"])
-        .args(flags)
-        .arg("--module")
-        .arg(paths::weft_wasm().unwrap())
+    let child = weft_controller(manifests, state, (xds, admin), flags)
+        .unwrap()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -650,4 +634,60 @@ async fn a_sidecar_restarted_under_load_serves_nothing_until_configured_and_lets
             .all(|answer| answer == "connection refused" || answer == "no HTTP answer"),
         "a caller without a mesh identity was answered: {knocks:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_takes_no_module_from_a_server_that_is_not_its_controller() {
+    // The sidecar's credential and the controller it trusts come from one CA; an impostor
+    // controller (its own state, so its own CA) answers on the address it is given.
+    let pods = shop_pods(78);
+    let manifests = copy_example("mesh").unwrap();
+    let (ours, impostor) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = tempfile::tempdir().unwrap();
+    weft()
+        .args(["cert", "ca", "--out"])
+        .arg(ours.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let _impostor = start_controller(manifests.path(), impostor.path(), xds, admin);
+    wait_controller(admin).await;
+    let checkout = &pods[2];
+    let name = format!("shop/{}", checkout.name);
+    let remote = checkout.remote(&name);
+    let mut waiting = weft_sidecar(
+        &paths::workspace_root().join("target/debug/weft"),
+        &remote,
+        "cluster.local",
+        (ours.path(), out.path()),
+        xds,
+    )
+    .unwrap()
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = waiting.stderr.take().unwrap();
+    let _waiting = Process(waiting);
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let tried = weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
+    assert!(tried.iter().any(|line| line.contains("TLS")), "{tried:#?}");
+    weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
+    assert!(
+        !out.path().join("bootstrap.json").exists(),
+        "no Envoy is started with a module from an impostor"
+    );
+    assert!(!out.path().join("modules").exists());
 }
