@@ -349,6 +349,13 @@ pub fn sidecar_bootstrap(
         bootstrap(on(pod_ip, ADMIN_PORT), Vec::new(), vec![xds]),
         XDS_CLUSTER,
     );
+    config.node = Some(described_node(node_id, workload, metadata));
+    config
+}
+
+/// The node `node_id` of workload `workload` (`namespace/serviceaccount`), describing itself
+/// with the string `metadata` the controller reads ([`node_metadata`]).
+pub fn described_node(node_id: &str, workload: &str, metadata: &[(&str, &str)]) -> Node {
     let mut node: Node = node(node_id, workload);
     node.metadata = Some(Struct {
         fields: metadata
@@ -363,8 +370,7 @@ pub fn sidecar_bootstrap(
             })
             .collect(),
     });
-    config.node = Some(node);
-    config
+    node
 }
 
 /// A string field of a node's metadata.

@@ -11,7 +11,6 @@ use weft_certs::{MeshCa, Validity};
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_envoy_config::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_envoy_config::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use weft_envoy_config::pb::google::protobuf::{Struct, Value, value};
 
 /// A certificate and key, and the roots the controller is checked against.
 #[derive(Debug, Clone)]
@@ -49,24 +48,7 @@ impl Credential {
 /// A node as `weft sidecar` describes its pod: `id` (`namespace/pod`), `cluster`
 /// (`namespace/serviceaccount`) and the metadata given.
 pub fn node(id: &str, cluster: &str, metadata: &[(&str, &str)]) -> Node {
-    Node {
-        id: id.to_owned(),
-        cluster: cluster.to_owned(),
-        metadata: Some(Struct {
-            fields: metadata
-                .iter()
-                .map(|(key, text)| {
-                    (
-                        (*key).to_owned(),
-                        Value {
-                            kind: Some(value::Kind::StringValue((*text).to_owned())),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-        ..Node::default()
-    }
+    weft_envoy_config::mesh::described_node(id, cluster, metadata)
 }
 
 /// A first request for `type_url` naming `names`, from `node`.

@@ -385,76 +385,50 @@ async fn a_sidecar_registers_only_its_workloads_pods_within_its_replicas_at_allo
     let frontend = controller.credential("shop/frontend");
     let checkout = controller.credential("shop/checkout");
     let xds = controller.xds_address();
-    let refusal = |answer: Result<_, tonic::Status>| match answer {
-        Ok(_) => "served".to_owned(),
-        Err(status) => status.message().to_owned(),
+    // Why the controller refuses a stream of `node` with `credential` ("served" if it does not).
+    let refusal = |credential: &Credential, node| {
+        let credential = credential.clone();
+        async move {
+            match first_answer(xds, &credential, &node, CLUSTER).await {
+                Ok(_) => "served".to_owned(),
+                Err(status) => status.message().to_owned(),
+            }
+        }
     };
-    // Named as another workload's pod would be.
-    let answer = first_answer(
-        xds,
-        &frontend,
-        &pod("shop/db-7", "frontend", "frontend", "127.70.1.1", &[]),
-        CLUSTER,
-    )
-    .await;
-    assert!(refusal(answer).contains("not named as a pod of Deployment shop/frontend"));
-    // Outside the pod networks the operator allows.
-    let answer = first_answer(
-        xds,
-        &frontend,
-        &pod("shop/frontend-a", "frontend", "frontend", "10.1.2.3", &[]),
-        CLUSTER,
-    )
-    .await;
-    assert!(refusal(answer).contains("not in a pod network this controller allows (127.70.0.0/16"));
-    // Another workload's pods, whose identity it does not have.
-    let answer = first_answer(
-        xds,
-        &frontend,
-        &pod(
-            "shop/checkout-v1-a",
-            "checkout-v1",
-            "frontend",
-            "127.70.1.1",
-            &[],
+    let evil = [("module", "/tmp/evil.wasm")];
+    for (node, why) in [
+        (
+            pod("shop/db-7", "frontend", "frontend", "127.70.1.1", &[]),
+            "not named as a pod of Deployment shop/frontend",
         ),
-        CLUSTER,
-    )
-    .await;
-    assert!(
-        refusal(answer).contains("runs as checkout, not frontend"),
-        "{}",
-        refusal(
-            first_answer(
-                xds,
-                &frontend,
-                &pod(
-                    "shop/checkout-v1-a",
-                    "checkout-v1",
-                    "frontend",
-                    "127.70.1.1",
-                    &[]
-                ),
-                CLUSTER
-            )
-            .await
-        )
-    );
-    // A module the controller never served.
-    let answer = first_answer(
-        xds,
-        &frontend,
-        &pod(
-            "shop/frontend-a",
-            "frontend",
-            "frontend",
-            "127.70.1.1",
-            &[("module", "/tmp/evil.wasm")],
+        (
+            pod("shop/frontend-a", "frontend", "frontend", "10.1.2.3", &[]),
+            "not in a pod network this controller allows (127.70.0.0/16",
         ),
-        CLUSTER,
-    )
-    .await;
-    assert!(refusal(answer).contains("not a module this controller serves"));
+        (
+            pod(
+                "shop/checkout-v1-a",
+                "checkout-v1",
+                "frontend",
+                "127.70.1.1",
+                &[],
+            ),
+            "runs as checkout, not frontend",
+        ),
+        (
+            pod(
+                "shop/frontend-a",
+                "frontend",
+                "frontend",
+                "127.70.1.1",
+                &evil,
+            ),
+            "not a module this controller serves",
+        ),
+    ] {
+        let refused = refusal(&frontend, node).await;
+        assert!(refused.contains(why), "{refused}");
+    }
     // Its own pods, as many as one replica and a rolling update's surge: two, no more; each
     // at an address of its own. The streams stay open (a pod lives as long as its sidecar).
     let mut streams = Vec::new();
@@ -462,38 +436,31 @@ async fn a_sidecar_registers_only_its_workloads_pods_within_its_replicas_at_allo
         ("shop/frontend-a", "127.70.1.1"),
         ("shop/frontend-b", "127.70.1.2"),
     ] {
-        let mut stream = open(
-            xds,
-            &frontend,
-            first_request(&pod(name, "frontend", "frontend", ip, &[]), CLUSTER, &[]),
-        )
-        .await
-        .unwrap();
+        let node = pod(name, "frontend", "frontend", ip, &[]);
+        let mut stream = open(xds, &frontend, first_request(&node, CLUSTER, &[]))
+            .await
+            .unwrap();
         assert!(stream.next(Duration::from_secs(10)).await.is_ok(), "{name}");
         streams.push(stream);
     }
-    let answer = first_answer(
-        xds,
-        &frontend,
-        &pod("shop/frontend-c", "frontend", "frontend", "127.70.1.3", &[]),
-        CLUSTER,
-    )
-    .await;
-    assert!(refusal(answer).contains("already has 2 pod(s) registered"));
-    let answer = first_answer(
-        xds,
-        &checkout,
-        &pod(
-            "shop/checkout-v1-a",
-            "checkout-v1",
-            "checkout",
-            "127.70.1.1",
-            &[],
-        ),
-        CLUSTER,
-    )
-    .await;
-    assert!(refusal(answer).contains("pod address 127.70.1.1 is already pod shop/frontend-a's"));
+    let third = pod("shop/frontend-c", "frontend", "frontend", "127.70.1.3", &[]);
+    let refused = refusal(&frontend, third).await;
+    assert!(
+        refused.contains("already has 2 pod(s) registered"),
+        "{refused}"
+    );
+    let taken = pod(
+        "shop/checkout-v1-a",
+        "checkout-v1",
+        "checkout",
+        "127.70.1.1",
+        &[],
+    );
+    let refused = refusal(&checkout, taken).await;
+    assert!(
+        refused.contains("pod address 127.70.1.1 is already pod shop/frontend-a's"),
+        "{refused}"
+    );
     drop(streams);
 }
 

@@ -164,6 +164,31 @@ fn start_sidecars(pods: &[Pod], files: (&Path, &Path), xds: u16) -> Vec<Process>
         .collect()
 }
 
+/// Starts `command` with its stderr read line by line onto the channel returned.
+fn spawn_reading_stderr(
+    command: &mut std::process::Command,
+) -> (Process, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Process(child), seen)
+}
+
 /// Waits until every pod's Envoy is ready.
 async fn wait_live(pods: &[Pod]) {
     for pod in pods {
@@ -339,25 +364,7 @@ async fn a_sidecar_whose_module_cannot_be_had_listens_on_nothing_and_starts_once
         xds,
     )
     .unwrap();
-    let mut waiting = waiting
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = waiting.stderr.take().unwrap();
-    let waiting = Process(waiting);
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (waiting, seen) = spawn_reading_stderr(&mut waiting);
     let tried = weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
     assert!(
         tried.iter().any(|line| line.contains("cannot be reached")),
@@ -663,25 +670,8 @@ async fn a_sidecar_takes_no_module_from_a_server_that_is_not_its_controller() {
         (ours.path(), out.path()),
         xds,
     )
-    .unwrap()
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
     .unwrap();
-    let stderr = waiting.stderr.take().unwrap();
-    let _waiting = Process(waiting);
-    let (lines, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (_waiting, seen) = spawn_reading_stderr(&mut waiting);
     let tried = weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
     assert!(tried.iter().any(|line| line.contains("TLS")), "{tried:#?}");
     weft_e2e::up::wait_for(&seen, "trying again", Duration::from_secs(10));
