@@ -223,7 +223,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.handshake)
                 .max_buf_size(MAX_REQUEST_HEAD);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
             drive(
                 connection,
                 |connection| connection.graceful_shutdown(),
