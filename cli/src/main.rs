@@ -222,9 +222,10 @@ enum Command {
         pod_networks: Vec<ipnet::Ipv4Net>,
     },
     /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
-    /// elsewhere: fetch the module and check its SHA-256 (while it cannot be had, Envoy is not
-    /// started and the fetch is retried, backing off to every 5 s), write the bootstrap. Its
-    /// credentials come from `weft cert workload` with the controller's CA (and its ca.pem).
+    /// elsewhere: fetch the module over the control channel's mTLS (the controller checked by
+    /// its SPIFFE ID) and check its SHA-256 (while it cannot be had, Envoy is not started and
+    /// the fetch is retried, backing off to every 5 s), write the bootstrap. Its credentials
+    /// come from `weft cert workload` with the controller's CA (and its ca.pem).
     Sidecar {
         /// The controller's xDS address (the module is fetched there too, over the same
         /// mTLS channel).
