@@ -442,7 +442,8 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", args.credentials.display()))?;
     let read = |name: &str| {
         let path = credentials.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
+        weft_controller::files::read_text(&path, 1024 * 1024)
+            .with_context(|| format!("{}", path.display()))
     };
     let controller_identity = weft_controller::pki::controller_identity(&args.trust_domain);
     let tls = weft_controller::channel::client_config(

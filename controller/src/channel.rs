@@ -253,8 +253,8 @@ pub async fn fetch_module(
             .get(MODULE_SHA256_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = response
-            .into_body()
+        let limit = usize::try_from(crate::runtime::MAX_MODULE_BYTES).unwrap_or(usize::MAX);
+        let body = http_body_util::Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|err| ChannelError::Fetch(format!("{address}{MODULE_PATH}: {err}")))?

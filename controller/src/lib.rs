@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod channel;
+pub mod files;
 pub mod guard;
 pub mod index;
 pub mod manifests;

@@ -15,9 +15,9 @@
 //! against the path. Reading blocks: callers on an async runtime read on a blocking thread.
 
 use std::collections::HashSet;
-use std::io::Read as _;
-use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+
+use crate::files::FileError;
 
 use weft_policy::diagnostic::{Diagnostic, Origin, Severity};
 
@@ -38,7 +38,7 @@ pub enum ManifestsError {
     NotRegular(&'static str),
     /// A file larger than [`MAX_FILE_BYTES`].
     #[error(
-        "is {0} bytes, more than the {MAX_FILE_BYTES} a manifest file may have (a Kubernetes object is at most 1.5 MB); split it"
+        "is {0} bytes or more, more than the {MAX_FILE_BYTES} a manifest file may have (a Kubernetes object is at most 1.5 MB); split it"
     )]
     TooLarge(u64),
     /// The files together are larger than [`MAX_TOTAL_BYTES`].
@@ -97,60 +97,17 @@ pub fn read(paths: &[PathBuf]) -> Result<Manifests, ManifestsError> {
     Ok(manifests)
 }
 
-/// What a file that is not a regular file is.
-fn file_kind(file_type: std::fs::FileType) -> &'static str {
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
-/// The text of the regular file `path`, of at most [`MAX_FILE_BYTES`] and at most `room`
-/// bytes. Opened without blocking and checked again once open, so that a FIFO put in its place
-/// meanwhile is refused rather than waited on.
+/// The text of the regular manifest file `path`, of at most [`MAX_FILE_BYTES`] and at most
+/// `room` bytes ([`crate::files::read_text`]).
 fn read_file(path: &Path, room: u64) -> Result<String, ManifestsError> {
-    let regular = |metadata: &std::fs::Metadata| {
-        let file_type = metadata.file_type();
-        if !file_type.is_file() {
-            return Err(ManifestsError::NotRegular(file_kind(file_type)));
-        }
-        if metadata.len() > MAX_FILE_BYTES {
-            return Err(ManifestsError::TooLarge(metadata.len()));
-        }
-        if metadata.len() > room {
-            return Err(ManifestsError::TotalTooLarge);
-        }
-        Ok(())
-    };
-    regular(&std::fs::metadata(path).map_err(ManifestsError::Read)?)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(ManifestsError::Read)?;
-    regular(&file.metadata().map_err(ManifestsError::Read)?)?;
     let limit = MAX_FILE_BYTES.min(room);
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ManifestsError::Read)?;
-    if bytes.len() as u64 > limit {
-        return Err(if limit < MAX_FILE_BYTES {
-            ManifestsError::TotalTooLarge
-        } else {
-            ManifestsError::TooLarge(bytes.len() as u64)
-        });
-    }
-    String::from_utf8(bytes).map_err(|_| ManifestsError::NotText)
+    crate::files::read_text(path, limit).map_err(|error| match error {
+        FileError::Read(source) => ManifestsError::Read(source),
+        FileError::NotRegular(kind) => ManifestsError::NotRegular(kind),
+        FileError::TooLarge { .. } if limit < MAX_FILE_BYTES => ManifestsError::TotalTooLarge,
+        FileError::TooLarge { size, .. } => ManifestsError::TooLarge(size),
+        FileError::NotText => ManifestsError::NotText,
+    })
 }
 
 /// The manifest files under `paths`, found as [`read`] finds them (links followed once, hidden
@@ -263,5 +220,41 @@ impl Walk {
                 Err(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_past_the_room_left_is_refused_as_too_much_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "kind: x\n").unwrap();
+        assert_eq!(read_file(&file, 1024).unwrap(), "kind: x\n");
+        assert!(matches!(
+            read_file(&file, 4),
+            Err(ManifestsError::TotalTooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_walk_stops_after_its_entries_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "kind: x\n").unwrap();
+        for i in 0..MAX_ENTRIES {
+            std::fs::write(dir.path().join(format!("n{i}.txt")), "").unwrap();
+        }
+        let walk = Walk::over(&[dir.path().to_path_buf()]);
+        assert!(walk.files.is_empty(), "{} files", walk.files.len());
+        assert_eq!(walk.problems.len(), 1);
+        assert!(
+            walk.problems[0]
+                .message
+                .starts_with(&format!("holds more than {MAX_ENTRIES} entries")),
+            "{}",
+            walk.problems[0].message
+        );
     }
 }

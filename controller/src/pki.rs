@@ -24,6 +24,14 @@ pub enum PkiError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file the operator gave could not be read as it must be (a regular file of PEM text).
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: crate::files::FileError,
+    },
     /// A certificate could not be made or read.
     #[error("{what}: {source}")]
     Cert {
@@ -49,6 +57,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// The largest CA certificate, key or trust bundle read: a bundle of a few hundred roots is
+/// well under it.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// The PEM text of `path`, a regular file of at most [`MAX_PEM_BYTES`].
+fn read_pem(path: &Path) -> Result<String, PkiError> {
+    crate::files::read_text(path, MAX_PEM_BYTES).map_err(|source| PkiError::File {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The CA's lifetime when weft generates it.
@@ -136,8 +156,8 @@ impl Authority {
         bundle: Option<&Path>,
         trust_domain: &str,
     ) -> Result<Self, PkiError> {
-        let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
-        let key_pem = std::fs::read_to_string(key).map_err(io(key))?;
+        let cert_pem = read_pem(cert)?;
+        let key_pem = read_pem(key)?;
         let ca = MeshCa::from_pem(&cert_pem, &key_pem, trust_domain).map_err(|source| {
             PkiError::Cert {
                 what: format!("reading the CA from {}", cert.display()),
@@ -151,7 +171,7 @@ impl Authority {
             })?;
         let root = RootId::of(&der);
         let (bundle_pem, from) = match bundle.filter(|bundle| bundle.exists()) {
-            Some(bundle) => (std::fs::read_to_string(bundle).map_err(io(bundle))?, bundle),
+            Some(bundle) => (read_pem(bundle)?, bundle),
             None => (cert_pem, cert),
         };
         let roots: BTreeMap<RootId, String> = weft_certs::certificates(&bundle_pem)
@@ -722,6 +742,27 @@ mod tests {
             BTreeSet::from([mesh.clone(), partner_root])
         );
         assert_eq!(roots_in(again.control_bundle_pem()), BTreeSet::from([mesh]));
+    }
+
+    #[test]
+    fn a_trust_bundle_that_is_a_fifo_is_refused_at_once_and_what_was_asked_before_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pki = pki(dir.path());
+        let root = pki.issuer_root().clone();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join(weft_certs::TRUST_BUNDLE_FILE))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let started = std::time::Instant::now();
+        let err = pki.reload().unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            err.to_string()
+                .ends_with("trust-bundle.pem: is a FIFO, not a regular file"),
+            "{err}"
+        );
+        assert_eq!(roots_in(&pki.bundle_pem()), BTreeSet::from([root]));
     }
 
     #[test]

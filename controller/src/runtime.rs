@@ -98,6 +98,12 @@ const REGISTERED_FILE: &str = "registered-pods.json";
 /// blip, shorter than Kubernetes' 40 s before a silent node's pods go unready plus eviction.
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
 
+/// The largest module read or fetched (weft.wasm is about 250 KB).
+pub const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The largest file of registered pods read (about 300 bytes a pod).
+const MAX_REGISTERED_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Module bytes and where the controller keeps them (content-addressed).
 #[derive(Debug, Clone)]
 pub struct Module {
@@ -134,7 +140,8 @@ impl Module {
             else {
                 continue;
             };
-            if std::fs::read(entry.path()).is_ok_and(|bytes| Self::digest(&bytes) == sha) {
+            let bytes = crate::files::read_regular(&entry.path(), MAX_MODULE_BYTES);
+            if bytes.is_ok_and(|bytes| Self::digest(&bytes) == sha) {
                 known.insert(sha.to_owned());
             }
         }
@@ -146,7 +153,7 @@ impl Module {
     /// # Errors
     /// When it cannot be read or written.
     pub fn install(source: &Path, state: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(source).map_err(|err| {
+        let bytes = crate::files::read_regular(source, MAX_MODULE_BYTES).map_err(|err| {
             anyhow::anyhow!("{}: {err} (run `make build` first)", source.display())
         })?;
         let sha256 = Self::digest(&bytes);
@@ -155,7 +162,7 @@ impl Module {
         let path = dir.join(format!("weft-{sha256}.wasm"));
         // A file under this name that is not these bytes (corrupted, tampered with) is
         // replaced: the name is a promise about the content.
-        let intact = std::fs::read(&path)
+        let intact = crate::files::read_regular(&path, MAX_MODULE_BYTES)
             .is_ok_and(|kept| Sha256::digest(&kept)[..] == Sha256::digest(&bytes)[..]);
         if !intact {
             // Written whole, then renamed: a sidecar never sees a half-written module.
@@ -469,8 +476,17 @@ impl Shared {
     /// [`Options::forget_after`]. A pod whose workload is gone or changed identity is dropped.
     fn restore_registered(&self) {
         let path = self.options.state.join(REGISTERED_FILE);
-        let Ok(json) = std::fs::read(&path) else {
-            return;
+        let json = match crate::files::read_regular(&path, MAX_REGISTERED_BYTES) {
+            Ok(json) => json,
+            Err(crate::files::FileError::Read(err))
+                if err.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return;
+            }
+            Err(err) => {
+                log::warn!("weft: {}: {err}; starting without it", path.display());
+                return;
+            }
         };
         let pods: Vec<Pod> = match serde_json::from_slice(&json) {
             Ok(pods) => pods,
