@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::patch::PatchError;
 use crate::runtime::Shared;
-use crate::serve::{Activity, ConnectionGate, Limits, drive};
+use crate::serve::{Activity, Limits, accept_loop, drive};
 
 /// The JSON `/status` answers.
 pub fn status_json(shared: &Shared) -> serde_json::Value {
@@ -170,72 +170,52 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let gate = Arc::new(ConnectionGate::default());
-    let mut connections = tokio::task::JoinSet::new();
-    let mut last_log = std::time::Instant::now();
-    loop {
-        let accepted = tokio::select! {
-            () = crate::runtime::stopped(&mut stop) => break,
-            accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
-        let Some(permits) = gate.admit(peer.ip(), &limits) else {
-            drop(stream);
-            if last_log.elapsed() >= std::time::Duration::from_secs(10) {
-                last_log = std::time::Instant::now();
-                log::warn!(
-                    "weft: the admin port refused {} connection(s): it holds {} (at most {} in all, {} from one address)",
-                    gate.take_refused(),
-                    gate.held(),
-                    limits.connections,
-                    limits.per_peer
-                );
+    let connection_stop = stop.clone();
+    accept_loop(
+        listener,
+        limits,
+        stop,
+        "the admin port",
+        move |stream, permits| {
+            let shared = shared.clone();
+            let stop = connection_stop.clone();
+            async move {
+                let _permits = permits;
+                let activity = Activity::new();
+                let tracker = activity.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let _in_flight = tracker.start();
+                    let response = match *request.method() {
+                        hyper::Method::GET | hyper::Method::HEAD => {
+                            respond(&shared, request.uri().path())
+                        }
+                        _ => text(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "the weft controller's admin port answers GET and HEAD only\n",
+                        ),
+                    };
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.handshake)
+                    .max_buf_size(MAX_REQUEST_HEAD);
+                let connection = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
+                drive(
+                    connection,
+                    |connection| connection.graceful_shutdown(),
+                    activity,
+                    limits,
+                    stop,
+                )
+                .await;
             }
-            continue;
-        };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let _permits = permits;
-            let activity = Activity::new();
-            let tracker = activity.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let _in_flight = tracker.start();
-                let response = match *request.method() {
-                    hyper::Method::GET | hyper::Method::HEAD => {
-                        respond(&shared, request.uri().path())
-                    }
-                    _ => text(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "the weft controller's admin port answers GET and HEAD only\n",
-                    ),
-                };
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.handshake)
-                .max_buf_size(MAX_REQUEST_HEAD);
-            let connection = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
-            drive(
-                connection,
-                |connection| connection.graceful_shutdown(),
-                activity,
-                limits,
-                stop,
-            )
-            .await;
-        });
-    }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
+        },
+    )
+    .await;
 }
 
 /// The most bytes of a request's head the admin port reads (hyper's smallest buffer).

@@ -1172,14 +1172,14 @@ impl Controller {
             }),
         )
         .with_stop(shutdown.subscribe());
-        let port = crate::serve::XdsPort {
-            listener: xds,
+        tasks.spawn(crate::serve::serve_xds(
+            xds,
             tls,
-            ads: service.into_server(),
-            shared: shared.clone(),
-            limits: crate::serve::Limits::xds(descriptors),
-        };
-        tasks.spawn(port.serve(shutdown.subscribe()));
+            service.into_server(),
+            shared.clone(),
+            crate::serve::Limits::xds(descriptors),
+            shutdown.subscribe(),
+        ));
 
         let admin = tokio::net::TcpListener::bind(shared.options.admin_listen).await?;
         let admin_address = admin.local_addr()?;

@@ -306,64 +306,90 @@ pub async fn drive<C, F>(
     }
 }
 
-/// The xDS port: TLS (the control channel's), then HTTP/2 with ADS and the module.
-pub struct XdsPort<A: Admission> {
-    /// The listener.
-    pub listener: tokio::net::TcpListener,
-    /// The TLS configuration.
-    pub tls: Arc<rustls::ServerConfig>,
-    /// ADS.
-    pub ads: AdsServer<A>,
-    /// What the controller knows (the module).
-    pub shared: Arc<Shared>,
-    /// The limits.
-    pub limits: Limits,
-}
-
 /// How often refused connections are logged at most.
 const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
-impl<A: Admission> XdsPort<A> {
-    /// Serves until `stop` turns true; then every connection is asked to finish and, after a
-    /// few seconds, dropped.
-    pub async fn serve(self, stop: watch::Receiver<bool>) {
-        let gate = Arc::new(ConnectionGate::default());
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
-        let mut connections = tokio::task::JoinSet::new();
-        let mut stopping = stop.clone();
-        let mut last_log = Instant::now();
-        loop {
-            let accepted = tokio::select! {
-                () = stopped(&mut stopping) => break,
-                accepted = self.listener.accept() => accepted,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            };
-            let Ok((tcp, peer)) = accepted else {
-                // Out of descriptors, most likely: give the others a moment to close.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let Some((overall, handshaking)) = gate.admit(peer.ip(), &self.limits) else {
-                drop(tcp);
-                if last_log.elapsed() >= REFUSALS_LOGGED_EVERY {
-                    last_log = Instant::now();
-                    log::warn!(
-                        "weft: the xDS port refused {} connection(s) in the last {:?}: it holds {} (at most {} in all, {} from one address in their TLS handshake)",
-                        gate.take_refused(),
-                        REFUSALS_LOGGED_EVERY,
-                        gate.held(),
-                        self.limits.connections,
-                        self.limits.per_peer
-                    );
-                }
-                continue;
-            };
+/// How long connections get to finish once their port stops, before they are dropped.
+const STOPPING: Duration = Duration::from_secs(3);
+
+/// Accepts connections on `listener` until `stop` turns true, within `limits`: a connection
+/// the gate refuses is closed at once (and counted in a line logged at most every 10 s naming
+/// `port`); each admitted one goes to `handle`, in a task of its own, with its two permits (in
+/// all, and for its address). Once stopped, connections get a few seconds to finish.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    port: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, (Permit, Permit)) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let gate = Arc::new(ConnectionGate::default());
+    let mut connections = tokio::task::JoinSet::new();
+    let mut last_log = Instant::now();
+    loop {
+        let accepted = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((tcp, peer)) = accepted else {
+            // Out of descriptors, most likely: give the others a moment to close.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Some(permits) = gate.admit(peer.ip(), &limits) else {
+            drop(tcp);
+            if last_log.elapsed() >= REFUSALS_LOGGED_EVERY {
+                last_log = Instant::now();
+                log::warn!(
+                    "weft: {port} refused {} connection(s) in the last {REFUSALS_LOGGED_EVERY:?}: it holds {} (at most {} in all, {} from one address at once)",
+                    gate.take_refused(),
+                    gate.held(),
+                    limits.connections,
+                    limits.per_peer
+                );
+            }
+            continue;
+        };
+        connections.spawn(handle(tcp, permits));
+    }
+    let drained = tokio::time::timeout(STOPPING, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Serves the xDS port until `stop` turns true: the control channel's TLS (its handshake
+/// within `limits.handshake`, the per-address limit counting connections until they are
+/// through it), then HTTP/2 with ADS and the module.
+pub async fn serve_xds<A: Admission>(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ads: AdsServer<A>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let connection_stop = stop.clone();
+    accept_loop(
+        listener,
+        limits,
+        stop,
+        "the xDS port",
+        move |tcp, (overall, handshaking)| {
             let acceptor = acceptor.clone();
-            let ads = self.ads.clone();
-            let shared = self.shared.clone();
-            let limits = self.limits;
-            let stop = stop.clone();
-            connections.spawn(async move {
+            let ads = ads.clone();
+            let shared = shared.clone();
+            let stop = connection_stop.clone();
+            async move {
                 let _overall = overall;
                 // The handshake's state, and the TLS stream it makes, are boxed: held inline
                 // they would be reserved in this task, which lives as long as the connection.
@@ -379,17 +405,10 @@ impl<A: Admission> XdsPort<A> {
                     return;
                 };
                 serve_xds_connection(tls, ads, shared, limits, stop).await;
-            });
-        }
-        let drained = tokio::time::timeout(Duration::from_secs(3), async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
-            while connections.join_next().await.is_some() {}
-        }
-    }
+            }
+        },
+    )
+    .await;
 }
 
 async fn serve_xds_connection<A: Admission>(
@@ -502,6 +521,126 @@ mod tests {
         assert_eq!(Limits::xds(1 << 20).connections, 16_384);
         assert_eq!(Limits::admin(1024).connections, 128);
         assert_eq!(Limits::admin(256).connections, 32);
+    }
+
+    /// A stand-in for a connection: it ends once asked to finish (if `obeys`), or never.
+    fn connection(
+        obeys: bool,
+    ) -> (
+        std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let waiting = asked.clone();
+        let connection = Box::pin(async move {
+            waiting.notified().await;
+            if !obeys {
+                std::future::pending::<()>().await;
+            }
+        });
+        (connection, asked)
+    }
+
+    fn short(idle: u64, lifetime: Option<u64>) -> Limits {
+        Limits {
+            idle: Duration::from_millis(idle),
+            lifetime: lifetime.map(Duration::from_millis),
+            ..Limits::admin(1 << 20)
+        }
+    }
+
+    /// How long `drive` took to end `connection` (`None`: not within `within`).
+    async fn ended(
+        limits: Limits,
+        activity: Arc<Activity>,
+        obeys: bool,
+        stop: watch::Receiver<bool>,
+        within: Duration,
+    ) -> Option<Duration> {
+        let (connection, asked) = connection(obeys);
+        let started = Instant::now();
+        let driven = drive(
+            connection,
+            move |_| asked.notify_one(),
+            activity,
+            limits,
+            stop,
+        );
+        tokio::time::timeout(within, driven)
+            .await
+            .ok()
+            .map(|()| started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+        let (_keep, stop) = watch::channel(false);
+        let idle = ended(
+            short(200, None),
+            Activity::new(),
+            true,
+            stop.clone(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("the idle connection asked to finish");
+        assert!(idle >= Duration::from_millis(200), "{idle:?}");
+        // A request in flight all along (an ADS stream): not idle.
+        let activity = Activity::new();
+        let _stream = activity.start();
+        let busy = ended(
+            short(200, None),
+            activity,
+            true,
+            stop,
+            Duration::from_millis(800),
+        )
+        .await;
+        assert_eq!(busy, None, "a connection with a stream open was closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_ends_at_its_lifetime_on_stop_and_if_it_does_not_finish_is_dropped() {
+        let (_keep, stop) = watch::channel(false);
+        let activity = Activity::new();
+        let _request = activity.start();
+        let lived = ended(
+            short(60_000, Some(200)),
+            activity,
+            true,
+            stop.clone(),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("ended at its lifetime");
+        assert!(lived >= Duration::from_millis(200), "{lived:?}");
+        // Stopping asks every connection to finish at once.
+        let (stopping, stop) = watch::channel(false);
+        let activity = Activity::new();
+        let _request = activity.start();
+        let driven = tokio::spawn(ended(
+            short(60_000, None),
+            activity,
+            true,
+            stop,
+            Duration::from_secs(2),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stopping.send(true).unwrap();
+        let stopped = driven.await.unwrap().expect("ended on stop");
+        assert!(stopped < Duration::from_secs(1), "{stopped:?}");
+        // One that does not finish when asked is dropped 5 s later.
+        let (_keep, stop) = watch::channel(false);
+        let deaf = ended(
+            short(100, None),
+            Activity::new(),
+            false,
+            stop,
+            Duration::from_secs(8),
+        )
+        .await
+        .expect("dropped");
+        assert!(deaf >= Duration::from_secs(5), "{deaf:?}");
     }
 
     #[test]
