@@ -387,8 +387,16 @@ async fn a_partner_root_in_the_trust_bundle_cannot_speak_for_the_mesh_to_the_con
         ca_pem: ours.ca_pem.clone(),
         ..Credential::issue(&partner_dir, "shop/checkout").unwrap()
     };
-    let mut request = first_request(&node, SECRET, &[secret.to_owned()]);
-    request.node = Some(node.clone());
+    // Another pod of the same workload, so that nothing the first stream left can answer for
+    // it: it must not get as far as the controller's admission.
+    let theirs_node = pod(
+        "shop/checkout-v1-8",
+        "checkout-v1",
+        "checkout",
+        "127.72.2.2",
+        &[],
+    );
+    let request = first_request(&theirs_node, SECRET, &[secret.to_owned()]);
     let refused = match open(controller.xds_address(), &theirs, request).await {
         Err(err) => format!("{err:#}"),
         Ok(mut stream) => match stream.next(Duration::from_secs(5)).await {
@@ -396,16 +404,19 @@ async fn a_partner_root_in_the_trust_bundle_cannot_speak_for_the_mesh_to_the_con
             Err(status) => status.to_string(),
         },
     };
-    assert!(!refused.is_empty());
+    // Refused by TLS (the connection broken), not by the admission (a gRPC status saying why
+    // the node may not connect), which would mean the certificate was taken.
+    assert!(refused.contains("transport error"), "{refused}");
+    assert!(!refused.contains("PermissionDenied"), "{refused}");
     let status = controller.status().await;
-    assert!(
-        status["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|pod| pod["pod"] != "shop/checkout-v1-9" || pod["proxy"]["identity"] == secret),
-        "{status}"
-    );
+    let pods: Vec<&str> = status["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pod| pod["pod"].as_str())
+        .collect();
+    assert!(pods.contains(&"shop/checkout-v1-9"), "{status}");
+    assert!(!pods.contains(&"shop/checkout-v1-8"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -582,4 +593,60 @@ async fn manifests_that_are_not_regular_files_or_too_large_are_refused_while_the
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_port_answers_get_only_and_refuses_headers_past_its_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let controller = Controller::start(&[]).await;
+    let posted = weft_e2e::client::request(controller.admin_address(), "POST", "/status", &[])
+        .await
+        .unwrap();
+    assert_eq!(posted.status, 405, "{posted:?}");
+    // Headers past 8 KiB: refused, never buffered without end.
+    let mut stream = tokio::net::TcpStream::connect(controller.admin_address())
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /status HTTP/1.1\r\nhost: weft\r\nx-padding: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert!(controller.healthz().await < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_kept_across_a_restart_are_checked_as_a_new_registration_is() {
+    // The file of pods a previous run kept, written by someone else: a pod outside the pod
+    // networks, one named as another workload's, and one that is fine.
+    let manifests = copy_example("mesh").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let kept = |name: &str, workload: &str, sa: &str, ip: &str| {
+        serde_json::json!({"namespace": "shop", "name": name, "workload": workload,
+            "service_account": sa, "labels": {}, "pod_ip": ip, "app_ip": "127.71.0.1",
+            "ports": [], "module": null})
+    };
+    let pods = serde_json::json!([
+        kept("frontend-far", "frontend", "frontend", "10.9.9.9"),
+        kept("db-0", "frontend", "frontend", "127.70.3.1"),
+        kept("frontend-kept", "frontend", "frontend", "127.70.3.2"),
+    ]);
+    std::fs::write(state.path().join("registered-pods.json"), pods.to_string()).unwrap();
+    let controller =
+        Controller::start_in(manifests, state, &["--pod-network", "127.70.0.0/16"]).await;
+    let status = controller.status().await;
+    let names: Vec<&str> = status["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pod| pod["pod"].as_str())
+        .collect();
+    assert_eq!(names, ["shop/frontend-kept"], "{status}");
 }
