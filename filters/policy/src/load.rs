@@ -544,9 +544,12 @@ struct WireMeta {
 #[serde(rename_all = "camelCase")]
 struct WireTrafficTarget {
     spec: Option<WireTrafficTargetBody>,
-    // v1alpha1 keeps the body at the root.
-    #[serde(flatten)]
-    root: WireTrafficTargetBody,
+    // v1alpha1 keeps the body at the root (written out rather than flattened: serde cannot
+    // report unknown fields of a flattened struct, and they decide access).
+    destination: Option<WireSubject>,
+    sources: Option<Vec<WireSubject>>,
+    rules: Option<Vec<WireRule>>,
+    specs: Option<Vec<WireRule>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -871,23 +874,15 @@ impl Reader<'_> {
     }
 
     fn traffic_target(&mut self, value: Value, api_version: &str) -> Option<TrafficTarget> {
-        // The body may sit at the root (v1alpha1), which serde reads as a flattened struct and
-        // cannot report unknown fields of: the root is checked here.
-        if let Some(root) = value.as_object() {
-            let known = TRAFFIC_TARGET_FIELDS[0].1;
-            for key in root.keys() {
-                let envelope =
-                    matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status");
-                if !envelope && !known.contains(&key.as_str()) {
-                    let error = self.unknown_field(key, api_version);
-                    self.error(key, error);
-                }
-            }
-        }
         let wire: WireTrafficTarget = self.wire(value, api_version)?;
         let meta = self.meta(api_version)?;
         let in_spec = wire.spec.is_some();
-        let body = wire.spec.unwrap_or(wire.root);
+        let body = wire.spec.unwrap_or(WireTrafficTargetBody {
+            destination: wire.destination,
+            sources: wire.sources,
+            rules: wire.rules,
+            specs: wire.specs,
+        });
         let prefix = if in_spec { "spec." } else { "" };
         let rules_field = if body.rules.is_none() && body.specs.is_some() {
             "specs"
