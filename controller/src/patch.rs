@@ -143,19 +143,24 @@ fn text(operation: &Value, field: &str) -> String {
         .to_owned()
 }
 
-/// `operations` applied to `resource`, read back as its type.
-fn patched<T: Message + Name + Default>(
-    resource: &T,
-    operations: &[Value],
-) -> Result<T, PatchError> {
-    let type_name = T::NAME.to_owned();
-    let mut document = to_json(resource).map_err(|err| PatchError::Invalid {
+/// `resource` as Envoy's JSON, or why it cannot be rendered.
+fn rendered<T: Message + Name>(resource: &T) -> Result<Value, PatchError> {
+    to_json(resource).map_err(|err| PatchError::Invalid {
         index: 0,
         op: String::new(),
         path: String::new(),
-        type_name: type_name.clone(),
+        type_name: T::NAME.to_owned(),
         reason: err.to_string(),
-    })?;
+    })
+}
+
+/// `operations` applied to `original`, the JSON of a resource of type `T`, read back as `T`.
+fn patched<T: Message + Name + Default>(
+    original: &Value,
+    operations: &[Value],
+) -> Result<T, PatchError> {
+    let type_name = T::NAME.to_owned();
+    let mut document = original.clone();
     let mut result: Result<T, (usize, String, String, String)> =
         from_json::<T>(&document).map_err(|err| (0, String::new(), String::new(), err.to_string()));
     for (index, operation) in operations.iter().enumerate() {
@@ -206,24 +211,16 @@ fn patched<T: Message + Name + Default>(
     })
 }
 
-/// Checks that `patched` changes nothing of `original` (a resource of `kind`) but the safe
-/// fields of its side ([`crate::guard`]), comparing both as Envoy's JSON.
+/// Checks that `patched` changes nothing of `original` (the JSON of a resource of `kind`) but
+/// the safe fields of its side ([`crate::guard`]), comparing both as Envoy's JSON (the patched
+/// one rendered anew, as the proxy would read it).
 fn keeps_guard<T: Message + Name>(
     kind: ResourceKind,
     name: &str,
-    original: &T,
+    original: &Value,
     patched: &T,
 ) -> Result<(), PatchError> {
-    let json = |resource: &T| {
-        to_json(resource).map_err(|err| PatchError::Invalid {
-            index: 0,
-            op: String::new(),
-            path: String::new(),
-            type_name: T::NAME.to_owned(),
-            reason: err.to_string(),
-        })
-    };
-    crate::guard::check(kind, name, &json(original)?, &json(patched)?).map_err(PatchError::Guard)
+    crate::guard::check(kind, name, original, &rendered(patched)?).map_err(PatchError::Guard)
 }
 
 /// What patching gave, by the resource's bytes and the patch: the pods of a namespace share
@@ -259,14 +256,15 @@ fn patch_in<T: Message + Name + Default>(
         .results
         .entry((digest, key.clone()))
         .or_insert_with(|| {
-            let new = patched(&*target, &resource.operations)?;
+            let original = rendered(&*target)?;
+            let new: T = patched(&original, &resource.operations)?;
             if named(&new) != named(target) {
                 return Err(PatchError::Renamed {
                     from: named(target).to_owned(),
                     to: named(&new).to_owned(),
                 });
             }
-            keeps_guard(kind, &resource.name, &*target, &new)?;
+            keeps_guard(kind, &resource.name, &original, &new)?;
             Ok(new.encode_to_vec())
         })
         .clone()?;
