@@ -276,78 +276,64 @@ fn sanitising(value: &Value) -> bool {
     matches!(value.as_str(), Some("SANITIZE" | "SANITIZE_SET"))
 }
 
+/// Route configuration fields (besides headers) only the outbound side may change.
+const ROUTE_CONFIG_OUTBOUND_SAFE: &[&str] = &[
+    "request_headers_to_add",
+    "validate_clusters",
+    "max_direct_response_body_size_bytes",
+];
+
+/// Adds `fields`, each under `prefix`, to `patterns`.
+fn under(patterns: &mut Vec<String>, prefix: &str, fields: &[&str]) {
+    patterns.extend(fields.iter().map(|field| format!("{prefix}{field}")));
+}
+
+/// The safe fields of a route configuration whose JSON starts at `prefix` (`""` for one of its
+/// own, the connection manager's `route_config/` for one inline in a listener).
+fn route_safe(patterns: &mut Vec<String>, prefix: &str, outbound: bool) {
+    let host = format!("{prefix}virtual_hosts/*/");
+    let route = format!("{host}routes/*/");
+    for level in [prefix, &host, &route] {
+        under(patterns, level, RESPONSE_HEADERS);
+    }
+    let actions = if outbound {
+        ACTION_OUTBOUND_SAFE
+    } else {
+        ACTION_INBOUND_SAFE
+    };
+    under(patterns, &format!("{route}route/"), actions);
+    if outbound {
+        under(patterns, prefix, ROUTE_CONFIG_OUTBOUND_SAFE);
+        under(patterns, &host, VIRTUAL_HOST_OUTBOUND_SAFE);
+        under(patterns, &route, ROUTE_OUTBOUND_SAFE);
+    }
+}
+
 /// The safe list of `kind` on `side`, as patterns relative to the resource.
 fn safe_list(kind: ResourceKind, side: Side) -> Vec<Safe> {
-    let mut safe = Vec::new();
     let outbound = side == Side::Outbound;
-    let mut add = |pattern: String| safe.push(any(pattern));
+    let mut patterns = Vec::new();
     match kind {
         ResourceKind::Listener => {
-            for field in LISTENER_SAFE {
-                add((*field).to_owned());
-            }
-            for field in HCM_SAFE {
-                add(format!("{HCM}/{field}"));
-            }
-            for field in TCP_SAFE {
-                add(format!("{TCP}/{field}"));
-            }
+            let manager = format!("{HCM}/");
+            under(&mut patterns, "", LISTENER_SAFE);
+            under(&mut patterns, &manager, HCM_SAFE);
+            under(&mut patterns, &format!("{TCP}/"), TCP_SAFE);
             if outbound {
-                for field in HCM_OUTBOUND_SAFE {
-                    add(format!("{HCM}/{field}"));
-                }
-            } else {
-                // The inline route configuration of an inbound listener.
-                let routes = format!("{HCM}/route_config");
-                for field in RESPONSE_HEADERS {
-                    add(format!("{routes}/{field}"));
-                    add(format!("{routes}/virtual_hosts/*/{field}"));
-                    add(format!("{routes}/virtual_hosts/*/routes/*/{field}"));
-                }
-                for field in ACTION_INBOUND_SAFE {
-                    add(format!("{routes}/virtual_hosts/*/routes/*/route/{field}"));
-                }
+                under(&mut patterns, &manager, HCM_OUTBOUND_SAFE);
             }
+            // Routes inline in the listener (the inbound ones) are judged as routes.
+            route_safe(&mut patterns, &format!("{manager}route_config/"), outbound);
         }
-        ResourceKind::Route => {
-            // Only the outbound side has a route configuration of its own (RDS); an inbound
-            // one would get the inbound list.
-            for field in RESPONSE_HEADERS {
-                add((*field).to_owned());
-                add(format!("virtual_hosts/*/{field}"));
-                add(format!("virtual_hosts/*/routes/*/{field}"));
-            }
-            let actions = if outbound {
-                ACTION_OUTBOUND_SAFE
-            } else {
-                ACTION_INBOUND_SAFE
-            };
-            for field in actions {
-                add(format!("virtual_hosts/*/routes/*/route/{field}"));
-            }
-            if outbound {
-                add("request_headers_to_add".to_owned());
-                add("validate_clusters".to_owned());
-                add("max_direct_response_body_size_bytes".to_owned());
-                for field in VIRTUAL_HOST_OUTBOUND_SAFE {
-                    add(format!("virtual_hosts/*/{field}"));
-                }
-                for field in ROUTE_OUTBOUND_SAFE {
-                    add(format!("virtual_hosts/*/routes/*/{field}"));
-                }
-            }
-        }
+        ResourceKind::Route => route_safe(&mut patterns, "", outbound),
         ResourceKind::Cluster => {
-            for field in CLUSTER_INBOUND_SAFE {
-                add((*field).to_owned());
-            }
+            under(&mut patterns, "", CLUSTER_INBOUND_SAFE);
             if outbound {
-                for field in CLUSTER_OUTBOUND_SAFE {
-                    add((*field).to_owned());
-                }
+                under(&mut patterns, "", CLUSTER_OUTBOUND_SAFE);
             }
         }
     }
+    let mut safe: Vec<Safe> = patterns.into_iter().map(any).collect();
     if kind == ResourceKind::Listener && !outbound {
         // The application may be told the verified caller (or nothing), never a client's
         // header passed on.
