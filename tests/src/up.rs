@@ -168,7 +168,7 @@ pub fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, deadline: Duration
     panic!("no line with {needle:?} within {deadline:?}: {seen:#?}");
 }
 
-/// The processes whose parent is `pid`.
+/// The processes whose parent is `pid`, in pid order.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -190,6 +190,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
             children.push(child);
         }
     }
+    children.sort_unstable();
     children
 }
 

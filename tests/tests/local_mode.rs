@@ -124,11 +124,8 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
         .filter(|pid| !running.contains(pid))
         .collect();
     wait_gone(&added);
-    let mut left = children_of(weft.id());
-    left.sort_unstable();
-    let mut expected = running.clone();
-    expected.sort_unstable();
-    assert_eq!(left, expected, "the rest of the mesh runs on");
+    let left = children_of(weft.id());
+    assert_eq!(left, running, "the rest of the mesh runs on");
     weft.kill().unwrap();
     weft.wait().unwrap();
     wait_gone(&running);
@@ -137,8 +134,7 @@ fn a_workload_added_scaled_and_removed_on_disk_starts_and_stops_only_its_replica
 #[test]
 fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind() {
     let mut weft = WeftUp::example(66);
-    let mut running = children_of(weft.id());
-    running.sort_unstable();
+    let running = children_of(weft.id());
     write_manifest(
         weft.manifests(),
         "broken.yaml",
@@ -149,8 +145,7 @@ fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind()
         &["shop/reports-0 did not start", "no-such-program"],
         Duration::from_secs(30),
     );
-    let mut after = children_of(weft.id());
-    after.sort_unstable();
+    let after = children_of(weft.id());
     assert_eq!(after, running, "no sidecar left without its application");
     assert!(matches!(weft.try_wait(), Ok(None)), "the mesh runs on");
     weft.kill().unwrap();
@@ -161,8 +156,7 @@ fn a_workload_whose_command_cannot_start_is_named_and_leaves_no_sidecar_behind()
 #[test]
 fn a_manifest_truncated_for_a_second_is_never_taken_and_a_removed_folder_recovers() {
     let mut weft = WeftUp::example(68);
-    let mut running = children_of(weft.id());
-    running.sort_unstable();
+    let running = children_of(weft.id());
     let dir = weft.manifests().to_path_buf();
     let workloads = dir.join("workloads.yaml");
     let text = std::fs::read_to_string(&workloads).unwrap();
@@ -178,13 +172,7 @@ fn a_manifest_truncated_for_a_second_is_never_taken_and_a_removed_folder_recover
     // Past the time a change written in place must stay unchanged, nothing stopped.
     std::thread::sleep(weft_controller::watch::SETTLE + Duration::from_millis(1500));
     let seen: Vec<String> = weft.lines.try_iter().collect();
-    assert!(
-        !seen.iter().any(|line| line.contains("stopped")),
-        "{seen:#?}"
-    );
-    let mut after = children_of(weft.id());
-    after.sort_unstable();
-    assert_eq!(after, running, "every replica ran on");
+    assert_every_replica_ran_on(&weft, &seen, &running);
     // The folder removed, then written again with a change: the change is taken once the
     // folder is back, and nothing stopped meanwhile.
     std::fs::remove_dir_all(&dir).unwrap();
@@ -201,14 +189,17 @@ fn a_manifest_truncated_for_a_second_is_never_taken_and_a_removed_folder_recover
         write_manifest(&dir, name.to_str().unwrap(), &text).unwrap();
     }
     let seen = weft.wait_for("manifests changed", Duration::from_secs(20));
+    assert_every_replica_ran_on(&weft, &seen, &running);
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    wait_gone(&running);
+}
+
+/// No line of `seen` says a replica stopped, and `weft up`'s children are still `running`.
+fn assert_every_replica_ran_on(weft: &WeftUp, seen: &[String], running: &[u32]) {
     assert!(
         !seen.iter().any(|line| line.contains("stopped")),
         "{seen:#?}"
     );
-    let mut after = children_of(weft.id());
-    after.sort_unstable();
-    assert_eq!(after, running, "every replica ran on");
-    weft.kill().unwrap();
-    weft.wait().unwrap();
-    wait_gone(&running);
+    assert_eq!(children_of(weft.id()), running, "every replica ran on");
 }
