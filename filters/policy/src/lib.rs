@@ -29,6 +29,8 @@ pub mod matcher;
 pub mod metrics;
 #[cfg(feature = "authoring")]
 pub mod model;
+#[cfg(feature = "authoring")]
+pub mod object;
 pub mod path;
 #[cfg(feature = "authoring")]
 pub mod traffic;
@@ -46,16 +48,15 @@ pub use config::{CallerIdentity, ConfigError, PluginConfig};
 pub fn check<'a>(
     sources: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> (model::Catalog, Vec<diagnostic::Diagnostic>) {
-    let mut catalog = model::Catalog::default();
+    let mut objects = Vec::new();
     let mut diagnostics = Vec::new();
-    let mut files = std::collections::HashMap::new();
     for (file, text) in sources {
-        load::load_yaml(file, text, &mut catalog, &mut diagnostics);
-        files.insert(file, text);
+        let (read, problems) = object::read_objects(file, text);
+        objects.extend(read);
+        diagnostics.extend(problems);
     }
-    catalog.sort();
-    diagnostics.extend(validate::validate(&catalog));
-    diagnostic::locate_fields(&files, &mut diagnostics);
+    let (catalog, found) = object::catalog_of(&objects);
+    diagnostics.extend(found);
     diagnostic::sort(&mut diagnostics);
     (catalog, diagnostics)
 }

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Locator, Origin, Severity};
-use crate::document::{DocumentError, DuplicateKey};
+use crate::diagnostic::{Diagnostic, Origin, Severity};
+use crate::document::DuplicateKey;
 use crate::model::{
     AppProtocol, Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute,
     Service, ServicePort, SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
@@ -130,64 +130,34 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Documents that are not SMI objects, Services, Deployments or Pods are skipped silently. A
 /// document that is not YAML is reported and the file's other documents are still read.
 pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
-    for document in split_documents(text) {
-        let body = &text[document.start..document.end];
-        match crate::document::read_yaml(body, document.first_line) {
-            Ok(values) => {
-                for value in values {
-                    if value.value.is_null() {
-                        continue;
-                    }
-                    let origin = Origin {
-                        file: file.to_owned(),
-                        line: document.content_line,
-                        locator: Some(Locator {
-                            start: document.start,
-                            end: document.end,
-                            first_line: document.first_line,
-                            object_path: String::new(),
-                        }),
-                    };
-                    load_value(
-                        value.value,
-                        &origin,
-                        &value.duplicates,
-                        catalog,
-                        diagnostics,
-                    );
-                }
-            }
-            Err(err) => diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                kind: None,
-                namespace: None,
-                name: None,
-                field: String::new(),
-                origin: Some(Origin::at(file, err.line())),
-                message: match err {
-                    DocumentError::Syntax { message, .. } => LoadError::Yaml(message).to_string(),
-                    other => other.to_string(),
-                },
-            }),
-        }
+    let (objects, problems) = crate::object::read_objects(file, text);
+    diagnostics.extend(problems);
+    for object in objects {
+        load_value(
+            object.value,
+            &object.origin,
+            &object.duplicates,
+            catalog,
+            diagnostics,
+        );
     }
 }
 
 /// One YAML document of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DocumentText {
+pub(crate) struct DocumentText {
     /// Byte offsets of its text.
-    start: usize,
-    end: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// 1-based line of its text's first line.
-    first_line: usize,
+    pub(crate) first_line: usize,
     /// 1-based line of its first content line (not blank, not a comment).
-    content_line: usize,
+    pub(crate) content_line: usize,
 }
 
 /// Splits YAML text at `---` (and `...`) lines, so that a document that is not YAML does not
 /// hide the others, and so that each object's line is known.
-fn split_documents(text: &str) -> Vec<DocumentText> {
+pub(crate) fn split_documents(text: &str) -> Vec<DocumentText> {
     let mut documents = Vec::new();
     let mut start = 0;
     let mut first_line = 1;
@@ -220,10 +190,11 @@ fn split_documents(text: &str) -> Vec<DocumentText> {
         .collect()
 }
 
-/// Reads one parsed document (an object or a `kind: List`); `duplicates` are the keys the
-/// document repeats, with paths from its root.
-pub fn load_value(
-    mut value: Value,
+/// Reads one object (a `kind: List` was split into its items by
+/// [`crate::object::read_objects`]); `duplicates` are the keys the object repeats, with paths
+/// from its root.
+pub(crate) fn load_value(
+    value: Value,
     origin: &Origin,
     duplicates: &[DuplicateKey],
     catalog: &mut Catalog,
@@ -239,38 +210,6 @@ pub fn load_value(
         diagnostics.push(problem(None, origin, "", LoadError::NotAnObject));
         return;
     };
-    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        for duplicate in duplicates.iter().filter(|d| !d.path.starts_with("items[")) {
-            diagnostics.push(problem(
-                None,
-                &Origin::at(&origin.file, duplicate.line),
-                &duplicate.path,
-                LoadError::DuplicateKey,
-            ));
-        }
-        if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
-            for (index, item) in items.into_iter().enumerate() {
-                let object_path = format!("items[{index}]");
-                let item_duplicates: Vec<DuplicateKey> = duplicates
-                    .iter()
-                    .filter_map(|d| {
-                        let rest = d.path.strip_prefix(&object_path)?;
-                        let path = rest.strip_prefix('.').or(rest.is_empty().then_some(rest))?;
-                        Some(DuplicateKey {
-                            path: path.to_owned(),
-                            line: d.line,
-                        })
-                    })
-                    .collect();
-                let mut item_origin = origin.clone();
-                if let Some(locator) = item_origin.locator.as_mut() {
-                    locator.object_path = object_path;
-                }
-                load_value(item, &item_origin, &item_duplicates, catalog, diagnostics);
-            }
-        }
-        return;
-    }
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
