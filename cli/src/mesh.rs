@@ -11,6 +11,7 @@ use serde_json::Value;
 use weft_certs::RotationPolicy;
 use weft_controller::pki::CaSource;
 use weft_controller::runtime::Options;
+use weft_controller::store::{Kept, RefusedObject};
 use weft_local::{LocalMesh, UpOptions};
 
 /// What the controller runs with, in `weft up` and `weft controller`.
@@ -291,9 +292,21 @@ pub fn status_table(status: &Value) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    for problem in status["rejected_change"].as_array().into_iter().flatten() {
+    let refused: Vec<RefusedObject> =
+        serde_json::from_value(status["refused"].clone()).unwrap_or_default();
+    for object in refused {
+        let kept = match object.kept {
+            Kept::Previous => "its previous version stays in force",
+            Kept::Nothing => "not in force",
+        };
+        out.push_str(&format!("refused {} ({kept}):\n", object.object));
+        for problem in object.problems {
+            out.push_str(&format!("  {problem}\n"));
+        }
+    }
+    for problem in status["problems"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "refused change: {}\n",
+            "problem: {}\n",
             problem.as_str().unwrap_or_default()
         ));
     }

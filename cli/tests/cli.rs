@@ -819,7 +819,9 @@ fn check_refuses_what_the_mesh_cannot_serve_with_file_and_line() {
     let text = stdout(&output);
     for expected in [
         "mesh.yaml:6: error: Service shop/db: spec.ports[0].port: TCP port 5432 is also Service shop/cache's; every sidecar listens for each TCP Service port on that port of its own address, so two TCP Services cannot share a port: give one another port",
-        "mesh.yaml:29: error: Pod shop/checkout-v1-1: metadata.name: it is pod shop/checkout-v1-1, which is already replica 1 of Deployment shop/checkout-v1",
+        "mesh.yaml:15: error: Service shop/cache: spec.ports[1].port: TCP port 5432 is also Service shop/db's",
+        "mesh.yaml:29: error: Pod shop/checkout-v1-1: metadata.name: it is pod shop/checkout-v1-1, which is also replica 1 of Deployment shop/checkout-v1",
+        "mesh.yaml:19: error: Deployment shop/checkout-v1: metadata.name: its replica 1 would be pod shop/checkout-v1-1, which is also Pod shop/checkout-v1-1;",
         "mesh.yaml:33: error: Pod shop/checkout-v1-1: spec.containers[0].ports[0].containerPort: port 15001 is the sidecar's own (its outbound HTTP listener) on the pod's address; use another",
         "mesh.yaml:40: error: TrafficSplit shop/dark: spec.backends: every backend has weight 0, so the split would send nowhere",
     ] {

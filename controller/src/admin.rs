@@ -40,6 +40,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
+    let refused = shared.refused();
     let (generation, built) = shared.generations();
     let trust = {
         let pki = shared.pki();
@@ -76,7 +77,8 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "generation": {"catalog": generation, "built": built},
         "patches": patches,
         "module_sha256": shared.module().sha256,
-        "rejected_change": shared.rejected().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "refused": refused.objects.iter().map(|(key, refusal)| crate::store::RefusedObject::new(key, refusal)).collect::<Vec<_>>(),
+        "problems": refused.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pods": pods,
         "trust": trust,
     })

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use weft_policy::bundle::DEFAULT_TRUST_DOMAIN;
-use weft_policy::diagnostic::{Diagnostic, locate_fields, make_strict, sort};
+use weft_policy::diagnostic::{Diagnostic, make_strict, sort};
 use weft_policy::model::Catalog;
+use weft_policy::object::{SourceObject, catalog_of, locate_in, read_objects};
 
 use crate::manifests::{self, ManifestsError};
 
@@ -39,29 +40,37 @@ fn read(
     try_patches: bool,
 ) -> Result<(Catalog, Vec<Diagnostic>), ManifestsError> {
     let manifests = manifests::read(paths)?;
-    let (catalog, mut diagnostics) = weft_policy::check(
-        manifests
-            .files
-            .iter()
-            .map(|(name, text)| (name.as_str(), text.as_str())),
-    );
-    let files = manifests
-        .files
-        .iter()
-        .map(|(name, text)| (name.as_str(), text.as_str()))
-        .collect();
-    let mut mesh = crate::mesh::check_mesh(&catalog);
-    locate_fields(&files, &mut mesh);
-    diagnostics.extend(mesh);
+    let mut objects = Vec::new();
+    let mut diagnostics = manifests.problems;
+    for (file, text) in &manifests.files {
+        let (read, problems) = read_objects(file, text);
+        objects.extend(read);
+        diagnostics.extend(problems);
+    }
+    let (catalog, found) = judge(&objects);
+    diagnostics.extend(found);
     if try_patches && !diagnostics.iter().any(Diagnostic::is_error) {
         let mut tried = crate::mesh::check_patches(&catalog, DEFAULT_TRUST_DOMAIN);
-        locate_fields(&files, &mut tried);
+        locate_in(&objects, &mut tried);
         diagnostics.extend(tried);
     }
-    diagnostics.extend(manifests.problems);
     if strict {
         make_strict(&mut diagnostics);
     }
     sort(&mut diagnostics);
     Ok((catalog, diagnostics))
+}
+
+/// Checks `objects` together, as SMI and as the mesh will serve them
+/// ([`crate::mesh::check_mesh`]): the catalog, and every problem at its field. The one check
+/// `weft check` and the controller's store share.
+pub fn judge<'a>(
+    objects: impl IntoIterator<Item = &'a SourceObject> + Clone,
+) -> (Catalog, Vec<Diagnostic>) {
+    let (catalog, mut diagnostics) = catalog_of(objects.clone());
+    let mut mesh = crate::mesh::check_mesh(&catalog);
+    locate_in(objects, &mut mesh);
+    diagnostics.extend(mesh);
+    sort(&mut diagnostics);
+    (catalog, diagnostics)
 }

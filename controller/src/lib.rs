@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod channel;
 pub mod files;
+pub mod folder;
 pub mod guard;
 pub mod index;
 pub mod manifests;
@@ -18,5 +19,6 @@ pub mod pki;
 pub mod runtime;
 pub mod serve;
 pub mod status;
+pub mod store;
 pub mod trust;
 pub mod watch;

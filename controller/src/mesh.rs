@@ -440,7 +440,9 @@ pub fn check_mesh(catalog: &Catalog) -> Vec<Diagnostic> {
             "its outbound HTTP listener",
         ),
     ];
-    let mut tcp_ports: BTreeMap<u16, String> = BTreeMap::new();
+    // A clash is reported on both objects, so that whichever of them was changed last can be
+    // refused alone (the store refuses changed objects before those in force).
+    let mut tcp_ports: BTreeMap<u16, (String, &Service, String)> = BTreeMap::new();
     for service in &catalog.services {
         for (index, spec) in service.port_specs.iter().enumerate() {
             if spec.protocol != AppProtocol::Tcp {
@@ -460,24 +462,31 @@ pub fn check_mesh(catalog: &Catalog) -> Vec<Diagnostic> {
                 ));
                 continue;
             }
+            let clash = |other: &str| {
+                format!(
+                    "TCP port {} is also Service {other}'s; every sidecar listens for each TCP Service port on that port of its own address, so two TCP Services cannot share a port: give one another port",
+                    spec.port
+                )
+            };
             match tcp_ports.get(&spec.port) {
-                Some(first) if *first != name => diagnostics.push(error(
-                    "Service",
-                    &service.meta,
-                    field,
-                    format!(
-                        "TCP port {} is also Service {first}'s; every sidecar listens for each TCP Service port on that port of its own address, so two TCP Services cannot share a port: give one another port",
-                        spec.port
-                    ),
-                )),
+                Some((first, first_service, first_field)) if *first != name => {
+                    diagnostics.push(error("Service", &service.meta, field, clash(first)));
+                    diagnostics.push(error(
+                        "Service",
+                        &first_service.meta,
+                        first_field.clone(),
+                        clash(&name),
+                    ));
+                }
                 Some(_) => {}
                 None => {
-                    tcp_ports.insert(spec.port, name);
+                    tcp_ports.insert(spec.port, (name, service, field));
                 }
             }
         }
     }
-    let mut pods: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut pods: BTreeMap<(String, String), (String, &weft_policy::model::Workload, String)> =
+        BTreeMap::new();
     for workload in &catalog.workloads {
         let ports_field = if workload.kind == "Pod" {
             "spec.containers[0].ports"
@@ -495,44 +504,49 @@ pub fn check_mesh(catalog: &Catalog) -> Vec<Diagnostic> {
             }
         }
         // Each pod's name, what it is to this workload, and how a message says it is named.
+        let this = format!(
+            "{} {}/{}",
+            workload.kind, workload.meta.namespace, workload.meta.name
+        );
         let names: Vec<(String, String, String)> = if workload.kind == "Pod" {
-            vec![(
-                workload.meta.name.clone(),
-                "the Pod".to_owned(),
-                "it is".to_owned(),
-            )]
+            vec![(workload.meta.name.clone(), this, "it is".to_owned())]
         } else {
             (0..workload.replicas)
                 .map(|n| {
                     (
                         format!("{}-{n}", workload.meta.name),
-                        format!("replica {n}"),
+                        format!("replica {n} of {this}"),
                         format!("its replica {n} would be"),
                     )
                 })
                 .collect()
         };
-        let this = format!(
-            "{} {}/{}",
-            workload.kind, workload.meta.namespace, workload.meta.name
-        );
         for (pod, what, named) in names {
             let key = (workload.meta.namespace.clone(), pod.clone());
             match pods.get(&key) {
-                Some(first) => {
+                Some((first, first_workload, first_named)) => {
+                    let clash = |named: &str, other: &str| {
+                        format!(
+                            "{named} pod {}/{pod}, which is also {other}; local mode names a Deployment's replicas <name>-<n>, so rename one of them",
+                            workload.meta.namespace
+                        )
+                    };
                     diagnostics.push(error(
                         &workload.kind,
                         &workload.meta,
                         "metadata.name".to_owned(),
-                        format!(
-                            "{named} pod {}/{pod}, which is already {first}; local mode names a Deployment's replicas <name>-<n>, so rename one of them",
-                            workload.meta.namespace
-                        ),
+                        clash(&named, first),
+                    ));
+                    diagnostics.push(error(
+                        &first_workload.kind,
+                        &first_workload.meta,
+                        "metadata.name".to_owned(),
+                        clash(first_named, &what),
                     ));
                     break;
                 }
                 None => {
-                    pods.insert(key, format!("{what} of {this}"));
+                    pods.insert(key, (what, workload, named));
                 }
             }
         }

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub certificate_expiry: Family<IdentityLabels, Gauge>,
     /// Objects in the index, per kind.
     pub index_objects: Family<KindLabels, Gauge>,
+    /// Objects refused, per kind.
+    pub refused_objects: Family<KindLabels, Gauge>,
     /// The controller's resident memory.
     pub resident_memory: Gauge<u64, AtomicU64>,
     /// Per proxy: since when it has had a change it has not yet applied.
@@ -106,6 +108,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             certificate_expiry: Family::default(),
             index_objects: Family::default(),
+            refused_objects: Family::default(),
             resident_memory: Gauge::default(),
             pending: Mutex::new(HashMap::new()),
             exported_identities: Mutex::new(BTreeSet::new()),
@@ -160,6 +163,11 @@ impl Metrics {
             "index_objects",
             "Objects in the index, per kind",
             metrics.index_objects.clone(),
+        );
+        registry.register(
+            "refused_objects",
+            "Objects refused, per kind: an error keeps them, or their new version, out of force",
+            metrics.refused_objects.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -228,6 +236,25 @@ impl Metrics {
     /// Counts a version of `kind` refused.
     pub fn nacked(&self, kind: &str) {
         count_type(&self.nacks, kind);
+    }
+
+    /// Shows how many objects of each kind are refused (a kind with none is not shown).
+    pub fn set_refused(
+        &self,
+        refused: &std::collections::BTreeMap<weft_policy::object::ObjectKey, crate::store::Refusal>,
+    ) {
+        let mut counts: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for key in refused.keys() {
+            *counts.entry(key.kind.as_str()).or_default() += 1;
+        }
+        self.refused_objects.clear();
+        for (kind, count) in counts {
+            self.refused_objects
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .set(count);
+        }
     }
 
     /// Counts an error at `stage`.

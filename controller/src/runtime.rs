@@ -18,6 +18,7 @@ use weft_envoy_config::mesh::node_metadata;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_policy::diagnostic::Diagnostic;
 use weft_policy::model::Catalog;
+use weft_policy::object::ObjectKey;
 use weft_xds::cache::SnapshotCache;
 use weft_xds::protocol::{Event, TypeStatus};
 use weft_xds::server::{Admission, AdsService};
@@ -26,6 +27,7 @@ use weft_xds::snapshot::{LISTENER, SECRET, short_name, type_version};
 use crate::mesh::{MeshView, Pod, sidecar_snapshot};
 use crate::pki::{CaFiles, CaSource, Pki};
 use crate::status::Status;
+use crate::store::Kept;
 use crate::trust::{Held, Phase};
 use crate::watch::{Fingerprint, SETTLE, Settler};
 
@@ -182,10 +184,12 @@ impl Module {
 pub struct Shared {
     /// Its options.
     pub options: Options,
-    /// The last good catalog.
+    /// The catalog in force: every object's version in force.
     catalog: RwLock<Arc<Catalog>>,
-    /// Problems of the last change that was refused (the last good catalog keeps serving).
-    rejected: Mutex<Vec<Diagnostic>>,
+    /// The sources and the store they feed (one reader at a time: the watcher).
+    sources: Mutex<Sources>,
+    /// What the store refused, and the sources' problems, as of the last change.
+    refused: Mutex<Refused>,
     /// Pods by node id.
     pods: Mutex<BTreeMap<String, Pod>>,
     /// Node ids whose sidecar has applied its listeners.
@@ -227,6 +231,22 @@ pub struct Shared {
     built_generation: AtomicU64,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
+}
+
+/// The sources and the store they feed.
+#[derive(Debug, Default)]
+struct Sources {
+    folder: crate::folder::Folder,
+    store: crate::store::Store,
+}
+
+/// What the store refused as of the last change.
+#[derive(Debug, Clone, Default)]
+pub struct Refused {
+    /// The objects refused, and what is in force of each.
+    pub objects: BTreeMap<ObjectKey, crate::store::Refusal>,
+    /// The sources' problems that concern no single object.
+    pub problems: Vec<Diagnostic>,
 }
 
 /// What proxies hold of the mesh's roots.
@@ -293,7 +313,7 @@ impl Shared {
         lock(&self.patches).reports.clone()
     }
 
-    /// The last good catalog.
+    /// The catalog in force.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog
             .read()
@@ -301,9 +321,9 @@ impl Shared {
             .clone()
     }
 
-    /// Problems of the last refused change.
-    pub fn rejected(&self) -> Vec<Diagnostic> {
-        lock(&self.rejected).clone()
+    /// The objects refused, and the sources' problems that concern no single object.
+    pub fn refused(&self) -> Refused {
+        lock(&self.refused).clone()
     }
 
     /// Adds or replaces a pod (a source saw it start).
@@ -695,45 +715,88 @@ impl Shared {
         lock(&self.pki)
     }
 
-    /// Reloads the manifests; a set with errors is refused (logged with file and line, kept
-    /// for status) and the last good catalog keeps serving. Returns whether the catalog
-    /// changed.
+    /// Reads the manifests again and gives the store the objects that changed: each object is
+    /// judged alone, a refused one is reported (logged with file and line, kept for status)
+    /// and what was in force of it stays, and every other change applies. Returns whether the
+    /// catalog in force changed.
     pub fn reload(&self) -> bool {
-        match crate::index::load(std::slice::from_ref(&self.options.manifests), false) {
-            Ok((catalog, diagnostics)) if !diagnostics.iter().any(Diagnostic::is_error) => {
-                lock(&self.rejected).clear();
-                let mut current = self
-                    .catalog
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if **current == catalog {
-                    return false;
-                }
-                *current = Arc::new(catalog);
-                self.generation.fetch_add(1, Ordering::SeqCst);
-                drop(current);
-                log::info!("weft: manifests changed; rebuilding every proxy's configuration");
-                log_unapplied(&diagnostics);
-                self.mark_changed();
-                true
-            }
-            Ok((_, diagnostics)) => {
-                let mut rejected = lock(&self.rejected);
-                if *rejected != diagnostics {
-                    self.metrics.reconcile_error("manifests");
-                    for diagnostic in diagnostics.iter().filter(|d| d.is_error()) {
-                        log::error!("{diagnostic}");
-                    }
-                    log::error!("weft: change refused; the last good configuration keeps serving");
-                    *rejected = diagnostics;
-                }
-                false
-            }
+        let manifests = match crate::manifests::read(std::slice::from_ref(&self.options.manifests))
+        {
+            Ok(manifests) => manifests,
             Err(err) => {
-                log::error!("weft: {}: {err}", self.options.manifests.display());
-                false
+                log::error!(
+                    "weft: {}: {err}; nothing changes",
+                    self.options.manifests.display()
+                );
+                return false;
+            }
+        };
+        let settled = {
+            let mut sources = lock(&self.sources);
+            let Sources { folder, store } = &mut *sources;
+            let (changes, problems) = folder.read(&manifests);
+            store.apply(crate::folder::SOURCE, changes, problems);
+            store.settle()
+        };
+        self.report(&settled);
+        let mut current = self
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **current == *settled.catalog {
+            return false;
+        }
+        *current = settled.catalog.clone();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        drop(current);
+        log::info!(
+            "weft: {} object(s) changed; rebuilding the proxies' configuration",
+            settled.changed.len()
+        );
+        log_unapplied(&settled.warnings);
+        self.mark_changed();
+        true
+    }
+
+    /// Logs and counts what the last change refused that was not refused before, and what is
+    /// in force again.
+    fn report(&self, settled: &crate::store::Settled) {
+        let mut refused = lock(&self.refused);
+        for (key, refusal) in &settled.refused {
+            if refused.objects.get(key) == Some(refusal) {
+                continue;
+            }
+            self.metrics.reconcile_error("manifests");
+            for problem in &refusal.problems {
+                log::error!("{problem}");
+            }
+            match refusal.kept {
+                Kept::Previous => {
+                    log::error!("weft: {key} refused; its previous version stays in force")
+                }
+                Kept::Nothing => log::error!("weft: {key} refused; it is not in force"),
             }
         }
+        for key in refused
+            .objects
+            .keys()
+            .filter(|key| !settled.refused.contains_key(*key))
+        {
+            log::info!("weft: {key} is in force as written");
+        }
+        for problem in settled
+            .problems
+            .iter()
+            .filter(|p| !refused.problems.contains(p))
+        {
+            self.metrics.reconcile_error("manifests");
+            log::error!("{problem}");
+        }
+        *refused = Refused {
+            objects: settled.refused.clone(),
+            problems: settled.problems.clone(),
+        };
+        self.metrics.set_refused(&refused.objects);
     }
 
     /// Rebuilds the snapshot of every pod at wall-clock `now` (certificates past their
@@ -1097,30 +1160,27 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts the controller: loads the manifests (a set with errors does not start), opens
-    /// the PKI, installs the module, and starts the ADS server, the admin server, the watcher
-    /// and the rebuild loop.
+    /// Starts the controller: reads the manifests into the store (objects with errors are
+    /// refused and reported, the others are in force), opens the PKI, installs the module, and
+    /// starts the ADS server, the admin server, the watcher and the rebuild loop.
     ///
     /// # Errors
-    /// When the manifests have errors, or a port, file or certificate cannot be had.
+    /// When no manifest can be found, or a port, file or certificate cannot be had.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let manifests = options.manifests.clone();
-        let (catalog, diagnostics) = tokio::task::spawn_blocking(move || {
-            crate::index::load(std::slice::from_ref(&manifests), false)
+        let mut sources = Sources::default();
+        let read = tokio::task::spawn_blocking(move || {
+            crate::manifests::read(std::slice::from_ref(&manifests)).map(|manifests| {
+                let (changes, problems) = sources.folder.read(&manifests);
+                sources
+                    .store
+                    .apply(crate::folder::SOURCE, changes, problems);
+                let settled = sources.store.settle();
+                (sources, settled)
+            })
         })
         .await??;
-        let errors: Vec<String> = diagnostics
-            .iter()
-            .filter(|d| d.is_error())
-            .map(ToString::to_string)
-            .collect();
-        anyhow::ensure!(
-            errors.is_empty(),
-            "{}\nweft: the manifests have {} error(s); fix them first (weft check)",
-            errors.join("\n"),
-            errors.len()
-        );
-        log_unapplied(&diagnostics);
+        let (sources, settled) = read;
         prepare_state(&options.state)?;
         let pki = Pki::open(
             &options.state,
@@ -1133,8 +1193,9 @@ impl Controller {
         let server = pki.server_credential(now)?;
         let bundle = pki.control_bundle_pem().to_owned();
         let shared = Arc::new(Shared {
-            catalog: RwLock::new(Arc::new(catalog)),
-            rejected: Mutex::new(Vec::new()),
+            catalog: RwLock::new(settled.catalog.clone()),
+            sources: Mutex::new(sources),
+            refused: Mutex::new(Refused::default()),
             pods: Mutex::new(BTreeMap::new()),
             ready: Mutex::new(BTreeSet::new()),
             registered: Mutex::new(BTreeMap::new()),
@@ -1157,6 +1218,8 @@ impl Controller {
             publish_after: std::time::Instant::now() + options.resume_grace,
             options,
         });
+        shared.report(&settled);
+        log_unapplied(&settled.warnings);
         shared.restore_registered();
         let (shutdown, _) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();

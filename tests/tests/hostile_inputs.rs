@@ -517,14 +517,14 @@ async fn a_sidecar_registers_only_its_workloads_pods_within_its_replicas_at_allo
     drop(streams);
 }
 
-/// Waits until the controller's last refused change mentions `needle`.
+/// Waits until a problem of the controller's sources mentions `needle`.
 async fn refused_change(controller: &Controller, needle: &str) -> String {
     until(
-        &format!("a refused change naming {needle:?}"),
+        &format!("a problem naming {needle:?}"),
         Duration::from_secs(15),
         || async {
             let status = controller.status().await;
-            Ok(status["rejected_change"]
+            Ok(status["problems"]
                 .as_array()
                 .into_iter()
                 .flatten()

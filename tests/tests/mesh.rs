@@ -211,21 +211,26 @@ async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_i
         );
     }
 
-    // A broken edit: refused with file and line, and the last good policy keeps serving.
-    let broken = opened.replace("kind: TCPRoute", "kind: TCPRoutes");
+    // One broken object in an edit that also closes analytics' access again: the broken
+    // TCPRoute is refused alone, with file and line, its previous version stays in force, and
+    // the rest of the edit applies.
+    let broken = access.replace("matches: {ports: [5432]}", "matches: {ports: [nope]}");
+    assert_ne!(broken, access);
     mesh.write_manifest("access.yaml", &broken).unwrap();
-    let rejected = until(
-        "the broken edit reported",
+    let refused = until(
+        "the broken object reported",
         Duration::from_secs(10),
         || async {
-            let rejected = mesh.status()["rejected_change"].clone();
-            Ok((!rejected.as_array().unwrap().is_empty()).then_some(rejected))
+            let refused = mesh.status()["refused"].clone();
+            Ok((!refused.as_array().unwrap().is_empty()).then_some(refused))
         },
     )
     .await
     .unwrap();
-    let first = rejected[0].as_str().unwrap();
-    assert!(first.contains("access.yaml:20:"), "{first}");
+    assert_eq!(refused[0]["object"], "TCPRoute shop/postgres");
+    assert_eq!(refused[0]["kept"], "previous");
+    let first = refused[0]["problems"][0].as_str().unwrap();
+    assert!(first.contains("access.yaml:23:"), "{first}");
     let metrics = mesh.controller_metrics().await.unwrap();
     assert_eq!(
         metrics.counter(
@@ -234,9 +239,27 @@ async fn a_policy_edit_is_enforced_through_ecds_without_a_drain_and_a_bad_edit_i
         ),
         1.0
     );
-    assert!(first.contains("TCPRoutes"), "{first}");
-    assert_eq!(mesh.checkout_status(ANALYTICS, "/cart").await, 200);
+    assert_eq!(
+        metrics.counter("weft_controller_refused_objects", &[("kind", "TCPRoute")]),
+        1.0
+    );
+    assert!(first.contains("nope"), "{first}");
+    until(
+        "analytics closed again",
+        Duration::from_secs(10),
+        || async { Ok((mesh.checkout_status(ANALYTICS, "/cart").await == 403).then_some(())) },
+    )
+    .await
+    .unwrap();
     assert_eq!(mesh.checkout_status(FRONTEND, "/cart").await, 200);
+    // Fixed, it is in force as written and no longer reported.
+    mesh.write_manifest("access.yaml", &access).unwrap();
+    until("the refusal cleared", Duration::from_secs(10), || async {
+        let refused = mesh.status()["refused"].clone();
+        Ok(refused.as_array().unwrap().is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
     mesh.stop().await;
 }
 

@@ -229,12 +229,11 @@ fn locate(diagnostics: &mut [Diagnostic], file: &str, text: &str) {
 /// not read are left out silently. Checks nothing about the mesh that serves them (see the
 /// controller's index).
 pub fn catalog_of<'a>(
-    objects: impl IntoIterator<Item = &'a SourceObject>,
+    objects: impl IntoIterator<Item = &'a SourceObject> + Clone,
 ) -> (Catalog, Vec<Diagnostic>) {
     let mut catalog = Catalog::default();
     let mut diagnostics = Vec::new();
-    let mut by_key: HashMap<&ObjectKey, &SourceObject> = HashMap::new();
-    for object in objects {
+    for object in objects.clone() {
         let mut found = Vec::new();
         crate::load::load_value(
             object.value.clone(),
@@ -245,20 +244,35 @@ pub fn catalog_of<'a>(
         );
         locate(&mut found, &object.origin.file, &object.text);
         diagnostics.extend(found);
-        by_key.entry(&object.key).or_insert(object);
     }
     catalog.sort();
     let mut validation = crate::validate::validate(&catalog);
-    for diagnostic in &mut validation {
+    locate_in(objects, &mut validation);
+    diagnostics.extend(validation);
+    crate::diagnostic::sort(&mut diagnostics);
+    (catalog, diagnostics)
+}
+
+/// Points each diagnostic about one of `objects` at the line of its field in that object's
+/// file.
+pub fn locate_in<'a>(
+    objects: impl IntoIterator<Item = &'a SourceObject>,
+    diagnostics: &mut [Diagnostic],
+) {
+    if diagnostics.is_empty() {
+        return;
+    }
+    let mut by_key: HashMap<&ObjectKey, &SourceObject> = HashMap::new();
+    for object in objects {
+        by_key.entry(&object.key).or_insert(object);
+    }
+    for diagnostic in diagnostics {
         let object = ObjectKey::of(diagnostic).and_then(|key| by_key.get(&key).copied());
         if let Some(object) = object {
             let file = object.origin.file.clone();
             locate(std::slice::from_mut(diagnostic), &file, &object.text);
         }
     }
-    diagnostics.extend(validation);
-    crate::diagnostic::sort(&mut diagnostics);
-    (catalog, diagnostics)
 }
 
 #[cfg(test)]
@@ -309,6 +323,10 @@ mod tests {
             .iter()
             .find(|p| p.field.starts_with("spec.rules[0]"))
             .expect("the missing group is reported");
-        assert_eq!(missing.origin.as_ref().map(|o| o.line), Some(9), "{missing}");
+        assert_eq!(
+            missing.origin.as_ref().map(|o| o.line),
+            Some(9),
+            "{missing}"
+        );
     }
 }
