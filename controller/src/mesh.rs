@@ -2,7 +2,7 @@
 //! running, the resources of one pod's sidecar, compiled policy and certificates included, as
 //! an xDS snapshot with content-derived versions. Pure: no clock, no I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use weft_policy::compile::{Options, Side, compile, service_hosts};
 use weft_policy::diagnostic::{Diagnostic, Severity};
 use weft_policy::model::{AppProtocol, Catalog, Service};
 use weft_xds::snapshot::{
-    CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, SECRET, Snapshot,
+    CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Resources, SECRET, Snapshot,
 };
 
 /// The SDS name of the trust bundle every proxy gets.
@@ -34,7 +34,7 @@ pub const TRUST_BUNDLE: &str = "weft-trust-bundle";
 
 /// A running replica of a workload, as a source (local mode, or a remote sidecar's node)
 /// reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Pod {
     /// Namespace.
     pub namespace: String,
@@ -171,7 +171,6 @@ pub fn cluster_name(service: &Service, port: u16, http: bool) -> String {
 #[derive(Debug, Default)]
 pub struct Interner {
     entries: HashMap<[u8; 32], Arc<Resource>>,
-    used: HashSet<[u8; 32]>,
 }
 
 impl Interner {
@@ -187,7 +186,6 @@ impl Interner {
         hasher.update([0]);
         hasher.update(&body.value);
         let key: [u8; 32] = hasher.finalize().into();
-        self.used.insert(key);
         if let Some(resource) = self.entries.get(&key) {
             return Ok(resource.clone());
         }
@@ -200,10 +198,10 @@ impl Interner {
         Ok(resource)
     }
 
-    /// Forgets the resources not used since the last sweep.
+    /// Forgets the resources no snapshot holds any more.
     pub fn sweep(&mut self) {
-        let used = std::mem::take(&mut self.used);
-        self.entries.retain(|key, _| used.contains(key));
+        self.entries
+            .retain(|_, resource| Arc::strong_count(resource) > 1);
     }
 
     /// How many resources it holds.
@@ -263,12 +261,13 @@ pub fn outbound_services(
     services
 }
 
-/// What one rebuild computes once for every pod: the Services as each namespace calls them,
-/// their endpoints, and the compiled plugin configurations per identity.
+/// What rebuilds compute once for every pod: the Services as each namespace calls them and the
+/// compiled plugin configurations per identity (kept from one rebuild to the next until a
+/// change makes them stale, see [`Plan::forget`]), and the endpoints (once per rebuild).
 #[derive(Debug, Default)]
 pub struct Plan {
     services: HashMap<String, Vec<OutboundService>>,
-    endpoints: Option<Vec<Arc<Resource>>>,
+    endpoints: Option<Arc<Resources>>,
     compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
     /// EnvoyPatches applied in this rebuild, by resource and patch.
     patches: crate::patch::PatchCache,
@@ -291,7 +290,120 @@ fn compiled(
     })
 }
 
+/// What a change of the catalog makes stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dirty {
+    /// Nothing.
+    Nothing,
+    /// The inbound policy of these identities, and nothing else (a TrafficTarget or a route it
+    /// names changed).
+    Inbound(BTreeSet<Identity>),
+    /// Everything built from the catalog.
+    All,
+}
+
+impl Dirty {
+    /// This and `other` together.
+    pub fn merge(&mut self, other: Dirty) {
+        *self = match (std::mem::replace(self, Dirty::Nothing), other) {
+            (Dirty::All, _) | (_, Dirty::All) => Dirty::All,
+            (Dirty::Nothing, other) | (other, Dirty::Nothing) => other,
+            (Dirty::Inbound(mut mine), Dirty::Inbound(theirs)) => {
+                mine.extend(theirs);
+                Dirty::Inbound(mine)
+            }
+        };
+    }
+}
+
+/// What the change from `old` to `new` of the objects `changed` makes stale. Only access
+/// rules are narrowed to the identities they protect (their old and new destinations); any
+/// other kind, or a route that a TrafficPolicy of its namespace may name, stales everything.
+pub fn dirty(
+    old: &Catalog,
+    new: &Catalog,
+    changed: &BTreeSet<weft_policy::object::ObjectKey>,
+) -> Dirty {
+    let mut identities = BTreeSet::new();
+    let destination = |target: &weft_policy::model::TrafficTarget| {
+        target.destination.as_ref().map(|d| Identity {
+            namespace: d
+                .namespace
+                .clone()
+                .unwrap_or_else(|| target.meta.namespace.clone()),
+            service_account: d.name.clone(),
+        })
+    };
+    for key in changed {
+        let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
+        match key.kind.as_str() {
+            "TrafficTarget" => {
+                for catalog in [old, new] {
+                    let target = catalog
+                        .traffic_targets
+                        .iter()
+                        .find(|t| t.meta.namespace == namespace && t.meta.name == name);
+                    match target.map(destination) {
+                        Some(Some(identity)) => {
+                            identities.insert(identity);
+                        }
+                        Some(None) => return Dirty::All,
+                        None => {}
+                    }
+                }
+            }
+            "HTTPRouteGroup" | "TCPRoute" | "UDPRoute" => {
+                let policies = [old, new].into_iter().any(|catalog| {
+                    catalog
+                        .traffic_policies
+                        .iter()
+                        .any(|p| p.meta.namespace == namespace)
+                });
+                if policies {
+                    return Dirty::All;
+                }
+                for catalog in [old, new] {
+                    for target in catalog.traffic_targets.iter().filter(|t| {
+                        t.meta.namespace == namespace && t.rules.iter().any(|r| r.name == name)
+                    }) {
+                        match destination(target) {
+                            Some(identity) => {
+                                identities.insert(identity);
+                            }
+                            None => return Dirty::All,
+                        }
+                    }
+                }
+            }
+            _ => return Dirty::All,
+        }
+    }
+    if identities.is_empty() {
+        Dirty::Nothing
+    } else {
+        Dirty::Inbound(identities)
+    }
+}
+
 impl Plan {
+    /// Forgets what `dirty` makes stale, and what holds for one rebuild only (endpoints,
+    /// patch results, compiled regexes).
+    pub fn forget(&mut self, dirty: &Dirty) {
+        match dirty {
+            Dirty::All => *self = Plan::default(),
+            Dirty::Inbound(identities) => {
+                for identity in identities {
+                    self.compiled
+                        .remove(&(identity.namespace.clone(), identity.service_account.clone()));
+                }
+            }
+            Dirty::Nothing => {}
+        }
+        self.endpoints = None;
+        self.patches = crate::patch::PatchCache::default();
+        self.bundles = weft_policy::wire::Encoder::default();
+    }
+
     /// `config` of `identity`'s workload as the bundle its sidecar's plugin is pushed.
     fn bundle(
         &mut self,
@@ -314,31 +426,49 @@ impl Plan {
     }
 
     /// The endpoints of every Service port, the same for every pod: built, encoded and
-    /// digested once per rebuild (with a thousand pods, building them for each pod was most of
-    /// a rebuild).
-    fn endpoints(
+    /// digested once per rebuild and shared by every snapshot (with a thousand pods, building
+    /// them for each pod was most of a rebuild). Pods are grouped by namespace and labels, so
+    /// each Service's selector is matched once per workload, not once per pod.
+    pub fn endpoints(
         &mut self,
         view: &MeshView<'_>,
         interner: &mut Interner,
-    ) -> Result<&[Arc<Resource>], MeshError> {
-        if self.endpoints.is_none() {
-            let mut resources = Vec::new();
-            for service in &view.catalog.services {
-                for (spec, http) in service_ports(service) {
-                    let addresses: Vec<SocketAddr> = view
-                        .pods
-                        .iter()
-                        .filter(|p| selects(service, p) && view.ready.contains(&p.node_id()))
-                        .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
-                        .collect();
-                    let cluster = cluster_name(service, spec.port, http);
-                    let body = any(&load_assignment(&cluster, &addresses));
-                    resources.push(interner.resource(&cluster, body)?);
-                }
-            }
-            self.endpoints = Some(resources);
+    ) -> Result<Arc<Resources>, MeshError> {
+        if let Some(endpoints) = &self.endpoints {
+            return Ok(endpoints.clone());
         }
-        Ok(self.endpoints.as_deref().unwrap_or_default())
+        let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
+        for pod in view
+            .pods
+            .iter()
+            .filter(|p| view.ready.contains(&p.node_id()))
+        {
+            groups
+                .entry((pod.namespace.as_str(), &pod.labels))
+                .or_default()
+                .push(pod);
+        }
+        let mut resources = Resources::new();
+        for service in &view.catalog.services {
+            let selected: Vec<&Pod> = groups
+                .iter()
+                .filter(|((namespace, labels), _)| selects_labels(service, namespace, labels))
+                .flat_map(|(_, pods)| pods.iter().copied())
+                .collect();
+            for (spec, http) in service_ports(service) {
+                let addresses: Vec<SocketAddr> = selected
+                    .iter()
+                    .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
+                    .collect();
+                let cluster = cluster_name(service, spec.port, http);
+                let body = any(&load_assignment(&cluster, &addresses));
+                let resource = interner.resource(&cluster, body)?;
+                resources.insert(resource.name.clone(), resource);
+            }
+        }
+        let endpoints = Arc::new(resources);
+        self.endpoints = Some(endpoints.clone());
+        Ok(endpoints)
     }
 
     fn compiled(
@@ -698,9 +828,7 @@ pub fn sidecar_snapshot(
     for route in &built.routes {
         snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
     }
-    for endpoints in plan.endpoints(view, interner)? {
-        snapshot.insert(ENDPOINT, endpoints.clone());
-    }
+    snapshot.set_type(ENDPOINT, plan.endpoints(view, interner)?);
     snapshot.insert(
         SECRET,
         interner.resource(
@@ -741,4 +869,140 @@ pub fn sidecar_snapshot(
         weft_envoy_config::pb::envoy::config::core::v3::TypedExtensionConfig::type_url()
     );
     Ok((snapshot, reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_policy::object::ObjectKey;
+
+    const MESH: &str = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: api, namespace: shop}\nspec:\n  matches: [{name: all, pathRegex: /.*}]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: to-checkout, namespace: shop}\nspec:\n  destination: {kind: ServiceAccount, name: checkout, namespace: shop}\n  sources: [{kind: ServiceAccount, name: frontend, namespace: shop}]\n  rules: [{kind: HTTPRouteGroup, name: api}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: checkout, namespace: shop}\nspec:\n  selector: {app: checkout}\n  ports: [{port: 8080}]\n";
+
+    fn catalog(text: &str) -> Catalog {
+        let (catalog, problems) = weft_policy::check([("m.yaml", text)]);
+        assert!(!problems.iter().any(Diagnostic::is_error), "{problems:?}");
+        catalog
+    }
+
+    fn changed(kind: &str, name: &str) -> BTreeSet<ObjectKey> {
+        BTreeSet::from([ObjectKey {
+            kind: kind.to_owned(),
+            namespace: "shop".to_owned(),
+            name: name.to_owned(),
+        }])
+    }
+
+    fn identities(names: &[&str]) -> Dirty {
+        Dirty::Inbound(
+            names
+                .iter()
+                .map(|sa| Identity {
+                    namespace: "shop".to_owned(),
+                    service_account: (*sa).to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_traffic_target_edit_stales_the_inbound_policy_of_its_old_and_new_destinations_only() {
+        let old = catalog(MESH);
+        let new = catalog(&MESH.replace(
+            "name: checkout, namespace: shop}\n  sources",
+            "name: db, namespace: shop}\n  sources",
+        ));
+        assert_eq!(
+            dirty(&old, &new, &changed("TrafficTarget", "to-checkout")),
+            identities(&["checkout", "db"])
+        );
+    }
+
+    #[test]
+    fn a_route_group_edit_stales_the_destinations_that_name_it_unless_a_traffic_policy_may() {
+        let old = catalog(MESH);
+        let new = catalog(&MESH.replace("pathRegex: /.*", "pathRegex: /cart"));
+        assert_eq!(
+            dirty(&old, &new, &changed("HTTPRouteGroup", "api")),
+            identities(&["checkout"])
+        );
+        let policy = "---\napiVersion: policy.weft.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: checkout}\n  timeouts: {request: 5s}\n";
+        let with_policy = catalog(&format!("{MESH}{policy}"));
+        assert_eq!(
+            dirty(
+                &with_policy,
+                &with_policy,
+                &changed("HTTPRouteGroup", "api")
+            ),
+            Dirty::All
+        );
+    }
+
+    #[test]
+    fn any_other_kind_stales_everything_and_merging_keeps_the_widest() {
+        let old = catalog(MESH);
+        assert_eq!(
+            dirty(&old, &old, &changed("Service", "checkout")),
+            Dirty::All
+        );
+        assert_eq!(dirty(&old, &old, &BTreeSet::new()), Dirty::Nothing);
+        let mut merged = identities(&["a"]);
+        merged.merge(identities(&["b"]));
+        assert_eq!(merged, identities(&["a", "b"]));
+        merged.merge(Dirty::All);
+        assert_eq!(merged, Dirty::All);
+    }
+
+    #[test]
+    fn endpoints_are_one_shared_set_listing_only_ready_pods_of_selected_workloads() {
+        let catalog = catalog(MESH);
+        let pod = |name: &str, ip: u8, app: &str| Pod {
+            namespace: "shop".to_owned(),
+            name: name.to_owned(),
+            workload: "checkout".to_owned(),
+            service_account: "checkout".to_owned(),
+            labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+            pod_ip: Ipv4Addr::new(10, 0, 0, ip),
+            app_ip: Ipv4Addr::new(10, 1, 0, ip),
+            ports: vec![8080],
+            module: None,
+        };
+        let pods = [
+            pod("checkout-0", 1, "checkout"),
+            pod("checkout-1", 2, "checkout"),
+            pod("other-0", 3, "other"),
+        ];
+        let ready = BTreeSet::from(["shop/checkout-0".to_owned(), "shop/other-0".to_owned()]);
+        let withdrawn = BTreeMap::new();
+        let view = MeshView {
+            catalog: &catalog,
+            pods: &pods,
+            ready: &ready,
+            trust_domain: "cluster.local",
+            bundle: "",
+            module: "weft.wasm",
+            allow_patches: false,
+            withdrawn: &withdrawn,
+        };
+        let (mut plan, mut interner) = (Plan::default(), Interner::default());
+        let first = plan.endpoints(&view, &mut interner).unwrap();
+        let again = plan.endpoints(&view, &mut interner).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "one set per rebuild");
+        let assignment: weft_envoy_config::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            prost::Message::decode(first["checkout.shop"].body.value.as_slice()).unwrap();
+        let addresses: Vec<String> = assignment
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| format!("{e:?}"))
+            .collect();
+        assert_eq!(addresses.len(), 1, "{addresses:?}");
+        assert!(addresses[0].contains("10.0.0.1"), "{addresses:?}");
+        plan.forget(&Dirty::Nothing);
+        let next = plan.endpoints(&view, &mut interner).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &next),
+            "built again for the next rebuild"
+        );
+        assert_eq!(first, next);
+    }
 }

@@ -46,6 +46,13 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// How a snapshot was made.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabels {
+    /// `built` or `endpoints`.
+    pub how: String,
+}
+
 /// Labels of reconcile errors.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
@@ -71,6 +78,9 @@ pub struct Metrics {
     pub rebuilds: Counter,
     /// How long each rebuild took.
     pub rebuild_duration: Histogram,
+    /// Proxies' snapshots built afresh (`how="built"`) or given new endpoints only
+    /// (`how="endpoints"`) by rebuilds.
+    pub snapshots: Family<HowLabels, Counter>,
     /// Errors while reconciling, per stage.
     pub reconcile_errors: Family<StageLabels, Counter>,
     /// When each identity's current certificate expires (Unix seconds).
@@ -105,6 +115,7 @@ impl Metrics {
             convergence: Histogram::new(CONVERGENCE_BUCKETS),
             rebuilds: Counter::default(),
             rebuild_duration: Histogram::new(REBUILD_BUCKETS),
+            snapshots: Family::default(),
             reconcile_errors: Family::default(),
             certificate_expiry: Family::default(),
             index_objects: Family::default(),
@@ -163,6 +174,11 @@ impl Metrics {
             "index_objects",
             "Objects in the index, per kind",
             metrics.index_objects.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "Proxies' snapshots built afresh (how=built) or given new endpoints only (how=endpoints)",
+            metrics.snapshots.clone(),
         );
         registry.register(
             "refused_objects",

@@ -22,7 +22,7 @@ use weft_policy::object::ObjectKey;
 use weft_xds::cache::SnapshotCache;
 use weft_xds::protocol::{Event, TypeStatus};
 use weft_xds::server::{Admission, AdsService};
-use weft_xds::snapshot::{LISTENER, SECRET, short_name, type_version};
+use weft_xds::snapshot::{ENDPOINT, LISTENER, SECRET, short_name, type_version};
 
 use crate::mesh::{MeshView, Pod, sidecar_snapshot};
 use crate::pki::{CaFiles, CaSource, Pki};
@@ -205,8 +205,12 @@ pub struct Shared {
     trust: Mutex<TrustLedger>,
     /// What became of the EnvoyPatches, per proxy.
     patches: Mutex<crate::patch::PatchLedger>,
-    /// Resources shared by the snapshots.
-    interner: Mutex<crate::mesh::Interner>,
+    /// What rebuilds keep from one to the next (the rebuild loop's own).
+    builder: Mutex<Builder>,
+    /// What the changes since the last rebuild made stale.
+    dirty: Mutex<crate::mesh::Dirty>,
+    /// Pods removed since the last rebuild (one that comes back is built afresh).
+    forgotten: Mutex<BTreeSet<String>>,
     /// Snapshots served.
     pub cache: Arc<SnapshotCache>,
     /// Per-proxy protocol status.
@@ -231,6 +235,68 @@ pub struct Shared {
     built_generation: AtomicU64,
     /// Before this instant, snapshots are not published (see [`Options::resume_grace`]).
     publish_after: std::time::Instant,
+}
+
+/// What rebuilds keep from one to the next.
+#[derive(Debug, Default)]
+struct Builder {
+    /// What is computed once for every pod.
+    plan: crate::mesh::Plan,
+    /// Resources shared by the snapshots.
+    interner: crate::mesh::Interner,
+    /// By node id: what its last snapshot was built from, and the snapshot.
+    built: std::collections::HashMap<String, BuiltPod>,
+    /// When the parts of the catalog a pod depends on last changed.
+    epochs: Epochs,
+}
+
+/// A pod's last build.
+#[derive(Debug)]
+struct BuiltPod {
+    /// A digest of what it was built from.
+    inputs: u64,
+    snapshot: Arc<weft_xds::snapshot::Snapshot>,
+}
+
+/// When the parts of the catalog a pod's snapshot depends on last changed: all of it, or the
+/// inbound policy of one identity (a number from one counter, so that no two changes share
+/// one).
+#[derive(Debug, Default)]
+struct Epochs {
+    all: u64,
+    inbound: std::collections::HashMap<weft_policy::bundle::Identity, u64>,
+    next: u64,
+}
+
+impl Epochs {
+    fn advance(&mut self, dirty: &crate::mesh::Dirty) {
+        match dirty {
+            crate::mesh::Dirty::Nothing => {}
+            crate::mesh::Dirty::All => {
+                self.next += 1;
+                self.all = self.next;
+                self.inbound.clear();
+            }
+            crate::mesh::Dirty::Inbound(identities) => {
+                for identity in identities {
+                    self.next += 1;
+                    self.inbound.insert(identity.clone(), self.next);
+                }
+            }
+        }
+    }
+
+    fn of(&self, identity: &weft_policy::bundle::Identity) -> (u64, u64) {
+        (self.all, self.inbound.get(identity).copied().unwrap_or(0))
+    }
+}
+
+/// A digest of `value` for telling inputs apart within one process.
+fn digest_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The sources and the store they feed.
@@ -430,6 +496,7 @@ impl Shared {
         self.metrics.forget(node);
         lock(&self.trust).forget(node);
         self.cache.remove(node);
+        lock(&self.forgotten).insert(node.to_owned());
         self.mark_changed();
     }
 
@@ -746,11 +813,13 @@ impl Shared {
         if **current == *settled.catalog {
             return false;
         }
+        let dirty = crate::mesh::dirty(&current, &settled.catalog, &settled.changed);
+        lock(&self.dirty).merge(dirty);
         *current = settled.catalog.clone();
         self.generation.fetch_add(1, Ordering::SeqCst);
         drop(current);
         log::info!(
-            "weft: {} object(s) changed; rebuilding the proxies' configuration",
+            "weft: manifests changed ({} object(s)); rebuilding what they affect",
             settled.changed.len()
         );
         log_unapplied(&settled.warnings);
@@ -799,9 +868,13 @@ impl Shared {
         self.metrics.set_refused(&refused.objects);
     }
 
-    /// Rebuilds the snapshot of every pod at wall-clock `now` (certificates past their
-    /// renewal deadline are renewed). A pod whose configuration cannot be built keeps its last
-    /// one, and the error is logged.
+    /// Brings every pod's snapshot up to date at wall-clock `now` (certificates past their
+    /// renewal deadline are renewed). Only what a change made stale is built again: a pod whose
+    /// inputs (its pod, the catalog's parts it depends on, its certificate, the trust bundle,
+    /// the module, its withdrawn patches) did not change keeps its snapshot, given the new
+    /// endpoints when they changed; the rest is built with what [`crate::mesh::Plan`] keeps
+    /// across rebuilds. A pod whose configuration cannot be built keeps its last one, and the
+    /// error is logged.
     pub fn rebuild(&self, now: OffsetDateTime) {
         if std::time::Instant::now() < self.publish_after {
             return;
@@ -809,6 +882,7 @@ impl Shared {
         let started = std::time::Instant::now();
         let since = lock(&self.changed_since).take().unwrap_or(started);
         let generation = self.generation.load(Ordering::SeqCst);
+        let dirty = std::mem::replace(&mut *lock(&self.dirty), crate::mesh::Dirty::Nothing);
         let catalog = self.catalog();
         let pods = self.pods();
         let ready = lock(&self.ready).clone();
@@ -849,6 +923,38 @@ impl Shared {
             patches.retain(&nodes);
             patches.withdrawn.clone()
         };
+        // Certificates are per identity: issued (or renewed) once each.
+        let mut certificates: BTreeMap<String, Option<(crate::pki::Issued, u64)>> = BTreeMap::new();
+        let mut expiries = BTreeMap::new();
+        for pod in &pods {
+            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
+            if certificates.contains_key(&spiffe_id) {
+                continue;
+            }
+            let issued = match pki.workload(&spiffe_id, now) {
+                Ok((issued, renewed)) => {
+                    if renewed {
+                        log::info!(
+                            "weft: issued a certificate for {spiffe_id}, valid until {}",
+                            issued.validity.not_after
+                        );
+                    }
+                    expiries.insert(
+                        spiffe_id.clone(),
+                        issued.validity.not_after.unix_timestamp(),
+                    );
+                    let digest = digest_of(&(&issued.pem.cert_pem, &issued.pem.key_pem));
+                    Some((issued, digest))
+                }
+                Err(err) => {
+                    log::error!("weft: {err}");
+                    self.metrics.reconcile_error("certificate");
+                    None
+                }
+            };
+            certificates.insert(spiffe_id, issued);
+        }
+        drop(pki);
         let view = MeshView {
             catalog: &catalog,
             pods: &pods,
@@ -859,67 +965,114 @@ impl Shared {
             allow_patches: self.options.allow_patches,
             withdrawn: &withdrawn,
         };
-        let mut plan = crate::mesh::Plan::default();
-        let mut interner = lock(&self.interner);
-        let mut expiries = BTreeMap::new();
+        let mut builder = lock(&self.builder);
+        let Builder {
+            plan,
+            interner,
+            built,
+            epochs,
+        } = &mut *builder;
+        epochs.advance(&dirty);
+        plan.forget(&dirty);
+        let forgotten = std::mem::take(&mut *lock(&self.forgotten));
+        built.retain(|node, _| nodes.contains(node) && !forgotten.contains(node));
+        let shared_inputs = digest_of(&(&bundle, &module, self.options.allow_patches));
+        let endpoints = match plan.endpoints(&view, interner) {
+            Ok(endpoints) => endpoints,
+            Err(err) => {
+                log::error!("weft: endpoints: {err}; every proxy keeps its configuration");
+                self.metrics.reconcile_error("snapshot");
+                return;
+            }
+        };
+        let (mut rebuilt, mut refreshed) = (0_usize, 0_usize);
         for pod in &pods {
-            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
-            let certificate = match pki.workload(&spiffe_id, now) {
-                Ok((issued, renewed)) => {
-                    if renewed {
-                        log::info!(
-                            "weft: issued a certificate for {spiffe_id}, valid until {}",
-                            issued.validity.not_after
-                        );
-                    }
-                    self.status
-                        .set_certificate(&pod.node_id(), issued.validity.not_after);
-                    expiries.insert(spiffe_id, issued.validity.not_after.unix_timestamp());
-                    issued
-                }
-                Err(err) => {
-                    log::error!("weft: {err}");
-                    self.metrics.reconcile_error("certificate");
-                    continue;
-                }
+            let node = pod.node_id();
+            let identity = pod.identity();
+            let spiffe_id = identity.spiffe_id(&trust_domain);
+            let Some(Some((certificate, certificate_digest))) = certificates.get(&spiffe_id) else {
+                continue;
             };
-            match sidecar_snapshot(&view, &mut plan, &mut interner, pod, &certificate.pem) {
-                Ok((snapshot, patches)) => {
-                    let node = pod.node_id();
-                    lock(&self.patches).built(
-                        &node,
-                        |type_url| type_version(&snapshot, type_url),
-                        patches,
-                    );
-                    lock(&self.trust).built(
-                        &node,
-                        type_version(&snapshot, SECRET),
-                        Held {
-                            certificate_root: certificate.root,
-                            bundle: served.clone(),
-                        },
-                    );
-                    // Marked before the snapshot is published, so that a proxy quick to apply
-                    // it cannot finish before its convergence started; a proxy that is not
-                    // connected converges when it reconnects, which is not measured.
-                    let marked = self.status.is_connected(&node)
-                        && self.metrics.change_pending(&node, since);
-                    if !self.cache.set(&node, Arc::new(snapshot)) && marked {
-                        self.metrics.forget(&node);
+            let inputs = digest_of(&(
+                pod,
+                epochs.of(&identity),
+                certificate_digest,
+                shared_inputs,
+                withdrawn.get(&node).map(|w| format!("{w:?}")),
+            ));
+            let snapshot = match built.get(&node) {
+                Some(last) if last.inputs == inputs => {
+                    if last
+                        .snapshot
+                        .resources(ENDPOINT)
+                        .is_some_and(|current| std::ptr::eq(current, &*endpoints))
+                    {
+                        continue;
                     }
+                    // Only the endpoints changed: the rest of its snapshot is shared.
+                    let mut snapshot = (*last.snapshot).clone();
+                    snapshot.set_type(ENDPOINT, endpoints.clone());
+                    refreshed += 1;
+                    Arc::new(snapshot)
                 }
-                Err(err) => {
-                    log::error!(
-                        "weft: {}: {err}; it keeps its last configuration",
-                        pod.node_id()
-                    );
-                    self.metrics.reconcile_error("snapshot");
-                }
+                _ => match sidecar_snapshot(&view, plan, interner, pod, &certificate.pem) {
+                    Ok((snapshot, patches)) => {
+                        rebuilt += 1;
+                        self.status
+                            .set_certificate(&node, certificate.validity.not_after);
+                        lock(&self.patches).built(
+                            &node,
+                            |type_url| type_version(&snapshot, type_url),
+                            patches,
+                        );
+                        lock(&self.trust).built(
+                            &node,
+                            type_version(&snapshot, SECRET),
+                            Held {
+                                certificate_root: certificate.root.clone(),
+                                bundle: served.clone(),
+                            },
+                        );
+                        Arc::new(snapshot)
+                    }
+                    Err(err) => {
+                        log::error!("weft: {node}: {err}; it keeps its last configuration");
+                        self.metrics.reconcile_error("snapshot");
+                        continue;
+                    }
+                },
+            };
+            built.insert(
+                node.clone(),
+                BuiltPod {
+                    inputs,
+                    snapshot: snapshot.clone(),
+                },
+            );
+            // Marked before the snapshot is published, so that a proxy quick to apply it
+            // cannot finish before its convergence started; a proxy that is not connected
+            // converges when it reconnects, which is not measured.
+            let marked =
+                self.status.is_connected(&node) && self.metrics.change_pending(&node, since);
+            if !self.cache.set(&node, snapshot) && marked {
+                self.metrics.forget(&node);
             }
         }
         interner.sweep();
-        drop(interner);
-        drop(pki);
+        drop(builder);
+        for (how, count) in [("built", rebuilt), ("endpoints", refreshed)] {
+            self.metrics
+                .snapshots
+                .get_or_create(&crate::metrics::HowLabels {
+                    how: how.to_owned(),
+                })
+                .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        }
+        log::debug!(
+            "weft: rebuilt {rebuilt} proxies' configuration and refreshed the endpoints of {refreshed} ({} pods) in {:?}",
+            pods.len(),
+            started.elapsed()
+        );
         self.metrics.set_certificate_expiries(expiries);
         self.built_generation.store(generation, Ordering::SeqCst);
         self.metrics.rebuilds.inc();
@@ -1203,7 +1356,9 @@ impl Controller {
             ca_problem: Mutex::new(None),
             trust: Mutex::new(TrustLedger::default()),
             patches: Mutex::new(crate::patch::PatchLedger::default()),
-            interner: Mutex::new(crate::mesh::Interner::default()),
+            builder: Mutex::new(Builder::default()),
+            dirty: Mutex::new(crate::mesh::Dirty::All),
+            forgotten: Mutex::new(BTreeSet::new()),
             cache: Arc::new(SnapshotCache::new()),
             status: Status::default(),
             known_modules: RwLock::new(Module::installed(&options.state, &module)),

@@ -56,11 +56,19 @@ pub struct Resource {
     pub body: Any,
 }
 
-/// Every resource of one proxy, by type and name. Resources are shared (`Arc`): proxies of
-/// one workload hold the same clusters, routes and plugin configuration once.
-#[derive(Debug, Clone, Default, PartialEq)]
+// `Any` is a type URL and bytes: its equality is an equivalence, so shared resources compare
+// by pointer first (`Arc`'s equality does for `Eq` types).
+impl Eq for Resource {}
+
+/// The resources of one type, by name.
+pub type Resources = BTreeMap<String, Arc<Resource>>;
+
+/// Every resource of one proxy, by type and name. Resources are shared (`Arc`), and so are
+/// whole types: every proxy holds the same endpoints once, and a change of endpoints alone
+/// gives each proxy's snapshot the new set without copying the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    types: BTreeMap<String, BTreeMap<String, Arc<Resource>>>,
+    types: BTreeMap<String, Arc<Resources>>,
 }
 
 impl Snapshot {
@@ -72,20 +80,23 @@ impl Snapshot {
     /// Adds (or replaces) a resource of `type_url`.
     pub fn insert(&mut self, type_url: &str, resource: impl Into<Arc<Resource>>) {
         let resource = resource.into();
-        self.types
-            .entry(type_url.to_owned())
-            .or_default()
+        Arc::make_mut(self.types.entry(type_url.to_owned()).or_default())
             .insert(resource.name.clone(), resource);
     }
 
+    /// Makes `resources` (shared with other snapshots) every resource of `type_url`.
+    pub fn set_type(&mut self, type_url: &str, resources: Arc<Resources>) {
+        self.types.insert(type_url.to_owned(), resources);
+    }
+
     /// The resources of `type_url`, by name.
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
-        self.types.get(type_url)
+    pub fn resources(&self, type_url: &str) -> Option<&Resources> {
+        self.types.get(type_url).map(AsRef::as_ref)
     }
 
     /// How many resources it holds.
     pub fn len(&self) -> usize {
-        self.types.values().map(BTreeMap::len).sum()
+        self.types.values().map(|resources| resources.len()).sum()
     }
 
     /// Whether it holds none.
