@@ -266,9 +266,16 @@ pub fn outbound_services(
 /// change makes them stale, see [`Plan::forget`]), and the endpoints (once per rebuild).
 #[derive(Debug, Default)]
 pub struct Plan {
-    services: HashMap<String, Vec<OutboundService>>,
+    services: HashMap<String, Arc<Vec<OutboundService>>>,
+    /// By identity: the clusters of the Services it calls (their TLS names its certificate).
+    clusters: HashMap<Identity, Arc<Vec<Arc<Resource>>>>,
+    /// By namespace: the outbound route configuration.
+    routes: HashMap<String, Arc<Resources>>,
     endpoints: Option<Arc<Resources>>,
-    compiled: HashMap<(String, String), (PluginConfig, PluginConfig)>,
+    /// By identity and side.
+    compiled: HashMap<(Identity, Side), PluginConfig>,
+    /// The plugin configurations (ECDS) of the pods of one shape, shared by them.
+    plugins: HashMap<PluginShape, Arc<Resources>>,
     /// EnvoyPatches applied in this rebuild, by resource and patch.
     patches: crate::patch::PatchCache,
     /// Writes the plugin configurations as bundles, compiling each regex once per rebuild.
@@ -295,9 +302,15 @@ fn compiled(
 pub enum Dirty {
     /// Nothing.
     Nothing,
-    /// The inbound policy of these identities, and nothing else (a TrafficTarget or a route it
-    /// names changed).
-    Inbound(BTreeSet<Identity>),
+    /// Compiled policy only (the plugin configurations, pushed over ECDS): the inbound policy of
+    /// these identities (a TrafficTarget or a route it names changed), and with `outbound`
+    /// every identity's outbound policy (a TrafficSplit changed).
+    Policy {
+        /// Identities whose inbound policy is stale.
+        inbound: BTreeSet<Identity>,
+        /// Whether every outbound policy is stale.
+        outbound: bool,
+    },
     /// Everything built from the catalog.
     All,
 }
@@ -308,23 +321,37 @@ impl Dirty {
         *self = match (std::mem::replace(self, Dirty::Nothing), other) {
             (Dirty::All, _) | (_, Dirty::All) => Dirty::All,
             (Dirty::Nothing, other) | (other, Dirty::Nothing) => other,
-            (Dirty::Inbound(mut mine), Dirty::Inbound(theirs)) => {
-                mine.extend(theirs);
-                Dirty::Inbound(mine)
+            (
+                Dirty::Policy {
+                    mut inbound,
+                    outbound,
+                },
+                Dirty::Policy {
+                    inbound: theirs,
+                    outbound: their_outbound,
+                },
+            ) => {
+                inbound.extend(theirs);
+                Dirty::Policy {
+                    inbound,
+                    outbound: outbound || their_outbound,
+                }
             }
         };
     }
 }
 
-/// What the change from `old` to `new` of the objects `changed` makes stale. Only access
-/// rules are narrowed to the identities they protect (their old and new destinations); any
-/// other kind, or a route that a TrafficPolicy of its namespace may name, stales everything.
+/// What the change from `old` to `new` of the objects `changed` makes stale. Access rules
+/// stale the inbound policy of the identities they protect (their old and new destinations),
+/// TrafficSplits the outbound policy; any other kind, or a route that a TrafficPolicy of its
+/// namespace may name, stales everything.
 pub fn dirty(
     old: &Catalog,
     new: &Catalog,
     changed: &BTreeSet<weft_policy::object::ObjectKey>,
 ) -> Dirty {
     let mut identities = BTreeSet::new();
+    let mut outbound = false;
     let destination = |target: &weft_policy::model::TrafficTarget| {
         target.destination.as_ref().map(|d| Identity {
             namespace: d
@@ -375,13 +402,18 @@ pub fn dirty(
                     }
                 }
             }
+            // A split changes where callers send, which only their plugin decides.
+            "TrafficSplit" => outbound = true,
             _ => return Dirty::All,
         }
     }
-    if identities.is_empty() {
+    if identities.is_empty() && !outbound {
         Dirty::Nothing
     } else {
-        Dirty::Inbound(identities)
+        Dirty::Policy {
+            inbound: identities,
+            outbound,
+        }
     }
 }
 
@@ -391,11 +423,13 @@ impl Plan {
     pub fn forget(&mut self, dirty: &Dirty) {
         match dirty {
             Dirty::All => *self = Plan::default(),
-            Dirty::Inbound(identities) => {
-                for identity in identities {
-                    self.compiled
-                        .remove(&(identity.namespace.clone(), identity.service_account.clone()));
-                }
+            Dirty::Policy { inbound, outbound } => {
+                self.compiled.retain(|(identity, side), _| match side {
+                    Side::Inbound => !inbound.contains(identity),
+                    Side::Outbound => !outbound,
+                });
+                self.plugins
+                    .retain(|shape, _| !*outbound && !inbound.contains(&shape.identity));
             }
             Dirty::Nothing => {}
         }
@@ -419,10 +453,58 @@ impl Plan {
             })
     }
 
-    fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> &[OutboundService] {
+    fn services(&mut self, view: &MeshView<'_>, namespace: &str) -> Arc<Vec<OutboundService>> {
         self.services
             .entry(namespace.to_owned())
-            .or_insert_with(|| outbound_services(view.catalog, view.trust_domain, namespace))
+            .or_insert_with(|| {
+                Arc::new(outbound_services(
+                    view.catalog,
+                    view.trust_domain,
+                    namespace,
+                ))
+            })
+            .clone()
+    }
+
+    /// The outbound clusters of `sidecar`'s identity, built once.
+    fn clusters(
+        &mut self,
+        view: &MeshView<'_>,
+        interner: &mut Interner,
+        sidecar: &Sidecar,
+        pod: &Pod,
+    ) -> Result<Arc<Vec<Arc<Resource>>>, MeshError> {
+        let identity = pod.identity();
+        if let Some(clusters) = self.clusters.get(&identity) {
+            return Ok(clusters.clone());
+        }
+        let services = self.services(view, &pod.namespace);
+        let clusters = sidecar
+            .clusters_for(&services)
+            .iter()
+            .map(|cluster| interner.resource(&cluster.name, any(cluster)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let clusters = Arc::new(clusters);
+        self.clusters.insert(identity, clusters.clone());
+        Ok(clusters)
+    }
+
+    /// The outbound routes of `namespace`, built once.
+    fn routes(
+        &mut self,
+        view: &MeshView<'_>,
+        interner: &mut Interner,
+        namespace: &str,
+    ) -> Result<Arc<Resources>, MeshError> {
+        if let Some(routes) = self.routes.get(namespace) {
+            return Ok(routes.clone());
+        }
+        let services = self.services(view, namespace);
+        let route = weft_envoy_config::mesh::routes_for(&services);
+        let resource = interner.resource(&route.name, any(&route))?;
+        let routes = Arc::new(Resources::from([(resource.name.clone(), resource)]));
+        self.routes.insert(namespace.to_owned(), routes.clone());
+        Ok(routes)
     }
 
     /// The endpoints of every Service port, the same for every pod: built, encoded and
@@ -475,20 +557,80 @@ impl Plan {
         &mut self,
         view: &MeshView<'_>,
         identity: &Identity,
-    ) -> Result<&(PluginConfig, PluginConfig), MeshError> {
-        let key = (identity.namespace.clone(), identity.service_account.clone());
+        side: Side,
+    ) -> Result<&PluginConfig, MeshError> {
+        let key = (identity.clone(), side);
         if !self.compiled.contains_key(&key) {
-            let pair = (
-                compiled(view, identity, Side::Inbound)?,
-                compiled(view, identity, Side::Outbound)?,
-            );
-            self.compiled.insert(key.clone(), pair);
+            let config = compiled(view, identity, side)?;
+            self.compiled.insert(key.clone(), config);
         }
         self.compiled.get(&key).ok_or_else(|| MeshError::Compile {
-            identity: key.1.clone(),
+            identity: identity.to_string(),
             reason: "not compiled".to_owned(),
         })
     }
+}
+
+/// What a pod's plugin configurations are built from: pods of one shape share them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PluginShape {
+    identity: Identity,
+    inbound: Vec<(u16, bool)>,
+    served: Option<String>,
+    module: String,
+}
+
+/// The plugin configurations (ECDS) of `pod`'s sidecar, shared with the pods of its shape:
+/// one per inbound port, and the outbound one.
+///
+/// # Errors
+/// When its policy does not compile or a resource cannot be rendered.
+pub fn sidecar_plugins(
+    view: &MeshView<'_>,
+    plan: &mut Plan,
+    interner: &mut Interner,
+    pod: &Pod,
+) -> Result<Arc<Resources>, MeshError> {
+    let (sidecar, own_services) = describe_ports(view, pod);
+    let served = own_services
+        .first()
+        .map(|service| format!("{}.{}", service.meta.name, service.meta.namespace));
+    let identity = pod.identity();
+    let shape = PluginShape {
+        identity: identity.clone(),
+        inbound: sidecar
+            .inbound
+            .iter()
+            .map(|p| (p.port, p.protocol == Protocol::Http))
+            .collect(),
+        served: served.clone(),
+        module: pod.module.clone().unwrap_or_else(|| view.module.to_owned()),
+    };
+    if let Some(plugins) = plan.plugins.get(&shape) {
+        return Ok(plugins.clone());
+    }
+    let inbound_config = plan.compiled(view, &identity, Side::Inbound)?.clone();
+    let outbound_config = plan.compiled(view, &identity, Side::Outbound)?.clone();
+    let outbound_config = plan.bundle(&identity, &outbound_config)?;
+    let mut plugins = Resources::new();
+    for port in &sidecar.inbound {
+        let config = inbound_configuration(port, &inbound_config, served.as_deref());
+        let kind = match port.protocol {
+            Protocol::Http => Kind::Http,
+            Protocol::Tcp => Kind::Tcp,
+        };
+        let name = inbound_plugin_name(port.port);
+        let plugin = sidecar.plugin(&name, kind, plan.bundle(&identity, &config)?);
+        plugins.insert(name.clone(), interner.resource(&name, any(&plugin))?);
+    }
+    let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, outbound_config);
+    plugins.insert(
+        OUTBOUND_PLUGIN.to_owned(),
+        interner.resource(OUTBOUND_PLUGIN, any(&plugin))?,
+    );
+    let plugins = Arc::new(plugins);
+    plan.plugins.insert(shape, plugins.clone());
+    Ok(plugins)
 }
 
 /// The ports of a Service that get a cluster: its first HTTP port (one cluster per Service
@@ -514,6 +656,13 @@ fn describe_sidecar<'c>(
     plan: &mut Plan,
     pod: &Pod,
 ) -> (Sidecar, Vec<&'c Service>) {
+    let (mut sidecar, own_services) = describe_ports(view, pod);
+    sidecar.services = plan.services(view, &pod.namespace).to_vec();
+    (sidecar, own_services)
+}
+
+/// `pod`'s sidecar without the Services it calls, and the Services it is part of.
+fn describe_ports<'c>(view: &MeshView<'c>, pod: &Pod) -> (Sidecar, Vec<&'c Service>) {
     let spiffe_id = pod.identity().spiffe_id(view.trust_domain);
     let own_services: Vec<&Service> = view
         .catalog
@@ -541,7 +690,7 @@ fn describe_sidecar<'c>(
         certificate_secret: spiffe_id,
         trust_secret: TRUST_BUNDLE.to_owned(),
         inbound,
-        services: plan.services(view, &pod.namespace).to_vec(),
+        services: Vec::new(),
     };
     (sidecar, own_services)
 }
@@ -801,33 +950,52 @@ pub fn sidecar_snapshot(
 ) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
     let identity = pod.identity();
     let spiffe_id = identity.spiffe_id(view.trust_domain);
-    let (sidecar, own_services) = describe_sidecar(view, plan, pod);
-    let mut built = sidecar.resources();
     let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
         .catalog
         .envoy_patches
         .iter()
         .filter(|patch| patch.selects(&pod.namespace, &pod.labels))
         .collect();
-    let reports = match view.allow_patches {
-        _ if patches.is_empty() => Vec::new(),
-        true => {
-            let none = BTreeMap::new();
-            let withdrawn = view.withdrawn.get(&pod.node_id()).unwrap_or(&none);
-            crate::patch::apply(&patches, &mut built, withdrawn, &mut plan.patches)
-        }
-        false => crate::patch::disabled(&patches),
-    };
     let mut snapshot = Snapshot::new();
-    for listener in &built.listeners {
-        snapshot.insert(LISTENER, interner.resource(&listener.name, any(listener))?);
-    }
-    for cluster in &built.clusters {
-        snapshot.insert(CLUSTER, interner.resource(&cluster.name, any(cluster))?);
-    }
-    for route in &built.routes {
-        snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
-    }
+    let reports = if view.allow_patches && !patches.is_empty() {
+        // Patched: this pod's resources are its own.
+        let (sidecar, _) = describe_sidecar(view, plan, pod);
+        let mut built = sidecar.resources();
+        let none = BTreeMap::new();
+        let withdrawn = view.withdrawn.get(&pod.node_id()).unwrap_or(&none);
+        let reports = crate::patch::apply(&patches, &mut built, withdrawn, &mut plan.patches);
+        for listener in &built.listeners {
+            snapshot.insert(LISTENER, interner.resource(&listener.name, any(listener))?);
+        }
+        for cluster in &built.clusters {
+            snapshot.insert(CLUSTER, interner.resource(&cluster.name, any(cluster))?);
+        }
+        for route in &built.routes {
+            snapshot.insert(ROUTE, interner.resource(&route.name, any(route))?);
+        }
+        reports
+    } else {
+        // Unpatched: the outbound clusters are its identity's and the routes its namespace's,
+        // built once and shared; only its listeners and inbound clusters are its own.
+        let (sidecar, _) = describe_ports(view, pod);
+        let services = plan.services(view, &pod.namespace);
+        let own = sidecar.inbound_resources();
+        for listener in own
+            .listeners
+            .iter()
+            .chain(&sidecar.listeners_for(&services))
+        {
+            snapshot.insert(LISTENER, interner.resource(&listener.name, any(listener))?);
+        }
+        for cluster in &own.clusters {
+            snapshot.insert(CLUSTER, interner.resource(&cluster.name, any(cluster))?);
+        }
+        for cluster in plan.clusters(view, interner, &sidecar, pod)?.iter() {
+            snapshot.insert(CLUSTER, cluster.clone());
+        }
+        snapshot.set_type(ROUTE, plan.routes(view, interner, &pod.namespace)?);
+        crate::patch::disabled(&patches)
+    };
     snapshot.set_type(ENDPOINT, plan.endpoints(view, interner)?);
     snapshot.insert(
         SECRET,
@@ -844,25 +1012,9 @@ pub fn sidecar_snapshot(
         SECRET,
         interner.resource(TRUST_BUNDLE, any(&trust_secret(TRUST_BUNDLE, view.bundle)))?,
     );
-    let (inbound_config, outbound_config) = plan.compiled(view, &identity)?.clone();
-    let outbound_config = plan.bundle(&identity, &outbound_config)?;
-    let served = own_services
-        .first()
-        .map(|service| format!("{}.{}", service.meta.name, service.meta.namespace));
-    for port in &sidecar.inbound {
-        let config = inbound_configuration(port, &inbound_config, served.as_deref());
-        let kind = match port.protocol {
-            Protocol::Http => Kind::Http,
-            Protocol::Tcp => Kind::Tcp,
-        };
-        let name = inbound_plugin_name(port.port);
-        let plugin = sidecar.plugin(&name, kind, plan.bundle(&identity, &config)?);
-        snapshot.insert(EXTENSION_CONFIG, interner.resource(&name, any(&plugin))?);
-    }
-    let plugin = sidecar.plugin(OUTBOUND_PLUGIN, Kind::Http, outbound_config);
-    snapshot.insert(
+    snapshot.set_type(
         EXTENSION_CONFIG,
-        interner.resource(OUTBOUND_PLUGIN, any(&plugin))?,
+        sidecar_plugins(view, plan, interner, pod)?,
     );
     debug_assert_eq!(
         weft_xds::snapshot::EXTENSION_CONFIG,
@@ -893,15 +1045,16 @@ mod tests {
     }
 
     fn identities(names: &[&str]) -> Dirty {
-        Dirty::Inbound(
-            names
+        Dirty::Policy {
+            inbound: names
                 .iter()
                 .map(|sa| Identity {
                     namespace: "shop".to_owned(),
                     service_account: (*sa).to_owned(),
                 })
                 .collect(),
-        )
+            outbound: false,
+        }
     }
 
     #[test]
@@ -948,6 +1101,11 @@ mod tests {
         let mut merged = identities(&["a"]);
         merged.merge(identities(&["b"]));
         assert_eq!(merged, identities(&["a", "b"]));
+        merged.merge(dirty(&old, &old, &changed("TrafficSplit", "canary")));
+        let Dirty::Policy { inbound, outbound } = &merged else {
+            panic!("{merged:?}");
+        };
+        assert!(*outbound && inbound.len() == 2);
         merged.merge(Dirty::All);
         assert_eq!(merged, Dirty::All);
     }

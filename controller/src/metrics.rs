@@ -49,7 +49,7 @@ pub struct KindLabels {
 /// How a snapshot was made.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HowLabels {
-    /// `built` or `endpoints`.
+    /// `built`, `policy` or `endpoints`.
     pub how: String,
 }
 
@@ -78,8 +78,8 @@ pub struct Metrics {
     pub rebuilds: Counter,
     /// How long each rebuild took.
     pub rebuild_duration: Histogram,
-    /// Proxies' snapshots built afresh (`how="built"`) or given new endpoints only
-    /// (`how="endpoints"`) by rebuilds.
+    /// Proxies' snapshots built afresh (`how="built"`), given new plugin configurations (and
+    /// endpoints) only (`how="policy"`), or new endpoints only (`how="endpoints"`).
     pub snapshots: Family<HowLabels, Counter>,
     /// Errors while reconciling, per stage.
     pub reconcile_errors: Family<StageLabels, Counter>,
@@ -177,7 +177,7 @@ impl Metrics {
         );
         registry.register(
             "snapshots",
-            "Proxies' snapshots built afresh (how=built) or given new endpoints only (how=endpoints)",
+            "Proxies' snapshots built afresh (how=built), given new plugin configurations only (how=policy) or new endpoints only (how=endpoints)",
             metrics.snapshots.clone(),
         );
         registry.register(

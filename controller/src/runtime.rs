@@ -22,9 +22,9 @@ use weft_policy::object::ObjectKey;
 use weft_xds::cache::SnapshotCache;
 use weft_xds::protocol::{Event, TypeStatus};
 use weft_xds::server::{Admission, AdsService};
-use weft_xds::snapshot::{ENDPOINT, LISTENER, SECRET, short_name, type_version};
+use weft_xds::snapshot::{ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET, short_name, type_version};
 
-use crate::mesh::{MeshView, Pod, sidecar_snapshot};
+use crate::mesh::{MeshView, Pod, sidecar_plugins, sidecar_snapshot};
 use crate::pki::{CaFiles, CaSource, Pki};
 use crate::status::Status;
 use crate::store::Kept;
@@ -253,17 +253,20 @@ struct Builder {
 /// A pod's last build.
 #[derive(Debug)]
 struct BuiltPod {
-    /// A digest of what it was built from.
+    /// A digest of what its resources but the plugin configurations were built from.
     inputs: u64,
+    /// When the compiled policy its plugin configurations hold last changed.
+    policy: (u64, u64, u64),
     snapshot: Arc<weft_xds::snapshot::Snapshot>,
 }
 
-/// When the parts of the catalog a pod's snapshot depends on last changed: all of it, or the
-/// inbound policy of one identity (a number from one counter, so that no two changes share
-/// one).
+/// When the parts of the catalog a pod's snapshot depends on last changed: all of it, every
+/// outbound policy, or the inbound policy of one identity (numbers from one counter, so that no
+/// two changes share one).
 #[derive(Debug, Default)]
 struct Epochs {
     all: u64,
+    outbound: u64,
     inbound: std::collections::HashMap<weft_policy::bundle::Identity, u64>,
     next: u64,
 }
@@ -277,17 +280,26 @@ impl Epochs {
                 self.all = self.next;
                 self.inbound.clear();
             }
-            crate::mesh::Dirty::Inbound(identities) => {
-                for identity in identities {
+            crate::mesh::Dirty::Policy { inbound, outbound } => {
+                for identity in inbound {
                     self.next += 1;
                     self.inbound.insert(identity.clone(), self.next);
+                }
+                if *outbound {
+                    self.next += 1;
+                    self.outbound = self.next;
                 }
             }
         }
     }
 
-    fn of(&self, identity: &weft_policy::bundle::Identity) -> (u64, u64) {
-        (self.all, self.inbound.get(identity).copied().unwrap_or(0))
+    /// When `identity`'s compiled policy last changed.
+    fn policy_of(&self, identity: &weft_policy::bundle::Identity) -> (u64, u64, u64) {
+        (
+            self.all,
+            self.outbound,
+            self.inbound.get(identity).copied().unwrap_or(0),
+        )
     }
 }
 
@@ -985,7 +997,7 @@ impl Shared {
                 return;
             }
         };
-        let (mut rebuilt, mut refreshed) = (0_usize, 0_usize);
+        let (mut rebuilt, mut refreshed, mut recompiled) = (0_usize, 0_usize, 0_usize);
         for pod in &pods {
             let node = pod.node_id();
             let identity = pod.identity();
@@ -995,24 +1007,38 @@ impl Shared {
             };
             let inputs = digest_of(&(
                 pod,
-                epochs.of(&identity),
+                epochs.all,
                 certificate_digest,
                 shared_inputs,
                 withdrawn.get(&node).map(|w| format!("{w:?}")),
             ));
+            let policy = epochs.policy_of(&identity);
             let snapshot = match built.get(&node) {
                 Some(last) if last.inputs == inputs => {
-                    if last
+                    let endpoints_current = last
                         .snapshot
                         .resources(ENDPOINT)
-                        .is_some_and(|current| std::ptr::eq(current, &*endpoints))
-                    {
+                        .is_some_and(|current| std::ptr::eq(current, &*endpoints));
+                    if endpoints_current && last.policy == policy {
                         continue;
                     }
-                    // Only the endpoints changed: the rest of its snapshot is shared.
+                    // The rest of its snapshot is shared: only the endpoints, or the plugin
+                    // configurations, are new.
                     let mut snapshot = (*last.snapshot).clone();
                     snapshot.set_type(ENDPOINT, endpoints.clone());
-                    refreshed += 1;
+                    if last.policy == policy {
+                        refreshed += 1;
+                    } else {
+                        recompiled += 1;
+                        match sidecar_plugins(&view, plan, interner, pod) {
+                            Ok(plugins) => snapshot.set_type(EXTENSION_CONFIG, plugins),
+                            Err(err) => {
+                                log::error!("weft: {node}: {err}; it keeps its last configuration");
+                                self.metrics.reconcile_error("snapshot");
+                                continue;
+                            }
+                        }
+                    }
                     Arc::new(snapshot)
                 }
                 _ => match sidecar_snapshot(&view, plan, interner, pod, &certificate.pem) {
@@ -1046,6 +1072,7 @@ impl Shared {
                 node.clone(),
                 BuiltPod {
                     inputs,
+                    policy,
                     snapshot: snapshot.clone(),
                 },
             );
@@ -1060,7 +1087,11 @@ impl Shared {
         }
         interner.sweep();
         drop(builder);
-        for (how, count) in [("built", rebuilt), ("endpoints", refreshed)] {
+        for (how, count) in [
+            ("built", rebuilt),
+            ("endpoints", refreshed),
+            ("policy", recompiled),
+        ] {
             self.metrics
                 .snapshots
                 .get_or_create(&crate::metrics::HowLabels {
@@ -1069,7 +1100,7 @@ impl Shared {
                 .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
         }
         log::debug!(
-            "weft: rebuilt {rebuilt} proxies' configuration and refreshed the endpoints of {refreshed} ({} pods) in {:?}",
+            "weft: built {rebuilt} proxies' configuration, their plugin configurations for {recompiled}, their endpoints for {refreshed} ({} pods) in {:?}",
             pods.len(),
             started.elapsed()
         );

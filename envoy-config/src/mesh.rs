@@ -148,6 +148,37 @@ pub struct SidecarResources {
     pub routes: Vec<RouteConfiguration>,
 }
 
+/// The outbound route configuration of a sidecar that calls `services` (the same for every
+/// sidecar of a namespace).
+pub fn routes_for(services: &[OutboundService]) -> RouteConfiguration {
+    let mut virtual_hosts = Vec::new();
+    for service in services {
+        if service.protocol == Protocol::Http {
+            let domains: Vec<String> = service
+                .hosts
+                .iter()
+                .cloned()
+                .chain(
+                    service
+                        .hosts
+                        .iter()
+                        .map(|h| format!("{h}:{}", service.port)),
+                )
+                .collect();
+            virtual_hosts.push(service_virtual_host(service, &domains));
+        }
+    }
+    virtual_hosts.push(virtual_host(
+        "unknown",
+        &["*".to_owned()],
+        vec![
+            split_route(),
+            direct_response(404, "weft: no Service of the mesh has that name\n"),
+        ],
+    ));
+    route_configuration(OUTBOUND, virtual_hosts)
+}
+
 fn on(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
@@ -164,6 +195,15 @@ impl Sidecar {
     /// configurations are served beside them: see [`Sidecar::endpoints`],
     /// [`Sidecar::plugin`]).
     pub fn resources(&self) -> SidecarResources {
+        let mut resources = self.inbound_resources();
+        resources.clusters.extend(self.outbound_clusters());
+        resources.routes.push(self.outbound_routes());
+        resources.listeners.extend(self.outbound_listeners());
+        resources
+    }
+
+    /// Its inbound listeners and the clusters of its application's ports: the pod's own.
+    pub fn inbound_resources(&self) -> SidecarResources {
         let mut resources = SidecarResources::default();
         for port in &self.inbound {
             let name = inbound_name(port.port);
@@ -201,51 +241,58 @@ impl Sidecar {
                 .clusters
                 .push(static_cluster(&name, &[on(self.app_ip, port.port)]));
         }
-        let mut virtual_hosts = Vec::new();
-        for service in &self.services {
-            let tls = upstream_tls(&self.credentials(), &service.identities, &[]);
-            let mut cluster = with_tls(eds_cluster(&service.cluster), tls);
-            if let Some(traffic) = &service.traffic {
-                apply_to_cluster(&mut cluster, &traffic.settings);
-            }
-            resources.clusters.push(cluster);
-            match service.protocol {
-                Protocol::Http => {
-                    let domains: Vec<String> = service
-                        .hosts
-                        .iter()
-                        .cloned()
-                        .chain(
-                            service
-                                .hosts
-                                .iter()
-                                .map(|h| format!("{h}:{}", service.port)),
-                        )
-                        .collect();
-                    virtual_hosts.push(service_virtual_host(service, &domains));
+        resources
+    }
+
+    /// The clusters of the Services it calls: the same for every sidecar of its identity and
+    /// namespace.
+    pub fn outbound_clusters(&self) -> Vec<Cluster> {
+        self.clusters_for(&self.services)
+    }
+
+    /// [`Sidecar::outbound_clusters`] for `services` instead of its own.
+    pub fn clusters_for(&self, services: &[OutboundService]) -> Vec<Cluster> {
+        services
+            .iter()
+            .map(|service| {
+                let tls = upstream_tls(&self.credentials(), &service.identities, &[]);
+                let mut cluster = with_tls(eds_cluster(&service.cluster), tls);
+                if let Some(traffic) = &service.traffic {
+                    apply_to_cluster(&mut cluster, &traffic.settings);
                 }
-                // The pod's own port is its inbound listener; it does not call itself there.
-                Protocol::Tcp if self.inbound.iter().any(|p| p.port == service.port) => {}
-                Protocol::Tcp => resources.listeners.push(tcp_listener(
+                cluster
+            })
+            .collect()
+    }
+
+    /// The outbound route configuration: the same for every sidecar of its namespace.
+    pub fn outbound_routes(&self) -> RouteConfiguration {
+        routes_for(&self.services)
+    }
+
+    /// Its outbound listeners, on the pod's address: one per TCP Service port, then the HTTP
+    /// one.
+    pub fn outbound_listeners(&self) -> Vec<Listener> {
+        self.listeners_for(&self.services)
+    }
+
+    /// [`Sidecar::outbound_listeners`] for `services` instead of its own.
+    pub fn listeners_for(&self, services: &[OutboundService]) -> Vec<Listener> {
+        let mut listeners = Vec::new();
+        for service in services {
+            // The pod's own port is its inbound listener; it does not call itself there.
+            if service.protocol == Protocol::Tcp
+                && !self.inbound.iter().any(|p| p.port == service.port)
+            {
+                listeners.push(tcp_listener(
                     &outbound_tcp_name(&service.cluster),
                     on(self.pod_ip, service.port),
                     Vec::new(),
                     &service.cluster,
                     None,
-                )),
+                ));
             }
         }
-        virtual_hosts.push(virtual_host(
-            "unknown",
-            &["*".to_owned()],
-            vec![
-                split_route(),
-                direct_response(404, "weft: no Service of the mesh has that name\n"),
-            ],
-        ));
-        resources
-            .routes
-            .push(route_configuration(OUTBOUND, virtual_hosts));
         let mut outbound = HttpListener::new(
             OUTBOUND,
             on(self.pod_ip, OUTBOUND_PORT),
@@ -254,8 +301,8 @@ impl Sidecar {
         outbound.filters = vec![discovered_http_filter(OUTBOUND_PLUGIN)];
         outbound.filters.extend(outbound_filters());
         outbound.strip_request_headers = vec![ROUTE_HEADER.to_owned()];
-        resources.listeners.push(outbound.build());
-        resources
+        listeners.push(outbound.build());
+        listeners
     }
 
     /// A weft plugin of this sidecar (ECDS resource `resource_name`) with `configuration`.

@@ -400,9 +400,7 @@ impl Stream {
         if self.snapshot.is_none() {
             return;
         }
-        let resources = self.selected(type_url);
-        let version = set_version(resources.iter().copied());
-        let bodies: Vec<_> = resources.iter().map(|r| r.body.clone()).collect();
+        let version = set_version(self.selected(type_url));
         let Some(state) = self.types.get_mut(type_url) else {
             return;
         };
@@ -427,10 +425,18 @@ impl Stream {
         }
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        state.sent = Some(Sent {
-            version: version.clone(),
-            nonce: nonce.clone(),
-        });
+        // Copied only when sent: most types of a new snapshot are unchanged.
+        let bodies: Vec<_> = self
+            .selected(type_url)
+            .into_iter()
+            .map(|r| r.body.clone())
+            .collect();
+        if let Some(state) = self.types.get_mut(type_url) {
+            state.sent = Some(Sent {
+                version: version.clone(),
+                nonce: nonce.clone(),
+            });
+        }
         for (by, warmed) in WARMED_BY {
             if type_url == by {
                 self.owed.insert(warmed);

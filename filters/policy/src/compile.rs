@@ -23,7 +23,7 @@ pub enum CompileError {
 }
 
 /// Which listener of the workload the configuration is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// Server side: access control for traffic to this workload.
     Inbound,

@@ -1,10 +1,13 @@
 //! `weft-xds-bench` (run by `make bench`): the controller under many proxies. Starts
-//! `weft controller` (the release build) on a generated mesh of N pods, connects N simulated
-//! proxies that speak real ADS over gRPC and mTLS as Envoy does (subscribe to CDS and LDS, then
-//! to the EDS, RDS, SDS and ECDS resources those name; ACK every response), then edits a
-//! TrafficSplit on disk several times and measures, per change, the time from the file's
-//! rename to each proxy receiving the new plugin configuration (it ACKs at once). Also the
-//! controller's resident memory per connected proxy and CPU time per change. Beside them, a
+//! `weft controller` (the release build) on a generated mesh of N pods spread as a real mesh
+//! is (workloads of 10 pods, 10 workloads per namespace, each with its Service and a
+//! TrafficTarget), connects N simulated proxies that speak real ADS over gRPC and mTLS as Envoy
+//! does (subscribe to CDS and LDS, then to the EDS, RDS, SDS and ECDS resources those name; ACK
+//! every response), then edits the manifests on disk several times and measures, per change,
+//! the time from the file's rename to each affected proxy receiving it (it ACKs at once): a
+//! TrafficSplit edit (every proxy's plugin configuration), a TrafficTarget edit (the plugin
+//! configuration of one workload's 10 proxies) and a Service edit (every proxy's clusters).
+//! Also the controller's resident memory per connected proxy and CPU time per change. Beside them, a
 //! few real Envoys (`weft sidecar --exec envoy`, default 3) are measured the same way: from the
 //! rename to the Envoy's counter of applied plugin updates moving. Prints a Markdown table.
 //! Then churn: cycles in which a workload appears with a tenth as many pods as the mesh, their
@@ -44,8 +47,19 @@ use weft_envoy_config::pb::envoy::service::discovery::v3::aggregated_discovery_s
 use weft_envoy_config::pb::google::protobuf::{Struct, Value, value};
 use weft_xds::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
 
-/// Workloads (and ServiceAccounts) the pods are spread over.
-const WORKLOADS: usize = 10;
+/// Pods per workload (a Deployment with its ServiceAccount and Service).
+const PODS_PER_WORKLOAD: usize = 10;
+
+/// Workloads per namespace.
+const WORKLOADS_PER_NAMESPACE: usize = 10;
+
+/// The namespace of workload `w`.
+fn namespace_of(workload: usize) -> String {
+    format!("bench-{}", workload / WORKLOADS_PER_NAMESPACE)
+}
+
+/// The namespace of the split, the real Envoys and the churn.
+const FIRST: &str = "bench-0";
 
 /// How many simulated proxies connect at once.
 const CONNECT_WAVE: usize = 500;
@@ -59,38 +73,82 @@ impl Drop for Controller {
     }
 }
 
-fn manifests(dir: &Path, pods: usize, weight: u32) -> anyhow::Result<()> {
-    let mut yaml = String::new();
-    let replicas = pods / WORKLOADS;
-    for i in 0..WORKLOADS {
-        yaml += &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{i}, namespace: bench}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: app-{i}}}}}\n    spec:\n      serviceAccountName: sa-{i}\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 8080}}]\n---\n\
-             apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: to-{i}, namespace: bench}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-{i}, namespace: bench}}\n  sources: [{{kind: ServiceAccount, name: sa-{}, namespace: bench}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n---\n",
-            (i + 1) % WORKLOADS
+fn manifests(dir: &Path, pods: usize, envoys: usize, weight: u32) -> anyhow::Result<()> {
+    let workloads = pods.div_ceil(PODS_PER_WORKLOAD).max(3);
+    let namespaces = workloads.div_ceil(WORKLOADS_PER_NAMESPACE);
+    for n in 0..namespaces {
+        let ns = format!("bench-{n}");
+        let mut yaml = format!(
+            "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: all, namespace: {ns}}}\nspec:\n  matches: [{{name: any, pathRegex: \".*\"}}]\n---\n"
         );
+        let members =
+            (n * WORKLOADS_PER_NAMESPACE)..((n + 1) * WORKLOADS_PER_NAMESPACE).min(workloads);
+        let size = members.len();
+        for i in members {
+            let caller = n * WORKLOADS_PER_NAMESPACE + (i + 1) % size;
+            yaml += &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{i}, namespace: {ns}}}\nspec:\n  replicas: {PODS_PER_WORKLOAD}\n  template:\n    metadata: {{labels: {{app: app-{i}}}}}\n    spec:\n      serviceAccountName: sa-{i}\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: {ns}}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 8080}}]\n---\n\
+                 apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: to-{i}, namespace: {ns}}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-{i}, namespace: {ns}}}\n  sources: [{{kind: ServiceAccount, name: sa-{caller}, namespace: {ns}}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n---\n",
+            );
+        }
+        std::fs::write(dir.join(format!("{ns}.yaml")), yaml)?;
     }
-    yaml += "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: all, namespace: bench}\nspec:\n  matches: [{name: any, pathRegex: \".*\"}]\n";
-    std::fs::write(dir.join("mesh.yaml"), yaml)?;
-    write_split(dir, weight)
+    let real = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: real, namespace: {FIRST}}}\nspec:\n  replicas: {}\n  template:\n    metadata: {{labels: {{app: real}}}}\n    spec:\n      serviceAccountName: sa-real\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n",
+        envoys.max(1)
+    );
+    std::fs::write(dir.join("real.yaml"), real)?;
+    write_split(dir, weight)?;
+    write_target(dir, 0)?;
+    write_extra_port(dir, 0)
+}
+
+/// Writes `name` in `dir` as editors and tools do: a new file renamed over the old.
+fn replace(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let staging = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&staging, text)?;
+    std::fs::rename(&staging, dir.join(name))?;
+    Ok(())
 }
 
 fn write_split(dir: &Path, weight: u32) -> anyhow::Result<()> {
     let split = format!(
-        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: canary, namespace: bench}}\nspec:\n  service: svc-0\n  backends:\n  - {{service: svc-1, weight: {weight}}}\n  - {{service: svc-2, weight: {}}}\n",
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: canary, namespace: {FIRST}}}\nspec:\n  service: svc-0\n  backends:\n  - {{service: svc-1, weight: {weight}}}\n  - {{service: svc-2, weight: {}}}\n",
         100 - weight
     );
-    let staging = dir.join(".split.tmp");
-    std::fs::write(&staging, split)?;
-    std::fs::rename(&staging, dir.join("split.yaml"))?;
-    Ok(())
+    replace(dir, "split.yaml", &split)
 }
 
-/// What the simulated proxies report.
+/// The workload whose proxies a TrafficTarget edit reaches.
+const EDITED_WORKLOAD: usize = 3;
+
+/// A TrafficTarget to workload [`EDITED_WORKLOAD`] from a caller that changes with `edit`.
+fn write_target(dir: &Path, edit: usize) -> anyhow::Result<()> {
+    let target = format!(
+        "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: edited, namespace: {FIRST}}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-{EDITED_WORKLOAD}, namespace: {FIRST}}}\n  sources: [{{kind: ServiceAccount, name: sa-{}, namespace: {FIRST}}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n",
+        4 + edit % 2
+    );
+    replace(dir, "target.yaml", &target)
+}
+
+/// A Service of its own with a TCP port that changes with `edit`: every proxy gets a new
+/// cluster.
+fn write_extra_port(dir: &Path, edit: usize) -> anyhow::Result<()> {
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: extra, namespace: {FIRST}}}\nspec:\n  selector: {{app: app-1}}\n  ports: [{{name: tcp-extra, port: {}}}]\n",
+        9000 + edit
+    );
+    replace(dir, "extra.yaml", &service)
+}
+
+/// What the simulated proxies report: a response of a type that matters to the bench.
 #[derive(Debug)]
 struct Received {
     proxy: usize,
     at: Instant,
+    /// ECDS or CDS.
+    kind: &'static str,
 }
 
 #[derive(Clone)]
@@ -116,6 +174,7 @@ impl Identity {
 struct SimPod {
     /// Node id, namespace/name.
     id: String,
+    namespace: String,
     workload: String,
     service_account: String,
     pod_ip: Ipv4Addr,
@@ -123,19 +182,29 @@ struct SimPod {
 }
 
 impl SimPod {
-    /// Replica `replica` of workload `workload`, at addresses of its own in 127.90-99.
-    fn new(workload: &str, service_account: &str, number: usize, replica: usize) -> Self {
+    /// Replica `replica` of workload `workload` in `namespace`; `slot` numbers the pod among
+    /// every pod of the run, for addresses of its own in 127.90-99 (pods) and 127.110-119
+    /// (applications).
+    fn new(
+        namespace: &str,
+        workload: &str,
+        service_account: &str,
+        slot: usize,
+        replica: usize,
+    ) -> Self {
         let address = |base: usize| {
             let octet = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+            let block = slot / 250;
             Ipv4Addr::new(
                 127,
-                octet(base + replica / 250),
-                octet(number + 1),
-                octet(replica % 250 + 1),
+                octet(base + block / 250),
+                octet(block % 250 + 1),
+                octet(slot % 250 + 1),
             )
         };
         Self {
-            id: format!("bench/{workload}-{replica}"),
+            id: format!("{namespace}/{workload}-{replica}"),
+            namespace: namespace.to_owned(),
             workload: workload.to_owned(),
             service_account: service_account.to_owned(),
             pod_ip: address(90),
@@ -143,14 +212,15 @@ impl SimPod {
         }
     }
 
-    /// Pod `index` of the generated mesh (spread over the workloads).
+    /// Pod `index` of the generated mesh: replica `index % 10` of workload `index / 10`.
     fn of_mesh(index: usize) -> Self {
-        let workload = index % WORKLOADS;
+        let workload = index / PODS_PER_WORKLOAD;
         Self::new(
+            &namespace_of(workload),
             &format!("app-{workload}"),
             &format!("sa-{workload}"),
-            workload,
-            index / WORKLOADS,
+            index,
+            index % PODS_PER_WORKLOAD,
         )
     }
 }
@@ -194,7 +264,7 @@ async fn proxy(
     };
     let node = Node {
         id: pod.id.clone(),
-        cluster: format!("bench/{}", pod.service_account),
+        cluster: format!("{}/{}", pod.namespace, pod.service_account),
         metadata: Some(metadata(&[
             ("workload", pod.workload.clone()),
             ("pod_ip", pod.pod_ip.to_string()),
@@ -215,7 +285,10 @@ async fn proxy(
     first.node = Some(node);
     sender.send(first)?;
     sender.send(request(LISTENER, Vec::new(), String::new(), String::new()))?;
-    let spiffe = format!("spiffe://cluster.local/ns/bench/sa/{}", pod.service_account);
+    let spiffe = format!(
+        "spiffe://cluster.local/ns/{}/sa/{}",
+        pod.namespace, pod.service_account
+    );
     sender.send(request(
         SECRET,
         vec![spiffe, TRUST_BUNDLE.to_owned()],
@@ -238,7 +311,10 @@ async fn proxy(
     names.insert(
         SECRET.to_owned(),
         vec![
-            format!("spiffe://cluster.local/ns/bench/sa/{}", pod.service_account),
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                pod.namespace, pod.service_account
+            ),
             TRUST_BUNDLE.to_owned(),
         ],
     );
@@ -256,6 +332,11 @@ async fn proxy(
         // Follow what the response names, as Envoy does.
         match type_url.as_str() {
             CLUSTER => {
+                let _ = report.send(Received {
+                    proxy: index,
+                    at,
+                    kind: CLUSTER,
+                });
                 let clusters: BTreeSet<String> = response
                     .resources
                     .iter()
@@ -294,7 +375,11 @@ async fn proxy(
                 }
             }
             EXTENSION_CONFIG => {
-                let _ = report.send(Received { proxy: index, at });
+                let _ = report.send(Received {
+                    proxy: index,
+                    at,
+                    kind: EXTENSION_CONFIG,
+                });
             }
             _ => {}
         }
@@ -337,7 +422,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 const OUTBOUND_PLUGIN_UPDATES: &str =
     "extension_config_discovery.http_filter.weft.outbound.update_success";
 
-/// A real Envoy of the bench: `weft sidecar --exec envoy` for one pod of workload `app-0`.
+/// A real Envoy of the bench: `weft sidecar --exec envoy` for one pod of workload `real`.
 struct RealEnvoy {
     _sidecar: Controller,
     admin: SocketAddr,
@@ -351,11 +436,11 @@ fn weft_binary() -> std::path::PathBuf {
 /// bootstrap credential issued from the CA in `state`, files under `dir`.
 fn real_envoy(index: usize, state: &Path, dir: &Path, xds: u16) -> anyhow::Result<RealEnvoy> {
     let pod_ip = Ipv4Addr::new(127, 92, 0, u8::try_from(index + 1)?);
-    let name = format!("bench/app-0-envoy-{index}");
+    let name = format!("{FIRST}/real-{index}");
     let pod = RemotePod {
         pod: &name,
-        workload: "app-0",
-        service_account: "sa-0",
+        workload: "real",
+        service_account: "sa-real",
         pod_ip,
         app_ip: Ipv4Addr::new(127, 93, 0, u8::try_from(index + 1)?),
     };
@@ -393,29 +478,28 @@ async fn applied(envoy: SocketAddr, before: u64, written: Instant) -> anyhow::Re
 /// What one run measured: the row of the convergence table, and of the churn table.
 struct Rows {
     convergence: String,
+    targeted: String,
     churn: String,
 }
 
 /// The churn workload's manifest: a Deployment, a Service, and a TrafficTarget letting it call
-/// `svc-0` (so that every proxy of app-0 gets a new source in its plugin configuration), with
+/// `svc-0` (so that every proxy of app-0 gets a new source in its plugin configuration), in
+/// the first namespace, with
 /// `replicas` pods (the controller lets a workload's sidecars register as many).
 fn write_churn(dir: &Path, replicas: usize) -> anyhow::Result<()> {
     let yaml = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: churn, namespace: bench}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: churn}}}}\n    spec:\n      serviceAccountName: sa-churn\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
-                apiVersion: v1\nkind: Service\nmetadata: {{name: svc-churn, namespace: bench}}\nspec:\n  selector: {{app: churn}}\n  ports: [{{port: 8080}}]\n---\n\
-                apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: churn-to-0, namespace: bench}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-0, namespace: bench}}\n  sources: [{{kind: ServiceAccount, name: sa-churn, namespace: bench}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: churn, namespace: {FIRST}}}\nspec:\n  replicas: {replicas}\n  template:\n    metadata: {{labels: {{app: churn}}}}\n    spec:\n      serviceAccountName: sa-churn\n      containers: [{{command: [app], ports: [{{containerPort: 8080}}]}}]\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {{name: svc-churn, namespace: {FIRST}}}\nspec:\n  selector: {{app: churn}}\n  ports: [{{port: 8080}}]\n---\n\
+                apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: churn-to-0, namespace: {FIRST}}}\nspec:\n  destination: {{kind: ServiceAccount, name: sa-0, namespace: {FIRST}}}\n  sources: [{{kind: ServiceAccount, name: sa-churn, namespace: {FIRST}}}]\n  rules: [{{kind: HTTPRouteGroup, name: all}}]\n"
     );
-    let staging = dir.join(".churn.tmp");
-    std::fs::write(&staging, yaml)?;
-    std::fs::rename(&staging, dir.join("churn.yaml"))?;
-    Ok(())
+    replace(dir, "churn.yaml", &yaml)
 }
 
-/// Waits until `count` distinct proxies that `wanted` picks have reported a plugin
-/// configuration (reports of others are dropped), for at most `within`; returns when each
-/// first did.
+/// Waits until `count` distinct proxies that `wanted` picks have reported a response of
+/// `kind` (other reports are dropped), for at most `within`; returns when each first did.
 async fn reports_from(
     received: &mut mpsc::UnboundedReceiver<Received>,
+    kind: &str,
     wanted: impl Fn(usize) -> bool,
     count: usize,
     within: Duration,
@@ -424,8 +508,8 @@ async fn reports_from(
     let mut first = BTreeMap::new();
     while first.len() < count {
         match tokio::time::timeout_at(deadline, received.recv()).await {
-            Ok(Some(Received { proxy, at })) if wanted(proxy) => {
-                first.entry(proxy).or_insert(at);
+            Ok(Some(report)) if report.kind == kind && wanted(report.proxy) => {
+                first.entry(report.proxy).or_insert(report.at);
             }
             Ok(Some(_)) => {}
             Ok(None) => anyhow::bail!("reports ended"),
@@ -473,7 +557,7 @@ async fn pods_known(admin: u16, pods: usize) -> anyhow::Result<()> {
 async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> anyhow::Result<Rows> {
     let manifests_dir = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
-    manifests(manifests_dir.path(), proxies, 50)?;
+    manifests(manifests_dir.path(), proxies, envoys, 50)?;
     let (xds, admin) = (free_port()?, free_port()?);
     let weft = weft_binary();
     let child = Command::new(&weft)
@@ -508,11 +592,11 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     let ca_pem = std::fs::read_to_string(&ca_file)?;
     let key_pem = std::fs::read_to_string(state.path().join(weft_certs::CA_KEY_FILE))?;
     let ca = MeshCa::from_pem(&ca_pem, &key_pem, "cluster.local")?;
-    let identities: Vec<Identity> = (0..WORKLOADS)
+    let identities: Vec<Identity> = (0..proxies.div_ceil(PODS_PER_WORKLOAD))
         .map(|i| {
             Ok(Identity {
                 cert: ca.issue(
-                    &format!("bench/sa-{i}").parse()?,
+                    &format!("{}/sa-{i}", namespace_of(i)).parse()?,
                     Validity::starting_now(Duration::from_secs(3600)),
                 )?,
                 ca_pem: ca_pem.clone(),
@@ -529,7 +613,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     let started = Instant::now();
     for wave in (0..proxies).collect::<Vec<_>>().chunks(CONNECT_WAVE) {
         for &index in wave {
-            let identity = identities[index % WORKLOADS].clone();
+            let identity = identities[index / PODS_PER_WORKLOAD].clone();
             tasks.spawn(proxy(
                 index,
                 SimPod::of_mesh(index),
@@ -541,6 +625,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         let this_wave = wave[0]..=wave[wave.len() - 1];
         let configured = reports_from(
             &mut received,
+            EXTENSION_CONFIG,
             |proxy| this_wave.contains(&proxy),
             wave.len(),
             Duration::from_secs(120),
@@ -560,10 +645,8 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
             );
         }
     }
-    eprintln!(
-        "weft-xds-bench: {proxies} proxies connected and configured in {:?}",
-        started.elapsed()
-    );
+    let bring_up = started.elapsed();
+    eprintln!("weft-xds-bench: {proxies} proxies connected and configured in {bring_up:?}");
     let envoy_files = tempfile::tempdir()?;
     let real = (0..envoys)
         .map(|index| real_envoy(index, state.path(), envoy_files.path(), xds))
@@ -594,9 +677,15 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         for (envoy, before) in real.iter().zip(before) {
             real_applied.spawn(applied(envoy.admin, before, written));
         }
-        let reached = reports_from(&mut received, |_| true, proxies, Duration::from_secs(30))
-            .await
-            .context("a change did not reach every proxy")?;
+        let reached = reports_from(
+            &mut received,
+            EXTENSION_CONFIG,
+            |_| true,
+            proxies,
+            Duration::from_secs(30),
+        )
+        .await
+        .context("a change did not reach every proxy")?;
         latencies.extend(
             reached
                 .values()
@@ -612,13 +701,70 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     latencies.sort();
     real_latencies.sort();
 
+    // TrafficTarget edits: only the destination's proxies are reached.
+    let edited = |proxy: usize| proxy / PODS_PER_WORKLOAD == EDITED_WORKLOAD;
+    let affected = (0..proxies).filter(|p| edited(*p)).count();
+    let cpu_before = cpu_seconds(pid)?;
+    let mut target_latencies = Vec::new();
+    let mut others_reached = 0;
+    for change in 0..changes {
+        write_target(manifests_dir.path(), change + 1)?;
+        let written = Instant::now();
+        let reached = reports_from(
+            &mut received,
+            EXTENSION_CONFIG,
+            edited,
+            affected,
+            Duration::from_secs(30),
+        )
+        .await
+        .context("a TrafficTarget edit did not reach its destination's proxies")?;
+        target_latencies.extend(
+            reached
+                .values()
+                .map(|at| at.saturating_duration_since(written)),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(report) = received.try_recv() {
+            others_reached += usize::from(report.proxy < proxies && !edited(report.proxy));
+        }
+    }
+    let cpu_per_target = (cpu_seconds(pid)? - cpu_before) / changes as f64;
+    target_latencies.sort();
+
+    // Service edits: a port of a Service changes, every proxy gets new clusters.
+    let cpu_before = cpu_seconds(pid)?;
+    let mut service_latencies = Vec::new();
+    for change in 0..changes {
+        write_extra_port(manifests_dir.path(), change + 1)?;
+        let written = Instant::now();
+        let reached = reports_from(
+            &mut received,
+            CLUSTER,
+            |proxy| proxy < proxies,
+            proxies,
+            Duration::from_secs(30),
+        )
+        .await
+        .context("a Service edit did not reach every proxy")?;
+        service_latencies.extend(
+            reached
+                .values()
+                .map(|at| at.saturating_duration_since(written)),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while received.try_recv().is_ok() {}
+    }
+    let cpu_per_service = (cpu_seconds(pid)? - cpu_before) / changes as f64;
+    service_latencies.sort();
+
     // Churn: in each cycle a workload appears with a tenth as many pods as the mesh, its
     // proxies connect and get their configuration, then they disconnect and the workload
     // goes; once the controller has forgotten them, its memory is read.
     let churn_size = (proxies / 10).max(1);
     let churn_identity = Identity {
         cert: ca.issue(
-            &"bench/sa-churn".parse()?,
+            &format!("{FIRST}/sa-churn").parse()?,
             Validity::starting_now(Duration::from_secs(3600)),
         )?,
         ca_pem: ca_pem.clone(),
@@ -636,7 +782,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         for k in 0..churn_size {
             churners.spawn(proxy(
                 first + k,
-                SimPod::new("churn", "sa-churn", WORKLOADS, k),
+                SimPod::new(FIRST, "churn", "sa-churn", proxies + envoys + k, k),
                 address.clone(),
                 churn_identity.clone(),
                 report.clone(),
@@ -644,6 +790,7 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         }
         reports_from(
             &mut received,
+            EXTENSION_CONFIG,
             |proxy| proxy >= first,
             churn_size,
             Duration::from_secs(60),
@@ -696,7 +843,21 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
         connected_kib as f64 / 1024.0,
         cpu_per_change * 1000.0,
     );
-    Ok(Rows { convergence, churn })
+    let targeted = format!(
+        "| {proxies} + {envoys} | {:.1} s | {affected} | {:.0} | {:.0} | {:.0} | {others_reached} | {} | {:.0} | {:.0} |",
+        bring_up.as_secs_f64(),
+        ms(percentile(&target_latencies, 0.5)),
+        ms(percentile(&target_latencies, 0.99)),
+        cpu_per_target * 1000.0,
+        service_latencies.len(),
+        ms(percentile(&service_latencies, 0.99)),
+        cpu_per_service * 1000.0,
+    );
+    Ok(Rows {
+        convergence,
+        targeted,
+        churn,
+    })
 }
 
 /// Accepts every proxy and records nothing: the probe's server.
@@ -767,7 +928,7 @@ async fn transport_probe(connections: usize) -> anyhow::Result<String> {
     let idle = rss_kib(pid)?;
     let identity = Identity {
         cert: ca.issue(
-            &"bench/sa-0".parse()?,
+            &format!("{FIRST}/sa-0").parse()?,
             Validity::starting_now(Duration::from_secs(3600)),
         )?,
         ca_pem: ca.pem().cert_pem.clone(),
@@ -834,11 +995,22 @@ async fn main() -> anyhow::Result<()> {
         "| simulated + real proxies | samples | change to simulated proxy p50 (ms) | p99 (ms) | max (ms) | change to real Envoy applied p50 / max (ms) | controller RSS per proxy (KiB) | controller RSS (MiB) | controller CPU per change (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut churn = Vec::new();
+    let (mut churn, mut targeted) = (Vec::new(), Vec::new());
     for count in &proxies {
         let rows = run(*count, changes, envoys, cycles).await?;
         println!("{}", rows.convergence);
         churn.push(rows.churn);
+        targeted.push(rows.targeted);
+    }
+    println!(
+        "\nBring-up, and {changes} TrafficTarget edits (reaching one workload's proxies) and {changes} Service edits (a TCP port: every proxy's clusters):\n"
+    );
+    println!(
+        "| simulated + real proxies | connected and configured in | proxies a TrafficTarget edit reaches | its p50 (ms) | its p99 (ms) | CPU per TrafficTarget edit (ms) | other proxies sent a plugin configuration | Service edit samples | its p99 (ms) | CPU per Service edit (ms) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in targeted {
+        println!("{row}");
     }
     println!(
         "\nChurn: per cycle a workload appears with a tenth as many pods, their proxies connect and get their configuration, disconnect, and the workload goes; the controller's RSS once it has forgotten them:\n"
