@@ -3,7 +3,9 @@
 //! nonces, subscription changes, any version claimed), snapshot updates and reconnects, with a
 //! model of the proxy beside it. After every step the protocol's rules must hold:
 //! - a response is only for a type the proxy subscribed to, and carries exactly the resources
-//!   of its subscription that the current snapshot holds;
+//!   of its subscription that the current snapshot holds; for endpoints, it may carry only
+//!   those that changed, and then what the proxy holds is still every resource of its
+//!   subscription as the snapshot has it;
 //! - a version the proxy NACKed is never sent again on that stream;
 //! - content is never sent twice in a row (only a new subscription, and endpoints or routes
 //!   once the proxy applied a cluster or listener change, are answered with what was sent
@@ -82,6 +84,10 @@ struct ProxyType {
     refused: BTreeSet<String>,
     /// Whether the server processed a request of this type on this stream.
     subscribed: bool,
+    /// Endpoints: what it holds by name, and whether that is known (not after a NACK, until
+    /// a response brings everything again).
+    held: BTreeMap<String, Any>,
+    held_known: bool,
 }
 
 struct Model {
@@ -176,9 +182,35 @@ impl Model {
         );
         let expected = self.expected(type_url);
         let bodies: Vec<Any> = expected.iter().map(|r| r.body.clone()).collect();
-        assert_eq!(response.resources, bodies, "{type_url}: not its subscription's resources");
-        assert_eq!(response.version_info, set_version(expected.iter()), "{type_url}: version");
         let proxy = self.types.get_mut(type_url).expect("a known type");
+        if type_url == ENDPOINT && response.resources != bodies {
+            // Only what changed: a part of the subscription, in its order.
+            let mut rest = bodies.iter();
+            assert!(
+                response.resources.iter().all(|body| rest.any(|b| b == body)),
+                "{type_url}: not a part of its subscription's resources"
+            );
+        } else {
+            assert_eq!(response.resources, bodies, "{type_url}: not its subscription's resources");
+            proxy.held_known = true;
+        }
+        if type_url == ENDPOINT {
+            for body in &response.resources {
+                let name = String::from_utf8_lossy(&body.value[..1]).into_owned();
+                proxy.held.insert(name, body.clone());
+            }
+            if proxy.held_known {
+                for resource in &expected {
+                    assert_eq!(
+                        proxy.held.get(&resource.name),
+                        Some(&resource.body),
+                        "{type_url}: after a response of changes only, the proxy lacks {}'s current content",
+                        resource.name
+                    );
+                }
+            }
+        }
+        assert_eq!(response.version_info, set_version(expected.iter()), "{type_url}: version");
         assert!(proxy.subscribed, "{type_url}: a response without a subscription");
         assert!(
             !proxy.refused.contains(&response.version_info),
@@ -261,6 +293,10 @@ impl Model {
         if first || current {
             // The server takes this request: its subscription is the proxy's.
             let proxy = self.types.get_mut(type_url).expect("a known type");
+            if nack && !first {
+                // Refused: what it holds is not known from here.
+                proxy.held_known = false;
+            }
             proxy.subscribed = true;
             proxy.wildcard = is_wildcard_type(type_url) && (names.is_empty() || star);
             proxy.names = names;
@@ -289,6 +325,7 @@ impl Model {
         for proxy in self.types.values_mut() {
             *proxy = ProxyType {
                 holds: proxy.holds.clone(),
+                held: proxy.held.clone(),
                 ..ProxyType::default()
             };
         }

@@ -16,15 +16,20 @@
 //! - a snapshot change is pushed type by type in [`PUSH_ORDER`];
 //! - once the proxy applied clusters sent after the last endpoints, the endpoints are sent
 //!   again, changed or not, and routes after listeners: Envoy warms a changed cluster until an
-//!   EDS response comes, and a changed listener until an RDS response comes.
+//!   EDS response comes, and a changed listener until an RDS response comes;
+//! - a change of endpoints sends only the load assignments that changed since the last ones
+//!   sent (EDS is not a wildcard type: Envoy keeps what a response leaves out), as Istio's
+//!   incremental EDS does; a first request, a new subscription, a warm-up and the change after
+//!   a NACK send them all.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::snapshot::{
-    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, SharedSnapshot, is_wildcard_type,
-    set_version, short_name as short_type,
+    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, Resources, SharedSnapshot,
+    is_wildcard_type, set_version, short_name as short_type,
 };
 
 /// Something the stream observed that the controller records (logs, metrics, status).
@@ -112,6 +117,9 @@ struct TypeState {
     acked_nonce: Option<String>,
     /// Every version refused on this stream, the latest last (at most [`REFUSED_KEPT`]).
     refused: VecDeque<String>,
+    /// For endpoints: the snapshot's set the last response was taken from (shared with the
+    /// snapshot, so it costs a pointer), when the proxy holds all of it.
+    last: Option<Arc<Resources>>,
 }
 
 /// How many refused versions of one type a stream remembers.
@@ -137,6 +145,8 @@ enum Send {
     Change,
     /// A new subscription: sent unless the proxy says it has this version.
     First,
+    /// The subscription changed: sent (whole) if the version did.
+    Subscribed,
     /// Endpoints after a cluster change the proxy applied, routes after a listener change:
     /// sent even when unchanged, since Envoy warms a changed cluster until an EDS response
     /// comes, and a changed listener until an RDS response comes (xDS protocol, "Resource
@@ -213,6 +223,7 @@ impl Stream {
                 .unwrap_or_default();
             match &request.error_detail {
                 Some(status) => {
+                    state.last = None;
                     state.nacked = Some((sent_version.clone(), status.message.clone()));
                     if !state.refused.contains(&sent_version) {
                         if state.refused.len() == REFUSED_KEPT {
@@ -254,6 +265,7 @@ impl Stream {
             // controller learns which proxies already serve).
             // What it says it has is all that counts: nothing, if it names no version.
             state.sent = None;
+            state.last = None;
             state.acked = (!request.version_info.is_empty()).then(|| request.version_info.clone());
             if let Some(version) = &state.acked {
                 output.events.push(Event::Ack {
@@ -266,7 +278,7 @@ impl Stream {
             if let Some(missing) = self.missing(&type_url) {
                 output.events.push(missing);
             }
-            let send = if first { Send::First } else { Send::Change };
+            let send = if first { Send::First } else { Send::Subscribed };
             self.respond(&type_url, send, &mut output);
         }
         // What a change the proxy applied warms on, it gets again: when it acknowledges the
@@ -425,17 +437,39 @@ impl Stream {
         }
         self.nonces += 1;
         let nonce = self.nonces.to_string();
+        let current = self
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| snapshot.shared(type_url))
+            .cloned();
+        let base = match (send, type_url) {
+            (Send::Change, ENDPOINT) => state.last.clone(),
+            _ => None,
+        };
         // Copied only when sent: most types of a new snapshot are unchanged.
-        let bodies: Vec<_> = self
-            .selected(type_url)
-            .into_iter()
-            .map(|r| r.body.clone())
-            .collect();
+        let selected = self.selected(type_url);
+        let changed: Vec<_> = match &base {
+            Some(last) => selected
+                .iter()
+                .filter(|r| last.get(&r.name).is_none_or(|old| old.version != r.version))
+                .map(|r| r.body.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        // A change that removed a resource and changed none is sent whole.
+        let bodies: Vec<_> = if changed.is_empty() {
+            selected.iter().map(|r| r.body.clone()).collect()
+        } else {
+            changed
+        };
         if let Some(state) = self.types.get_mut(type_url) {
             state.sent = Some(Sent {
                 version: version.clone(),
                 nonce: nonce.clone(),
             });
+            if type_url == ENDPOINT {
+                state.last = current;
+            }
         }
         for (by, warmed) in WARMED_BY {
             if type_url == by {
@@ -970,5 +1004,69 @@ mod tests {
             .map(|r| r.type_url.as_str())
             .collect();
         assert_eq!(order, vec![CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE]);
+    }
+
+    #[test]
+    fn a_change_of_endpoints_sends_only_the_assignments_that_changed_and_after_a_nack_all() {
+        let mut stream = Stream::new();
+        let names = ["a", "b", "c"];
+        let v1 = snapshot(&[
+            (ENDPOINT, "a", "a1"),
+            (ENDPOINT, "b", "b1"),
+            (ENDPOINT, "c", "c1"),
+        ]);
+        stream.on_snapshot(v1);
+        let first = stream.on_request(&request(ENDPOINT, &names, "", ""));
+        let sent = one(&first).clone();
+        assert_eq!(sent.resources.len(), 3, "a first request gets them all");
+        stream.on_request(&request(ENDPOINT, &names, &sent.version_info, &sent.nonce));
+        let v2 = snapshot(&[
+            (ENDPOINT, "a", "a1"),
+            (ENDPOINT, "b", "b2"),
+            (ENDPOINT, "c", "c1"),
+        ]);
+        let changed = stream.on_snapshot(v2.clone());
+        let delta = one(&changed).clone();
+        assert_eq!(delta.resources, vec![resource("b", "b2").body]);
+        assert_eq!(
+            delta.version_info,
+            set_version(v2.resources(ENDPOINT).unwrap().values().map(AsRef::as_ref)),
+            "the version names the whole set"
+        );
+        // Refused: the next change sends everything.
+        stream.on_request(&nack(ENDPOINT, &names, &sent.version_info, &delta.nonce));
+        let v3 = snapshot(&[
+            (ENDPOINT, "a", "a3"),
+            (ENDPOINT, "b", "b2"),
+            (ENDPOINT, "c", "c1"),
+        ]);
+        let after_nack = stream.on_snapshot(v3);
+        let all = one(&after_nack).clone();
+        assert_eq!(all.resources.len(), 3);
+        stream.on_request(&request(ENDPOINT, &names, &all.version_info, &all.nonce));
+        // A new subscription gets every resource it names.
+        let subscribed = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &all.version_info,
+            &all.nonce,
+        ));
+        assert_eq!(one(&subscribed).resources.len(), 2);
+    }
+
+    #[test]
+    fn other_types_are_sent_whole_on_a_change() {
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(ROUTE, "a", "a1"), (ROUTE, "b", "b1")]));
+        let first = stream.on_request(&request(ROUTE, &["a", "b"], "", ""));
+        let sent = one(&first).clone();
+        stream.on_request(&request(
+            ROUTE,
+            &["a", "b"],
+            &sent.version_info,
+            &sent.nonce,
+        ));
+        let changed = stream.on_snapshot(snapshot(&[(ROUTE, "a", "a1"), (ROUTE, "b", "b2")]));
+        assert_eq!(one(&changed).resources.len(), 2);
     }
 }

@@ -89,6 +89,11 @@ impl Snapshot {
         self.types.insert(type_url.to_owned(), resources);
     }
 
+    /// The resources of `type_url` as the set other snapshots may share.
+    pub fn shared(&self, type_url: &str) -> Option<&Arc<Resources>> {
+        self.types.get(type_url)
+    }
+
     /// The resources of `type_url`, by name.
     pub fn resources(&self, type_url: &str) -> Option<&Resources> {
         self.types.get(type_url).map(AsRef::as_ref)
