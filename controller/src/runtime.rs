@@ -93,8 +93,8 @@ pub fn registrations_allowed(replicas: u32) -> usize {
     replicas.saturating_add(replicas.div_ceil(4).max(1))
 }
 
-/// The file in the state folder that keeps the pods their sidecars registered.
-const REGISTERED_FILE: &str = "registered-pods.json";
+/// The file in the state folder that keeps the pods sidecars registered.
+pub const REGISTERED_FILE: &str = "registered-pods.json";
 
 /// The default of [`Options::forget_after`]: longer than a controller restart or a network
 /// blip, shorter than Kubernetes' 40 s before a silent node's pods go unready plus eviction.

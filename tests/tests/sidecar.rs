@@ -681,3 +681,257 @@ async fn a_sidecar_takes_no_module_from_a_server_that_is_not_its_controller() {
     );
     assert!(!out.path().join("modules").exists());
 }
+
+/// A TCP forwarder on loopback whose target can be switched: switching cuts every connection
+/// it carries, as a controller replica going away does, and new ones go to the new target.
+struct Switch {
+    port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (cut, _) = tokio::sync::watch::channel(0_u64);
+        let (to, cuts) = (target.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let port = to.load(std::sync::atomic::Ordering::SeqCst);
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            target,
+            cut,
+            task,
+        }
+    }
+
+    fn switch(&self, to: u16) {
+        self.target.store(to, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// What a proxy of `credential`'s identity, as `node`, is served of `type_url` (naming
+/// `names`): the version and the resources.
+async fn served(
+    xds: u16,
+    credential: &weft_e2e::ads::Credential,
+    node: &weft_envoy_config::pb::envoy::config::core::v3::Node,
+    type_url: &str,
+    names: &[&str],
+) -> (String, Vec<weft_envoy_config::pb::google::protobuf::Any>) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut stream = weft_e2e::ads::open(
+        SocketAddr::from(([127, 0, 0, 1], xds)),
+        credential,
+        weft_e2e::ads::first_request(node, type_url, &names),
+    )
+    .await
+    .unwrap();
+    let response = stream.next(Duration::from_secs(10)).await.unwrap();
+    (response.version_info, response.resources)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_get_only_new_certificates()
+ {
+    use weft_xds::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
+    let pods = shop_pods(78);
+    let manifests = copy_example("mesh").unwrap();
+    let (first_state, second_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pods_dir = tempfile::tempdir().unwrap();
+    let (first_xds, first_admin) = (free_port().unwrap(), free_port().unwrap());
+    let _first = start_controller(manifests.path(), first_state.path(), first_xds, first_admin);
+    wait_controller(first_admin).await;
+    let switch = Switch::start(first_xds).await;
+    let app = start_checkout_app(&pods[2]);
+    let sidecars = start_sidecars(&pods, (first_state.path(), pods_dir.path()), switch.port);
+    wait_live(&pods).await;
+    wait_reaches_checkout(&pods[0]).await;
+    let registered = first_state
+        .path()
+        .join(weft_controller::runtime::REGISTERED_FILE);
+    until(
+        "the registered pods kept",
+        Duration::from_secs(10),
+        || async {
+            let kept = std::fs::read_to_string(&registered).unwrap_or_default();
+            Ok(pods.iter().all(|pod| kept.contains(pod.name)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // The second replica reads the same manifests with the same CA, and knows the same pods
+    // (in Kubernetes from the API server; here from the first one's state).
+    for file in [
+        weft_certs::CA_CERT_FILE,
+        weft_certs::CA_KEY_FILE,
+        weft_controller::runtime::REGISTERED_FILE,
+    ] {
+        std::fs::copy(
+            first_state.path().join(file),
+            second_state.path().join(file),
+        )
+        .unwrap();
+    }
+    let (second_xds, second_admin) = (free_port().unwrap(), free_port().unwrap());
+    let _second = start_controller(
+        manifests.path(),
+        second_state.path(),
+        second_xds,
+        second_admin,
+    );
+    wait_controller(second_admin).await;
+
+    // Every type but the workload certificate: the same versions and bytes from both.
+    // Asked as frontend-0's sidecar describes itself (its module file included).
+    let kept: Vec<weft_controller::mesh::Pod> =
+        serde_json::from_str(&std::fs::read_to_string(&registered).unwrap()).unwrap();
+    let module = kept
+        .iter()
+        .find(|pod| pod.name == "frontend-0")
+        .and_then(|pod| pod.module.clone())
+        .expect("the sidecar names its module");
+    let frontend = weft_e2e::ads::Credential::issue(first_state.path(), "shop/frontend").unwrap();
+    let node = weft_e2e::ads::node(
+        "shop/frontend-0",
+        "shop/frontend",
+        &[
+            ("workload", "frontend"),
+            ("pod_ip", &pods[0].pod_ip.to_string()),
+            ("app_ip", &pods[0].app_ip.to_string()),
+            ("module", &module),
+        ],
+    );
+    let compared = [
+        (CLUSTER, vec![]),
+        (LISTENER, vec![]),
+        (ROUTE, vec![weft_envoy_config::mesh::OUTBOUND]),
+        (ENDPOINT, vec!["checkout.shop"]),
+        (
+            EXTENSION_CONFIG,
+            vec![weft_envoy_config::mesh::OUTBOUND_PLUGIN],
+        ),
+        (SECRET, vec![weft_controller::mesh::TRUST_BUNDLE]),
+    ];
+    for (type_url, names) in &compared {
+        let first = served(first_xds, &frontend, &node, type_url, names).await;
+        let second = until(
+            "the second replica serving",
+            Duration::from_secs(10),
+            || async {
+                let second = served(second_xds, &frontend, &node, type_url, names).await;
+                Ok((!second.1.is_empty()).then_some(second))
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!first.1.is_empty(), "{type_url}");
+        assert_eq!(first.0, second.0, "{type_url}: versions differ");
+        assert!(first.1 == second.1, "{type_url}: resources differ");
+    }
+    let spiffe = ["spiffe://cluster.local/ns/shop/sa/frontend"];
+    let certificate = |xds| served(xds, &frontend, &node, SECRET, &spiffe);
+    assert_ne!(
+        certificate(first_xds).await.0,
+        certificate(second_xds).await.0
+    );
+
+    // Every sidecar moves to the second replica: it is sent its new certificate and nothing
+    // else.
+    let counted = [
+        "listener_manager.lds.update_success",
+        "cluster_manager.cds.update_success",
+        "cluster.checkout.shop.update_success",
+        "http.outbound.rds.outbound.update_success",
+        "extension_config_discovery.http_filter.weft.outbound.update_success",
+    ];
+    let mut before = Vec::new();
+    for pod in &pods {
+        for name in counted {
+            before.push(stat(pod, name).await);
+        }
+    }
+    let pushes = || async {
+        let metrics = request(
+            SocketAddr::from(([127, 0, 0, 1], second_admin)),
+            "GET",
+            "/metrics",
+            &[],
+        )
+        .await
+        .unwrap();
+        let metrics = weft_e2e::prometheus::Metrics::parse(&metrics.body).unwrap();
+        ["cds", "eds", "lds", "rds", "ecds", "sds"]
+            .map(|kind| metrics.counter("weft_controller_xds_pushes_total", &[("type", kind)]))
+    };
+    // (What this test asked the second replica itself was pushed to it.)
+    let pushed_before = pushes().await;
+    switch.switch(second_xds);
+    until(
+        "every sidecar on the second replica, in sync",
+        Duration::from_secs(30),
+        || async {
+            let pods = status(second_admin).await?["pods"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let moved = pods.len() == 3
+                && pods.iter().all(|p| {
+                    p["proxy"]["connected"] == true
+                        && p["in_sync"] == true
+                        && p["proxy"]["types"]["sds"]["acked"].is_string()
+                });
+            Ok(moved.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let mut after = Vec::new();
+    for pod in &pods {
+        for name in counted {
+            after.push(stat(pod, name).await);
+        }
+    }
+    assert_eq!(after, before, "{counted:?} per pod");
+    let pushed = pushes().await;
+    assert_eq!(
+        pushed[..5],
+        pushed_before[..5],
+        "the second replica pushed cds, eds, lds, rds or ecds"
+    );
+    assert!(
+        pushed[5] >= pushed_before[5] + 3.0,
+        "each sidecar its certificate"
+    );
+    assert_eq!(call(&pods[0], "/cart").await.0, 200);
+    assert_eq!(call(&pods[1], "/cart").await.0, 403);
+    drop(sidecars);
+    drop(app);
+}
