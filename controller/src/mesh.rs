@@ -274,6 +274,9 @@ pub struct Plan {
     endpoints: Option<Arc<Resources>>,
     /// By identity and side.
     compiled: HashMap<(Identity, Side), PluginConfig>,
+    /// By namespace: the outbound policy, which depends on the identity only by its namespace
+    /// (and names it): compiled once per namespace.
+    outbound: HashMap<String, PluginConfig>,
     /// The plugin configurations (ECDS) of the pods of one shape, shared by them.
     plugins: HashMap<PluginShape, Arc<Resources>>,
     /// EnvoyPatches applied in this rebuild, by resource and patch.
@@ -428,6 +431,9 @@ impl Plan {
                     Side::Inbound => !inbound.contains(identity),
                     Side::Outbound => !outbound,
                 });
+                if *outbound {
+                    self.outbound.clear();
+                }
                 self.plugins
                     .retain(|shape, _| !*outbound && !inbound.contains(&shape.identity));
             }
@@ -561,7 +567,19 @@ impl Plan {
     ) -> Result<&PluginConfig, MeshError> {
         let key = (identity.clone(), side);
         if !self.compiled.contains_key(&key) {
-            let config = compiled(view, identity, side)?;
+            let config = match side {
+                Side::Inbound => compiled(view, identity, side)?,
+                Side::Outbound => {
+                    let namespace = &identity.namespace;
+                    if !self.outbound.contains_key(namespace) {
+                        let config = compiled(view, identity, side)?;
+                        self.outbound.insert(namespace.clone(), config);
+                    }
+                    let mut config = self.outbound[namespace].clone();
+                    config.identity = Some(identity.clone());
+                    config
+                }
+            };
             self.compiled.insert(key.clone(), config);
         }
         self.compiled.get(&key).ok_or_else(|| MeshError::Compile {
@@ -1162,5 +1180,30 @@ mod tests {
             "built again for the next rebuild"
         );
         assert_eq!(first, next);
+    }
+
+    #[test]
+    fn the_outbound_policy_compiled_once_per_namespace_is_each_identitys_own() {
+        let split = "---\napiVersion: v1\nkind: Service\nmetadata: {name: checkout-v2, namespace: shop}\nspec:\n  selector: {app: checkout}\n  ports: [{port: 8080}]\n---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: shop}\nspec:\n  service: checkout\n  backends: [{service: checkout-v2, weight: 1}]\n";
+        let catalog = catalog(&format!("{MESH}{split}"));
+        let (withdrawn, ready) = (BTreeMap::new(), BTreeSet::new());
+        let view = offline_view(&catalog, "cluster.local", &withdrawn, &ready);
+        let mut plan = Plan::default();
+        for (namespace, sa) in [("shop", "frontend"), ("shop", "analytics"), ("web", "ui")] {
+            let identity = Identity {
+                namespace: namespace.to_owned(),
+                service_account: sa.to_owned(),
+            };
+            let shared = plan
+                .compiled(&view, &identity, Side::Outbound)
+                .unwrap()
+                .clone();
+            assert_eq!(
+                shared,
+                compiled(&view, &identity, Side::Outbound).unwrap(),
+                "{identity}"
+            );
+        }
+        assert_eq!(plan.outbound.len(), 2, "one compile per namespace");
     }
 }

@@ -120,6 +120,9 @@ struct TypeState {
     /// For endpoints: the snapshot's set the last response was taken from (shared with the
     /// snapshot, so it costs a pointer), when the proxy holds all of it.
     last: Option<Arc<Resources>>,
+    /// The snapshot's set of this type and the version the subscription selects of it (for
+    /// the subscription as it is: a change of it forgets this).
+    memo: Option<(Arc<Resources>, String)>,
 }
 
 /// How many refused versions of one type a stream remembers.
@@ -257,6 +260,9 @@ impl Stream {
             .cloned()
             .collect();
         let subscription_changed = wildcard != state.wildcard || names != state.names;
+        if subscription_changed {
+            state.memo = None;
+        }
         state.wildcard = wildcard;
         state.names = names;
         if first {
@@ -369,6 +375,28 @@ impl Stream {
             .collect()
     }
 
+    /// The version of what `type_url`'s subscription selects, computed once per set of
+    /// resources: snapshots share a type's set until it changes, so a change elsewhere costs a
+    /// pointer comparison here.
+    fn version(&mut self, type_url: &str) -> String {
+        let current = self
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| snapshot.shared(type_url))
+            .cloned();
+        if let (Some(current), Some(state)) = (&current, self.types.get(type_url))
+            && let Some((set, version)) = &state.memo
+            && Arc::ptr_eq(set, current)
+        {
+            return version.clone();
+        }
+        let version = set_version(self.selected(type_url));
+        if let (Some(current), Some(state)) = (current, self.types.get_mut(type_url)) {
+            state.memo = Some((current, version.clone()));
+        }
+        version
+    }
+
     fn selected(&self, type_url: &str) -> Vec<&Resource> {
         let (Some(snapshot), Some(state)) = (&self.snapshot, self.types.get(type_url)) else {
             return Vec::new();
@@ -412,7 +440,7 @@ impl Stream {
         if self.snapshot.is_none() {
             return;
         }
-        let version = set_version(self.selected(type_url));
+        let version = self.version(type_url);
         let Some(state) = self.types.get_mut(type_url) else {
             return;
         };
