@@ -271,7 +271,8 @@ pub struct Plan {
     clusters: HashMap<Identity, Arc<Vec<Arc<Resource>>>>,
     /// By namespace: the outbound route configuration.
     routes: HashMap<String, Arc<Resources>>,
-    endpoints: Option<Arc<Resources>>,
+    /// The endpoints, and a digest of the ready pods they were built from.
+    endpoints: Option<(u64, Arc<Resources>)>,
     /// By identity and side.
     compiled: HashMap<(Identity, Side), PluginConfig>,
     /// By namespace: the outbound policy, which depends on the identity only by its namespace
@@ -421,8 +422,8 @@ pub fn dirty(
 }
 
 impl Plan {
-    /// Forgets what `dirty` makes stale, and what holds for one rebuild only (endpoints,
-    /// patch results, compiled regexes).
+    /// Forgets what `dirty` makes stale, and what holds for one rebuild only (patch results,
+    /// compiled regexes).
     pub fn forget(&mut self, dirty: &Dirty) {
         match dirty {
             Dirty::All => *self = Plan::default(),
@@ -439,7 +440,6 @@ impl Plan {
             }
             Dirty::Nothing => {}
         }
-        self.endpoints = None;
         self.patches = crate::patch::PatchCache::default();
         self.bundles = weft_policy::wire::Encoder::default();
     }
@@ -514,15 +514,30 @@ impl Plan {
     }
 
     /// The endpoints of every Service port, the same for every pod: built, encoded and
-    /// digested once per rebuild and shared by every snapshot (with a thousand pods, building
-    /// them for each pod was most of a rebuild). Pods are grouped by namespace and labels, so
-    /// each Service's selector is matched once per workload, not once per pod.
+    /// digested once, and again only when the ready pods change (or the catalog: a new plan),
+    /// and shared by every snapshot (with a thousand pods, building them for each pod was most
+    /// of a rebuild). Pods are grouped by namespace and labels, so each Service's selector is
+    /// matched once per workload, not once per pod.
     pub fn endpoints(
         &mut self,
         view: &MeshView<'_>,
         interner: &mut Interner,
     ) -> Result<Arc<Resources>, MeshError> {
-        if let Some(endpoints) = &self.endpoints {
+        let ready = view
+            .pods
+            .iter()
+            .filter(|p| view.ready.contains(&p.node_id()));
+        let inputs = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::hash::DefaultHasher::new();
+            for pod in ready {
+                (&pod.namespace, &pod.labels, pod.pod_ip).hash(&mut hasher);
+            }
+            hasher.finish()
+        };
+        if let Some((built_from, endpoints)) = &self.endpoints
+            && *built_from == inputs
+        {
             return Ok(endpoints.clone());
         }
         let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
@@ -555,7 +570,7 @@ impl Plan {
             }
         }
         let endpoints = Arc::new(resources);
-        self.endpoints = Some(endpoints.clone());
+        self.endpoints = Some((inputs, endpoints.clone()));
         Ok(endpoints)
     }
 
@@ -1129,7 +1144,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_one_shared_set_listing_only_ready_pods_of_selected_workloads() {
+    fn endpoints_are_one_shared_set_of_ready_pods_of_selected_workloads_built_when_pods_change() {
         let catalog = catalog(MESH);
         let pod = |name: &str, ip: u8, app: &str| Pod {
             namespace: "shop".to_owned(),
@@ -1161,8 +1176,12 @@ mod tests {
         };
         let (mut plan, mut interner) = (Plan::default(), Interner::default());
         let first = plan.endpoints(&view, &mut interner).unwrap();
+        plan.forget(&identities(&["checkout"]));
         let again = plan.endpoints(&view, &mut interner).unwrap();
-        assert!(Arc::ptr_eq(&first, &again), "one set per rebuild");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "built again only when pods change"
+        );
         let assignment: weft_envoy_config::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
             prost::Message::decode(first["checkout.shop"].body.value.as_slice()).unwrap();
         let addresses: Vec<String> = assignment
@@ -1173,13 +1192,22 @@ mod tests {
             .collect();
         assert_eq!(addresses.len(), 1, "{addresses:?}");
         assert!(addresses[0].contains("10.0.0.1"), "{addresses:?}");
-        plan.forget(&Dirty::Nothing);
+        let ready = BTreeSet::from(["shop/checkout-1".to_owned()]);
+        let view = MeshView {
+            ready: &ready,
+            ..view
+        };
         let next = plan.endpoints(&view, &mut interner).unwrap();
+        let assignment: weft_envoy_config::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            prost::Message::decode(next["checkout.shop"].body.value.as_slice()).unwrap();
         assert!(
-            !Arc::ptr_eq(&first, &next),
-            "built again for the next rebuild"
+            format!("{assignment:?}").contains("10.0.0.2"),
+            "{assignment:?}"
         );
-        assert_eq!(first, next);
+        assert!(
+            !format!("{assignment:?}").contains("10.0.0.1"),
+            "{assignment:?}"
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //!   incremental EDS does; a first request, a new subscription, a warm-up and the change after
 //!   a NACK send them all.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
@@ -109,7 +110,8 @@ struct Sent {
 #[derive(Debug, Clone, Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// The names it subscribed to, shared with every stream subscribed to the same ones.
+    names: Arc<BTreeSet<String>>,
     sent: Option<Sent>,
     acked: Option<String>,
     nacked: Option<(String, String)>,
@@ -127,6 +129,49 @@ struct TypeState {
 
 /// How many refused versions of one type a stream remembers.
 const REFUSED_KEPT: usize = 64;
+
+/// `names` as a set shared by every stream subscribed to the same names: the proxies of a mesh
+/// subscribe to the same endpoints (one name per Service), so thousands of streams hold one set
+/// rather than one each. The pool only holds sets some stream holds.
+fn shared_names(names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+    /// Sets by the hash of their names, and the size past which dead entries are swept.
+    #[derive(Default)]
+    struct Pool {
+        sets: HashMap<u64, Vec<Weak<BTreeSet<String>>>>,
+        sweep_at: usize,
+    }
+    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+    if names.is_empty() {
+        return Arc::new(names);
+    }
+    let key = {
+        let mut hasher = std::hash::DefaultHasher::new();
+        names.hash(&mut hasher);
+        hasher.finish()
+    };
+    // A panic while holding the lock leaves the pool a cache still: sound to use.
+    let mut pool = POOL
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bucket = pool.sets.entry(key).or_default();
+    bucket.retain(|set| set.strong_count() > 0);
+    if let Some(shared) = bucket
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|set| **set == names)
+    {
+        return shared;
+    }
+    let shared = Arc::new(names);
+    bucket.push(Arc::downgrade(&shared));
+    if pool.sets.len() >= pool.sweep_at {
+        pool.sets
+            .retain(|_, bucket| bucket.iter().any(|set| set.strong_count() > 0));
+        pool.sweep_at = (2 * pool.sets.len()).max(1024);
+    }
+    shared
+}
 
 /// One type's protocol state, for status pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,12 +304,12 @@ impl Stream {
             .filter(|name| name.as_str() != "*")
             .cloned()
             .collect();
-        let subscription_changed = wildcard != state.wildcard || names != state.names;
+        let subscription_changed = wildcard != state.wildcard || names != *state.names;
         if subscription_changed {
             state.memo = None;
+            state.names = shared_names(names);
         }
         state.wildcard = wildcard;
-        state.names = names;
         if first {
             // The proxy's own version: after a reconnect it may already have the current one.
             // It is a version the proxy applied, so it is reported as one (a restarted
