@@ -307,6 +307,8 @@ impl Stream {
         let subscription_changed = wildcard != state.wildcard || names != *state.names;
         if subscription_changed {
             state.memo = None;
+            // What the proxy holds of the new names is not known until they are sent whole.
+            state.last = None;
             state.names = shared_names(names);
         }
         state.wildcard = wildcard;
@@ -1141,5 +1143,37 @@ mod tests {
         ));
         let changed = stream.on_snapshot(snapshot(&[(ROUTE, "a", "a1"), (ROUTE, "b", "b2")]));
         assert_eq!(one(&changed).resources.len(), 2);
+    }
+
+    #[test]
+    fn endpoints_a_new_subscription_did_not_send_are_sent_whole_with_the_next_change() {
+        // Found by the fuzz target: b's only version was refused, so the proxy never applied
+        // it; a later change of a alone must bring b too.
+        let mut stream = Stream::new();
+        stream.on_snapshot(snapshot(&[(ENDPOINT, "a", "a1"), (ENDPOINT, "b", "b1")]));
+        let both = one(&stream.on_request(&request(ENDPOINT, &["a", "b"], "", ""))).clone();
+        let only_a = stream.on_request(&nack(ENDPOINT, &["a"], "", &both.nonce));
+        let only_a = one(&only_a).clone();
+        stream.on_request(&request(
+            ENDPOINT,
+            &["a"],
+            &only_a.version_info,
+            &only_a.nonce,
+        ));
+        let again = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &only_a.version_info,
+            &only_a.nonce,
+        ));
+        assert!(
+            again.responses.is_empty(),
+            "the refused version is not sent again"
+        );
+        let changed = stream.on_snapshot(snapshot(&[(ENDPOINT, "a", "a2"), (ENDPOINT, "b", "b1")]));
+        assert_eq!(
+            one(&changed).resources,
+            vec![resource("a", "a2").body, resource("b", "b1").body]
+        );
     }
 }
