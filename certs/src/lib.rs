@@ -12,7 +12,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
-use weft_policy::bundle::Identity;
+use weft_identity::Identity;
 
 /// File name of a CA certificate (`weft cert ca`, the controller's state folder).
 pub const CA_CERT_FILE: &str = "ca.pem";

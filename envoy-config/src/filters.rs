@@ -64,7 +64,7 @@ impl Kind {
     pub fn root_id(self) -> &'static str {
         match self {
             Kind::Http => WEFT,
-            Kind::Tcp => weft_envoy::TCP_ROOT_ID,
+            Kind::Tcp => weft_policy::contract::TCP_ROOT_ID,
         }
     }
 

@@ -36,7 +36,7 @@ pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 /// Envoy's name for the router.
 pub const ROUTER: &str = "envoy.filters.http.router";
 /// The header in which split routing names the cluster it chose.
-pub use weft_envoy::ROUTE_HEADER;
+pub use weft_policy::contract::ROUTE_HEADER;
 
 /// Where an HTTP listener's routes come from.
 #[derive(Debug, Clone, PartialEq)]

@@ -43,15 +43,7 @@ pub const TCP_DENIED_METRIC: &str = "weft_access_tcp_denied_total";
 /// TCP connections the access feature would have closed (audit mode).
 pub const TCP_AUDIT_METRIC: &str = "weft_access_tcp_audit_denied_total";
 
-/// The request header that carries the cluster split routing chose to Envoy's router (a route
-/// with `cluster_header: x-weft-cluster`). Its value is the backend or root service,
-/// `name.namespace`, which is the cluster's name.
-pub const ROUTE_HEADER: &str = "x-weft-cluster";
-
-/// `root_id` that selects the network (TCP) filter.
-pub const TCP_ROOT_ID: &str = "weft.tcp";
-/// `root_id`s that select the HTTP filter.
-pub const HTTP_ROOT_IDS: [&str; 2] = ["", "weft"];
+pub use weft_policy::contract::{HTTP_ROOT_IDS, ROUTE_HEADER, TCP_ROOT_ID};
 
 // The entry point must be an exported, unmangled symbol; that is the only unsafe code here.
 #[allow(unsafe_code)]

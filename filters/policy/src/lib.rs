@@ -18,6 +18,7 @@ pub mod bundle;
 #[cfg(feature = "authoring")]
 pub mod compile;
 pub mod config;
+pub mod contract;
 #[cfg(feature = "authoring")]
 pub mod diagnostic;
 #[cfg(feature = "authoring")]

@@ -14,7 +14,7 @@ const REQUEST_HEADERS: u32 = 0;
 /// Envoy's metric types.
 const COUNTER: u32 = 0;
 const HISTOGRAM: u32 = 2;
-/// weft's route header (weft_envoy::ROUTE_HEADER) and the split bench's backends.
+/// weft's route header (weft_policy::contract::ROUTE_HEADER) and the split bench's backends.
 #[cfg(feature = "outbound")]
 const ROUTE_HEADER: &[u8] = b"x-weft-cluster";
 #[cfg(feature = "outbound")]
