@@ -89,4 +89,3 @@ fn is_kubernetes_name(value: &str) -> bool {
             .chars()
             .all(|c| alphanumeric(c) || c == '-' || c == '.')
 }
-
