@@ -743,7 +743,9 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
             CLUSTER,
             |proxy| proxy < proxies,
             proxies,
-            Duration::from_secs(30),
+            // Every proxy gets every cluster again (state of the world): at thousands of
+            // proxies that takes tens of seconds.
+            Duration::from_secs(180),
         )
         .await
         .context("a Service edit did not reach every proxy")?;
