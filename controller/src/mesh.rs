@@ -32,6 +32,12 @@ use weft_xds::snapshot::{
 /// The SDS name of the trust bundle every proxy gets.
 pub const TRUST_BUNDLE: &str = "weft-trust-bundle";
 
+/// The SDS name of a proxy's workload certificate and key: the same name for every proxy, each
+/// served its own (as Istio's `default`). A proxy can only ever name its own key, and every
+/// other resource that refers to it (the Service clusters' TLS) is the same for the whole mesh,
+/// so built once and shared by every proxy.
+pub const WORKLOAD_CERTIFICATE: &str = "weft-workload-certificate";
+
 /// A running replica of a workload, as a source (local mode, or a remote sidecar's node)
 /// reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -267,8 +273,8 @@ pub fn outbound_services(
 #[derive(Debug, Default)]
 pub struct Plan {
     services: HashMap<String, Arc<Vec<OutboundService>>>,
-    /// By identity: the clusters of the Services it calls (their TLS names its certificate).
-    clusters: HashMap<Identity, Arc<Vec<Arc<Resource>>>>,
+    /// The clusters of the Services, the same for every unpatched proxy of the mesh.
+    clusters: Option<Arc<Resources>>,
     /// By namespace: the outbound route configuration.
     routes: HashMap<String, Arc<Resources>>,
     /// The endpoints, and a digest of the ready pods they were built from.
@@ -472,26 +478,28 @@ impl Plan {
             .clone()
     }
 
-    /// The outbound clusters of `sidecar`'s identity, built once.
+    /// The clusters of the Services, built once for every unpatched sidecar of the mesh: a
+    /// cluster reads its Service's name, port, identities and TrafficPolicy, and the
+    /// certificate's SDS name ([`WORKLOAD_CERTIFICATE`]), none of which depends on the pod or
+    /// its namespace.
     fn clusters(
         &mut self,
         view: &MeshView<'_>,
         interner: &mut Interner,
         sidecar: &Sidecar,
         pod: &Pod,
-    ) -> Result<Arc<Vec<Arc<Resource>>>, MeshError> {
-        let identity = pod.identity();
-        if let Some(clusters) = self.clusters.get(&identity) {
+    ) -> Result<Arc<Resources>, MeshError> {
+        if let Some(clusters) = &self.clusters {
             return Ok(clusters.clone());
         }
         let services = self.services(view, &pod.namespace);
-        let clusters = sidecar
-            .clusters_for(&services)
-            .iter()
-            .map(|cluster| interner.resource(&cluster.name, any(cluster)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut clusters = Resources::new();
+        for cluster in sidecar.clusters_for(&services) {
+            let resource = interner.resource(&cluster.name, any(&cluster))?;
+            clusters.insert(resource.name.clone(), resource);
+        }
         let clusters = Arc::new(clusters);
-        self.clusters.insert(identity, clusters.clone());
+        self.clusters = Some(clusters.clone());
         Ok(clusters)
     }
 
@@ -696,7 +704,6 @@ fn describe_sidecar<'c>(
 
 /// `pod`'s sidecar without the Services it calls, and the Services it is part of.
 fn describe_ports<'c>(view: &MeshView<'c>, pod: &Pod) -> (Sidecar, Vec<&'c Service>) {
-    let spiffe_id = pod.identity().spiffe_id(view.trust_domain);
     let own_services: Vec<&Service> = view
         .catalog
         .services
@@ -720,7 +727,7 @@ fn describe_ports<'c>(view: &MeshView<'c>, pod: &Pod) -> (Sidecar, Vec<&'c Servi
         pod_ip: pod.pod_ip,
         app_ip: pod.app_ip,
         module: Code::File(module.to_owned()),
-        certificate_secret: spiffe_id,
+        certificate_secret: WORKLOAD_CERTIFICATE.to_owned(),
         trust_secret: TRUST_BUNDLE.to_owned(),
         inbound,
         services: Vec::new(),
@@ -981,8 +988,6 @@ pub fn sidecar_snapshot(
     pod: &Pod,
     certificate: &weft_certs::CertifiedKey,
 ) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
-    let identity = pod.identity();
-    let spiffe_id = identity.spiffe_id(view.trust_domain);
     let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
         .catalog
         .envoy_patches
@@ -1008,8 +1013,8 @@ pub fn sidecar_snapshot(
         }
         reports
     } else {
-        // Unpatched: the outbound clusters are its identity's and the routes its namespace's,
-        // built once and shared; only its listeners and inbound clusters are its own.
+        // Unpatched: the outbound clusters are the mesh's and the routes its namespace's, built
+        // once and shared; only its listeners and inbound clusters are its own.
         let (sidecar, _) = describe_ports(view, pod);
         let services = plan.services(view, &pod.namespace);
         let own = sidecar.inbound_resources();
@@ -1023,9 +1028,7 @@ pub fn sidecar_snapshot(
         for cluster in &own.clusters {
             snapshot.insert(CLUSTER, interner.resource(&cluster.name, any(cluster))?);
         }
-        for cluster in plan.clusters(view, interner, &sidecar, pod)?.iter() {
-            snapshot.insert(CLUSTER, cluster.clone());
-        }
+        snapshot.add_layer(CLUSTER, plan.clusters(view, interner, &sidecar, pod)?);
         snapshot.set_type(ROUTE, plan.routes(view, interner, &pod.namespace)?);
         crate::patch::disabled(&patches)
     };
@@ -1033,9 +1036,9 @@ pub fn sidecar_snapshot(
     snapshot.insert(
         SECRET,
         interner.resource(
-            &spiffe_id,
+            WORKLOAD_CERTIFICATE,
             any(&certificate_secret(
-                &spiffe_id,
+                WORKLOAD_CERTIFICATE,
                 &certificate.cert_pem,
                 &certificate.key_pem,
             )),

@@ -523,7 +523,7 @@ mod tests {
             pod_ip: Ipv4Addr::new(127, 0, 1, 1),
             app_ip: Ipv4Addr::new(127, 1, 1, 1),
             module: Code::File("/weft.wasm".to_owned()),
-            certificate_secret: "spiffe://cluster.local/ns/shop/sa/frontend".to_owned(),
+            certificate_secret: crate::mesh::WORKLOAD_CERTIFICATE.to_owned(),
             trust_secret: "weft-trust-bundle".to_owned(),
             inbound: vec![InboundPort {
                 port: 8080,

@@ -1018,7 +1018,7 @@ impl Shared {
                     let endpoints_current = last
                         .snapshot
                         .resources(ENDPOINT)
-                        .is_some_and(|current| std::ptr::eq(current, &*endpoints));
+                        .is_some_and(|current| current.is_only(&endpoints));
                     if endpoints_current && last.policy == policy {
                         continue;
                     }

@@ -100,22 +100,31 @@ struct Model {
 fn snapshot_of(contents: &[[u8; 3]; 6]) -> Arc<Snapshot> {
     let mut snapshot = Snapshot::new();
     for (type_url, row) in TYPES.iter().zip(contents) {
+        // Some resources in a layer over the snapshot's own ones, as the controller shares the
+        // mesh's clusters.
+        let mut layer = weft_xds::snapshot::Resources::new();
         for (name, content) in NAMES.iter().zip(row) {
+            let layered = content & 4 != 0;
             let content = content % 4;
             if content == 0 {
                 continue;
             }
-            snapshot.insert(
-                type_url,
-                Resource {
-                    name: (*name).to_owned(),
-                    version: format!("{name}{content}"),
-                    body: Any {
-                        type_url: (*type_url).to_owned(),
-                        value: format!("{name}{content}").into_bytes(),
-                    },
+            let resource = Resource {
+                name: (*name).to_owned(),
+                version: format!("{name}{content}"),
+                body: Any {
+                    type_url: (*type_url).to_owned(),
+                    value: format!("{name}{content}").into_bytes(),
                 },
-            );
+            };
+            if layered {
+                layer.insert(resource.name.clone(), Arc::new(resource));
+            } else {
+                snapshot.insert(type_url, resource);
+            }
+        }
+        if !layer.is_empty() {
+            snapshot.add_layer(type_url, Arc::new(layer));
         }
     }
     Arc::new(snapshot)

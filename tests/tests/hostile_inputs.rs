@@ -381,7 +381,7 @@ async fn a_partner_root_in_the_trust_bundle_cannot_speak_for_the_mesh_to_the_con
         &path(&bundle),
     ])
     .await;
-    let secret = "spiffe://cluster.local/ns/shop/sa/checkout";
+    let secret = weft_controller::mesh::WORKLOAD_CERTIFICATE;
     let node = pod(
         "shop/checkout-v1-9",
         "checkout-v1",

@@ -463,18 +463,35 @@ async fn a_proxy_gets_no_other_workloads_secret_and_cannot_claim_its_identity() 
         .find(|p| p["pod"] == ANALYTICS)
         .unwrap();
     assert_eq!(analytics["proxy"]["refused"], serde_json::json!([checkout]));
-    // Its own certificate, asked for by name, is served.
+    // Its own certificate, asked for by the one name every proxy asks for its own, is served,
+    // and it is analytics' own.
     let own = ads_as(
         &mesh,
         "shop/analytics-0",
         ANALYTICS,
         "shop/analytics",
         weft_xds::snapshot::SECRET,
-        &["spiffe://cluster.local/ns/shop/sa/analytics"],
+        &[weft_controller::mesh::WORKLOAD_CERTIFICATE],
     )
     .await
     .unwrap();
     assert_eq!(own.resources.len(), 1);
+    use prost::Message as _;
+    use weft_envoy_config::pb::envoy::config::core::v3::data_source::Specifier;
+    use weft_envoy_config::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    let secret = Secret::decode(own.resources[0].value.as_slice()).unwrap();
+    let Some(secret::Type::TlsCertificate(certificate)) = secret.r#type else {
+        panic!("not a certificate: {secret:?}");
+    };
+    let Some(Specifier::InlineString(chain)) = certificate
+        .certificate_chain
+        .and_then(|chain| chain.specifier)
+    else {
+        panic!("no inline chain");
+    };
+    let der = weft_certs::first_certificate_der(&chain).unwrap();
+    let (names, _) = weft_certs::inspect(&der).unwrap();
+    assert_eq!(names, ["spiffe://cluster.local/ns/shop/sa/analytics"]);
     // analytics' credential claiming to be a checkout pod: refused.
     let status = ads_as(
         &mesh,

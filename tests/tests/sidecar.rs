@@ -861,7 +861,7 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
         assert_eq!(first.0, second.0, "{type_url}: versions differ");
         assert!(first.1 == second.1, "{type_url}: resources differ");
     }
-    let spiffe = ["spiffe://cluster.local/ns/shop/sa/frontend"];
+    let spiffe = [weft_controller::mesh::WORKLOAD_CERTIFICATE];
     let certificate = |xds| served(xds, &frontend, &node, SECRET, &spiffe);
     assert_ne!(
         certificate(first_xds).await.0,

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::snapshot::{
-    CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, Resource, Resources, SharedSnapshot,
+    CLUSTER, ENDPOINT, LISTENER, Layers, PUSH_ORDER, ROUTE, Resource, SharedSnapshot,
     is_wildcard_type, set_version, short_name as short_type,
 };
 
@@ -121,10 +121,10 @@ struct TypeState {
     refused: VecDeque<String>,
     /// For endpoints: the snapshot's set the last response was taken from (shared with the
     /// snapshot, so it costs a pointer), when the proxy holds all of it.
-    last: Option<Arc<Resources>>,
+    last: Option<Layers>,
     /// The snapshot's set of this type and the version the subscription selects of it (for
     /// the subscription as it is: a change of it forgets this).
-    memo: Option<(Arc<Resources>, String)>,
+    memo: Option<(Layers, String)>,
 }
 
 /// How many refused versions of one type a stream remembers.
@@ -429,11 +429,11 @@ impl Stream {
         let current = self
             .snapshot
             .as_ref()
-            .and_then(|snapshot| snapshot.shared(type_url))
+            .and_then(|snapshot| snapshot.resources(type_url))
             .cloned();
         if let (Some(current), Some(state)) = (&current, self.types.get(type_url))
             && let Some((set, version)) = &state.memo
-            && Arc::ptr_eq(set, current)
+            && set.same_sets(current)
         {
             return version.clone();
         }
@@ -469,7 +469,7 @@ impl Stream {
         let mut missing = state.names.iter().filter(|name| {
             snapshot
                 .resources(type_url)
-                .is_none_or(|resources| !resources.contains_key(*name))
+                .is_none_or(|resources| !resources.contains_key(name))
         });
         let names: Vec<String> = missing.by_ref().take(MISSING_NAMED).cloned().collect();
         let count = names.len() + missing.count();
@@ -515,7 +515,7 @@ impl Stream {
         let current = self
             .snapshot
             .as_ref()
-            .and_then(|snapshot| snapshot.shared(type_url))
+            .and_then(|snapshot| snapshot.resources(type_url))
             .cloned();
         let base = match (send, type_url) {
             (Send::Change, ENDPOINT) => state.last.clone(),

@@ -63,12 +63,91 @@ impl Eq for Resource {}
 /// The resources of one type, by name.
 pub type Resources = BTreeMap<String, Arc<Resource>>;
 
+/// The resources of one type in a snapshot: sets shared with other snapshots, layered. The
+/// proxy is served their union; where two layers hold a name, the later one's resource is
+/// served. A proxy's own clusters and the mesh's Service clusters are two layers, so thousands
+/// of proxies hold the mesh's clusters once rather than a map of them each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layers(Vec<Arc<Resources>>);
+
+impl Layers {
+    /// The resource served as `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.0.iter().rev().find_map(|layer| layer.get(name))
+    }
+
+    /// Whether a resource is served as `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The resources served, in the order of their names.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        let mut heads: Vec<_> = self.0.iter().map(|layer| layer.iter().peekable()).collect();
+        std::iter::from_fn(move || {
+            // The least name among the layers' next ones; the latest layer holding it wins.
+            let (mut least, mut winner): (Option<&String>, Option<usize>) = (None, None);
+            for (index, head) in heads.iter_mut().enumerate() {
+                if let Some((name, _)) = head.peek()
+                    && least.is_none_or(|least| *name <= least)
+                {
+                    least = Some(*name);
+                    winner = Some(index);
+                }
+            }
+            let least = least?.clone();
+            let mut served = None;
+            for (index, head) in heads.iter_mut().enumerate() {
+                if let Some((name, _)) = head.peek()
+                    && **name == least
+                {
+                    let (_, resource) = head.next()?;
+                    if Some(index) == winner {
+                        served = Some(resource);
+                    }
+                }
+            }
+            served
+        })
+    }
+
+    /// How many resources are served.
+    pub fn len(&self) -> usize {
+        match self.0.as_slice() {
+            [] => 0,
+            [only] => only.len(),
+            _ => self.values().count(),
+        }
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|layer| layer.is_empty())
+    }
+
+    /// Whether `other` is made of the very same sets (a pointer comparison per layer): then
+    /// it serves the same resources, and what was computed from one holds for the other.
+    pub fn same_sets(&self, other: &Layers) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(mine, theirs)| Arc::ptr_eq(mine, theirs))
+    }
+
+    /// Whether `set` is its only layer.
+    pub fn is_only(&self, set: &Arc<Resources>) -> bool {
+        matches!(self.0.as_slice(), [only] if Arc::ptr_eq(only, set))
+    }
+}
+
 /// Every resource of one proxy, by type and name. Resources are shared (`Arc`), and so are
-/// whole types: every proxy holds the same endpoints once, and a change of endpoints alone
-/// gives each proxy's snapshot the new set without copying the rest.
+/// whole sets of a type ([`Layers`]): every proxy holds the same endpoints once, and a change
+/// of endpoints alone gives each proxy's snapshot the new set without copying the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    types: BTreeMap<String, Arc<Resources>>,
+    types: BTreeMap<String, Layers>,
 }
 
 impl Snapshot {
@@ -77,31 +156,40 @@ impl Snapshot {
         Self::default()
     }
 
-    /// Adds (or replaces) a resource of `type_url`.
+    /// Adds (or replaces) a resource of `type_url`, in the snapshot's own (first) layer of it.
     pub fn insert(&mut self, type_url: &str, resource: impl Into<Arc<Resource>>) {
         let resource = resource.into();
-        Arc::make_mut(self.types.entry(type_url.to_owned()).or_default())
-            .insert(resource.name.clone(), resource);
+        let layers = &mut self.types.entry(type_url.to_owned()).or_default().0;
+        if layers.is_empty() {
+            layers.push(Arc::default());
+        }
+        Arc::make_mut(&mut layers[0]).insert(resource.name.clone(), resource);
     }
 
     /// Makes `resources` (shared with other snapshots) every resource of `type_url`.
     pub fn set_type(&mut self, type_url: &str, resources: Arc<Resources>) {
-        self.types.insert(type_url.to_owned(), resources);
+        self.types
+            .insert(type_url.to_owned(), Layers(vec![resources]));
     }
 
-    /// The resources of `type_url` as the set other snapshots may share.
-    pub fn shared(&self, type_url: &str) -> Option<&Arc<Resources>> {
+    /// Adds `resources` (shared with other snapshots) to those of `type_url`, over those it
+    /// has.
+    pub fn add_layer(&mut self, type_url: &str, resources: Arc<Resources>) {
+        self.types
+            .entry(type_url.to_owned())
+            .or_default()
+            .0
+            .push(resources);
+    }
+
+    /// The resources of `type_url`.
+    pub fn resources(&self, type_url: &str) -> Option<&Layers> {
         self.types.get(type_url)
-    }
-
-    /// The resources of `type_url`, by name.
-    pub fn resources(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url).map(AsRef::as_ref)
     }
 
     /// How many resources it holds.
     pub fn len(&self) -> usize {
-        self.types.values().map(|resources| resources.len()).sum()
+        self.types.values().map(Layers::len).sum()
     }
 
     /// Whether it holds none.
@@ -120,7 +208,7 @@ pub fn type_version(snapshot: &Snapshot, type_url: &str) -> String {
         snapshot
             .resources(type_url)
             .into_iter()
-            .flat_map(BTreeMap::values)
+            .flat_map(Layers::values)
             .map(AsRef::as_ref),
     )
 }
@@ -140,4 +228,101 @@ pub fn set_version<'r>(resources: impl IntoIterator<Item = &'r Resource>) -> Str
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str, content: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.to_owned(),
+            version: content.to_owned(),
+            body: Any::default(),
+        })
+    }
+
+    fn set(entries: &[(&str, &str)]) -> Arc<Resources> {
+        Arc::new(
+            entries
+                .iter()
+                .map(|(name, content)| ((*name).to_owned(), resource(name, content)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn layers_serve_their_union_in_name_order_the_later_layer_winning_a_name() {
+        let mut layered = Snapshot::new();
+        layered.insert(CLUSTER, resource("inbound:8080", "app"));
+        layered.insert(CLUSTER, resource("m", "own"));
+        layered.add_layer(CLUSTER, set(&[("a", "1"), ("m", "shared"), ("z", "2")]));
+        let layers = layered.resources(CLUSTER).unwrap();
+        let served: Vec<(&str, &str)> = layers
+            .values()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        assert_eq!(
+            served,
+            [
+                ("a", "1"),
+                ("inbound:8080", "app"),
+                ("m", "shared"),
+                ("z", "2")
+            ]
+        );
+        assert_eq!(layers.len(), 4);
+        assert_eq!(layered.len(), 4);
+        assert_eq!(layers.get("m").unwrap().version, "shared");
+        assert!(layers.contains_key("inbound:8080"));
+        assert!(!layers.contains_key("b"));
+
+        // The version is the one of the same resources in one set.
+        let mut flat = Snapshot::new();
+        for (name, content) in [
+            ("a", "1"),
+            ("inbound:8080", "app"),
+            ("m", "shared"),
+            ("z", "2"),
+        ] {
+            flat.insert(CLUSTER, resource(name, content));
+        }
+        assert_eq!(
+            type_version(&layered, CLUSTER),
+            type_version(&flat, CLUSTER)
+        );
+    }
+
+    #[test]
+    fn layers_are_the_same_sets_only_when_every_layer_is_the_very_same() {
+        let shared = set(&[("a", "1")]);
+        let mut one = Snapshot::new();
+        one.insert(CLUSTER, resource("own", "1"));
+        one.add_layer(CLUSTER, shared.clone());
+        let copy = one.clone();
+        assert!(
+            one.resources(CLUSTER)
+                .unwrap()
+                .same_sets(copy.resources(CLUSTER).unwrap())
+        );
+        let mut other = one.clone();
+        other.add_layer(CLUSTER, set(&[("b", "1")]));
+        assert!(
+            !one.resources(CLUSTER)
+                .unwrap()
+                .same_sets(other.resources(CLUSTER).unwrap())
+        );
+        let mut equal_content = Snapshot::new();
+        equal_content.insert(CLUSTER, resource("own", "1"));
+        equal_content.add_layer(CLUSTER, set(&[("a", "1")]));
+        assert!(
+            !one.resources(CLUSTER)
+                .unwrap()
+                .same_sets(equal_content.resources(CLUSTER).unwrap())
+        );
+        let mut only = Snapshot::new();
+        only.set_type(ENDPOINT, shared.clone());
+        assert!(only.resources(ENDPOINT).unwrap().is_only(&shared));
+        assert!(!one.resources(CLUSTER).unwrap().is_only(&shared));
+    }
 }

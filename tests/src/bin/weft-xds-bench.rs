@@ -32,7 +32,7 @@ use anyhow::{Context, ensure};
 use prost::Message;
 use tokio::sync::mpsc;
 use weft_certs::{CertifiedKey, MeshCa, Validity};
-use weft_controller::mesh::TRUST_BUNDLE;
+use weft_controller::mesh::{TRUST_BUNDLE, WORKLOAD_CERTIFICATE};
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::{get, get_json, stat};
 use weft_e2e::mesh::{RemotePod, weft_sidecar};
@@ -285,13 +285,9 @@ async fn proxy(
     first.node = Some(node);
     sender.send(first)?;
     sender.send(request(LISTENER, Vec::new(), String::new(), String::new()))?;
-    let spiffe = format!(
-        "spiffe://cluster.local/ns/{}/sa/{}",
-        pod.namespace, pod.service_account
-    );
     sender.send(request(
         SECRET,
-        vec![spiffe, TRUST_BUNDLE.to_owned()],
+        vec![WORKLOAD_CERTIFICATE.to_owned(), TRUST_BUNDLE.to_owned()],
         String::new(),
         String::new(),
     ))?;
@@ -310,13 +306,7 @@ async fn proxy(
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
     names.insert(
         SECRET.to_owned(),
-        vec![
-            format!(
-                "spiffe://cluster.local/ns/{}/sa/{}",
-                pod.namespace, pod.service_account
-            ),
-            TRUST_BUNDLE.to_owned(),
-        ],
+        vec![WORKLOAD_CERTIFICATE.to_owned(), TRUST_BUNDLE.to_owned()],
     );
     names.insert(ROUTE.to_owned(), vec![OUTBOUND.to_owned()]);
     while let Some(response) = responses.message().await? {
