@@ -279,6 +279,13 @@ pub struct Plan {
     routes: HashMap<String, Arc<Resources>>,
     /// The endpoints, and a digest of the ready pods they were built from.
     endpoints: Option<(u64, Arc<Resources>)>,
+    /// Whether `endpoints` were computed since the rebuild began (see [`Plan::forget`]): the
+    /// snapshots of one rebuild take them as they are, without digesting every pod again for
+    /// each pod.
+    endpoints_fresh: bool,
+    /// Each Service port's load assignment and the addresses it was built from: a pod that
+    /// becomes ready changes its Services' assignments, and only those are encoded again.
+    assignments: HashMap<String, (Vec<SocketAddr>, Arc<Resource>)>,
     /// By identity and side.
     compiled: HashMap<(Identity, Side), PluginConfig>,
     /// By namespace: the outbound policy, which depends on the identity only by its namespace
@@ -432,7 +439,12 @@ impl Plan {
     /// compiled regexes).
     pub fn forget(&mut self, dirty: &Dirty) {
         match dirty {
-            Dirty::All => *self = Plan::default(),
+            Dirty::All => {
+                // A load assignment is its cluster's name and addresses, whatever the catalog.
+                let assignments = std::mem::take(&mut self.assignments);
+                *self = Plan::default();
+                self.assignments = assignments;
+            }
             Dirty::Policy { inbound, outbound } => {
                 self.compiled.retain(|(identity, side), _| match side {
                     Side::Inbound => !inbound.contains(identity),
@@ -448,6 +460,23 @@ impl Plan {
         }
         self.patches = crate::patch::PatchCache::default();
         self.bundles = weft_policy::wire::Encoder::default();
+        self.endpoints_fresh = false;
+    }
+
+    /// The endpoints of this rebuild: [`Plan::endpoints`], computed once after the last
+    /// [`Plan::forget`] (which each rebuild begins with).
+    ///
+    /// # Errors
+    /// When a load assignment cannot be rendered.
+    pub fn rebuild_endpoints(
+        &mut self,
+        view: &MeshView<'_>,
+        interner: &mut Interner,
+    ) -> Result<Arc<Resources>, MeshError> {
+        match &self.endpoints {
+            Some((_, endpoints)) if self.endpoints_fresh => Ok(endpoints.clone()),
+            _ => self.endpoints(view, interner),
+        }
     }
 
     /// `config` of `identity`'s workload as the bundle its sidecar's plugin is pushed.
@@ -546,6 +575,7 @@ impl Plan {
         if let Some((built_from, endpoints)) = &self.endpoints
             && *built_from == inputs
         {
+            self.endpoints_fresh = true;
             return Ok(endpoints.clone());
         }
         let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
@@ -560,6 +590,7 @@ impl Plan {
                 .push(pod);
         }
         let mut resources = Resources::new();
+        let mut assignments = HashMap::new();
         for service in &view.catalog.services {
             let selected: Vec<&Pod> = groups
                 .iter()
@@ -572,13 +603,20 @@ impl Plan {
                     .map(|p| SocketAddr::V4(SocketAddrV4::new(p.pod_ip, spec.target_port)))
                     .collect();
                 let cluster = cluster_name(service, spec.port, http);
-                let body = any(&load_assignment(&cluster, &addresses));
-                let resource = interner.resource(&cluster, body)?;
+                let resource = match self.assignments.remove(&cluster) {
+                    Some((built_from, resource)) if built_from == addresses => resource,
+                    _ => {
+                        interner.resource(&cluster, any(&load_assignment(&cluster, &addresses)))?
+                    }
+                };
+                assignments.insert(cluster, (addresses, resource.clone()));
                 resources.insert(resource.name.clone(), resource);
             }
         }
+        self.assignments = assignments;
         let endpoints = Arc::new(resources);
         self.endpoints = Some((inputs, endpoints.clone()));
+        self.endpoints_fresh = true;
         Ok(endpoints)
     }
 
@@ -1032,7 +1070,7 @@ pub fn sidecar_snapshot(
         snapshot.set_type(ROUTE, plan.routes(view, interner, &pod.namespace)?);
         crate::patch::disabled(&patches)
     };
-    snapshot.set_type(ENDPOINT, plan.endpoints(view, interner)?);
+    snapshot.set_type(ENDPOINT, plan.rebuild_endpoints(view, interner)?);
     snapshot.insert(
         SECRET,
         interner.resource(
@@ -1211,6 +1249,18 @@ mod tests {
             !format!("{assignment:?}").contains("10.0.0.1"),
             "{assignment:?}"
         );
+        // Within one rebuild (until the next `forget`), every snapshot takes the endpoints
+        // computed first, without digesting the pods again.
+        let first_view = MeshView {
+            ready: &BTreeSet::new(),
+            ..view
+        };
+        let same = plan.rebuild_endpoints(&first_view, &mut interner).unwrap();
+        assert!(Arc::ptr_eq(&next, &same));
+        plan.forget(&Dirty::Nothing);
+        let fresh = plan.rebuild_endpoints(&first_view, &mut interner).unwrap();
+        assert!(!Arc::ptr_eq(&next, &fresh));
+        assert!(fresh["checkout.shop"].body.value.len() < next["checkout.shop"].body.value.len());
     }
 
     #[test]

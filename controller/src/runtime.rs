@@ -1495,10 +1495,18 @@ impl Controller {
                 }
             }
             loop {
-                rebuilder.forget_departed(std::time::Instant::now());
+                let started = std::time::Instant::now();
+                rebuilder.forget_departed(started);
                 rebuilder.rebuild(OffsetDateTime::now_utc());
                 rebuilder.save_registered();
                 release_freed_memory();
+                // Changes that keep coming (pods of a rollout getting ready one by one) are
+                // gathered for as long as the last rebuild took, so that rebuilding takes at
+                // most half of the time, and the proxies are sent fewer, larger changes
+                // rather than a queue of small ones; a change after a quiet spell waits only
+                // the gathering below.
+                let rebuilt_at = std::time::Instant::now();
+                let next_at = rebuilt_at + (rebuilt_at - started).min(MAX_PACING);
                 // Wait for a change, the next renewal deadline read off the wall clock
                 // (checked at least every second, so a clock that jumps is noticed), or a
                 // departed pod to forget.
@@ -1512,7 +1520,8 @@ impl Controller {
                         () = stopped(&mut stop) => return,
                         () = rebuilder.changed.notified() => {
                             // Changes often come in bursts (an editor writes twice): gather them.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            let gathered = std::time::Instant::now() + Duration::from_millis(10);
+                            tokio::time::sleep_until(gathered.max(next_at).into()).await;
                             break;
                         }
                         () = tokio::time::sleep(until_renewal.min(Duration::from_secs(1))) => {
@@ -1597,6 +1606,9 @@ fn log_unapplied(diagnostics: &[Diagnostic]) {
 /// snapshot at once; glibc's allocator keeps what was freed for reuse, so without this the
 /// controller stays at the high-water mark of its largest rebuild (measured: +260 MiB after
 /// 500 pods came and went beside 5,000; docs/BENCHMARKS.md).
+/// The longest a change waits because the last rebuild was long (see the rebuild loop).
+const MAX_PACING: Duration = Duration::from_secs(1);
+
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the system.

@@ -23,6 +23,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use prost::Message as _;
 use weft_xds::protocol::{Event, Output, Stream};
 use weft_xds::snapshot::{
     CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, PUSH_ORDER, ROUTE, Resource, SECRET, Snapshot,
@@ -165,7 +166,13 @@ impl Model {
             }
         }
         for response in &output.responses {
-            self.check_response(response, repeat);
+            // As the proxy reads it: the bytes written, decoded.
+            let mut encoded = Vec::new();
+            response.encode(&mut encoded);
+            assert_eq!(encoded.len(), response.encoded_len(), "encoded length");
+            let decoded = DiscoveryResponse::decode(encoded.as_slice()).expect("a response decodes");
+            assert_eq!(decoded, response.to_discovery_response(), "the encoding");
+            self.check_response(&decoded, repeat);
         }
         if output.responses.len() > 1 {
             let order: Vec<usize> = output

@@ -27,6 +27,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::encoding::{message, string};
 
 use crate::snapshot::{
     CLUSTER, ENDPOINT, LISTENER, Layers, PUSH_ORDER, ROUTE, Resource, SharedSnapshot,
@@ -81,11 +82,88 @@ pub enum Event {
     InSync,
 }
 
+/// A response to send: a `DiscoveryResponse` whose resources are the snapshot's own, shared,
+/// and encoded straight from it (a push to thousands of proxies copies no resource before it is
+/// written to the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The version of the resources.
+    pub version_info: String,
+    /// The resources.
+    pub resources: Vec<Arc<Resource>>,
+    /// Their type.
+    pub type_url: String,
+    /// The nonce the proxy answers with.
+    pub nonce: String,
+}
+
+/// `DiscoveryResponse`'s field numbers.
+const VERSION_INFO: u32 = 1;
+const RESOURCES: u32 = 2;
+const TYPE_URL: u32 = 4;
+const NONCE: u32 = 5;
+
+impl Response {
+    fn strings(&self) -> [(u32, &String); 3] {
+        [
+            (VERSION_INFO, &self.version_info),
+            (TYPE_URL, &self.type_url),
+            (NONCE, &self.nonce),
+        ]
+    }
+
+    /// The length of its encoding.
+    pub fn encoded_len(&self) -> usize {
+        let strings: usize = self
+            .strings()
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(tag, value)| string::encoded_len(*tag, value))
+            .sum();
+        let resources: usize = self
+            .resources
+            .iter()
+            .map(|resource| message::encoded_len(RESOURCES, &resource.body))
+            .sum();
+        strings + resources
+    }
+
+    /// Appends its encoding, the bytes of the `DiscoveryResponse` it stands for (fields in
+    /// their numbers' order, as prost writes them).
+    pub fn encode(&self, buffer: &mut Vec<u8>) {
+        let [version, type_url, nonce] = self.strings();
+        for (tag, value) in [version] {
+            if !value.is_empty() {
+                string::encode(tag, value, buffer);
+            }
+        }
+        for resource in &self.resources {
+            message::encode(RESOURCES, &resource.body, buffer);
+        }
+        for (tag, value) in [type_url, nonce] {
+            if !value.is_empty() {
+                string::encode(tag, value, buffer);
+            }
+        }
+    }
+
+    /// The `DiscoveryResponse` it stands for, copied (for tests and tools).
+    pub fn to_discovery_response(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|r| r.body.clone()).collect(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            ..DiscoveryResponse::default()
+        }
+    }
+}
+
 /// What one step produced.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Responses to send, in order.
-    pub responses: Vec<DiscoveryResponse>,
+    pub responses: Vec<Response>,
     /// What happened.
     pub events: Vec<Event>,
     /// Why the stream must end, when it must.
@@ -437,14 +515,14 @@ impl Stream {
         {
             return version.clone();
         }
-        let version = set_version(self.selected(type_url));
+        let version = set_version(self.selected(type_url).into_iter().map(AsRef::as_ref));
         if let (Some(current), Some(state)) = (current, self.types.get_mut(type_url)) {
             state.memo = Some((current, version.clone()));
         }
         version
     }
 
-    fn selected(&self, type_url: &str) -> Vec<&Resource> {
+    fn selected(&self, type_url: &str) -> Vec<&Arc<Resource>> {
         let (Some(snapshot), Some(state)) = (&self.snapshot, self.types.get(type_url)) else {
             return Vec::new();
         };
@@ -452,13 +530,12 @@ impl Stream {
             return Vec::new();
         };
         if state.wildcard {
-            resources.values().map(AsRef::as_ref).collect()
+            resources.values().collect()
         } else {
             state
                 .names
                 .iter()
                 .filter_map(|name| resources.get(name))
-                .map(AsRef::as_ref)
                 .collect()
         }
     }
@@ -527,13 +604,13 @@ impl Stream {
             Some(last) => selected
                 .iter()
                 .filter(|r| last.get(&r.name).is_none_or(|old| old.version != r.version))
-                .map(|r| r.body.clone())
+                .map(|r| Arc::clone(r))
                 .collect(),
             None => Vec::new(),
         };
         // A change that removed a resource and changed none is sent whole.
         let bodies: Vec<_> = if changed.is_empty() {
-            selected.iter().map(|r| r.body.clone()).collect()
+            selected.iter().map(|r| Arc::clone(r)).collect()
         } else {
             changed
         };
@@ -553,12 +630,11 @@ impl Stream {
                 self.owed.remove(warmed);
             }
         }
-        output.responses.push(DiscoveryResponse {
+        output.responses.push(Response {
             version_info: version,
             resources: bodies,
             type_url: type_url.to_owned(),
             nonce,
-            ..DiscoveryResponse::default()
         });
     }
 }
@@ -616,7 +692,7 @@ mod tests {
     }
 
     /// The ACK of `response` (a wildcard subscription).
-    fn acking(response: &DiscoveryResponse) -> DiscoveryRequest {
+    fn acking(response: &Response) -> DiscoveryRequest {
         request(
             &response.type_url,
             &[],
@@ -625,7 +701,43 @@ mod tests {
         )
     }
 
-    fn one(output: &Output) -> &DiscoveryResponse {
+    #[test]
+    fn a_response_encodes_as_the_discovery_response_it_stands_for() {
+        use prost::Message as _;
+        let response = Response {
+            version_info: "v1".to_owned(),
+            resources: vec![
+                Arc::new(resource("a", "a1")),
+                Arc::new(Resource {
+                    name: "b".to_owned(),
+                    version: "b1".to_owned(),
+                    body: Any {
+                        type_url: CLUSTER.to_owned(),
+                        value: vec![7; 300],
+                    },
+                }),
+            ],
+            type_url: CLUSTER.to_owned(),
+            nonce: "12".to_owned(),
+        };
+        let mut encoded = Vec::new();
+        response.encode(&mut encoded);
+        let expected = response.to_discovery_response().encode_to_vec();
+        assert_eq!(encoded, expected);
+        assert_eq!(response.encoded_len(), expected.len());
+        let empty = Response {
+            version_info: String::new(),
+            resources: Vec::new(),
+            type_url: ENDPOINT.to_owned(),
+            nonce: String::new(),
+        };
+        let mut encoded = Vec::new();
+        empty.encode(&mut encoded);
+        assert_eq!(encoded, empty.to_discovery_response().encode_to_vec());
+        assert_eq!(empty.encoded_len(), encoded.len());
+    }
+
+    fn one(output: &Output) -> &Response {
         assert_eq!(output.responses.len(), 1, "{:?}", output.responses);
         &output.responses[0]
     }
@@ -1102,7 +1214,7 @@ mod tests {
         ]);
         let changed = stream.on_snapshot(v2.clone());
         let delta = one(&changed).clone();
-        assert_eq!(delta.resources, vec![resource("b", "b2").body]);
+        assert_eq!(delta.resources, vec![Arc::new(resource("b", "b2"))]);
         assert_eq!(
             delta.version_info,
             set_version(v2.resources(ENDPOINT).unwrap().values().map(AsRef::as_ref)),
@@ -1173,7 +1285,7 @@ mod tests {
         let changed = stream.on_snapshot(snapshot(&[(ENDPOINT, "a", "a2"), (ENDPOINT, "b", "b1")]));
         assert_eq!(
             one(&changed).resources,
-            vec![resource("a", "a2").body, resource("b", "b1").body]
+            vec![Arc::new(resource("a", "a2")), Arc::new(resource("b", "b1"))]
         );
     }
 }

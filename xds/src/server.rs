@@ -10,9 +10,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use prost::Message;
 use tokio::sync::watch;
 use tonic::codec::BufferSettings;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -21,7 +20,7 @@ use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstDecoder;
 
 use crate::cache::SnapshotCache;
-use crate::protocol::{Event, Output, Stream, TypeStatus};
+use crate::protocol::{Event, Output, Response, Stream, TypeStatus};
 use crate::snapshot::SharedSnapshot;
 
 /// The gRPC method of Envoy's ADS client (state of the world).
@@ -184,8 +183,7 @@ impl<A: Admission> AdsService<A> {
 }
 
 /// The responses of one ADS stream.
-type Responses =
-    Pin<Box<dyn futures_util::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type Responses = Pin<Box<dyn futures_util::Stream<Item = Result<Response, Status>> + Send>>;
 
 /// The response body of one ADS stream: each response framed as gRPC frames a message (a
 /// flag byte, the length in four big-endian bytes, the message) in an allocation of its own,
@@ -228,16 +226,14 @@ impl http_body::Body for ResponseBody {
 }
 
 /// `response` as one gRPC message.
-fn framed(response: &DiscoveryResponse) -> Result<Bytes, Status> {
+fn framed(response: &Response) -> Result<Bytes, Status> {
     let length = response.encoded_len();
     let prefix = u32::try_from(length)
         .map_err(|_| Status::internal(format!("a response of {length} bytes is too large")))?;
     let mut message = Vec::with_capacity(5 + length);
     message.push(0); // not compressed
     message.extend_from_slice(&prefix.to_be_bytes());
-    response
-        .encode(&mut message)
-        .map_err(|err| Status::internal(err.to_string()))?;
+    response.encode(&mut message);
     Ok(message.into())
 }
 
@@ -254,13 +250,13 @@ struct Session<A: Admission> {
     /// The proxy's key and its snapshots, once admitted.
     admitted: Option<(String, watch::Receiver<Option<SharedSnapshot>>)>,
     stream: Stream,
-    queued: VecDeque<Result<DiscoveryResponse, Status>>,
+    queued: VecDeque<Result<Response, Status>>,
     ended: bool,
 }
 
 impl<A: Admission> Session<A> {
     /// The next response, or `None` when the stream is over.
-    async fn next(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+    async fn next(&mut self) -> Option<Result<Response, Status>> {
         loop {
             if let Some(response) = self.queued.pop_front() {
                 return Some(response);
@@ -361,7 +357,7 @@ impl<A: Admission> Drop for Session<A> {
 /// status the stream ends with, when the step ends it.
 fn queue<A: Admission>(
     admission: &A,
-    queued: &mut VecDeque<Result<DiscoveryResponse, Status>>,
+    queued: &mut VecDeque<Result<Response, Status>>,
     key: &str,
     output: Output,
 ) -> Option<Status> {
