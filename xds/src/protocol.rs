@@ -17,10 +17,12 @@
 //! - once the proxy applied clusters sent after the last endpoints, the endpoints are sent
 //!   again, changed or not, and routes after listeners: Envoy warms a changed cluster until an
 //!   EDS response comes, and a changed listener until an RDS response comes;
-//! - a change of endpoints sends only the load assignments that changed since the last ones
-//!   sent (EDS is not a wildcard type: Envoy keeps what a response leaves out), as Istio's
-//!   incremental EDS does; a first request, a new subscription, a warm-up and the change after
-//!   a NACK send them all.
+//! - endpoints are sent as what the proxy lacks (EDS is not a wildcard type: Envoy keeps what
+//!   a response leaves out), as Istio's incremental EDS does: a change sends the load
+//!   assignments that changed since the last ones sent, a new subscription those of the names
+//!   it adds, and a warm-up those of the clusters that changed (with any changed ones); a first
+//!   request, the response after a NACK, and a warm-up after clusters the stream does not know
+//!   to have been sent whole, send them all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
@@ -197,9 +199,10 @@ struct TypeState {
     acked_nonce: Option<String>,
     /// Every version refused on this stream, the latest last (at most [`REFUSED_KEPT`]).
     refused: VecDeque<String>,
-    /// For endpoints: the snapshot's set the last response was taken from (shared with the
-    /// snapshot, so it costs a pointer), when the proxy holds all of it.
-    last: Option<Layers>,
+    /// For clusters and endpoints: the snapshot's set the last response was taken from
+    /// (shared with the snapshot, so it costs pointers) and the names subscribed then, when the
+    /// proxy holds what it was sent of them.
+    last: Option<(Layers, Arc<BTreeSet<String>>)>,
     /// The snapshot's set of this type and the version the subscription selects of it (for
     /// the subscription as it is: a change of it forgets this).
     memo: Option<(Layers, String)>,
@@ -251,6 +254,65 @@ fn shared_names(names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
     shared
 }
 
+/// The version of what a subscription to `names` selects of `layers`, and those resources:
+/// computed once for every stream subscribed to the same names of the same sets. The proxies of
+/// a mesh subscribe to the same endpoints (one name per Service) of the one set every snapshot
+/// shares, so a change of endpoints is selected and digested once, not once per proxy. Entries
+/// hold their sets, so the addresses that key them cannot be reused while they are kept; those
+/// whose sets nothing else holds any more are swept.
+fn shared_selection(
+    layers: &Layers,
+    names: &Arc<BTreeSet<String>>,
+) -> (String, Arc<Vec<Arc<Resource>>>) {
+    struct Entry {
+        layers: Layers,
+        names: Arc<BTreeSet<String>>,
+        version: String,
+        selected: Arc<Vec<Arc<Resource>>>,
+    }
+    #[derive(Default)]
+    struct Cache {
+        entries: HashMap<(usize, Vec<usize>), Entry>,
+        sweep_at: usize,
+    }
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let key = (Arc::as_ptr(names) as usize, layers.pointers());
+    // A panic while holding the lock leaves the cache a cache still: sound to use.
+    let mut cache = CACHE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(entry) = cache.entries.get(&key)
+        && Arc::ptr_eq(&entry.names, names)
+        && entry.layers.same_sets(layers)
+    {
+        return (entry.version.clone(), entry.selected.clone());
+    }
+    let selected: Vec<Arc<Resource>> = names
+        .iter()
+        .filter_map(|name| layers.get(name))
+        .cloned()
+        .collect();
+    let version = set_version(selected.iter().map(AsRef::as_ref));
+    let selected = Arc::new(selected);
+    cache.entries.insert(
+        key,
+        Entry {
+            layers: layers.clone(),
+            names: names.clone(),
+            version: version.clone(),
+            selected: selected.clone(),
+        },
+    );
+    if cache.entries.len() >= cache.sweep_at {
+        cache.entries.retain(|_, entry| {
+            Arc::strong_count(&entry.names) > 1 && entry.layers.held_elsewhere()
+        });
+        cache.sweep_at = (2 * cache.entries.len()).max(1024);
+    }
+    (version, selected)
+}
+
 /// One type's protocol state, for status pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeStatus {
@@ -294,6 +356,9 @@ pub struct Stream {
     /// listeners and no routes); the proxy's ACK of them is answered with these
     /// ([`Send::Warm`]).
     owed: BTreeSet<&'static str>,
+    /// The clusters sent changed since the endpoints were last sent, which the proxy warms
+    /// until their endpoints come; `None` when not known (all of them are then sent).
+    warming: Option<BTreeSet<String>>,
 }
 
 impl Stream {
@@ -376,18 +441,23 @@ impl Stream {
         let wildcard = is_wildcard_type(&type_url)
             && (request.resource_names.is_empty()
                 || request.resource_names.iter().any(|name| name == "*"));
-        let names: BTreeSet<String> = request
+        // Compared without copying the names: most requests are acknowledgements of the
+        // subscription as it was.
+        let mut asked: Vec<&str> = request
             .resource_names
             .iter()
-            .filter(|name| name.as_str() != "*")
-            .cloned()
+            .map(String::as_str)
+            .filter(|name| *name != "*")
             .collect();
-        let subscription_changed = wildcard != state.wildcard || names != *state.names;
+        asked.sort_unstable();
+        asked.dedup();
+        let same_names = asked.len() == state.names.len()
+            && asked.iter().zip(state.names.iter()).all(|(a, b)| *a == b);
+        let subscription_changed = wildcard != state.wildcard || !same_names;
         if subscription_changed {
+            // What it holds of the names it keeps is still known (`last`, by name).
             state.memo = None;
-            // What the proxy holds of the new names is not known until they are sent whole.
-            state.last = None;
-            state.names = shared_names(names);
+            state.names = shared_names(asked.into_iter().map(str::to_owned).collect());
         }
         state.wildcard = wildcard;
         if first {
@@ -503,7 +573,7 @@ impl Stream {
     /// The version of what `type_url`'s subscription selects, computed once per set of
     /// resources: snapshots share a type's set until it changes, so a change elsewhere costs a
     /// pointer comparison here.
-    fn version(&mut self, type_url: &str) -> String {
+    fn version(&mut self, type_url: &str) -> (String, Option<Vec<Arc<Resource>>>) {
         let current = self
             .snapshot
             .as_ref()
@@ -513,30 +583,29 @@ impl Stream {
             && let Some((set, version)) = &state.memo
             && set.same_sets(current)
         {
-            return version.clone();
+            return (version.clone(), None);
         }
-        let version = set_version(self.selected(type_url).into_iter().map(AsRef::as_ref));
+        let (version, selected) = self.selection(type_url);
         if let (Some(current), Some(state)) = (current, self.types.get_mut(type_url)) {
             state.memo = Some((current, version.clone()));
         }
-        version
+        (version, Some(selected))
     }
 
-    fn selected(&self, type_url: &str) -> Vec<&Arc<Resource>> {
+    /// What `type_url`'s subscription selects of the snapshot, and its version.
+    fn selection(&self, type_url: &str) -> (String, Vec<Arc<Resource>>) {
         let (Some(snapshot), Some(state)) = (&self.snapshot, self.types.get(type_url)) else {
-            return Vec::new();
+            return (set_version(std::iter::empty()), Vec::new());
         };
         let Some(resources) = snapshot.resources(type_url) else {
-            return Vec::new();
+            return (set_version(std::iter::empty()), Vec::new());
         };
         if state.wildcard {
-            resources.values().collect()
+            let selected: Vec<Arc<Resource>> = resources.values().cloned().collect();
+            (set_version(selected.iter().map(AsRef::as_ref)), selected)
         } else {
-            state
-                .names
-                .iter()
-                .filter_map(|name| resources.get(name))
-                .collect()
+            let (version, selected) = shared_selection(resources, &state.names);
+            (version, selected.as_ref().clone())
         }
     }
 
@@ -564,7 +633,7 @@ impl Stream {
         if self.snapshot.is_none() {
             return;
         }
-        let version = self.version(type_url);
+        let (version, selected) = self.version(type_url);
         let Some(state) = self.types.get_mut(type_url) else {
             return;
         };
@@ -594,33 +663,75 @@ impl Stream {
             .as_ref()
             .and_then(|snapshot| snapshot.resources(type_url))
             .cloned();
-        let base = match (send, type_url) {
-            (Send::Change, ENDPOINT) => state.last.clone(),
+        // Any response of endpoints carries those of the clusters warming (a new cluster's
+        // subscription may come in the same push as a changed one's warm-up).
+        let warming = match type_url {
+            ENDPOINT => self.warming.clone(),
             _ => None,
         };
-        // Copied only when sent: most types of a new snapshot are unchanged.
-        let selected = self.selected(type_url);
+        let base = match (send, type_url, warming) {
+            (Send::Change | Send::Subscribed | Send::Warm, ENDPOINT, Some(warming)) => {
+                state.last.clone().map(|(set, names)| (set, names, warming))
+            }
+            _ => None,
+        };
+        // Selected only when sent (or its version was computed): most types of a new snapshot
+        // are unchanged.
+        let selected = selected.unwrap_or_else(|| self.selection(type_url).1);
+        // What the proxy lacks: what it was not sent, or sent in another version, and what it
+        // warms.
         let changed: Vec<_> = match &base {
-            Some(last) => selected
+            Some((last, names, warming)) => selected
                 .iter()
-                .filter(|r| last.get(&r.name).is_none_or(|old| old.version != r.version))
-                .map(|r| Arc::clone(r))
+                .filter(|r| {
+                    let held = names.contains(&r.name)
+                        && last
+                            .get(&r.name)
+                            .is_some_and(|old| old.version == r.version);
+                    !held || warming.contains(&r.name)
+                })
+                .map(Arc::clone)
                 .collect(),
             None => Vec::new(),
         };
         // A change that removed a resource and changed none is sent whole.
         let bodies: Vec<_> = if changed.is_empty() {
-            selected.iter().map(|r| Arc::clone(r)).collect()
+            selected
         } else {
             changed
         };
+        if type_url == CLUSTER {
+            // The clusters that change: Envoy warms each until its endpoints come.
+            let previous = self
+                .types
+                .get(type_url)
+                .and_then(|state| state.last.as_ref());
+            self.warming = match (self.warming.take(), previous) {
+                (Some(mut warming), Some((previous, _))) => {
+                    warming.extend(
+                        bodies
+                            .iter()
+                            .filter(|r| {
+                                previous
+                                    .get(&r.name)
+                                    .is_none_or(|old| old.version != r.version)
+                            })
+                            .map(|r| r.name.clone()),
+                    );
+                    Some(warming)
+                }
+                _ => None,
+            };
+        } else if type_url == ENDPOINT {
+            self.warming = Some(BTreeSet::new());
+        }
         if let Some(state) = self.types.get_mut(type_url) {
             state.sent = Some(Sent {
                 version: version.clone(),
                 nonce: nonce.clone(),
             });
-            if type_url == ENDPOINT {
-                state.last = current;
+            if type_url == ENDPOINT || type_url == CLUSTER {
+                state.last = current.map(|set| (set, state.names.clone()));
             }
         }
         for (by, warmed) in WARMED_BY {
@@ -965,7 +1076,8 @@ mod tests {
             &first.version_info,
             &first.nonce,
         ));
-        assert_eq!(one(&more).resources.len(), 2);
+        // Only what it lacks: it holds "a" as it is.
+        assert_eq!(one(&more).resources, vec![Arc::new(resource("b", "2"))]);
         // The same names again with the new nonce: an ACK, nothing to send.
         let sent = one(&more).clone();
         let ack = stream.on_request(&request(
@@ -1061,6 +1173,73 @@ mod tests {
                 .responses
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_warm_up_sends_the_endpoints_of_the_clusters_that_changed_and_of_new_names() {
+        let mut stream = Stream::new();
+        let mesh = |a: &'static str, b: &'static str, c: Option<&'static str>| {
+            let mut entries = vec![
+                (CLUSTER, "a", a),
+                (CLUSTER, "b", b),
+                (ENDPOINT, "a", "ea"),
+                (ENDPOINT, "b", "eb"),
+            ];
+            if let Some(c) = c {
+                entries.extend([(CLUSTER, "c", c), (ENDPOINT, "c", "ec")]);
+            }
+            snapshot(&entries)
+        };
+        stream.on_snapshot(mesh("1", "1", None));
+        let clusters = one(&stream.on_request(&request(CLUSTER, &[], "", ""))).clone();
+        let endpoints = one(&stream.on_request(&request(ENDPOINT, &["a", "b"], "", ""))).clone();
+        assert_eq!(endpoints.resources.len(), 2);
+        stream.on_request(&acking(&clusters));
+        stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &endpoints.version_info,
+            &endpoints.nonce,
+        ));
+        // Cluster "a" changes (its endpoints do not): its warm-up gets "a"'s endpoints only.
+        let changed = one(&stream.on_snapshot(mesh("2", "1", None))).clone();
+        let warmed = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &endpoints.version_info,
+            &endpoints.nonce,
+        ));
+        let warm = one(&warmed).clone();
+        assert_eq!(warm.resources, vec![Arc::new(resource("a", "ea"))]);
+        stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b"],
+            &warm.version_info,
+            &warm.nonce,
+        ));
+        stream.on_request(&acking(&changed));
+        // Cluster "b" changes and "c" is new, in one push: the subscription that adds "c" gets
+        // "c"'s endpoints and those of the warming "b".
+        let pushed = one(&stream.on_snapshot(mesh("2", "2", Some("1")))).clone();
+        let subscribed = stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b", "c"],
+            &warm.version_info,
+            &warm.nonce,
+        ));
+        let sent = one(&subscribed);
+        assert_eq!(
+            sent.resources,
+            vec![Arc::new(resource("b", "eb")), Arc::new(resource("c", "ec"))]
+        );
+        // Nothing left to warm: the clusters' ACK brings nothing.
+        stream.on_request(&request(
+            ENDPOINT,
+            &["a", "b", "c"],
+            &sent.version_info,
+            &sent.nonce,
+        ));
+        assert!(stream.on_request(&acking(&pushed)).responses.is_empty());
     }
 
     #[test]

@@ -136,6 +136,19 @@ impl Layers {
                 .all(|(mine, theirs)| Arc::ptr_eq(mine, theirs))
     }
 
+    /// The addresses of its sets, which identify them while they are held.
+    pub fn pointers(&self) -> Vec<usize> {
+        self.0
+            .iter()
+            .map(|layer| Arc::as_ptr(layer) as usize)
+            .collect()
+    }
+
+    /// Whether every one of its sets is held by something other than this.
+    pub fn held_elsewhere(&self) -> bool {
+        self.0.iter().all(|layer| Arc::strong_count(layer) > 1)
+    }
+
     /// Whether `set` is its only layer.
     pub fn is_only(&self, set: &Arc<Resources>) -> bool {
         matches!(self.0.as_slice(), [only] if Arc::ptr_eq(only, set))
