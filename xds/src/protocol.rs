@@ -254,63 +254,115 @@ fn shared_names(names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
     shared
 }
 
-/// The version of what a subscription to `names` selects of `layers`, and those resources:
-/// computed once for every stream subscribed to the same names of the same sets. The proxies of
-/// a mesh subscribe to the same endpoints (one name per Service) of the one set every snapshot
-/// shares, so a change of endpoints is selected and digested once, not once per proxy. Entries
-/// hold their sets, so the addresses that key them cannot be reused while they are kept; those
-/// whose sets nothing else holds any more are swept.
-fn shared_selection(
-    layers: &Layers,
-    names: &Arc<BTreeSet<String>>,
-) -> (String, Arc<Vec<Arc<Resource>>>) {
-    struct Entry {
-        layers: Layers,
-        names: Arc<BTreeSet<String>>,
-        version: String,
-        selected: Arc<Vec<Arc<Resource>>>,
+/// A process-wide memo of what streams compute from shared sets, keyed by the addresses of
+/// those sets. The proxies of a mesh subscribe to the same endpoints (one name per Service) of the
+/// one set every snapshot shares, so what one stream computes from them, thousands of others
+/// would compute again. Each entry keeps weak references to the sets that key it, so their
+/// addresses cannot be reused while it is kept (the sets themselves go when nothing else holds
+/// them); entries whose sets are gone are swept.
+struct SharedMemo<V> {
+    entries: HashMap<Vec<usize>, Keyed<V>>,
+    /// Entries added since the last sweep: a sweep comes every [`SWEEP_EVERY`], so that the
+    /// entries of sets that are gone (a superseded set of endpoints) are not kept for long.
+    added: usize,
+}
+
+/// How many entries a [`SharedMemo`] adds between sweeps.
+const SWEEP_EVERY: usize = 256;
+
+struct Keyed<V> {
+    names: Vec<Weak<BTreeSet<String>>>,
+    sets: Vec<Weak<crate::snapshot::Resources>>,
+    value: V,
+}
+
+impl<V: Clone> SharedMemo<V> {
+    fn new() -> Self {
+        Self {
+            entries: HashMap::new(),
+            added: 0,
+        }
     }
-    #[derive(Default)]
-    struct Cache {
-        entries: HashMap<(usize, Vec<usize>), Entry>,
-        sweep_at: usize,
+
+    /// What `compute` gives from `names` and `sets`, computed once while they are held.
+    fn get(
+        memo: &OnceLock<Mutex<Self>>,
+        names: &[&Arc<BTreeSet<String>>],
+        sets: &[&Layers],
+        compute: impl FnOnce() -> V,
+    ) -> V {
+        let mut key: Vec<usize> = names.iter().map(|n| Arc::as_ptr(n) as usize).collect();
+        for set in sets {
+            // No address is zero: it separates the sets' lists.
+            key.push(0);
+            key.extend(set.pointers());
+        }
+        // A panic while holding the lock leaves the memo a memo still: sound to use.
+        let mut memo = memo
+            .get_or_init(|| Mutex::new(Self::new()))
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = memo.entries.get(&key) {
+            return entry.value.clone();
+        }
+        let value = compute();
+        memo.entries.insert(
+            key,
+            Keyed {
+                names: names.iter().map(|n| Arc::downgrade(n)).collect(),
+                sets: sets.iter().flat_map(|s| s.downgrade()).collect(),
+                value: value.clone(),
+            },
+        );
+        memo.added += 1;
+        if memo.added >= SWEEP_EVERY {
+            memo.entries.retain(|_, entry| {
+                entry.names.iter().all(|n| n.strong_count() > 0)
+                    && entry.sets.iter().all(|s| s.strong_count() > 0)
+            });
+            memo.added = 0;
+        }
+        value
     }
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let key = (Arc::as_ptr(names) as usize, layers.pointers());
-    // A panic while holding the lock leaves the cache a cache still: sound to use.
-    let mut cache = CACHE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(entry) = cache.entries.get(&key)
-        && Arc::ptr_eq(&entry.names, names)
-        && entry.layers.same_sets(layers)
-    {
-        return (entry.version.clone(), entry.selected.clone());
-    }
-    let selected: Vec<Arc<Resource>> = names
+}
+
+/// Resources, shared.
+type Shared = Arc<Vec<Arc<Resource>>>;
+
+/// The version of what a subscription to `names` selects of `layers`, and those resources,
+/// computed once for every stream subscribed to the same names of the same sets.
+fn shared_selection(layers: &Layers, names: &Arc<BTreeSet<String>>) -> (String, Shared) {
+    static MEMO: OnceLock<Mutex<SharedMemo<(String, Shared)>>> = OnceLock::new();
+    SharedMemo::get(&MEMO, &[names], &[layers], || {
+        let selected: Vec<Arc<Resource>> = names
+            .iter()
+            .filter_map(|name| layers.get(name))
+            .cloned()
+            .collect();
+        let version = set_version(selected.iter().map(AsRef::as_ref));
+        (version, Arc::new(selected))
+    })
+}
+
+/// Of `selected`, what a proxy that was last sent `last` for `last_names` lacks: what it was
+/// not sent, or sent in another version, and what it warms.
+fn lacking(
+    selected: &[Arc<Resource>],
+    last: &Layers,
+    last_names: &BTreeSet<String>,
+    warming: &BTreeSet<String>,
+) -> Vec<Arc<Resource>> {
+    selected
         .iter()
-        .filter_map(|name| layers.get(name))
-        .cloned()
-        .collect();
-    let version = set_version(selected.iter().map(AsRef::as_ref));
-    let selected = Arc::new(selected);
-    cache.entries.insert(
-        key,
-        Entry {
-            layers: layers.clone(),
-            names: names.clone(),
-            version: version.clone(),
-            selected: selected.clone(),
-        },
-    );
-    if cache.entries.len() >= cache.sweep_at {
-        cache.entries.retain(|_, entry| {
-            Arc::strong_count(&entry.names) > 1 && entry.layers.held_elsewhere()
-        });
-        cache.sweep_at = (2 * cache.entries.len()).max(1024);
-    }
-    (version, selected)
+        .filter(|r| {
+            let held = last_names.contains(&r.name)
+                && last
+                    .get(&r.name)
+                    .is_some_and(|old| old.version == r.version);
+            !held || warming.contains(&r.name)
+        })
+        .map(Arc::clone)
+        .collect()
 }
 
 /// One type's protocol state, for status pages.
@@ -680,19 +732,23 @@ impl Stream {
         let selected = selected.unwrap_or_else(|| self.selection(type_url).1);
         // What the proxy lacks: what it was not sent, or sent in another version, and what it
         // warms.
-        let changed: Vec<_> = match &base {
-            Some((last, names, warming)) => selected
-                .iter()
-                .filter(|r| {
-                    let held = names.contains(&r.name)
-                        && last
-                            .get(&r.name)
-                            .is_some_and(|old| old.version == r.version);
-                    !held || warming.contains(&r.name)
+        let changed: Vec<_> = match (&base, &current, self.types.get(type_url)) {
+            // Nothing warming: the same for every stream that was sent the same and now
+            // selects the same, so computed once for them.
+            (Some((last, last_names, warming)), Some(current), Some(state))
+                if warming.is_empty() && !state.wildcard =>
+            {
+                static MEMO: OnceLock<Mutex<SharedMemo<Shared>>> = OnceLock::new();
+                SharedMemo::get(&MEMO, &[&state.names, last_names], &[current, last], || {
+                    Arc::new(lacking(&selected, last, last_names, warming))
                 })
-                .map(Arc::clone)
-                .collect(),
-            None => Vec::new(),
+                .as_ref()
+                .clone()
+            }
+            (Some((last, last_names, warming)), _, _) => {
+                lacking(&selected, last, last_names, warming)
+            }
+            _ => Vec::new(),
         };
         // A change that removed a resource and changed none is sent whole.
         let bodies: Vec<_> = if changed.is_empty() {
@@ -810,6 +866,40 @@ mod tests {
             &response.version_info,
             &response.nonce,
         )
+    }
+
+    #[test]
+    fn a_shared_memo_computes_once_per_set_and_forgets_sets_that_are_gone() {
+        static MEMO: OnceLock<Mutex<SharedMemo<usize>>> = OnceLock::new();
+        let names = Arc::new(BTreeSet::from(["a".to_owned()]));
+        let layers = |content: &str| {
+            let snapshot = snapshot(&[(ENDPOINT, "a", content)]);
+            snapshot.resources(ENDPOINT).unwrap().clone()
+        };
+        let (first, second) = (layers("1"), layers("2"));
+        let calls = std::cell::Cell::new(0);
+        let count = || {
+            calls.set(calls.get() + 1);
+            calls.get()
+        };
+        assert_eq!(SharedMemo::get(&MEMO, &[&names], &[&first], count), 1);
+        assert_eq!(SharedMemo::get(&MEMO, &[&names], &[&first], count), 1);
+        assert_eq!(SharedMemo::get(&MEMO, &[&names], &[&second], count), 2);
+        drop(first);
+        for _ in 0..SWEEP_EVERY {
+            let other = layers("3");
+            SharedMemo::get(&MEMO, &[&names], &[&other], || 0);
+        }
+        // Swept once on the way: what is left is the entry of the set still held, that of the
+        // set being added when the sweep came, and those added since.
+        let memo = MEMO.get().unwrap().lock().unwrap();
+        let live = memo
+            .entries
+            .values()
+            .filter(|entry| entry.sets.iter().all(|s| s.strong_count() > 0))
+            .count();
+        assert_eq!(live, 1);
+        assert_eq!(memo.entries.len(), 2 + memo.added);
     }
 
     #[test]

@@ -144,9 +144,10 @@ impl Layers {
             .collect()
     }
 
-    /// Whether every one of its sets is held by something other than this.
-    pub fn held_elsewhere(&self) -> bool {
-        self.0.iter().all(|layer| Arc::strong_count(layer) > 1)
+    /// Weak references to its sets: they keep the sets' addresses from being reused, not the
+    /// sets.
+    pub fn downgrade(&self) -> Vec<std::sync::Weak<Resources>> {
+        self.0.iter().map(Arc::downgrade).collect()
     }
 
     /// Whether `set` is its only layer.
