@@ -484,20 +484,15 @@ pub fn sidecar(args: &SidecarArgs) -> anyhow::Result<()> {
             ca: file(weft_certs::CA_CERT_FILE),
         },
     };
-    let (pod_ip, app_ip, module_path) = (
-        args.pod_ip.to_string(),
-        args.app_ip.to_string(),
-        module.display().to_string(),
-    );
     let bootstrap = weft_envoy_config::mesh::sidecar_bootstrap(
         &args.pod,
         &format!("{namespace}/{}", args.service_account),
-        &[
-            ("workload", &args.workload),
-            ("pod_ip", &pod_ip),
-            ("app_ip", &app_ip),
-            ("module", &module_path),
-        ],
+        &weft_envoy_config::mesh::PodMetadata {
+            workload: args.workload.clone(),
+            pod_ip: Some(args.pod_ip),
+            app_ip: Some(args.app_ip),
+            module: Some(module.display().to_string()),
+        },
         args.pod_ip,
         &link,
     );

@@ -6,6 +6,7 @@
 //! mesh CA and rotates workload certificates on wall-clock time, and reports status.
 
 pub mod admin;
+pub mod admission;
 pub mod channel;
 pub mod files;
 pub mod folder;

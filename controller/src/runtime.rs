@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use weft_certs::RotationPolicy;
-use weft_envoy_config::mesh::node_metadata;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_policy::diagnostic::Diagnostic;
 use weft_policy::model::Catalog;
@@ -24,6 +23,7 @@ use weft_xds::protocol::{Event, TypeStatus};
 use weft_xds::server::{Admission, AdsService};
 use weft_xds::snapshot::{ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET, short_name, type_version};
 
+use crate::admission::{AdmissionError, Claim};
 use crate::mesh::{MeshView, Pod, sidecar_plugins, sidecar_snapshot};
 use crate::pki::{CaFiles, CaSource, Pki};
 use crate::status::Status;
@@ -1123,39 +1123,15 @@ struct Gate {
 }
 
 impl Gate {
-    fn admit_node(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
-        let leaf = peer.and_then(<[Vec<u8>]>::first).ok_or_else(|| {
-            tonic::Status::unauthenticated(
-                "a sidecar connects with its bootstrap certificate (mTLS)",
-            )
-        })?;
-        let (uris, _) = weft_certs::inspect(leaf)
-            .map_err(|err| tonic::Status::unauthenticated(err.to_string()))?;
+    fn admit_node(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, AdmissionError> {
         // From the options, not the PKI: its lock is held through a whole rebuild.
-        let trust_domain = &self.shared.options.trust_domain;
-        let (namespace, pod_name) = node.id.split_once('/').ok_or_else(|| {
-            tonic::Status::invalid_argument(format!("node id {:?} is not namespace/pod", node.id))
-        })?;
-        let (_, service_account) = node.cluster.split_once('/').ok_or_else(|| {
-            tonic::Status::invalid_argument(format!(
-                "node cluster {:?} is not namespace/serviceaccount",
-                node.cluster
-            ))
-        })?;
-        let claimed = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-        if !uris.contains(&claimed) {
-            return Err(tonic::Status::permission_denied(format!(
-                "node {} claims {claimed}, but its certificate is for {}",
-                node.id,
-                uris.join(", ")
-            )));
-        }
+        let claim = crate::admission::claim(node, peer, &self.shared.options.trust_domain)?;
         let known = lock(&self.shared.pods).get(&node.id).cloned();
         match known {
-            Some(pod) if pod.service_account == service_account => {
+            Some(pod) if pod.service_account == claim.service_account => {
                 if lock(&self.shared.registered).contains_key(&node.id) {
                     // Its sidecar may come back with new addresses (a restart elsewhere).
-                    let current = self.remote_pod(node, namespace, pod_name, service_account)?;
+                    let current = self.remote_pod(node, &claim)?;
                     self.shared.stream_opened(&node.id);
                     if current != pod {
                         self.shared.register_remote_pod(current);
@@ -1163,18 +1139,19 @@ impl Gate {
                 }
             }
             Some(pod) => {
-                return Err(tonic::Status::permission_denied(format!(
-                    "pod {} runs as {}, not {service_account}",
-                    node.id, pod.service_account
-                )));
+                return Err(AdmissionError::RunsAs {
+                    pod: node.id.clone(),
+                    runs_as: pod.service_account,
+                    claimed: claim.service_account.to_owned(),
+                });
             }
             None => {
-                let pod = self.remote_pod(node, namespace, pod_name, service_account)?;
+                let pod = self.remote_pod(node, &claim)?;
                 self.shared.stream_opened(&node.id);
                 self.shared.register_remote_pod(pod);
             }
         }
-        self.shared.status.connected(&node.id, &claimed);
+        self.shared.status.connected(&node.id, &claim.spiffe_id);
         Ok(node.id.clone())
     }
 
@@ -1182,70 +1159,37 @@ impl Gate {
     /// a workload of the index that runs as the identity it proved, be named as that
     /// workload's pods are, fit in its number of pods, sit in a pod network the operator
     /// allows at an address no other pod has, and name a module the controller serves.
-    fn remote_pod(
-        &self,
-        node: &Node,
-        namespace: &str,
-        pod_name: &str,
-        service_account: &str,
-    ) -> Result<Pod, tonic::Status> {
-        let pod = self.described_pod(node, namespace, pod_name, service_account)?;
-        self.shared
-            .may_register(&pod)
-            .map_err(tonic::Status::permission_denied)?;
-        Ok(pod)
-    }
-
-    fn described_pod(
-        &self,
-        node: &Node,
-        namespace: &str,
-        pod_name: &str,
-        service_account: &str,
-    ) -> Result<Pod, tonic::Status> {
-        let field = |key: &str| {
-            node_metadata(node, key).map(str::to_owned).ok_or_else(|| {
-                tonic::Status::invalid_argument(format!(
-                    "node {} is not a pod weft knows, and its metadata has no {key}",
-                    node.id
-                ))
-            })
-        };
-        let workload_name = field("workload")?;
-        let address = |key: &str| {
-            field(key)?.parse().map_err(|_| {
-                tonic::Status::invalid_argument(format!(
-                    "node metadata {key} is not an IPv4 address"
-                ))
-            })
-        };
-        Pod {
-            namespace: namespace.to_owned(),
-            name: pod_name.to_owned(),
-            workload: workload_name,
-            service_account: service_account.to_owned(),
+    fn remote_pod(&self, node: &Node, claim: &Claim<'_>) -> Result<Pod, AdmissionError> {
+        let metadata = crate::admission::described(node)?;
+        let pod = Pod {
+            namespace: claim.namespace.to_owned(),
+            name: claim.pod.to_owned(),
+            workload: metadata.workload,
+            service_account: claim.service_account.to_owned(),
             labels: BTreeMap::new(),
-            pod_ip: address("pod_ip")?,
-            app_ip: address("app_ip")?,
+            pod_ip: metadata.pod_ip,
+            app_ip: metadata.app_ip,
             ports: Vec::new(),
-            module: node_metadata(node, "module").map(str::to_owned),
+            module: metadata.module,
         }
         .of_workload(&self.shared.catalog())
-        .map_err(tonic::Status::permission_denied)
+        .map_err(AdmissionError::Refused)?;
+        self.shared
+            .may_register(&pod)
+            .map_err(AdmissionError::Refused)?;
+        Ok(pod)
     }
 }
 
 impl Admission for Gate {
     fn admit(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
-        let result = self.admit_node(node, peer);
-        if let Err(status) = &result {
+        self.admit_node(node, peer).map_err(|refused| {
             log::warn!(
-                "weft: refused an xDS connection from {}: {}",
-                node.id,
-                status.message()
+                "weft: refused an xDS connection from {}: {refused}",
+                node.id
             );
-        }
-        result
+            tonic::Status::from(refused)
+        })
     }
 
     fn on_event(&self, key: &str, event: &Event) {

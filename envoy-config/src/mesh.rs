@@ -374,13 +374,105 @@ pub struct ControllerLink {
     pub credentials: Credentials,
 }
 
+/// What a sidecar says about its pod in its node's metadata: written by `weft sidecar` and
+/// local mode, read by the controller's admission, through this one type.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodMetadata {
+    /// The workload (Deployment, StatefulSet, ...) the pod is a replica of, by name.
+    pub workload: String,
+    /// The pod's address, where a sidecar on a host of its own listens.
+    pub pod_ip: Option<Ipv4Addr>,
+    /// The application's private address behind it.
+    pub app_ip: Option<Ipv4Addr>,
+    /// The module file the sidecar loads, when it names one.
+    pub module: Option<String>,
+}
+
+/// Why a node's metadata does not describe a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// A field that must be there is not.
+    #[error("its metadata has no {0}")]
+    Missing(&'static str),
+    /// An address field that is not an IPv4 address.
+    #[error("its metadata {key} is not an IPv4 address: {value:?}")]
+    NotAnAddress {
+        /// The field.
+        key: &'static str,
+        /// What it holds.
+        value: String,
+    },
+}
+
+impl PodMetadata {
+    /// The key of [`PodMetadata::workload`].
+    pub const WORKLOAD: &'static str = "workload";
+    /// The key of [`PodMetadata::pod_ip`].
+    pub const POD_IP: &'static str = "pod_ip";
+    /// The key of [`PodMetadata::app_ip`].
+    pub const APP_IP: &'static str = "app_ip";
+    /// The key of [`PodMetadata::module`].
+    pub const MODULE: &'static str = "module";
+
+    /// The metadata as the node carries it: string fields.
+    pub fn to_struct(&self) -> Struct {
+        let address = |ip: Option<Ipv4Addr>| ip.map(|ip| ip.to_string());
+        let fields = [
+            (Self::WORKLOAD, Some(self.workload.clone())),
+            (Self::POD_IP, address(self.pod_ip)),
+            (Self::APP_IP, address(self.app_ip)),
+            (Self::MODULE, self.module.clone()),
+        ];
+        Struct {
+            fields: fields
+                .into_iter()
+                .filter_map(|(key, text)| {
+                    text.map(|text| {
+                        (
+                            key.to_owned(),
+                            Value {
+                                kind: Some(value::Kind::StringValue(text)),
+                            },
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The metadata `node` carries.
+    ///
+    /// # Errors
+    /// When it names no workload, or an address field is not an IPv4 address.
+    pub fn read(node: &Node) -> Result<Self, MetadataError> {
+        let address = |key: &'static str| {
+            node_metadata(node, key)
+                .map(|text| {
+                    text.parse().map_err(|_| MetadataError::NotAnAddress {
+                        key,
+                        value: text.chars().take(64).collect(),
+                    })
+                })
+                .transpose()
+        };
+        Ok(Self {
+            workload: node_metadata(node, Self::WORKLOAD)
+                .ok_or(MetadataError::Missing(Self::WORKLOAD))?
+                .to_owned(),
+            pod_ip: address(Self::POD_IP)?,
+            app_ip: address(Self::APP_IP)?,
+            module: node_metadata(node, Self::MODULE).map(str::to_owned),
+        })
+    }
+}
+
 /// A sidecar's bootstrap: node `node_id` of workload `workload` (`namespace/serviceaccount`)
 /// with `metadata`, admin on the pod's address, ADS over mTLS to the controller. Everything
 /// else comes over xDS.
 pub fn sidecar_bootstrap(
     node_id: &str,
     workload: &str,
-    metadata: &[(&str, &str)],
+    metadata: &PodMetadata,
     pod_ip: Ipv4Addr,
     link: &ControllerLink,
 ) -> Bootstrap {
@@ -400,28 +492,16 @@ pub fn sidecar_bootstrap(
     config
 }
 
-/// The node `node_id` of workload `workload` (`namespace/serviceaccount`), describing itself
-/// with the string `metadata` the controller reads ([`node_metadata`]).
-pub fn described_node(node_id: &str, workload: &str, metadata: &[(&str, &str)]) -> Node {
+/// The node `node_id` of workload `workload` (`namespace/serviceaccount`), describing its pod
+/// with `metadata`.
+pub fn described_node(node_id: &str, workload: &str, metadata: &PodMetadata) -> Node {
     let mut node: Node = node(node_id, workload);
-    node.metadata = Some(Struct {
-        fields: metadata
-            .iter()
-            .map(|(key, text)| {
-                (
-                    (*key).to_owned(),
-                    Value {
-                        kind: Some(value::Kind::StringValue((*text).to_owned())),
-                    },
-                )
-            })
-            .collect(),
-    });
+    node.metadata = Some(metadata.to_struct());
     node
 }
 
 /// A string field of a node's metadata.
-pub fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
+fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
     let fields = &node.metadata.as_ref()?.fields;
     match &fields.get(key)?.kind {
         Some(value::Kind::StringValue(text)) => Some(text),
@@ -432,6 +512,31 @@ pub fn node_metadata<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_metadata_is_read_back_as_written() {
+        let full = PodMetadata {
+            workload: "checkout".to_owned(),
+            pod_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            app_ip: Some(Ipv4Addr::new(127, 0, 0, 3)),
+            module: Some("/weft/weft.wasm".to_owned()),
+        };
+        let local = PodMetadata {
+            workload: "checkout".to_owned(),
+            ..PodMetadata::default()
+        };
+        for metadata in [full, local] {
+            let node = described_node("shop/checkout-0", "shop/checkout", &metadata);
+            assert_eq!(PodMetadata::read(&node), Ok(metadata));
+        }
+        let nameless = described_node("shop/a", "shop/a", &PodMetadata::default());
+        let mut node = nameless.clone();
+        node.metadata = None;
+        assert_eq!(
+            PodMetadata::read(&node),
+            Err(MetadataError::Missing(PodMetadata::WORKLOAD))
+        );
+    }
     use crate::listeners::{connection_manager, forwards_caller_identity};
 
     fn sidecar() -> Sidecar {

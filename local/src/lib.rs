@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use weft_controller::mesh::Pod;
 use weft_controller::pki::write_private;
 use weft_controller::runtime::{Controller, Options};
-use weft_envoy_config::mesh::{ControllerLink, OUTBOUND_PORT, sidecar_bootstrap};
+use weft_envoy_config::mesh::{ControllerLink, OUTBOUND_PORT, PodMetadata, sidecar_bootstrap};
 use weft_envoy_config::render::to_json;
 use weft_envoy_config::tls::Credentials;
 use weft_policy::compile::{Options as CompileOptions, service_hosts};
@@ -536,7 +536,10 @@ impl LocalMesh {
         let bootstrap = sidecar_bootstrap(
             &pod.node_id(),
             &workload_id,
-            &[("workload", &pod.workload)],
+            &PodMetadata {
+                workload: pod.workload.clone(),
+                ..PodMetadata::default()
+            },
             pod.pod_ip,
             &link,
         );

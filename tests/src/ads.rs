@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use weft_certs::{MeshCa, Validity};
+use weft_envoy_config::mesh::PodMetadata;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_envoy_config::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_envoy_config::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -45,10 +46,26 @@ impl Credential {
     }
 }
 
-/// A node as `weft sidecar` describes its pod: `id` (`namespace/pod`), `cluster`
-/// (`namespace/serviceaccount`) and the metadata given.
+/// A node describing its pod as `weft sidecar` does, or as anyone could: `id`
+/// (`namespace/pod`), `cluster` (`namespace/serviceaccount`) and the metadata strings given
+/// (keys from [`weft_envoy_config::mesh::PodMetadata`]), whatever they hold.
 pub fn node(id: &str, cluster: &str, metadata: &[(&str, &str)]) -> Node {
-    weft_envoy_config::mesh::described_node(id, cluster, metadata)
+    use weft_envoy_config::pb::google::protobuf::{Struct, Value, value};
+    let mut node = weft_envoy_config::mesh::described_node(id, cluster, &PodMetadata::default());
+    node.metadata = Some(Struct {
+        fields: metadata
+            .iter()
+            .map(|(key, text)| {
+                (
+                    (*key).to_owned(),
+                    Value {
+                        kind: Some(value::Kind::StringValue((*text).to_owned())),
+                    },
+                )
+            })
+            .collect(),
+    });
+    node
 }
 
 /// A first request for `type_url` naming `names`, from `node`.

@@ -16,6 +16,7 @@ use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::get;
 use weft_e2e::mesh::{RemotePod, copy_example, weft_controller, weft_sidecar};
 use weft_e2e::poll::until;
+use weft_envoy_config::mesh::PodMetadata;
 use weft_xds::snapshot::{CLUSTER, SECRET};
 
 /// A `weft controller` process and its folders, killed when dropped.
@@ -159,9 +160,9 @@ fn pod(
     more: &[(&str, &str)],
 ) -> weft_envoy_config::pb::envoy::config::core::v3::Node {
     let mut metadata = vec![
-        ("workload", workload),
-        ("pod_ip", pod_ip),
-        ("app_ip", "127.71.0.1"),
+        (PodMetadata::WORKLOAD, workload),
+        (PodMetadata::POD_IP, pod_ip),
+        (PodMetadata::APP_IP, "127.71.0.1"),
     ];
     metadata.extend_from_slice(more);
     node(name, &format!("shop/{sa}"), &metadata)
@@ -448,7 +449,7 @@ async fn a_sidecar_registers_only_its_workloads_pods_within_its_replicas_at_allo
             }
         }
     };
-    let evil = [("module", "/tmp/evil.wasm")];
+    let evil = [(PodMetadata::MODULE, "/tmp/evil.wasm")];
     for (node, why) in [
         (
             pod("shop/db-7", "frontend", "frontend", "127.70.1.1", &[]),

@@ -15,7 +15,7 @@ use weft_e2e::mesh::{RemotePod, copy_example, weft_controller, weft_sidecar};
 use weft_e2e::paths;
 use weft_e2e::poll::until;
 use weft_e2e::shop::{Policy, SHIPPED, probes, verdict};
-use weft_envoy_config::mesh::{ADMIN_PORT, OUTBOUND_PORT};
+use weft_envoy_config::mesh::{ADMIN_PORT, OUTBOUND_PORT, PodMetadata};
 
 /// A child process killed when dropped.
 struct Process(Child);
@@ -838,10 +838,10 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
         "shop/frontend-0",
         "shop/frontend",
         &[
-            ("workload", "frontend"),
-            ("pod_ip", &pods[0].pod_ip.to_string()),
-            ("app_ip", &pods[0].app_ip.to_string()),
-            ("module", &module),
+            (PodMetadata::WORKLOAD, "frontend"),
+            (PodMetadata::POD_IP, &pods[0].pod_ip.to_string()),
+            (PodMetadata::APP_IP, &pods[0].app_ip.to_string()),
+            (PodMetadata::MODULE, &module),
         ],
     );
     let compared = [

@@ -625,7 +625,7 @@ impl Stream {
     /// The version of what `type_url`'s subscription selects, computed once per set of
     /// resources: snapshots share a type's set until it changes, so a change elsewhere costs a
     /// pointer comparison here.
-    fn version(&mut self, type_url: &str) -> (String, Option<Vec<Arc<Resource>>>) {
+    fn version(&mut self, type_url: &str) -> (String, Option<Shared>) {
         let current = self
             .snapshot
             .as_ref()
@@ -645,19 +645,22 @@ impl Stream {
     }
 
     /// What `type_url`'s subscription selects of the snapshot, and its version.
-    fn selection(&self, type_url: &str) -> (String, Vec<Arc<Resource>>) {
+    /// (Shared, not copied: most streams send only a part of it, or nothing.)
+    fn selection(&self, type_url: &str) -> (String, Shared) {
         let (Some(snapshot), Some(state)) = (&self.snapshot, self.types.get(type_url)) else {
-            return (set_version(std::iter::empty()), Vec::new());
+            return (set_version(std::iter::empty()), Shared::default());
         };
         let Some(resources) = snapshot.resources(type_url) else {
-            return (set_version(std::iter::empty()), Vec::new());
+            return (set_version(std::iter::empty()), Shared::default());
         };
         if state.wildcard {
             let selected: Vec<Arc<Resource>> = resources.values().cloned().collect();
-            (set_version(selected.iter().map(AsRef::as_ref)), selected)
+            (
+                set_version(selected.iter().map(AsRef::as_ref)),
+                Arc::new(selected),
+            )
         } else {
-            let (version, selected) = shared_selection(resources, &state.names);
-            (version, selected.as_ref().clone())
+            shared_selection(resources, &state.names)
         }
     }
 
@@ -752,7 +755,7 @@ impl Stream {
         };
         // A change that removed a resource and changed none is sent whole.
         let bodies: Vec<_> = if changed.is_empty() {
-            selected
+            Arc::unwrap_or_clone(selected)
         } else {
             changed
         };
