@@ -766,6 +766,45 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     let cpu_per_service = (cpu_seconds(pid)? - cpu_before) / f64::from(service_edits);
     service_latencies.sort();
 
+    let per_proxy_kib = connected_kib.saturating_sub(idle_kib) as f64 / (proxies + envoys) as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let real_column = if real_latencies.is_empty() {
+        "-".to_owned()
+    } else {
+        format!(
+            "{:.0} / {:.0}",
+            ms(percentile(&real_latencies, 0.5)),
+            ms(real_latencies.last().copied().unwrap_or_default())
+        )
+    };
+    let convergence = format!(
+        "| {proxies} + {envoys} | {} | {:.0} | {:.0} | {:.0} | {real_column} | {:.1} | {:.0} | {:.0} |",
+        latencies.len(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        per_proxy_kib,
+        connected_kib as f64 / 1024.0,
+        cpu_per_change * 1000.0,
+    );
+    let targeted = format!(
+        "| {proxies} + {envoys} | {:.1} s | {affected} | {:.0} | {:.0} | {:.0} | {others_reached} | {} | {} | {:.0} |",
+        bring_up.as_secs_f64(),
+        ms(percentile(&target_latencies, 0.5)),
+        ms(percentile(&target_latencies, 0.99)),
+        cpu_per_target * 1000.0,
+        service_latencies.len(),
+        match service_missed {
+            // The p99 of those that came is not the p99 of all: say what is known.
+            Some(missed) => format!("> {} ({missed} not reached)", SERVICE_EDIT_WAIT.as_millis()),
+            None => format!("{:.0}", ms(percentile(&service_latencies, 0.99))),
+        },
+        cpu_per_service * 1000.0,
+    );
+    // Printed as soon as known, so that a run that fails later keeps them.
+    eprintln!("weft-xds-bench: {convergence}");
+    eprintln!("weft-xds-bench: {targeted}");
+
     // Churn: in each cycle a workload appears with a tenth as many pods as the mesh, its
     // proxies connect and get their configuration, then they disconnect and the workload
     // goes; once the controller has forgotten them, its memory is read.
@@ -817,17 +856,6 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
     tasks.abort_all();
     drop(real);
     drop(controller);
-    let per_proxy_kib = connected_kib.saturating_sub(idle_kib) as f64 / (proxies + envoys) as f64;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let real_column = if real_latencies.is_empty() {
-        "-".to_owned()
-    } else {
-        format!(
-            "{:.0} / {:.0}",
-            ms(percentile(&real_latencies, 0.5)),
-            ms(real_latencies.last().copied().unwrap_or_default())
-        )
-    };
     let mib = |kib: u64| kib as f64 / 1024.0;
     let churn = format!(
         "| {proxies} + {envoys} | {cycles} x {churn_size} | {:.1} | {} | {:+.1} |",
@@ -841,33 +869,6 @@ async fn run(proxies: usize, changes: usize, envoys: usize, cycles: usize) -> an
             .last()
             .map_or(0.0, |last| mib(*last) - mib(before_churn_kib)),
     );
-    let convergence = format!(
-        "| {proxies} + {envoys} | {} | {:.0} | {:.0} | {:.0} | {real_column} | {:.1} | {:.0} | {:.0} |",
-        latencies.len(),
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies.last().copied().unwrap_or_default()),
-        per_proxy_kib,
-        connected_kib as f64 / 1024.0,
-        cpu_per_change * 1000.0,
-    );
-    let targeted = format!(
-        "| {proxies} + {envoys} | {:.1} s | {affected} | {:.0} | {:.0} | {:.0} | {others_reached} | {} | {} | {:.0} |",
-        bring_up.as_secs_f64(),
-        ms(percentile(&target_latencies, 0.5)),
-        ms(percentile(&target_latencies, 0.99)),
-        cpu_per_target * 1000.0,
-        service_latencies.len(),
-        match service_missed {
-            // The p99 of those that came is not the p99 of all: say what is known.
-            Some(missed) => format!("> {} ({missed} not reached)", SERVICE_EDIT_WAIT.as_millis()),
-            None => format!("{:.0}", ms(percentile(&service_latencies, 0.99))),
-        },
-        cpu_per_service * 1000.0,
-    );
-    // Printed as soon as known, so that a run that fails later keeps them.
-    eprintln!("weft-xds-bench: {convergence}");
-    eprintln!("weft-xds-bench: {targeted}");
     Ok(Rows {
         convergence,
         targeted,
