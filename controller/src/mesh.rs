@@ -279,10 +279,6 @@ pub struct Plan {
     routes: HashMap<String, Arc<Resources>>,
     /// The endpoints, and a digest of the ready pods they were built from.
     endpoints: Option<(u64, Arc<Resources>)>,
-    /// Whether `endpoints` were computed since the rebuild began (see [`Plan::forget`]): the
-    /// snapshots of one rebuild take them as they are, without digesting every pod again for
-    /// each pod.
-    endpoints_fresh: bool,
     /// Each Service port's load assignment and the addresses it was built from: a pod that
     /// becomes ready changes its Services' assignments, and only those are encoded again.
     assignments: HashMap<String, (Vec<SocketAddr>, Arc<Resource>)>,
@@ -460,23 +456,6 @@ impl Plan {
         }
         self.patches = crate::patch::PatchCache::default();
         self.bundles = weft_policy::wire::Encoder::default();
-        self.endpoints_fresh = false;
-    }
-
-    /// The endpoints of this rebuild: [`Plan::endpoints`], computed once after the last
-    /// [`Plan::forget`] (which each rebuild begins with).
-    ///
-    /// # Errors
-    /// When a load assignment cannot be rendered.
-    pub fn rebuild_endpoints(
-        &mut self,
-        view: &MeshView<'_>,
-        interner: &mut Interner,
-    ) -> Result<Arc<Resources>, MeshError> {
-        match &self.endpoints {
-            Some((_, endpoints)) if self.endpoints_fresh => Ok(endpoints.clone()),
-            _ => self.endpoints(view, interner),
-        }
     }
 
     /// `config` of `identity`'s workload as the bundle its sidecar's plugin is pushed.
@@ -575,7 +554,6 @@ impl Plan {
         if let Some((built_from, endpoints)) = &self.endpoints
             && *built_from == inputs
         {
-            self.endpoints_fresh = true;
             return Ok(endpoints.clone());
         }
         let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
@@ -616,7 +594,6 @@ impl Plan {
         self.assignments = assignments;
         let endpoints = Arc::new(resources);
         self.endpoints = Some((inputs, endpoints.clone()));
-        self.endpoints_fresh = true;
         Ok(endpoints)
     }
 
@@ -1013,9 +990,10 @@ pub fn check_patches(catalog: &Catalog, trust_domain: &str) -> Vec<Diagnostic> {
     diagnostics
 }
 
-/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM), from
-/// what `plan` computed once for the rebuild and the resources `interner` already holds; with
-/// what became of each EnvoyPatch selecting the pod.
+/// The snapshot of `pod`'s sidecar, with its workload certificate `certificate` (PEM) and the
+/// rebuild's `endpoints` ([`Plan::endpoints`], computed once per rebuild: digesting the pods for
+/// each pod made a rebuild quadratic), from what `plan` computed once for the rebuild and the
+/// resources `interner` already holds; with what became of each EnvoyPatch selecting the pod.
 ///
 /// # Errors
 /// When its policy does not compile or a resource cannot be rendered.
@@ -1025,6 +1003,7 @@ pub fn sidecar_snapshot(
     interner: &mut Interner,
     pod: &Pod,
     certificate: &weft_certs::CertifiedKey,
+    endpoints: &Arc<Resources>,
 ) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
     let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
         .catalog
@@ -1070,7 +1049,7 @@ pub fn sidecar_snapshot(
         snapshot.set_type(ROUTE, plan.routes(view, interner, &pod.namespace)?);
         crate::patch::disabled(&patches)
     };
-    snapshot.set_type(ENDPOINT, plan.rebuild_endpoints(view, interner)?);
+    snapshot.set_type(ENDPOINT, endpoints.clone());
     snapshot.insert(
         SECRET,
         interner.resource(
@@ -1249,18 +1228,6 @@ mod tests {
             !format!("{assignment:?}").contains("10.0.0.1"),
             "{assignment:?}"
         );
-        // Within one rebuild (until the next `forget`), every snapshot takes the endpoints
-        // computed first, without digesting the pods again.
-        let first_view = MeshView {
-            ready: &BTreeSet::new(),
-            ..view
-        };
-        let same = plan.rebuild_endpoints(&first_view, &mut interner).unwrap();
-        assert!(Arc::ptr_eq(&next, &same));
-        plan.forget(&Dirty::Nothing);
-        let fresh = plan.rebuild_endpoints(&first_view, &mut interner).unwrap();
-        assert!(!Arc::ptr_eq(&next, &fresh));
-        assert!(fresh["checkout.shop"].body.value.len() < next["checkout.shop"].body.value.len());
     }
 
     #[test]

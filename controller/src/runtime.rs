@@ -1041,32 +1041,35 @@ impl Shared {
                     }
                     Arc::new(snapshot)
                 }
-                _ => match sidecar_snapshot(&view, plan, interner, pod, &certificate.pem) {
-                    Ok((snapshot, patches)) => {
-                        rebuilt += 1;
-                        self.status
-                            .set_certificate(&node, certificate.validity.not_after);
-                        lock(&self.patches).built(
-                            &node,
-                            |type_url| type_version(&snapshot, type_url),
-                            patches,
-                        );
-                        lock(&self.trust).built(
-                            &node,
-                            type_version(&snapshot, SECRET),
-                            Held {
-                                certificate_root: certificate.root.clone(),
-                                bundle: served.clone(),
-                            },
-                        );
-                        Arc::new(snapshot)
+                _ => {
+                    match sidecar_snapshot(&view, plan, interner, pod, &certificate.pem, &endpoints)
+                    {
+                        Ok((snapshot, patches)) => {
+                            rebuilt += 1;
+                            self.status
+                                .set_certificate(&node, certificate.validity.not_after);
+                            lock(&self.patches).built(
+                                &node,
+                                |type_url| type_version(&snapshot, type_url),
+                                patches,
+                            );
+                            lock(&self.trust).built(
+                                &node,
+                                type_version(&snapshot, SECRET),
+                                Held {
+                                    certificate_root: certificate.root.clone(),
+                                    bundle: served.clone(),
+                                },
+                            );
+                            Arc::new(snapshot)
+                        }
+                        Err(err) => {
+                            log::error!("weft: {node}: {err}; it keeps its last configuration");
+                            self.metrics.reconcile_error("snapshot");
+                            continue;
+                        }
                     }
-                    Err(err) => {
-                        log::error!("weft: {node}: {err}; it keeps its last configuration");
-                        self.metrics.reconcile_error("snapshot");
-                        continue;
-                    }
-                },
+                }
             };
             built.insert(
                 node.clone(),

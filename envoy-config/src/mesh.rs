@@ -529,13 +529,41 @@ mod tests {
             let node = described_node("shop/checkout-0", "shop/checkout", &metadata);
             assert_eq!(PodMetadata::read(&node), Ok(metadata));
         }
-        let nameless = described_node("shop/a", "shop/a", &PodMetadata::default());
-        let mut node = nameless.clone();
+        let mut node = described_node("shop/a", "shop/a", &PodMetadata::default());
         node.metadata = None;
         assert_eq!(
             PodMetadata::read(&node),
             Err(MetadataError::Missing(PodMetadata::WORKLOAD))
         );
+    }
+
+    #[test]
+    fn a_huge_address_is_refused_with_its_first_64_characters_only() {
+        let mut node = described_node(
+            "shop/a",
+            "shop/a",
+            &PodMetadata {
+                workload: "a".to_owned(),
+                ..PodMetadata::default()
+            },
+        );
+        if let Some(metadata) = node.metadata.as_mut() {
+            metadata.fields.insert(
+                PodMetadata::POD_IP.to_owned(),
+                Value {
+                    kind: Some(value::Kind::StringValue("\n9".repeat(1 << 20))),
+                },
+            );
+        }
+        let refused = PodMetadata::read(&node).unwrap_err();
+        let MetadataError::NotAnAddress { key, value } = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(*key, PodMetadata::POD_IP);
+        assert_eq!(value.chars().count(), 64);
+        // Written escaped: a line break from a peer does not start a line of the log.
+        assert!(!refused.to_string().contains('\n'), "{refused}");
+        assert!(refused.to_string().len() < 200, "{refused}");
     }
     use crate::listeners::{connection_manager, forwards_caller_identity};
 

@@ -133,20 +133,18 @@ impl Response {
     /// Appends its encoding, the bytes of the `DiscoveryResponse` it stands for (fields in
     /// their numbers' order, as prost writes them).
     pub fn encode(&self, buffer: &mut Vec<u8>) {
-        let [version, type_url, nonce] = self.strings();
-        for (tag, value) in [version] {
+        let field = |(tag, value): (u32, &String), buffer: &mut Vec<u8>| {
             if !value.is_empty() {
                 string::encode(tag, value, buffer);
             }
-        }
+        };
+        let [version, type_url, nonce] = self.strings();
+        field(version, buffer);
         for resource in &self.resources {
             message::encode(RESOURCES, &resource.body, buffer);
         }
-        for (tag, value) in [type_url, nonce] {
-            if !value.is_empty() {
-                string::encode(tag, value, buffer);
-            }
-        }
+        field(type_url, buffer);
+        field(nonce, buffer);
     }
 
     /// The `DiscoveryResponse` it stands for, copied (for tests and tools).
@@ -329,11 +327,16 @@ impl<V: Clone> SharedMemo<V> {
 /// Resources, shared.
 type Shared = Arc<Vec<Arc<Resource>>>;
 
+/// What subscriptions select of shared sets, and its version ([`shared_selection`]).
+static SELECTIONS: OnceLock<Mutex<SharedMemo<(String, Shared)>>> = OnceLock::new();
+
+/// What streams lack of shared sets ([`lacking`]).
+static LACKING: OnceLock<Mutex<SharedMemo<Shared>>> = OnceLock::new();
+
 /// The version of what a subscription to `names` selects of `layers`, and those resources,
 /// computed once for every stream subscribed to the same names of the same sets.
 fn shared_selection(layers: &Layers, names: &Arc<BTreeSet<String>>) -> (String, Shared) {
-    static MEMO: OnceLock<Mutex<SharedMemo<(String, Shared)>>> = OnceLock::new();
-    SharedMemo::get(&MEMO, &[names], &[layers], || {
+    SharedMemo::get(&SELECTIONS, &[names], &[layers], || {
         let selected: Vec<Arc<Resource>> = names
             .iter()
             .filter_map(|name| layers.get(name))
@@ -741,10 +744,12 @@ impl Stream {
             (Some((last, last_names, warming)), Some(current), Some(state))
                 if warming.is_empty() && !state.wildcard =>
             {
-                static MEMO: OnceLock<Mutex<SharedMemo<Shared>>> = OnceLock::new();
-                SharedMemo::get(&MEMO, &[&state.names, last_names], &[current, last], || {
-                    Arc::new(lacking(&selected, last, last_names, warming))
-                })
+                SharedMemo::get(
+                    &LACKING,
+                    &[&state.names, last_names],
+                    &[current, last],
+                    || Arc::new(lacking(&selected, last, last_names, warming)),
+                )
                 .as_ref()
                 .clone()
             }
@@ -869,6 +874,55 @@ mod tests {
             &response.version_info,
             &response.nonce,
         )
+    }
+
+    /// Entries of a memo whose names no stream holds any more.
+    fn dead_entries<V>(memo: &OnceLock<Mutex<SharedMemo<V>>>) -> usize {
+        memo.get().map_or(0, |memo| {
+            memo.lock()
+                .unwrap()
+                .entries
+                .values()
+                .filter(|entry| entry.names.iter().any(|n| n.strong_count() == 0))
+                .count()
+        })
+    }
+
+    #[test]
+    fn a_peer_that_keeps_changing_its_subscription_leaves_the_shared_memos_bounded() {
+        // Every new set of names is a new memo entry; once the stream moves on, its names are
+        // gone, and a sweep comes every SWEEP_EVERY entries: what a peer leaves behind stays
+        // under that, however long it goes on (other tests share the memos, and their
+        // entries of live names are not counted).
+        let mut stream = Stream::new();
+        let names: Vec<String> = (0..200).map(|n| format!("e{n}")).collect();
+        let entries: Vec<(&str, &str, &str)> = names
+            .iter()
+            .map(|name| (ENDPOINT, name.as_str(), "1"))
+            .collect();
+        stream.on_snapshot(snapshot(&entries));
+        let mut last = one(&stream.on_request(&request(ENDPOINT, &["e0"], "", ""))).clone();
+        let mut answered = 0;
+        for round in 1..(3 * SWEEP_EVERY) {
+            let asked = [format!("e{}", round % 200), format!("x{round}")];
+            let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+            let output =
+                stream.on_request(&request(ENDPOINT, &asked, &last.version_info, &last.nonce));
+            if let Some(response) = output.responses.first() {
+                answered += 1;
+                last = response.clone();
+            }
+        }
+        assert!(
+            answered > 2 * SWEEP_EVERY,
+            "each new subscription answered: {answered}"
+        );
+        for dead in [dead_entries(&SELECTIONS), dead_entries(&LACKING)] {
+            assert!(
+                dead < SWEEP_EVERY,
+                "{dead} entries of names no stream holds"
+            );
+        }
     }
 
     #[test]
