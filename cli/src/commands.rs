@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use weft_policy::bundle::{AccessMode, Identity, StickyKey};
+use weft_policy::catalog::Catalog;
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::{CallerIdentity, PluginConfig};
 use weft_policy::diagnostic::Diagnostic;
 use weft_policy::engine::{Decision, Engine, HttpRequest};
-use weft_policy::model::Catalog;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;

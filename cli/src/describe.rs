@@ -9,7 +9,7 @@ use weft_envoy_config::mesh::{OutboundService, Protocol, Sidecar};
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::route::v3::{Route, VirtualHost, route};
 use weft_envoy_config::render::to_json;
-use weft_policy::model::Catalog;
+use weft_policy::catalog::Catalog;
 
 /// Why a Service cannot be described.
 #[derive(Debug, thiserror::Error)]

@@ -457,7 +457,7 @@ fn main() -> ExitCode {
                 resume_grace: std::time::Duration::from_millis(resume_grace_ms),
                 forget_after: std::time::Duration::from_millis(forget_after_ms),
                 pod_networks: if pod_networks.is_empty() {
-                    weft_controller::runtime::default_pod_networks()
+                    weft_controller::options::default_pod_networks()
                 } else {
                     pod_networks
                 },

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use serde_json::Value;
 use weft_certs::RotationPolicy;
+use weft_controller::options::Options;
 use weft_controller::pki::CaSource;
-use weft_controller::runtime::Options;
 use weft_controller::store::{Kept, RefusedObject};
 use weft_local::{LocalMesh, UpOptions};
 
@@ -64,7 +64,7 @@ impl ControllerSettings {
             },
             poll: Duration::from_millis(100),
             resume_grace,
-            forget_after: weft_controller::runtime::FORGET_AFTER,
+            forget_after: weft_controller::registry::FORGET_AFTER,
             // Local mode registers the pods it runs; `weft controller` sets its own.
             pod_networks: Vec::new(),
         }
@@ -386,7 +386,7 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let options = weft_controller::runtime::Options {
+        let options = weft_controller::options::Options {
             forget_after: args.forget_after,
             pod_networks: args.pod_networks.clone(),
             ..args

@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::patch::PatchError;
-use crate::runtime::Shared;
 use crate::serve::{Activity, Limits, accept_loop, drive};
+use crate::shared::Shared;
 
 /// The JSON `/status` answers.
 pub fn status_json(shared: &Shared) -> serde_json::Value {
@@ -166,7 +166,7 @@ fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
 
 /// Serves `listener` until `stop` turns true, within `limits`: at most so many connections
 /// (in all and per address), a request's headers within the handshake time, at most
-/// [`MAX_REQUEST_HEAD`] bytes of them, a connection closed when idle or old; only `GET` and
+/// `MAX_REQUEST_HEAD` bytes of them, a connection closed when idle or old; only `GET` and
 /// `HEAD`, and no request body is read.
 pub async fn serve(
     listener: tokio::net::TcpListener,

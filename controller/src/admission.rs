@@ -1,13 +1,22 @@
-//! Who may open an xDS stream: the checks of a stream's first request that need only the
-//! request and the client certificate, and the one error type every refusal is, turned into a
-//! gRPC status in one place (`From<AdmissionError> for tonic::Status`). What needs the
-//! controller's state (which pods it knows, how many a workload may have) is the runtime's
-//! gate, which refuses with the same type.
+//! Who may open an xDS stream, and what the controller notes of each stream: the checks of a
+//! stream's first request that need only the request and the client certificate ([`claim`],
+//! [`described`]), the [`Gate`] that adds what needs the controller's state (which pods it knows,
+//! how many a workload may have, [`crate::registry`]), and the one error type every refusal is,
+//! turned into a gRPC status in one place (`From<AdmissionError> for tonic::Status`).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use weft_envoy_config::mesh::{MetadataError, PodMetadata};
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
+use weft_xds::protocol::{Event, TypeStatus};
+use weft_xds::server::Admission;
+use weft_xds::snapshot::{LISTENER, SECRET, short_name};
+
+use crate::mesh::Pod;
+use crate::shared::{Shared, lock};
+use crate::trust::Phase;
 
 /// Why a stream is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +171,176 @@ pub fn described(node: &Node) -> Result<Described, AdmissionError> {
         app_ip,
         module: metadata.module,
     })
+}
+
+/// The controller's admission and bookkeeping of each ADS stream.
+pub struct Gate {
+    shared: Arc<Shared>,
+}
+
+impl Gate {
+    /// The admission of a controller that shares `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn admit_node(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, AdmissionError> {
+        // From the options, not the PKI: its lock is held through a whole rebuild.
+        let claim = claim(node, peer, &self.shared.options.trust_domain)?;
+        let known = lock(&self.shared.registry).pod(&node.id).cloned();
+        match known {
+            Some(pod) if pod.service_account == claim.service_account => {
+                let registered = lock(&self.shared.registry).is_registered(&node.id);
+                if registered {
+                    // Its sidecar may come back with new addresses (a restart elsewhere).
+                    let current = self.remote_pod(node, &claim)?;
+                    let mut registry = lock(&self.shared.registry);
+                    registry.stream_opened(&node.id);
+                    if current != pod {
+                        registry.insert_registered(current);
+                        drop(registry);
+                        self.shared.mark_changed();
+                    }
+                }
+            }
+            Some(pod) => {
+                return Err(AdmissionError::RunsAs {
+                    pod: node.id.clone(),
+                    runs_as: pod.service_account,
+                    claimed: claim.service_account.to_owned(),
+                });
+            }
+            None => {
+                let pod = self.remote_pod(node, &claim)?;
+                let mut registry = lock(&self.shared.registry);
+                registry.stream_opened(&node.id);
+                registry.insert_registered(pod);
+                drop(registry);
+                self.shared.mark_changed();
+            }
+        }
+        self.shared.status.connected(&node.id, &claim.spiffe_id);
+        Ok(node.id.clone())
+    }
+
+    /// A sidecar started by `weft sidecar` describes its pod in its node metadata; it must name
+    /// a workload of the index that runs as the identity it proved, be named as that
+    /// workload's pods are, fit in its number of pods, sit in a pod network the operator
+    /// allows at an address no other pod has, and name a module the controller serves.
+    fn remote_pod(&self, node: &Node, claim: &Claim<'_>) -> Result<Pod, AdmissionError> {
+        let metadata = described(node)?;
+        let pod = Pod {
+            namespace: claim.namespace.to_owned(),
+            name: claim.pod.to_owned(),
+            workload: metadata.workload,
+            service_account: claim.service_account.to_owned(),
+            labels: BTreeMap::new(),
+            pod_ip: metadata.pod_ip,
+            app_ip: metadata.app_ip,
+            ports: Vec::new(),
+            module: metadata.module,
+        }
+        .of_workload(&self.shared.catalog())
+        .map_err(AdmissionError::Refused)?;
+        self.shared
+            .may_register(&pod)
+            .map_err(AdmissionError::Refused)?;
+        Ok(pod)
+    }
+}
+
+impl Admission for Gate {
+    fn admit(&self, node: &Node, peer: Option<&[Vec<u8>]>) -> Result<String, tonic::Status> {
+        self.admit_node(node, peer).map_err(|refused| {
+            log::warn!(
+                "weft: refused an xDS connection from {}: {refused}",
+                node.id
+            );
+            tonic::Status::from(refused)
+        })
+    }
+
+    fn on_event(&self, key: &str, event: &Event) {
+        match event {
+            Event::Ack { type_url, version } => {
+                self.shared.status.acked(key, short_name(type_url), version);
+                lock(&self.shared.patches).acked(key, type_url, version);
+                // (The ledger's lock is let go before the PKI's is taken: a rebuild takes them
+                // the other way round.)
+                let holds_anew = type_url == SECRET && lock(&self.shared.trust).acked(key, version);
+                if holds_anew && *self.shared.pki().phase() != Phase::Steady {
+                    // A rotation may take its next step.
+                    self.shared.mark_changed();
+                }
+                if type_url == LISTENER && lock(&self.shared.registry).set_ready(key) {
+                    log::info!("weft: {key} is ready");
+                    self.shared.mark_changed();
+                }
+            }
+            Event::Nack {
+                type_url,
+                version,
+                error,
+            } => {
+                log::warn!(
+                    "weft: proxy {key} refused {} version {version}: {error}",
+                    short_name(type_url)
+                );
+                self.shared
+                    .status
+                    .nacked(key, short_name(type_url), version, error);
+                self.shared.metrics.nacked(short_name(type_url));
+                let withdrawn = lock(&self.shared.patches).nacked(key, type_url, version, error);
+                if !withdrawn.is_empty() {
+                    for patch in &withdrawn {
+                        log::warn!(
+                            "weft: EnvoyPatch {} spec.patches[{}] withdrawn for {key}, which refused it; it gets the unpatched configuration",
+                            patch.patch,
+                            patch.index
+                        );
+                    }
+                    self.shared.metrics.reconcile_error("patch");
+                    self.shared.mark_changed();
+                }
+            }
+            Event::InSync => self.shared.metrics.in_sync(key, std::time::Instant::now()),
+            Event::StaleNonce { .. } => {}
+            Event::Missing {
+                type_url,
+                names,
+                count,
+            } => {
+                if let Some(covered) = self.shared.status.refused(key, names, *count) {
+                    log::warn!(
+                        "weft: proxy {key} asked for {covered} {} resource(s) it is not given (logged at most once a minute), such as {}",
+                        short_name(type_url),
+                        names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            Event::TooManyNames { type_url, count } => {
+                if self.shared.status.refused(key, &[], *count).is_some() {
+                    log::warn!(
+                        "weft: proxy {key} named {count} {} resources in one request, more than {}; its stream is ended (logged at most once a minute)",
+                        short_name(type_url),
+                        weft_xds::protocol::MAX_RESOURCE_NAMES
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_disconnect(&self, key: &str, _status: &[TypeStatus]) {
+        // A sidecar that lost the controller keeps serving what it has: it stays ready (a pod
+        // its sidecar registered, until it is forgotten).
+        self.shared.status.disconnected(key);
+        self.shared.metrics.forget(key);
+        self.shared.stream_closed(key);
+    }
+
+    fn on_push(&self, _key: &str, type_url: &str, _version: &str) {
+        self.shared.metrics.pushed(short_name(type_url));
+    }
 }
 
 #[cfg(test)]

@@ -253,7 +253,7 @@ pub async fn fetch_module(
             .get(MODULE_SHA256_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let limit = usize::try_from(crate::runtime::MAX_MODULE_BYTES).unwrap_or(usize::MAX);
+        let limit = usize::try_from(crate::module::MAX_MODULE_BYTES).unwrap_or(usize::MAX);
         let body = http_body_util::Limited::new(response.into_body(), limit)
             .collect()
             .await
@@ -266,7 +266,7 @@ pub async fn fetch_module(
                 String::from_utf8_lossy(&body).trim()
             )));
         }
-        let sha256 = crate::runtime::Module::digest(&body);
+        let sha256 = crate::module::Module::digest(&body);
         if announced.as_deref() != Some(sha256.as_str()) {
             return Err(ChannelError::Fetch(format!(
                 "the module from {address} has SHA-256 {sha256}, but the controller announced {}",

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use weft_policy::bundle::DEFAULT_TRUST_DOMAIN;
+use weft_policy::catalog::Catalog;
 use weft_policy::diagnostic::{Diagnostic, make_strict, sort};
-use weft_policy::model::Catalog;
 use weft_policy::object::{SourceObject, catalog_of, locate_in, read_objects};
 
 use crate::manifests::{self, ManifestsError};

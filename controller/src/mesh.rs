@@ -16,27 +16,20 @@ use weft_envoy_config::mesh::{
     InboundPort, OUTBOUND_PLUGIN, OutboundService, Protocol, Sidecar, SidecarResources,
     inbound_configuration, inbound_plugin_name,
 };
+use weft_envoy_config::mesh::{TRUST_BUNDLE, WORKLOAD_CERTIFICATE};
 use weft_envoy_config::pb::google::protobuf::Any;
 use weft_envoy_config::render::{any, content_digest};
 use weft_envoy_config::tls::{certificate_secret, trust_secret};
 use weft_envoy_config::traffic::service_traffic;
 use weft_policy::PluginConfig;
 use weft_policy::bundle::Identity;
+use weft_policy::catalog::Catalog;
 use weft_policy::compile::{Options, Side, compile, service_hosts};
 use weft_policy::diagnostic::{Diagnostic, Severity};
-use weft_policy::model::{AppProtocol, Catalog, Service};
+use weft_policy::model::{AppProtocol, Service};
 use weft_xds::snapshot::{
     CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resource, Resources, SECRET, Snapshot,
 };
-
-/// The SDS name of the trust bundle every proxy gets.
-pub const TRUST_BUNDLE: &str = "weft-trust-bundle";
-
-/// The SDS name of a proxy's workload certificate and key: the same name for every proxy, each
-/// served its own (as Istio's `default`). A proxy can only ever name its own key, and every
-/// other resource that refers to it (the Service clusters' TLS) is the same for the whole mesh,
-/// so built once and shared by every proxy.
-pub const WORKLOAD_CERTIFICATE: &str = "weft-workload-certificate";
 
 /// A running replica of a workload, as a source (local mode, or a remote sidecar's node)
 /// reports it.
@@ -311,9 +304,10 @@ fn compiled(
 }
 
 /// What a change of the catalog makes stale.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Dirty {
     /// Nothing.
+    #[default]
     Nothing,
     /// Compiled policy only (the plugin configurations, pushed over ECDS): the inbound policy of
     /// these identities (a TrafficTarget or a route it names changed), and with `outbound`
@@ -1005,7 +999,7 @@ pub fn sidecar_snapshot(
     certificate: &weft_certs::CertifiedKey,
     endpoints: &Arc<Resources>,
 ) -> Result<(Snapshot, Vec<PatchReport>), MeshError> {
-    let patches: Vec<&weft_policy::traffic::EnvoyPatch> = view
+    let patches: Vec<&weft_policy::extension::EnvoyPatch> = view
         .catalog
         .envoy_patches
         .iter()

@@ -19,7 +19,7 @@ use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
 use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
 use weft_envoy_config::render::{from_json, to_json};
-use weft_policy::traffic::{EnvoyPatch, ResourcePatch};
+use weft_policy::extension::{EnvoyPatch, ResourcePatch};
 use weft_xds::snapshot::{CLUSTER, LISTENER, ROUTE};
 
 use crate::guard::ResourceKind;
@@ -523,8 +523,8 @@ mod tests {
             pod_ip: Ipv4Addr::new(127, 0, 1, 1),
             app_ip: Ipv4Addr::new(127, 1, 1, 1),
             module: Code::File("/weft.wasm".to_owned()),
-            certificate_secret: crate::mesh::WORKLOAD_CERTIFICATE.to_owned(),
-            trust_secret: "weft-trust-bundle".to_owned(),
+            certificate_secret: weft_envoy_config::mesh::WORKLOAD_CERTIFICATE.to_owned(),
+            trust_secret: weft_envoy_config::mesh::TRUST_BUNDLE.to_owned(),
             inbound: vec![InboundPort {
                 port: 8080,
                 protocol: Protocol::Http,

@@ -23,7 +23,7 @@ use tonic::codegen::Service as _;
 use weft_xds::server::{Admission, AdsServer, PeerCertificates};
 
 use crate::channel::{MODULE_PATH, MODULE_SHA256_HEADER};
-use crate::runtime::{Shared, stopped};
+use crate::shared::Shared;
 
 /// What a port lets its peers hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,6 +486,11 @@ fn module_response(shared: &Shared) -> hyper::Response<Full<Bytes>> {
         response.headers_mut().insert(MODULE_SHA256_HEADER, value);
     }
     response
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use weft_policy::catalog::Catalog;
 use weft_policy::diagnostic::Diagnostic;
-use weft_policy::model::Catalog;
 use weft_policy::object::{ObjectKey, SourceObject};
 
 /// One change a source reports.

@@ -6,7 +6,7 @@
 //! has applied, how far the mesh may go now. Removing a root too early is therefore delayed,
 //! never obeyed. Pure: the controller feeds it what proxies acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -140,6 +140,62 @@ pub fn decide(
         switch_issuer,
         served,
         phase,
+    }
+}
+
+/// What proxies hold of the mesh's roots.
+#[derive(Debug, Default)]
+pub struct TrustLedger {
+    /// By node id: what its proxy's applied secrets hold.
+    held: BTreeMap<String, Held>,
+    /// By node id: what the secrets of its latest snapshots hold, by SDS version.
+    built: BTreeMap<String, VecDeque<(String, Held)>>,
+}
+
+/// How many snapshots' secrets are remembered per proxy: a proxy acknowledges one of its
+/// latest few.
+const SECRETS_REMEMBERED: usize = 4;
+
+impl TrustLedger {
+    /// `node` was built a snapshot whose secrets, SDS `version`, hold `held`.
+    pub fn built(&mut self, node: &str, version: String, held: Held) {
+        let versions = self.built.entry(node.to_owned()).or_default();
+        if versions.back().is_some_and(|(last, _)| *last == version) {
+            return;
+        }
+        if versions.len() == SECRETS_REMEMBERED {
+            versions.pop_front();
+        }
+        versions.push_back((version, held));
+    }
+
+    /// `node` acknowledged SDS `version`; returns whether what it holds changed.
+    pub fn acked(&mut self, node: &str, version: &str) -> bool {
+        let Some(held) = self
+            .built
+            .get(node)
+            .and_then(|versions| versions.iter().find(|(v, _)| v == version))
+            .map(|(_, held)| held.clone())
+        else {
+            return false;
+        };
+        self.held.insert(node.to_owned(), held.clone()) != Some(held)
+    }
+
+    /// Forgets `node`.
+    pub fn forget(&mut self, node: &str) {
+        self.held.remove(node);
+        self.built.remove(node);
+    }
+
+    /// Forgets every node but `nodes`; returns what each of those holds.
+    pub fn retain(&mut self, nodes: &BTreeSet<String>) -> BTreeMap<String, Option<Held>> {
+        self.held.retain(|node, _| nodes.contains(node));
+        self.built.retain(|node, _| nodes.contains(node));
+        nodes
+            .iter()
+            .map(|node| (node.clone(), self.held.get(node).cloned()))
+            .collect()
     }
 }
 

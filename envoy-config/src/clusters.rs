@@ -17,8 +17,6 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use crate::render::any;
 use crate::sources::{ads, duration, socket_address};
 
-use crate::traffic::HTTP_PROTOCOL_OPTIONS;
-
 /// The endpoints of `cluster_name`.
 pub fn load_assignment(cluster_name: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
@@ -74,6 +72,9 @@ pub fn with_tls(mut cluster: Cluster, tls: TransportSocket) -> Cluster {
     cluster.transport_socket = Some(tls);
     cluster
 }
+
+/// The key under which a cluster's HTTP protocol options are set.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Upstream HTTP options that speak `protocol` to every endpoint.
 pub fn explicit_protocol(

@@ -49,6 +49,15 @@ pub const OUTBOUND_PLUGIN: &str = "weft.outbound";
 /// The static cluster that reaches the controller's xDS server.
 pub const XDS_CLUSTER: &str = "weft-xds";
 
+/// The SDS name of the trust bundle every proxy gets.
+pub const TRUST_BUNDLE: &str = "weft-trust-bundle";
+
+/// The SDS name of a proxy's workload certificate and key: the same name for every proxy, each
+/// served its own (as Istio's `default`). A proxy can only ever name its own key, and every
+/// other resource that refers to it (the Service clusters' TLS) is the same for the whole mesh,
+/// so built once and shared by every proxy.
+pub const WORKLOAD_CERTIFICATE: &str = "weft-workload-certificate";
+
 /// The plugin configuration of the inbound listener of `port`, from `workload`'s compiled
 /// inbound policy: port rules see the application's port, and the metrics count requests to
 /// `served` (the Service the workload serves, `name.namespace`). The caller's identity is read
@@ -331,7 +340,7 @@ fn service_virtual_host(service: &OutboundService, domains: &[String]) -> Virtua
             vec![split_route(), route_to(&service.cluster)],
         );
     };
-    let with = |mut route: Route, settings: &weft_policy::traffic::Settings| {
+    let with = |mut route: Route, settings: &weft_policy::extension::Settings| {
         if let Some(route::Action::Route(action)) = route.action.as_mut() {
             apply_to_action(action, settings);
         }

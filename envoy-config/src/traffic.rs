@@ -1,4 +1,4 @@
-//! A TrafficPolicy (weft's own resource, [`weft_policy::traffic`]) in Envoy's native fields,
+//! A TrafficPolicy (weft's own resource, [`weft_policy::extension`]) in Envoy's native fields,
 //! on the calling side: circuit breaking, outlier detection and the connect timeout on the
 //! cluster of the Service called; retries and timeouts on its routes; the local rate limit and
 //! fault injection as per-route configurations of Envoy's own filters, which every outbound
@@ -36,13 +36,13 @@ use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, Percent, TokenBucket, fractional_percent,
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
-use weft_policy::model::{Catalog, HttpMatch, Service};
-use weft_policy::traffic::{
+use weft_policy::catalog::{Catalog, effective_policy};
+use weft_policy::extension::{
     DEFAULT_RATE_LIMIT_STATUS, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ON, Settings,
-    effective_policy,
 };
+use weft_policy::model::{HttpMatch, Service};
 
-use crate::clusters::explicit_protocol;
+use crate::clusters::{HTTP_PROTOCOL_OPTIONS, explicit_protocol};
 use crate::render::any;
 use crate::sources::duration;
 
@@ -52,8 +52,6 @@ pub const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 pub const FAULT: &str = "envoy.filters.http.fault";
 /// The stats prefix of the rate limits (`<prefix>.http_local_rate_limit.rate_limited`).
 pub const RATE_LIMIT_STATS: &str = "weft_rate_limit";
-/// The key under which a cluster's HTTP protocol options are set.
-pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// The policy in force for the calls to one Service port, as the sidecar builder applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +85,7 @@ pub fn overlay(service: &Settings, route: &Settings) -> Settings {
         outlier_detection: service.outlier_detection.clone(),
         retry: route.retry.clone().or_else(|| service.retry.clone()),
         timeouts: match (&route.timeouts, &service.timeouts) {
-            (Some(route), Some(service)) => Some(weft_policy::traffic::Timeouts {
+            (Some(route), Some(service)) => Some(weft_policy::extension::Timeouts {
                 request: route.request.or(service.request),
                 idle: route.idle.or(service.idle),
                 connect: service.connect,

@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use time::OffsetDateTime;
 use weft_controller::mesh::Pod;
+use weft_controller::options::Options;
 use weft_controller::pki::write_private;
-use weft_controller::runtime::{Controller, Options};
+use weft_controller::runtime::Controller;
 use weft_envoy_config::mesh::{ControllerLink, OUTBOUND_PORT, PodMetadata, sidecar_bootstrap};
 use weft_envoy_config::render::to_json;
 use weft_envoy_config::tls::Credentials;
+use weft_policy::catalog::Catalog;
 use weft_policy::compile::{Options as CompileOptions, service_hosts};
-use weft_policy::model::{AppProtocol, Catalog, Workload};
+use weft_policy::model::{AppProtocol, Workload};
 
 /// How local mode runs.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use weft_certs::RotationPolicy;
+use weft_controller::options::Options;
 use weft_controller::pki::CaSource;
-use weft_controller::runtime::Options;
 use weft_local::{LocalMesh, Replica, UpOptions};
 
 use crate::client::{Reply, request};
@@ -48,7 +48,7 @@ pub fn options(manifests: &Path, state: &Path) -> anyhow::Result<UpOptions> {
             rotation: RotationPolicy::default(),
             poll: Duration::from_millis(50),
             resume_grace: Duration::ZERO,
-            forget_after: weft_controller::runtime::FORGET_AFTER,
+            forget_after: weft_controller::registry::FORGET_AFTER,
             pod_networks: Vec::new(),
         },
         envoy: paths::envoy_binary()?,

@@ -382,7 +382,7 @@ async fn a_partner_root_in_the_trust_bundle_cannot_speak_for_the_mesh_to_the_con
         &path(&bundle),
     ])
     .await;
-    let secret = weft_controller::mesh::WORKLOAD_CERTIFICATE;
+    let secret = weft_envoy_config::mesh::WORKLOAD_CERTIFICATE;
     let node = pod(
         "shop/checkout-v1-9",
         "checkout-v1",

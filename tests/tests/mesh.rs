@@ -471,7 +471,7 @@ async fn a_proxy_gets_no_other_workloads_secret_and_cannot_claim_its_identity() 
         ANALYTICS,
         "shop/analytics",
         weft_xds::snapshot::SECRET,
-        &[weft_controller::mesh::WORKLOAD_CERTIFICATE],
+        &[weft_envoy_config::mesh::WORKLOAD_CERTIFICATE],
     )
     .await
     .unwrap();

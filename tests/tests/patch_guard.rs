@@ -530,7 +530,7 @@ fn accepted(mesh: &TestMesh, target: &Target, operations: &serde_json::Value) ->
         "cluster.local",
         &mesh.replica(target.pod).pod,
     );
-    let patch = weft_policy::traffic::EnvoyPatch {
+    let patch = weft_policy::extension::EnvoyPatch {
         meta: weft_policy::model::Meta {
             namespace: "shop".to_owned(),
             name: "random".to_owned(),
@@ -538,7 +538,7 @@ fn accepted(mesh: &TestMesh, target: &Target, operations: &serde_json::Value) ->
             origin: None,
         },
         selector: BTreeMap::new(),
-        patches: vec![weft_policy::traffic::ResourcePatch {
+        patches: vec![weft_policy::extension::ResourcePatch {
             type_name: target.type_name.to_owned(),
             name: target.resource.to_owned(),
             operations: operations.as_array().cloned().unwrap_or_default(),

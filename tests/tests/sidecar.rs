@@ -780,7 +780,7 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
     wait_reaches_checkout(&pods[0]).await;
     let registered = first_state
         .path()
-        .join(weft_controller::runtime::REGISTERED_FILE);
+        .join(weft_controller::registry::REGISTERED_FILE);
     until(
         "the registered pods kept",
         Duration::from_secs(10),
@@ -797,7 +797,7 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
     for file in [
         weft_certs::CA_CERT_FILE,
         weft_certs::CA_KEY_FILE,
-        weft_controller::runtime::REGISTERED_FILE,
+        weft_controller::registry::REGISTERED_FILE,
     ] {
         std::fs::copy(
             first_state.path().join(file),
@@ -843,7 +843,7 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
             EXTENSION_CONFIG,
             vec![weft_envoy_config::mesh::OUTBOUND_PLUGIN],
         ),
-        (SECRET, vec![weft_controller::mesh::TRUST_BUNDLE]),
+        (SECRET, vec![weft_envoy_config::mesh::TRUST_BUNDLE]),
     ];
     for (type_url, names) in &compared {
         let first = served(first_xds, &frontend, &node, type_url, names).await;
@@ -861,7 +861,7 @@ async fn two_replicas_serve_identical_versions_and_sidecars_moving_between_them_
         assert_eq!(first.0, second.0, "{type_url}: versions differ");
         assert!(first.1 == second.1, "{type_url}: resources differ");
     }
-    let spiffe = [weft_controller::mesh::WORKLOAD_CERTIFICATE];
+    let spiffe = [weft_envoy_config::mesh::WORKLOAD_CERTIFICATE];
     let certificate = |xds| served(xds, &frontend, &node, SECRET, &spiffe);
     assert_ne!(
         certificate(first_xds).await.0,

@@ -6,7 +6,7 @@
 //! tested natively with a fake host.
 
 use weft_policy::bundle::Direction;
-use weft_policy::engine::FastMap;
+use weft_policy::lookup::FastMap;
 use weft_policy::metrics::{
     self, DURATION, MetricsTable, Outcome, REQUESTS, RESPONSE_LABELS, Source, TCP_CLOSED,
     TCP_DENIED, TCP_DURATION, TCP_OPENED, TCP_RECEIVED_BYTES, TCP_SENT_BYTES,

@@ -9,9 +9,10 @@ use crate::bundle::{
     AccessPolicy, Allows, Direction, Grant, HttpMatchSpec, Identity, MetricsConfig, ServiceHosts,
     SplitTable, WeightedBackend,
 };
+use crate::catalog::Catalog;
 use crate::config::PluginConfig;
 use crate::diagnostic::Diagnostic;
-use crate::model::{Catalog, HttpRouteGroup, Kind, L4Protocol, TrafficSplit};
+use crate::model::{HttpRouteGroup, Kind, L4Protocol, TrafficSplit};
 use crate::validate::{SERVICE_ACCOUNT, short_service_name};
 
 /// Why a configuration could not be compiled.

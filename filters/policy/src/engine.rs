@@ -3,21 +3,13 @@
 //! caller make this HTTP request or open this TCP connection, and which backend of a
 //! TrafficSplit gets this request. Every answer carries its reason.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-
-/// The maps looked up on every request, here and in the filter's metrics: foldhash is several
-/// times faster than the standard library's SipHash on short keys; flooding is no concern,
-/// because a request only looks up keys the configuration put in or the host verified.
-pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A [`FastMap`] keyed by names from the policy (callers, hosts, services).
-pub(crate) type LookupMap<V> = FastMap<String, V>;
-
 use serde::Serialize;
+
+use std::borrow::Cow;
 
 use crate::bundle::{AccessMode, AccessPolicy, Allows, Grant, SplitTable, StickyKey};
 use crate::config::PluginConfig;
+use crate::lookup::{LookupMap, host_key};
 use crate::matcher::Matcher;
 #[cfg(feature = "authoring")]
 use crate::matcher::MatcherError;
@@ -923,23 +915,6 @@ fn check_token(
     }
 }
 
-/// A host as the split tables key it: without port or trailing dot, lower-case. It borrows
-/// from `host` unless `host` has upper-case letters, so the usual request allocates nothing.
-pub fn host_key(host: &str) -> Cow<'_, str> {
-    let without_port = match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => {
-            name
-        }
-        _ => host,
-    };
-    let name = without_port.trim_end_matches('.');
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    }
-}
-
 /// A stable 64-bit roll from a sticky key (FNV-1a), so the same key keeps choosing the same
 /// backend while the weights stay the same.
 pub fn sticky_roll(key: &[u8]) -> u64 {
@@ -950,41 +925,4 @@ pub fn sticky_roll(key: &[u8]) -> u64 {
     }
     // FNV's low bits are weak for small moduli; fold the high half in.
     hash ^ (hash >> 32)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::borrow::Cow;
-
-    use super::host_key;
-
-    #[test]
-    fn usual_host_forms_are_keyed_without_allocating() {
-        for (host, key) in [
-            ("website", "website"),
-            ("website.web:8080", "website.web"),
-            (
-                "website.web.svc.cluster.local.",
-                "website.web.svc.cluster.local",
-            ),
-            (
-                "website.web.svc.cluster.local.:80",
-                "website.web.svc.cluster.local",
-            ),
-        ] {
-            assert!(
-                matches!(host_key(host), Cow::Borrowed(k) if k == key),
-                "{host}"
-            );
-        }
-        assert_eq!(
-            host_key("WebSite.Web:80"),
-            Cow::<str>::Owned("website.web".into())
-        );
-        assert_eq!(
-            host_key("[::1]:8080"),
-            "[::1]:8080",
-            "an IPv6 literal keeps its colons"
-        );
-    }
 }

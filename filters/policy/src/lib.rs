@@ -4,7 +4,7 @@
 //! filter's plugin configuration ([`config`]), written for the filter as a compiled bundle
 //! ([`wire`]) with its regexes as automata ([`matcher`]), and the per-request decisions
 //! ([`engine`]); plus
-//! weft's own resources beyond SMI, TrafficPolicy and EnvoyPatch ([`traffic`]), read and checked
+//! weft's own resources beyond SMI, TrafficPolicy and EnvoyPatch ([`extension`]), read and checked
 //! with it (what they become in Envoy is `weft-envoy-config`'s). It
 //! does no I/O and knows nothing of proxy-wasm, tokio or Kubernetes, so the filter, the `weft`
 //! command and the browser page run the same code and never disagree. Start at [`check`], then
@@ -16,6 +16,8 @@
 
 pub mod bundle;
 #[cfg(feature = "authoring")]
+pub mod catalog;
+#[cfg(feature = "authoring")]
 pub mod compile;
 pub mod config;
 pub mod contract;
@@ -25,7 +27,10 @@ pub mod diagnostic;
 pub mod document;
 pub mod engine;
 #[cfg(feature = "authoring")]
+pub mod extension;
+#[cfg(feature = "authoring")]
 pub mod load;
+pub mod lookup;
 pub mod matcher;
 pub mod metrics;
 #[cfg(feature = "authoring")]
@@ -33,8 +38,6 @@ pub mod model;
 #[cfg(feature = "authoring")]
 pub mod object;
 pub mod path;
-#[cfg(feature = "authoring")]
-pub mod traffic;
 #[cfg(feature = "authoring")]
 pub mod validate;
 pub mod wire;
@@ -48,7 +51,7 @@ pub use config::{CallerIdentity, ConfigError, PluginConfig};
 /// loading and cross-object alike, each at the line of the field it is about, in a stable order.
 pub fn check<'a>(
     sources: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> (model::Catalog, Vec<diagnostic::Diagnostic>) {
+) -> (catalog::Catalog, Vec<diagnostic::Diagnostic>) {
     let mut objects = Vec::new();
     let mut diagnostics = Vec::new();
     for (file, text) in sources {

@@ -10,7 +10,7 @@
 //! never contain `;`, so the lazy regexes stop at the right place.
 
 use crate::bundle::{Direction, Identity, MetricsConfig};
-use crate::engine::{LookupMap, host_key};
+use crate::lookup::{LookupMap, host_key};
 
 /// Counter of requests, with the edge labels and `response_code_class` and `outcome`.
 pub const REQUESTS: &str = "weft_requests_total";

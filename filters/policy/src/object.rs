@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, Locator, Origin, Severity, locate_fields};
 use crate::document::DuplicateKey;
 use crate::load::{DEFAULT_NAMESPACE, LoadError};
-use crate::model::Catalog;
 
 /// What names an object: its kind, namespace and name (versions of one kind are one object, as
 /// in Kubernetes).
@@ -68,6 +68,23 @@ impl PartialEq for SourceObject {
             && self.duplicates == other.duplicates
             && self.origin.file == other.origin.file
             && self.origin.line == other.origin.line
+    }
+}
+
+/// Reads every document of one YAML file into `catalog`, appending problems to `diagnostics`.
+/// Documents that are not SMI objects, Services, Deployments or Pods are skipped silently. A
+/// document that is not YAML is reported and the file's other documents are still read.
+pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
+    let (objects, problems) = read_objects(file, text);
+    diagnostics.extend(problems);
+    for object in objects {
+        crate::load::load_value(
+            object.value,
+            &object.origin,
+            &object.duplicates,
+            catalog,
+            diagnostics,
+        );
     }
 }
 

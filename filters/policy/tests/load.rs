@@ -1,9 +1,9 @@
 //! Loading SMI manifests of every served version and wire quirk (docs/smi.md).
 
+use weft_policy::catalog::Catalog;
 use weft_policy::diagnostic::{Diagnostic, Severity};
-use weft_policy::load::load_yaml;
-use weft_policy::model::AppProtocol;
-use weft_policy::model::{Catalog, HttpMatch, L4Protocol, Subject};
+use weft_policy::model::{AppProtocol, HttpMatch, L4Protocol, Subject};
+use weft_policy::object::load_yaml;
 
 fn load(text: &str) -> (Catalog, Vec<Diagnostic>) {
     let mut catalog = Catalog::default();

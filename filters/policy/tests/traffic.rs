@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use weft_policy::catalog::effective_policy;
 use weft_policy::check;
-use weft_policy::traffic::{RateLimit, effective_policy};
+use weft_policy::extension::RateLimit;
 
 const SERVICES: &str = r"
 apiVersion: v1
@@ -30,7 +31,7 @@ spec:
   - {name: pay, pathRegex: /pay$, methods: [POST]}
 ";
 
-fn checked(policy: &str) -> (weft_policy::model::Catalog, Vec<String>) {
+fn checked(policy: &str) -> (weft_policy::catalog::Catalog, Vec<String>) {
     let (catalog, diagnostics) = check([("services.yaml", SERVICES), ("policy.yaml", policy)]);
     (
         catalog,

@@ -32,7 +32,6 @@ use anyhow::{Context, ensure};
 use prost::Message;
 use tokio::sync::mpsc;
 use weft_certs::{CertifiedKey, MeshCa, Validity};
-use weft_controller::mesh::{TRUST_BUNDLE, WORKLOAD_CERTIFICATE};
 use weft_e2e::bootstrap::free_port;
 use weft_e2e::client::{get, get_json, stat};
 use weft_e2e::mesh::{RemotePod, weft_sidecar};
@@ -41,6 +40,7 @@ use weft_e2e::poll::until;
 use weft_envoy_config::mesh::{
     ADMIN_PORT, OUTBOUND, OUTBOUND_PLUGIN, PodMetadata, inbound_plugin_name,
 };
+use weft_envoy_config::mesh::{TRUST_BUNDLE, WORKLOAD_CERTIFICATE};
 use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::core::v3::Node;
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;

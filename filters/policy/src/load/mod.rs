@@ -8,17 +8,19 @@
 //! exist); v1alpha1 TrafficTargets with root-level `destination`/`sources`/`specs`; v1alpha1
 //! quantity weights (`100m`); `destination.port` on v1alpha1/v1alpha2 TrafficTargets.
 
+mod extension;
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, Origin, Severity};
 use crate::document::DuplicateKey;
 use crate::model::{
-    AppProtocol, Catalog, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute,
-    Service, ServicePort, SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule,
-    Workload,
+    AppProtocol, HttpMatch, HttpRouteGroup, L4Protocol, LocalRef, Meta, PortRoute, Service,
+    ServicePort, SplitBackend, Subject, TrafficSplit, TrafficTarget, TrafficTargetRule, Workload,
 };
 
 /// Why one document or field could not be read.
@@ -126,23 +128,6 @@ const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"
 /// The namespace of an object that names none, as kubectl assumes.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Reads every document of one YAML file into `catalog`, appending problems to `diagnostics`.
-/// Documents that are not SMI objects, Services, Deployments or Pods are skipped silently. A
-/// document that is not YAML is reported and the file's other documents are still read.
-pub fn load_yaml(file: &str, text: &str, catalog: &mut Catalog, diagnostics: &mut Vec<Diagnostic>) {
-    let (objects, problems) = crate::object::read_objects(file, text);
-    diagnostics.extend(problems);
-    for object in objects {
-        load_value(
-            object.value,
-            &object.origin,
-            &object.duplicates,
-            catalog,
-            diagnostics,
-        );
-    }
-}
-
 /// One YAML document of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DocumentText {
@@ -224,7 +209,7 @@ pub(crate) fn load_value(
         // A misspelt setting of weft's own kinds, or of the SMI kinds that decide access,
         // must not pass silently; other unknown fields (a TrafficSplit's) stay warnings, as
         // kubectl treats them.
-        unknown_fields_are_errors: group == crate::traffic::GROUP,
+        unknown_fields_are_errors: group == crate::extension::GROUP,
         access_schema: access_schema(group, &kind),
     };
     let served = match group {
@@ -247,10 +232,10 @@ pub(crate) fn load_value(
             }
             return;
         }
-        crate::traffic::GROUP => {
+        crate::extension::GROUP => {
             reader.identify(&value);
             reader.duplicates(duplicates);
-            if crate::traffic::VERSIONS.contains(&version) {
+            if crate::extension::VERSIONS.contains(&version) {
                 reader.weft_object(&kind, value, &api_version, catalog);
             } else {
                 reader.error(
@@ -258,7 +243,7 @@ pub(crate) fn load_value(
                     LoadError::UnservedVersion {
                         api_version: api_version.clone(),
                         kind,
-                        served: crate::traffic::VERSIONS.join(", "),
+                        served: crate::extension::VERSIONS.join(", "),
                     },
                 );
             }

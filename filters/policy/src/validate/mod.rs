@@ -3,11 +3,14 @@
 //! half-way); warnings flag what is legal but probably unintended. docs/decisions.md says why
 //! each check is an error or a warning.
 
+mod extension;
+
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::matcher::Matcher;
-use crate::model::{Catalog, Kind, L4Protocol, Meta, TrafficSplit, TrafficTarget};
+use crate::model::{Kind, L4Protocol, Meta, TrafficSplit, TrafficTarget};
 
 /// The methods an HTTPRouteGroup match may list.
 pub const METHODS: &[&str] = &[
@@ -150,7 +153,7 @@ impl ValidationError {
 pub fn validate(catalog: &Catalog) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     duplicates(catalog, &mut out);
-    crate::traffic::validate(catalog, &mut out);
+    extension::validate(catalog, &mut out);
     for target in &catalog.traffic_targets {
         traffic_target(catalog, target, &mut out);
     }
