@@ -10,7 +10,6 @@ pub mod admission;
 pub mod channel;
 pub mod files;
 pub mod folder;
-pub mod guard;
 pub mod index;
 pub mod manifests;
 pub mod mesh;

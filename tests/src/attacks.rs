@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_controller::guard::Invariant;
+use weft_controller::patch::guard::Invariant;
 
 use crate::client::{Reply, request};
 use crate::mesh::TestMesh;

@@ -1,28 +1,23 @@
-//! EnvoyPatches applied to one sidecar's generated resources, after everything else: each
-//! resource patch's RFC 6902 operations on the resource's Envoy JSON, the result read back into
-//! its typed proto (unknown fields and wrong types refused, as Envoy refuses them), and the
-//! guard ([`crate::guard`]): a patch changes only what cannot change who reaches what. A patch
-//! that fails is left out for this proxy alone, with a reason naming the patch, the operation
-//! and the JSON path; the proxy gets the unpatched resource. Pure: the runtime keeps which
-//! patches a proxy refused (NACK) and passes them in as withdrawn.
+//! EnvoyPatches applied to one sidecar's generated resources, after everything else
+//! ([`mod@apply`]): each resource patch's RFC 6902 operations on the resource's Envoy JSON, the
+//! result read back into its typed proto (unknown fields and wrong types refused, as Envoy
+//! refuses them), and the guard ([`guard`]): a patch changes only what cannot change who reaches
+//! what. A patch that fails is left out for this proxy alone, with a reason naming the patch,
+//! the operation and the JSON path; the proxy gets the unpatched resource. What each proxy
+//! acknowledged or refused (NACK) of its patches is the [`ledger`]'s, which passes the refused
+//! ones back in as withdrawn.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
+pub mod apply;
+pub mod guard;
+pub mod ledger;
 
-use prost::{Message, Name};
+pub use apply::{PatchCache, apply, disabled};
+pub use ledger::{PATCHED_TYPES, PatchLedger};
+
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use weft_envoy_config::constraints;
-use weft_envoy_config::mesh::SidecarResources;
-use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
-use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
-use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
-use weft_envoy_config::render::{from_json, to_json};
 use weft_policy::extension::{EnvoyPatch, ResourcePatch};
-use weft_xds::snapshot::{CLUSTER, LISTENER, ROUTE};
-
-use crate::guard::ResourceKind;
 
 /// Why a resource patch was not applied to a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +68,7 @@ pub enum PatchError {
     },
     /// A patch that would change what decides who reaches what.
     #[error("{0}")]
-    Guard(crate::guard::Breach),
+    Guard(guard::Breach),
     /// Envoy refused the configuration with this patch (a NACK).
     #[error("Envoy refused it: {0}")]
     Refused(String),
@@ -114,7 +109,7 @@ impl PatchReport {
     }
 }
 
-fn key(patch: &EnvoyPatch, resource: &ResourcePatch) -> PatchKey {
+pub(crate) fn key(patch: &EnvoyPatch, resource: &ResourcePatch) -> PatchKey {
     let mut hasher = Sha256::new();
     hasher.update(resource.type_name.as_bytes());
     hasher.update([0]);
@@ -135,374 +130,6 @@ fn key(patch: &EnvoyPatch, resource: &ResourcePatch) -> PatchKey {
     }
 }
 
-fn text(operation: &Value, field: &str) -> String {
-    operation
-        .get(field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// `resource` as Envoy's JSON, or why it cannot be rendered.
-fn rendered<T: Message + Name>(resource: &T) -> Result<Value, PatchError> {
-    to_json(resource).map_err(|err| PatchError::Invalid {
-        index: 0,
-        op: String::new(),
-        path: String::new(),
-        type_name: T::NAME.to_owned(),
-        reason: err.to_string(),
-    })
-}
-
-/// `operations` applied to `original`, the JSON of a resource of type `T`, read back as `T`.
-fn patched<T: Message + Name + Default>(
-    original: &Value,
-    operations: &[Value],
-) -> Result<T, PatchError> {
-    let type_name = T::NAME.to_owned();
-    let mut document = original.clone();
-    let mut result: Result<T, (usize, String, String, String)> =
-        from_json::<T>(&document).map_err(|err| (0, String::new(), String::new(), err.to_string()));
-    for (index, operation) in operations.iter().enumerate() {
-        let (op, path) = (text(operation, "op"), text(operation, "path"));
-        let failed = |reason: String| PatchError::Operation {
-            index,
-            op: op.clone(),
-            path: path.clone(),
-            reason,
-        };
-        let parsed: json_patch::PatchOperation =
-            serde_json::from_value(operation.clone()).map_err(|err| failed(err.to_string()))?;
-        // The library panics if it cannot undo a failed operation; a patch must never take the
-        // controller down, so a panic is an error like any other.
-        let mut next = document.clone();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            json_patch::patch(&mut next, std::slice::from_ref(&parsed))
-        })) {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => return Err(failed(err.kind.to_string())),
-            Err(_) => return Err(failed("the patch library failed on it".to_owned())),
-        }
-        document = next;
-        // Read back after each operation, so that the one that made it invalid is named (a
-        // later one may make it valid again: a move done as copy and remove).
-        let read = from_json::<T>(&document)
-            .map_err(|err| err.to_string())
-            .and_then(|typed| {
-                constraints::check(&typed)
-                    .map(|()| typed)
-                    .map_err(|err| err.to_string())
-            });
-        match read {
-            Ok(typed) => result = Ok(typed),
-            Err(reason) => {
-                if result.is_ok() {
-                    result = Err((index, op, path, reason));
-                }
-            }
-        }
-    }
-    result.map_err(|(index, op, path, reason)| PatchError::Invalid {
-        index,
-        op,
-        path,
-        type_name,
-        reason,
-    })
-}
-
-/// Checks that `patched` changes nothing of `original` (the JSON of a resource of `kind`) but
-/// the safe fields of its side ([`crate::guard`]), comparing both as Envoy's JSON (the patched
-/// one rendered anew, as the proxy would read it).
-fn keeps_guard<T: Message + Name>(
-    kind: ResourceKind,
-    name: &str,
-    original: &Value,
-    patched: &T,
-) -> Result<(), PatchError> {
-    crate::guard::check(kind, name, original, &rendered(patched)?).map_err(PatchError::Guard)
-}
-
-/// What patching gave, by the resource's bytes and the patch: the pods of a namespace share
-/// their outbound resources, so one rebuild patches each distinct resource once (a patch costs
-/// a JSON round trip and a constraint walk per operation: about 2 ms for the outbound routes).
-#[derive(Debug, Default)]
-pub struct PatchCache {
-    results: HashMap<([u8; 32], PatchKey), Result<Vec<u8>, PatchError>>,
-}
-
-/// Patches the resource named `name` of `list` in place: found, patched, not renamed, and
-/// changing only what the guard lets a patch change, or left as it was.
-fn patch_in<T: Message + Name + Default>(
-    list: &mut [T],
-    resource: &ResourcePatch,
-    key: &PatchKey,
-    cache: &mut PatchCache,
-    named: impl Fn(&T) -> &str,
-    kind: ResourceKind,
-) -> Result<(), PatchError> {
-    let available: Vec<&str> = list.iter().map(&named).collect();
-    let Some(index) = available.iter().position(|n| *n == resource.name) else {
-        return Err(PatchError::NoTarget {
-            type_name: resource.type_name.clone(),
-            name: resource.name.clone(),
-            available: available.join(", "),
-        });
-    };
-    let target = &mut list[index];
-    let bytes = target.encode_to_vec();
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    let result = cache
-        .results
-        .entry((digest, key.clone()))
-        .or_insert_with(|| {
-            let original = rendered(&*target)?;
-            let new: T = patched(&original, &resource.operations)?;
-            if named(&new) != named(target) {
-                return Err(PatchError::Renamed {
-                    from: named(target).to_owned(),
-                    to: named(&new).to_owned(),
-                });
-            }
-            keeps_guard(kind, &resource.name, &original, &new)?;
-            Ok(new.encode_to_vec())
-        })
-        .clone()?;
-    *target = T::decode(result.as_slice()).map_err(|err| PatchError::Invalid {
-        index: 0,
-        op: String::new(),
-        path: String::new(),
-        type_name: T::NAME.to_owned(),
-        reason: err.to_string(),
-    })?;
-    Ok(())
-}
-
-/// Applies the resource patches of `patches` (those selecting this proxy, in name order) to
-/// `resources`, except those `withdrawn` for it; returns what became of each.
-pub fn apply(
-    patches: &[&EnvoyPatch],
-    resources: &mut SidecarResources,
-    withdrawn: &BTreeMap<PatchKey, PatchError>,
-    cache: &mut PatchCache,
-) -> Vec<PatchReport> {
-    let mut reports = Vec::new();
-    for patch in patches {
-        for resource in &patch.patches {
-            let key = key(patch, resource);
-            let (type_url, outcome) = match withdrawn.get(&key) {
-                Some(problem) => (type_url(&resource.type_name), Err(problem.clone())),
-                None => apply_one(resource, &key, resources, cache),
-            };
-            reports.push(PatchReport {
-                key,
-                resource: format!("{} {}", resource.type_name, resource.name),
-                type_url,
-                problem: outcome.err(),
-            });
-        }
-    }
-    reports
-}
-
-/// What each resource patch of `patches` would have been for a proxy with patches off.
-pub fn disabled(patches: &[&EnvoyPatch]) -> Vec<PatchReport> {
-    patches
-        .iter()
-        .flat_map(|patch| {
-            patch.patches.iter().map(|resource| PatchReport {
-                key: key(patch, resource),
-                resource: format!("{} {}", resource.type_name, resource.name),
-                type_url: type_url(&resource.type_name),
-                problem: Some(PatchError::Disabled),
-            })
-        })
-        .collect()
-}
-
-fn type_url(type_name: &str) -> &'static str {
-    match type_name {
-        "Listener" => LISTENER,
-        "Cluster" => CLUSTER,
-        _ => ROUTE,
-    }
-}
-
-fn apply_one(
-    resource: &ResourcePatch,
-    key: &PatchKey,
-    resources: &mut SidecarResources,
-    cache: &mut PatchCache,
-) -> (&'static str, Result<(), PatchError>) {
-    let result = match resource.type_name.as_str() {
-        "Listener" => patch_in(
-            &mut resources.listeners,
-            resource,
-            key,
-            cache,
-            |l: &Listener| &l.name,
-            ResourceKind::Listener,
-        ),
-        "Cluster" => patch_in(
-            &mut resources.clusters,
-            resource,
-            key,
-            cache,
-            |c: &Cluster| &c.name,
-            ResourceKind::Cluster,
-        ),
-        _ => patch_in(
-            &mut resources.routes,
-            resource,
-            key,
-            cache,
-            |r: &RouteConfiguration| &r.name,
-            ResourceKind::Route,
-        ),
-    };
-    (type_url(&resource.type_name), result)
-}
-
-/// The xDS types a patch can change.
-pub const PATCHED_TYPES: [&str; 3] = [LISTENER, CLUSTER, ROUTE];
-
-/// The patches applied in each of a proxy's latest versions of one type, oldest first.
-type AppliedByVersion = VecDeque<(String, BTreeSet<PatchKey>)>;
-
-/// How many built versions are remembered per proxy and type: a proxy answers one of its
-/// latest few.
-const VERSIONS_REMEMBERED: usize = 4;
-
-/// Which patches each proxy was given, applied and refused: a NACK is pinned on the patches new
-/// in the refused version (or on all of its patches, when none is new), which are withdrawn for
-/// that proxy alone; the rest of its configuration, and every other proxy, is unaffected.
-#[derive(Debug, Default)]
-pub struct PatchLedger {
-    /// By node id: the resource patches it refused.
-    pub withdrawn: BTreeMap<String, BTreeMap<PatchKey, PatchError>>,
-    /// By node id: what became of each patch in its latest snapshot.
-    pub reports: BTreeMap<String, Vec<PatchReport>>,
-    /// By node id and type: the patches applied in each of its latest versions.
-    built: BTreeMap<(String, &'static str), AppliedByVersion>,
-    /// By node id and type: the patches of the version it applied last.
-    acked: BTreeMap<(String, &'static str), BTreeSet<PatchKey>>,
-}
-
-fn patched_type(type_url: &str) -> Option<&'static str> {
-    PATCHED_TYPES.into_iter().find(|t| *t == type_url)
-}
-
-impl PatchLedger {
-    /// `node` was built with `reports`, its versions per type given by `version`.
-    pub fn built(
-        &mut self,
-        node: &str,
-        version: impl Fn(&str) -> String,
-        reports: Vec<PatchReport>,
-    ) {
-        // Most proxies have no patch: they keep nothing here.
-        if reports.is_empty() {
-            // (Entries are only ever made for a node with reports.)
-            if self.reports.remove(node).is_some() {
-                self.withdrawn.remove(node);
-                for type_url in PATCHED_TYPES {
-                    let key = (node.to_owned(), type_url);
-                    self.built.remove(&key);
-                    self.acked.remove(&key);
-                }
-            }
-            return;
-        }
-        for type_url in PATCHED_TYPES {
-            let applied: BTreeSet<PatchKey> = reports
-                .iter()
-                .filter(|r| r.applied() && r.type_url == type_url)
-                .map(|r| r.key.clone())
-                .collect();
-            let versions = self.built.entry((node.to_owned(), type_url)).or_default();
-            let version = version(type_url);
-            if versions.back().is_some_and(|(last, _)| *last == version) {
-                continue;
-            }
-            if versions.len() == VERSIONS_REMEMBERED {
-                versions.pop_front();
-            }
-            versions.push_back((version, applied));
-        }
-        // A withdrawal ends with the patch (or with its edit, which is a new key).
-        if let Some(withdrawn) = self.withdrawn.get_mut(node) {
-            withdrawn.retain(|key, _| reports.iter().any(|r| &r.key == key));
-        }
-        self.reports.insert(node.to_owned(), reports);
-    }
-
-    fn applied_in(
-        &self,
-        node: &str,
-        type_url: &'static str,
-        version: &str,
-    ) -> Option<&BTreeSet<PatchKey>> {
-        self.built
-            .get(&(node.to_owned(), type_url))?
-            .iter()
-            .find(|(v, _)| v == version)
-            .map(|(_, keys)| keys)
-    }
-
-    /// `node` applied `version` of `type_url`.
-    pub fn acked(&mut self, node: &str, type_url: &str, version: &str) {
-        let Some(type_url) = patched_type(type_url).filter(|_| self.reports.contains_key(node))
-        else {
-            return;
-        };
-        if let Some(keys) = self.applied_in(node, type_url, version).cloned() {
-            self.acked.insert((node.to_owned(), type_url), keys);
-        }
-    }
-
-    /// `node` refused `version` of `type_url` saying `error`: the patches withdrawn for it
-    /// (none when that version had none, or they were withdrawn already).
-    pub fn nacked(
-        &mut self,
-        node: &str,
-        type_url: &str,
-        version: &str,
-        error: &str,
-    ) -> Vec<PatchKey> {
-        let Some(type_url) = patched_type(type_url).filter(|_| self.reports.contains_key(node))
-        else {
-            return Vec::new();
-        };
-        let Some(applied) = self.applied_in(node, type_url, version).cloned() else {
-            return Vec::new();
-        };
-        let before = self
-            .acked
-            .get(&(node.to_owned(), type_url))
-            .cloned()
-            .unwrap_or_default();
-        let new: Vec<PatchKey> = applied.difference(&before).cloned().collect();
-        let suspects = if new.is_empty() {
-            applied.into_iter().collect()
-        } else {
-            new
-        };
-        let withdrawn = self.withdrawn.entry(node.to_owned()).or_default();
-        for key in &suspects {
-            withdrawn.insert(key.clone(), PatchError::Refused(error.to_owned()));
-        }
-        suspects
-    }
-
-    /// Forgets the proxies not in `nodes`.
-    pub fn retain(&mut self, nodes: &BTreeSet<String>) {
-        self.withdrawn.retain(|node, _| nodes.contains(node));
-        self.reports.retain(|node, _| nodes.contains(node));
-        self.built.retain(|(node, _), _| nodes.contains(node));
-        self.acked.retain(|(node, _), _| nodes.contains(node));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -511,6 +138,12 @@ mod tests {
     use weft_envoy_config::filters::Code;
     use weft_envoy_config::mesh::{InboundPort, OutboundService, Protocol, Sidecar};
     use weft_policy::model::Meta;
+
+    use std::collections::BTreeMap;
+
+    use weft_envoy_config::constraints;
+    use weft_envoy_config::mesh::SidecarResources;
+    use weft_xds::snapshot::{CLUSTER, ROUTE};
 
     use super::*;
 
@@ -577,15 +210,15 @@ mod tests {
         let (catalog, problems) = weft_policy::check([
             (
                 "policy.yaml",
-                include_str!("../../examples/policies/checkout.yaml"),
+                include_str!("../../../examples/policies/checkout.yaml"),
             ),
             (
                 "mesh.yaml",
-                include_str!("../../examples/mesh/services.yaml"),
+                include_str!("../../../examples/mesh/services.yaml"),
             ),
             (
                 "access.yaml",
-                include_str!("../../examples/mesh/access.yaml"),
+                include_str!("../../../examples/mesh/access.yaml"),
             ),
         ]);
         assert!(problems.iter().all(|p| !p.is_error()), "{problems:#?}");
