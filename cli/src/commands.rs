@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 use weft_policy::catalog::Catalog;
 use weft_policy::compile::{Options, Side, compile};
 use weft_policy::config::{CallerIdentity, PluginConfig};
 use weft_policy::diagnostic::Diagnostic;
-use weft_policy::engine::{Decision, Engine, HttpRequest};
+use weft_policy::engine::{Decision, DenyReason, Engine, HttpRequest};
+use weft_policy::explain::{ExplainReport, ExplainedRequest};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -198,86 +199,73 @@ pub fn explain(
             headers: &request.headers,
         }),
     };
-    let mut report = serde_json::to_value(&decision).unwrap_or(Value::Null);
-    if let (Value::Object(fields), Decision::Deny { reason }) = (&mut report, &decision) {
-        // The sentence a denied caller reads in Envoy's reply, word for word.
-        fields.insert("message".into(), json!(reason.to_string()));
-    }
-    if let Value::Object(fields) = &mut report {
-        fields.insert("from".into(), json!(source));
-        fields.insert(
-            "to".into(),
-            json!(request.to.spiffe_id(&options.trust_domain)),
-        );
-        let described = match request.protocol {
-            Protocol::Tcp => json!({"protocol": "tcp", "port": request.port}),
-            Protocol::Http => {
-                json!({"protocol": "http", "method": request.method, "path": request.path, "port": request.port,
-                                     "headers": request.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()})
-            }
-        };
-        fields.insert("request".into(), described);
-    }
+    let explained = match request.protocol {
+        Protocol::Tcp => ExplainedRequest::Tcp { port: request.port },
+        Protocol::Http => ExplainedRequest::Http {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            port: request.port,
+            headers: request.headers.clone(),
+        },
+    };
+    let allowed = decision.is_allowed();
+    let report = ExplainReport::new(
+        decision,
+        source.clone(),
+        request.to.spiffe_id(&options.trust_domain),
+        explained,
+    );
     let mut outcome = match format {
-        Format::Json => Outcome::ok(report.to_string() + "\n"),
+        Format::Json => Outcome::ok(serde_json::to_string(&report).unwrap_or_default() + "\n"),
         Format::Human => Outcome::ok(human_decision(&report)),
     };
-    if exit_code && !decision.is_allowed() {
+    if exit_code && !allowed {
         outcome.code = EXIT_DENIED;
     }
     outcome
 }
 
-fn human_decision(report: &Value) -> String {
-    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
-    let what = match report["request"]["protocol"].as_str() {
-        Some("tcp") => format!("TCP connection to port {}", report["request"]["port"]),
-        _ => format!(
-            "{} {} on port {}",
-            report["request"]["method"].as_str().unwrap_or_default(),
-            report["request"]["path"].as_str().unwrap_or_default(),
-            report["request"]["port"]
-        ),
+fn human_decision(report: &ExplainReport) -> String {
+    let what = match &report.request {
+        ExplainedRequest::Tcp { port } => format!("TCP connection to port {port}"),
+        ExplainedRequest::Http {
+            method, path, port, ..
+        } => format!("{method} {path} on port {port}"),
     };
-    let head = format!("{what}\nfrom {}\nto   {}\n", text("from"), text("to"));
-    if text("decision") == "allow" {
-        let matched = report["http_match"]
-            .as_str()
-            .map(|m| format!(", match {m}"))
-            .unwrap_or_default();
-        return format!(
-            "{head}ALLOW: TrafficTarget {} rule {} ({}{matched})\n",
-            text("traffic_target"),
-            report["rule"],
-            text("route")
-        );
-    }
-    if text("decision") == "allow_unauthenticated" {
-        return format!(
-            "{head}ALLOW: port {} is open to callers without an identity\n",
-            report["port"]
-        );
-    }
-    let reason = &report["reason"];
-    let why = match reason["kind"].as_str() {
-        Some("unauthenticated") => "the caller has no verified identity".to_owned(),
-        Some("no_access_policy") => "there is no access policy".to_owned(),
-        Some("no_traffic_target") => {
+    let head = format!("{what}\nfrom {}\nto   {}\n", report.from, report.to);
+    let reason = match &report.decision {
+        Decision::Allow {
+            traffic_target,
+            rule,
+            route,
+            http_match,
+        } => {
+            let matched = http_match
+                .as_ref()
+                .map(|m| format!(", match {m}"))
+                .unwrap_or_default();
+            return format!(
+                "{head}ALLOW: TrafficTarget {traffic_target} rule {rule} ({route}{matched})\n"
+            );
+        }
+        Decision::AllowUnauthenticated { port } => {
+            return format!("{head}ALLOW: port {port} is open to callers without an identity\n");
+        }
+        Decision::Deny { reason } => reason,
+    };
+    let why = match reason {
+        DenyReason::Unauthenticated => "the caller has no verified identity".to_owned(),
+        DenyReason::NoAccessPolicy => "there is no access policy".to_owned(),
+        DenyReason::NoTrafficTarget { .. } => {
             "no TrafficTarget lists this source for this destination".to_owned()
         }
-        Some("path_not_normal") => report["message"].as_str().unwrap_or_default().to_owned(),
-        Some("no_matching_rule") => format!(
+        DenyReason::PathNotNormal { .. } => reason.to_string(),
+        DenyReason::NoMatchingRule {
+            traffic_targets, ..
+        } => format!(
             "TrafficTarget(s) {} list this source, but none of their rules matches",
-            reason["traffic_targets"]
-                .as_array()
-                .map(|t| t
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
+            traffic_targets.join(", ")
         ),
-        _ => reason.to_string(),
     };
     format!("{head}DENY: {why}\n")
 }

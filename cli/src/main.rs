@@ -495,7 +495,7 @@ fn main() -> ExitCode {
         }
         Command::Status { controller, output } => finished(
             weft_cli::mesh::fetch_status(&controller).map(|status| match output {
-                Format::Json => format!("{status}\n"),
+                Format::Json => format!("{}\n", serde_json::to_string(&status).unwrap_or_default()),
                 Format::Human => weft_cli::mesh::status_table(&status),
             }),
         ),

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
-use serde_json::Value;
 use weft_certs::RotationPolicy;
 use weft_controller::options::Options;
 use weft_controller::pki::CaSource;
-use weft_controller::store::{Kept, RefusedObject};
+use weft_controller::report::{PodReport, StatusReport, TrustReport};
+use weft_controller::store::Kept;
+use weft_controller::trust::Phase;
 use weft_local::{LocalMesh, UpOptions};
 
 /// What the controller runs with, in `weft up` and `weft controller`.
@@ -198,7 +199,7 @@ async fn interrupted() {
 ///
 /// # Errors
 /// When the controller cannot be reached.
-pub fn fetch_status(controller: &str) -> anyhow::Result<Value> {
+pub fn fetch_status(controller: &str) -> anyhow::Result<StatusReport> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client =
@@ -210,12 +211,13 @@ pub fn fetch_status(controller: &str) -> anyhow::Result<Value> {
             .await
             .with_context(|| format!("the controller at {controller} cannot be reached"))?;
         let body = response.into_body().collect().await?.to_bytes();
-        Ok(serde_json::from_slice(&body)?)
+        serde_json::from_slice(&body)
+            .with_context(|| format!("the controller at {controller} answered no status report"))
     })
 }
 
 /// `weft status` as a table, each column as wide as its widest cell.
-pub fn status_table(status: &Value) -> String {
+pub fn status_table(status: &StatusReport) -> String {
     let mut rows: Vec<Vec<String>> = vec![
         [
             "POD",
@@ -230,31 +232,8 @@ pub fn status_table(status: &Value) -> String {
         .map(str::to_owned)
         .to_vec(),
     ];
-    for pod in status["pods"].as_array().into_iter().flatten() {
-        let proxy = &pod["proxy"];
-        let nacks: u64 = proxy["types"]
-            .as_object()
-            .map(|types| types.values().filter_map(|t| t["nacks"].as_u64()).sum())
-            .unwrap_or_default();
-        let ecds = proxy["types"]["ecds"]["acked"].as_str().unwrap_or("-");
-        rows.push(vec![
-            pod["pod"].as_str().unwrap_or_default().to_owned(),
-            proxy["identity"].as_str().unwrap_or("-").to_owned(),
-            pod["pod_ip"].as_str().unwrap_or_default().to_owned(),
-            if pod["ready"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_owned(),
-            ecds.chars().take(8).collect(),
-            nacks.to_string(),
-            proxy["restarts"].as_u64().unwrap_or_default().to_string(),
-            proxy["certificate_expires"]
-                .as_str()
-                .unwrap_or("-")
-                .to_owned(),
-        ]);
+    for pod in &status.pods {
+        rows.push(pod_row(pod));
     }
     let mut widths = vec![0; rows[0].len()];
     for row in &rows {
@@ -272,88 +251,95 @@ pub fn status_table(status: &Value) -> String {
         out.push_str(cells.join(" ").trim_end());
         out.push('\n');
     }
-    let trust = &status["trust"];
-    if trust.is_object() {
-        out.push_str(&trust_line(trust));
+    if status.trust.issuer.is_some() {
+        out.push_str(&trust_line(&status.trust));
     }
-    for patch in status["patches"].as_array().into_iter().flatten() {
-        let field = |name: &str| patch[name].as_str().unwrap_or_default().to_owned();
+    for patch in &status.patches {
         let mut line = format!(
             "patch {} {} on {} of {}: {}",
-            field("patch"),
-            field("field"),
-            field("resource"),
-            field("pod"),
-            field("state")
+            patch.patch, patch.field, patch.resource, patch.pod, patch.state
         );
-        if let Some(reason) = patch["reason"].as_str() {
+        if let Some(reason) = &patch.reason {
             line.push_str(&format!(" ({reason})"));
         }
         out.push_str(&line);
         out.push('\n');
     }
-    let refused: Vec<RefusedObject> =
-        serde_json::from_value(status["refused"].clone()).unwrap_or_default();
-    for object in refused {
+    for object in &status.refused {
         let kept = match object.kept {
             Kept::Previous => "its previous version stays in force",
             Kept::Nothing => "not in force",
         };
         out.push_str(&format!("refused {} ({kept}):\n", object.object));
-        for problem in object.problems {
+        for problem in &object.problems {
             out.push_str(&format!("  {problem}\n"));
         }
     }
-    for problem in status["problems"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "problem: {}\n",
-            problem.as_str().unwrap_or_default()
-        ));
+    for problem in &status.problems {
+        out.push_str(&format!("problem: {problem}\n"));
     }
     out
 }
 
+/// A pod's row of the status table.
+fn pod_row(pod: &PodReport) -> Vec<String> {
+    let proxy = pod.proxy.clone().unwrap_or_default();
+    let nacks: u64 = proxy.types.values().map(|t| t.nacks).sum();
+    let ecds = proxy
+        .types
+        .get("ecds")
+        .and_then(|ecds| ecds.acked.as_deref())
+        .unwrap_or("-");
+    vec![
+        pod.pod.clone(),
+        proxy.identity.clone().unwrap_or_else(|| "-".to_owned()),
+        pod.pod_ip.clone(),
+        if pod.ready { "yes" } else { "no" }.to_owned(),
+        ecds.chars().take(8).collect(),
+        nacks.to_string(),
+        proxy.restarts.to_string(),
+        proxy
+            .certificate_expires
+            .clone()
+            .unwrap_or_else(|| "-".to_owned()),
+    ]
+}
+
 /// The status line of the mesh's trust: the root issuing, the roots trusted, a rotation under
 /// way and whom it waits for, and a refused CA change.
-fn trust_line(trust: &serde_json::Value) -> String {
-    let roots: Vec<&str> = trust["roots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str)
-        .collect();
+fn trust_line(trust: &TrustReport) -> String {
+    let roots: Vec<String> = trust.roots.iter().map(ToString::to_string).collect();
     let mut line = format!(
         "trust: issuer {}, roots {}",
-        trust["issuer"].as_str().unwrap_or("-"),
+        trust
+            .issuer
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string),
         roots.join(", ")
     );
-    match trust["rotation"]["step"].as_str() {
-        Some("adding_root") => line.push_str(&format!(
-            "; rotating: root {} added; the new CA issues once these trust it: {}",
-            trust["rotation"]["root"].as_str().unwrap_or("-"),
-            waiting(&trust["rotation"]["waiting"])
+    match &trust.rotation {
+        Phase::AddingRoot {
+            root,
+            waiting: pods,
+        } => line.push_str(&format!(
+            "; rotating: root {root} added; the new CA issues once these trust it: {}",
+            waiting(pods)
         )),
-        Some("retiring_roots") => line.push_str(&format!(
+        Phase::RetiringRoots { waiting: pods, .. } => line.push_str(&format!(
             "; rotating: old roots kept until these apply a certificate of the new CA: {}",
-            waiting(&trust["rotation"]["waiting"])
+            waiting(pods)
         )),
-        _ => {}
+        Phase::Steady => {}
     }
     line.push('\n');
-    if let Some(problem) = trust["problem"].as_str() {
+    if let Some(problem) = &trust.problem {
         line.push_str(&format!("refused CA change: {problem}\n"));
     }
     line
 }
 
 /// The pods a rotation waits for, for a status line.
-fn waiting(pods: &serde_json::Value) -> String {
-    let pods: Vec<&str> = pods
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str)
-        .collect();
+fn waiting(pods: &[String]) -> String {
     match pods.len() {
         0 => "nothing".to_owned(),
         1..=3 => pods.join(", "),
@@ -565,7 +551,7 @@ mod tests {
              "proxy": {"identity": "spiffe://a.much.longer.trust.domain/ns/a-very-long-namespace/sa/a-very-long-service-account",
                        "types": {"lds": {"nacks": 2}}}},
         ]});
-        let table = status_table(&status);
+        let table = status_table(&serde_json::from_value(status).unwrap());
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         let address_column = lines[0].find("ADDRESS").unwrap();
@@ -585,7 +571,7 @@ mod tests {
             "rotation": {"step": "retiring_roots", "roots": ["aaaa"],
                          "waiting": ["shop/a-0", "shop/b-0", "shop/c-0", "shop/d-0"]},
             "problem": "trust-bundle.pem does not hold the root of the CA ca.pem"}});
-        let table = status_table(&status);
+        let table = status_table(&serde_json::from_value(status).unwrap());
         assert!(
             table.contains("trust: issuer bbbb, roots aaaa, bbbb; rotating: old roots kept until these apply a certificate of the new CA: shop/a-0, shop/b-0, shop/c-0, and 1 more\n"),
             "{table}"
@@ -604,7 +590,7 @@ mod tests {
             {"pod": "shop/frontend-0", "patch": "shop/dup", "field": "spec.patches[0]",
              "resource": "RouteConfiguration outbound", "state": "withdrawn",
              "reason": "Envoy refused it: duplicate domain"}]});
-        let table = status_table(&status);
+        let table = status_table(&serde_json::from_value(status).unwrap());
         assert!(
             table.contains("patch shop/header spec.patches[0] on RouteConfiguration outbound of shop/frontend-0: applied\n"),
             "{table}"

@@ -12,76 +12,85 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::patch::PatchError;
+use crate::report::{
+    Generations, PatchOutcome, PatchState, PodReport, RefusedObject, StatusReport, TrustReport,
+};
 use crate::serve::{Activity, Limits, accept_loop, drive};
 use crate::shared::Shared;
 
-/// The JSON `/status` answers.
-pub fn status_json(shared: &Shared) -> serde_json::Value {
+/// What `/status` answers.
+pub fn status_report(shared: &Shared) -> StatusReport {
     let proxies = shared.status.all();
-    let pods: Vec<serde_json::Value> = shared
+    let pods = shared
         .pods()
         .iter()
         .map(|pod| {
             let node = pod.node_id();
-            json!({
-                "pod": node,
-                "workload": format!("{}/{}", pod.namespace, pod.workload),
-                "service_account": pod.service_account,
-                "pod_ip": pod.pod_ip.to_string(),
-                "app_ip": pod.app_ip.to_string(),
-                "ready": shared.is_ready(&node),
-                "in_sync": proxies.get(&node).is_some_and(|p| p.connected)
+            let proxy = proxies.get(&node).cloned();
+            PodReport {
+                workload: format!("{}/{}", pod.namespace, pod.workload),
+                service_account: pod.service_account.clone(),
+                pod_ip: pod.pod_ip.to_string(),
+                app_ip: pod.app_ip.to_string(),
+                ready: shared.is_ready(&node),
+                in_sync: proxy.as_ref().is_some_and(|p| p.connected)
                     && !shared.metrics.is_pending(&node),
-                "proxy": proxies.get(&node),
-            })
+                proxy,
+                pod: node,
+            }
         })
         .collect();
     let refused = shared.refused();
-    let (generation, built) = shared.generations();
+    let (catalog, built) = shared.generations();
     let trust = {
         let pki = shared.pki();
-        json!({
-            "issuer": pki.issuer_root(),
-            "roots": pki.served(),
-            "rotation": pki.phase(),
-            "problem": shared.ca_problem(),
-        })
+        TrustReport {
+            issuer: Some(pki.issuer_root().clone()),
+            roots: pki.served().iter().cloned().collect(),
+            rotation: pki.phase().clone(),
+            problem: shared.ca_problem(),
+        }
     };
-    let patches: Vec<serde_json::Value> = shared
+    let patches = shared
         .patch_reports()
         .iter()
         .flat_map(|(node, reports)| {
-            reports.iter().map(move |report| {
-                let state = match &report.problem {
-                    None => "applied",
-                    Some(PatchError::Refused(_)) => "withdrawn",
-                    Some(PatchError::Disabled) => "off",
-                    Some(_) => "refused",
-                };
-                json!({
-                    "pod": node,
-                    "patch": report.key.patch,
-                    "field": format!("spec.patches[{}]", report.key.index),
-                    "resource": report.resource,
-                    "state": state,
-                    "reason": report.problem.as_ref().map(ToString::to_string),
-                })
+            reports.iter().map(move |report| PatchState {
+                pod: node.clone(),
+                patch: report.key.patch.clone(),
+                field: format!("spec.patches[{}]", report.key.index),
+                resource: report.resource.clone(),
+                state: match &report.problem {
+                    None => PatchOutcome::Applied,
+                    Some(PatchError::Refused(_)) => PatchOutcome::Withdrawn,
+                    Some(PatchError::Disabled) => PatchOutcome::Off,
+                    Some(_) => PatchOutcome::Refused,
+                },
+                reason: report.problem.as_ref().map(ToString::to_string),
             })
         })
         .collect();
-    json!({
-        "generation": {"catalog": generation, "built": built},
-        "patches": patches,
-        "module_sha256": shared.module().sha256,
-        "refused": refused.objects.iter().map(|(key, refusal)| crate::store::RefusedObject::new(key, refusal)).collect::<Vec<_>>(),
-        "problems": refused.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "pods": pods,
-        "trust": trust,
-    })
+    StatusReport {
+        generation: Generations { catalog, built },
+        patches,
+        module_sha256: shared.module().sha256,
+        refused: refused
+            .objects
+            .iter()
+            .map(|(key, refusal)| RefusedObject::new(key, refusal))
+            .collect(),
+        problems: refused.problems.iter().map(ToString::to_string).collect(),
+        pods,
+        trust,
+    }
+}
+
+/// [`status_report`] as JSON.
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    serde_json::to_value(status_report(shared)).unwrap_or_default()
 }
 
 /// How long the rebuild loop may go without turning before the controller is not live (it
@@ -123,7 +132,7 @@ fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         "/status" => (
             StatusCode::OK,
             "application/json",
-            Bytes::from(status_json(shared).to_string()),
+            Bytes::from(serde_json::to_vec(&status_report(shared)).unwrap_or_default()),
         ),
         "/metrics" => (
             StatusCode::OK,

@@ -21,6 +21,7 @@ pub mod patch;
 pub mod pki;
 pub mod rebuild;
 pub mod registry;
+pub mod report;
 pub mod runtime;
 pub mod serve;
 pub mod shared;

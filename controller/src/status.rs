@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// One xDS type of one proxy.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct TypeState {
     /// The last version it applied.
     pub acked: Option<String>,
@@ -22,7 +23,8 @@ pub struct TypeState {
 }
 
 /// One proxy.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ProxyStatus {
     /// Its SPIFFE ID, as proven on its xDS connection.
     pub identity: Option<String>,

@@ -60,28 +60,6 @@ pub struct Refusal {
     pub kept: Kept,
 }
 
-/// A refused object as the controller's status reports it and `weft status` reads it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RefusedObject {
-    /// `Kind namespace/name`.
-    pub object: String,
-    /// What is in force instead.
-    pub kept: Kept,
-    /// Its errors, as `weft check` prints them.
-    pub problems: Vec<String>,
-}
-
-impl RefusedObject {
-    /// The report of `key`'s refusal.
-    pub fn new(key: &ObjectKey, refusal: &Refusal) -> Self {
-        Self {
-            object: key.to_string(),
-            kept: refusal.kept,
-            problems: refusal.problems.iter().map(ToString::to_string).collect(),
-        }
-    }
-}
-
 /// What the store holds in force after the last change.
 #[derive(Debug, Clone, Default)]
 pub struct Settled {

@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// A root certificate, known by the SHA-256 of its DER (the first 8 bytes, hex).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RootId(String);
 
@@ -46,10 +46,11 @@ pub struct Held {
 }
 
 /// Where a rotation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Phase {
     /// Nothing to do: the CA in force is the one asked for, and the bundle is the one asked for.
+    #[default]
     Steady,
     /// Step 1: the new CA's root is in the bundle served; certificates are still issued by the
     /// old CA until every proxy has applied it.

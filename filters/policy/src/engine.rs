@@ -3,7 +3,7 @@
 //! caller make this HTTP request or open this TCP connection, and which backend of a
 //! TrafficSplit gets this request. Every answer carries its reason.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::borrow::Cow;
 
@@ -143,20 +143,20 @@ pub struct HttpRequest<'a, H: Headers + ?Sized> {
 }
 
 /// An access decision with its reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision<'a> {
     /// The request or connection may pass.
     Allow {
         /// `namespace/name` of the TrafficTarget that allowed it.
-        traffic_target: &'a str,
+        traffic_target: Cow<'a, str>,
         /// Index of its rule.
         rule: u32,
         /// `namespace/name` of the route the rule names.
-        route: &'a str,
+        route: Cow<'a, str>,
         /// `namespace/group/match` of the HTTP match, for HTTPRouteGroup rules.
         #[serde(skip_serializing_if = "Option::is_none")]
-        http_match: Option<&'a str>,
+        http_match: Option<Cow<'a, str>>,
     },
     /// A caller without a verified identity, on a port where the policy allows such callers.
     AllowUnauthenticated {
@@ -178,10 +178,52 @@ impl Decision<'_> {
             Decision::Allow { .. } | Decision::AllowUnauthenticated { .. }
         )
     }
+
+    /// The decision with its own copy of every name (to keep it past the engine).
+    pub fn into_owned(self) -> Decision<'static> {
+        let owned = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        match self {
+            Decision::Allow {
+                traffic_target,
+                rule,
+                route,
+                http_match,
+            } => Decision::Allow {
+                traffic_target: owned(traffic_target),
+                rule,
+                route: owned(route),
+                http_match: http_match.map(owned),
+            },
+            Decision::AllowUnauthenticated { port } => Decision::AllowUnauthenticated { port },
+            Decision::Deny { reason } => Decision::Deny {
+                reason: match reason {
+                    DenyReason::NoAccessPolicy => DenyReason::NoAccessPolicy,
+                    DenyReason::Unauthenticated => DenyReason::Unauthenticated,
+                    DenyReason::NoTrafficTarget { source } => DenyReason::NoTrafficTarget {
+                        source: owned(source),
+                    },
+                    DenyReason::NoMatchingRule {
+                        source,
+                        traffic_targets,
+                    } => DenyReason::NoMatchingRule {
+                        source: owned(source),
+                        traffic_targets: traffic_targets.into_iter().map(owned).collect(),
+                    },
+                    DenyReason::PathNotNormal { path, problem } => DenyReason::PathNotNormal {
+                        path: owned(path),
+                        problem: NotNormal {
+                            problem: problem.problem,
+                            part: owned(problem.part),
+                        },
+                    },
+                },
+            },
+        }
+    }
 }
 
 /// Why a request or connection is denied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DenyReason<'a> {
     /// The configuration has no access policy (the feature is off, so nothing is allowed).
@@ -191,20 +233,20 @@ pub enum DenyReason<'a> {
     /// No TrafficTarget lists the caller as a source.
     NoTrafficTarget {
         /// The caller.
-        source: &'a str,
+        source: Cow<'a, str>,
     },
     /// TrafficTargets list the caller, but none of their rules matches.
     NoMatchingRule {
         /// The caller.
-        source: &'a str,
+        source: Cow<'a, str>,
         /// The TrafficTargets that list the caller.
-        traffic_targets: Vec<&'a str>,
+        traffic_targets: Vec<Cow<'a, str>>,
     },
     /// The request's path is not in normal form, so the application could serve another path
     /// than the one the policy would judge ([`crate::path`]).
     PathNotNormal {
         /// The path, as the request gave it.
-        path: &'a str,
+        path: Cow<'a, str>,
         /// What is not normal about it.
         #[serde(flatten)]
         problem: NotNormal<'a>,
@@ -478,7 +520,7 @@ impl Engine {
         {
             return Decision::Deny {
                 reason: DenyReason::PathNotNormal {
-                    path: request.path,
+                    path: Cow::Borrowed(request.path),
                     problem,
                 },
             };
@@ -536,7 +578,9 @@ impl Engine {
         };
         let Some(indexes) = sources.get(source) else {
             return Decision::Deny {
-                reason: DenyReason::NoTrafficTarget { source },
+                reason: DenyReason::NoTrafficTarget {
+                    source: Cow::Borrowed(source),
+                },
             };
         };
         for grant in indexes.iter().filter_map(|i| grants.get(*i as usize)) {
@@ -545,22 +589,22 @@ impl Engine {
             }
             if let Some((route, http_match)) = allows(grant) {
                 return Decision::Allow {
-                    traffic_target: &grant.traffic_target,
+                    traffic_target: Cow::Borrowed(&grant.traffic_target),
                     rule: grant.rule,
-                    route,
-                    http_match,
+                    route: Cow::Borrowed(route),
+                    http_match: http_match.map(Cow::Borrowed),
                 };
             }
         }
-        let mut traffic_targets: Vec<&str> = indexes
+        let mut traffic_targets: Vec<Cow<'_, str>> = indexes
             .iter()
             .filter_map(|i| grants.get(*i as usize))
-            .map(|g| g.traffic_target.as_str())
+            .map(|g| Cow::Borrowed(g.traffic_target.as_str()))
             .collect();
         traffic_targets.dedup();
         Decision::Deny {
             reason: DenyReason::NoMatchingRule {
-                source,
+                source: Cow::Borrowed(source),
                 traffic_targets,
             },
         }

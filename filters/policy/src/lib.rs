@@ -27,6 +27,8 @@ pub mod diagnostic;
 pub mod document;
 pub mod engine;
 #[cfg(feature = "authoring")]
+pub mod explain;
+#[cfg(feature = "authoring")]
 pub mod extension;
 #[cfg(feature = "authoring")]
 pub mod load;

@@ -8,12 +8,13 @@
 //! the check catches what a listener without it (or Envoy itself: it decodes `%2e%2e;` into
 //! `..;` without resolving it) lets through.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What makes a path not normal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
     /// A `.` or `..` segment, written plainly, percent-encoded (`%2e`) or with `;parameters`.
@@ -31,18 +32,18 @@ pub enum Problem {
 }
 
 /// Why a path is not in normal form: the problem and the part of the path that has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotNormal<'a> {
     /// What is wrong.
     pub problem: Problem,
     /// The segment or escape at fault.
-    pub part: &'a str,
+    pub part: Cow<'a, str>,
 }
 
 impl fmt::Display for NotNormal<'_> {
     /// What is wrong, why it matters, and which Envoy setting takes care of it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let part = self.part;
+        let part = &self.part;
         match self.problem {
             Problem::DotSegment if part.contains(';') => write!(
                 f,
@@ -100,7 +101,7 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(NotNormal {
             problem: Problem::NotAbsolute,
-            part: path,
+            part: Cow::Borrowed(path),
         });
     };
     let mut segments = rest.split('/').peekable();
@@ -109,7 +110,7 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
         if segment.is_empty() && !last {
             return Err(NotNormal {
                 problem: Problem::EmptySegment,
-                part: "//",
+                part: Cow::Borrowed("//"),
             });
         }
         // Path parameters (`..;jsessionid=1`) do not stop a segment from being a dot segment
@@ -118,14 +119,14 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
         if is_dot_segment(name) {
             return Err(NotNormal {
                 problem: Problem::DotSegment,
-                part: segment,
+                part: Cow::Borrowed(segment),
             });
         }
     }
     if let Some(at) = path.find('\\') {
         return Err(NotNormal {
             problem: Problem::Backslash,
-            part: &path[at..=at],
+            part: Cow::Borrowed(&path[at..=at]),
         });
     }
     let bytes = path.as_bytes();
@@ -144,7 +145,7 @@ pub fn check(path: &str) -> Result<(), NotNormal<'_>> {
         };
         return Err(NotNormal {
             problem,
-            part: &path[at..at + 3],
+            part: Cow::Borrowed(&path[at..at + 3]),
         });
     }
     Ok(())
@@ -197,7 +198,10 @@ mod tests {
     use super::*;
 
     fn problem(path: &str) -> Option<(Problem, &str)> {
-        check(path).err().map(|err| (err.problem, err.part))
+        check(path).err().map(|err| match err.part {
+            Cow::Borrowed(part) => (err.problem, part),
+            Cow::Owned(part) => panic!("check copied {part:?} instead of pointing into the path"),
+        })
     }
 
     #[test]

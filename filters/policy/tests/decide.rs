@@ -126,7 +126,7 @@ fn http(
     match engine.decide_http(&request) {
         Decision::Allow {
             http_match, route, ..
-        } => Some(http_match.unwrap_or(route).to_owned()),
+        } => Some(http_match.unwrap_or(route).into_owned()),
         Decision::AllowUnauthenticated { port } => Some(format!("unauthenticated on {port}")),
         Decision::Deny { .. } => None,
     }
@@ -352,7 +352,9 @@ fn denials_say_why() {
     assert_eq!(
         api.decide_http(&request(Some(&stranger))),
         Decision::Deny {
-            reason: DenyReason::NoTrafficTarget { source: &stranger }
+            reason: DenyReason::NoTrafficTarget {
+                source: stranger.as_str().into()
+            }
         }
     );
     let frontend = spiffe("shop/frontend");
@@ -360,8 +362,8 @@ fn denials_say_why() {
         api.decide_http(&request(Some(&frontend))),
         Decision::Deny {
             reason: DenyReason::NoMatchingRule {
-                source: &frontend,
-                traffic_targets: vec!["shop/frontend-to-api"]
+                source: frontend.as_str().into(),
+                traffic_targets: vec!["shop/frontend-to-api".into()]
             }
         }
     );
@@ -405,10 +407,10 @@ fn an_allow_names_the_traffic_target_rule_and_match() {
     assert_eq!(
         decision,
         Decision::Allow {
-            traffic_target: "shop/frontend-to-api",
+            traffic_target: "shop/frontend-to-api".into(),
             rule: 0,
-            route: "shop/api",
-            http_match: Some("shop/api/metrics")
+            route: "shop/api".into(),
+            http_match: Some("shop/api/metrics".into())
         }
     );
     assert_eq!(
@@ -820,11 +822,8 @@ fn a_path_not_in_normal_form_is_denied_even_where_a_rule_would_allow_it() {
         panic!("allowed")
     };
     assert!(matches!(
-        reason,
-        DenyReason::PathNotNormal {
-            path: "/orders/../admin",
-            ..
-        }
+        &reason,
+        DenyReason::PathNotNormal { path, .. } if path == "/orders/../admin"
     ));
     assert!(
         reason
