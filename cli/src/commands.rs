@@ -70,12 +70,14 @@ pub enum Protocol {
     Tcp,
 }
 
-/// Where a command reads its manifests from, and how strictly.
-#[derive(Debug, Clone, Default)]
+/// Where a command reads its manifests from, and how strictly (`--manifests`, `--strict`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Sources {
-    /// Files or directories.
+    /// Directory (or file) of manifests; repeat for more.
+    #[arg(long = "manifests", value_name = "MANIFESTS", required = true)]
     pub paths: Vec<PathBuf>,
-    /// Every warning is an error (`--strict`).
+    /// Treat every warning in the manifests as an error.
+    #[arg(long)]
     pub strict: bool,
 }
 
@@ -143,23 +145,44 @@ pub fn check(sources: &Sources, format: Format) -> Outcome {
     }
 }
 
-/// The request `weft explain` decides.
-#[derive(Debug, Clone)]
+/// The request `weft explain` decides (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ExplainRequest {
-    /// Caller identity.
+    /// The caller, namespace/serviceaccount.
+    #[arg(long)]
     pub from: Identity,
-    /// Destination identity.
+    /// The destination, namespace/serviceaccount.
+    #[arg(long)]
     pub to: Identity,
-    /// HTTP or TCP.
+    /// HTTP request or TCP connection.
+    #[arg(long, value_enum, default_value = "http")]
     pub protocol: Protocol,
     /// HTTP method.
+    #[arg(long, default_value = "GET")]
     pub method: String,
-    /// HTTP path.
+    /// HTTP path (a query string is ignored).
+    #[arg(long, default_value = "/")]
     pub path: String,
-    /// HTTP headers as `name=value`.
+    /// HTTP header as NAME=VALUE; repeat for more.
+    #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
     /// Destination port.
+    #[arg(long, default_value_t = 80)]
     pub port: u16,
+}
+
+/// A `--header NAME=VALUE`, its name lower-cased.
+///
+/// # Errors
+/// When it has no `=` or an empty name.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has an empty header name"));
+    }
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
 }
 
 /// `weft explain`: exit 0 whatever the decision, or with `exit_code` [`EXIT_DENIED`] for a

@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weft_cli::certs;
-use weft_cli::commands::{
-    self, ExplainRequest, Format, ListenerSettings, Outcome, Protocol, Sources,
-};
+use weft_cli::commands::{self, ExplainRequest, Format, ListenerSettings, Outcome, Sources};
 use weft_policy::CallerIdentity;
 use weft_policy::bundle::Identity;
 use weft_policy::bundle::{AccessMode, StickyKey};
@@ -167,9 +165,8 @@ enum DescribeWhat {
     Service {
         /// The Service, namespace/name.
         service: String,
-        /// Directory (or file) of manifests.
-        #[arg(long, required = true)]
-        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        sources: Sources,
     },
 }
 
@@ -226,42 +223,7 @@ enum Command {
     /// its SPIFFE ID) and check its SHA-256 (while it cannot be had, Envoy is not started and
     /// the fetch is retried, backing off to every 5 s), write the bootstrap. Its credentials
     /// come from `weft cert workload` with the controller's CA (and its ca.pem).
-    Sidecar {
-        /// The controller's xDS address (the module is fetched there too, over the same
-        /// mTLS channel).
-        #[arg(long, default_value = "127.0.0.1:15010")]
-        xds: std::net::SocketAddr,
-        /// The pod, namespace/name.
-        #[arg(long)]
-        pod: String,
-        /// The Deployment or Pod it runs (as named in the controller's manifests).
-        #[arg(long)]
-        workload: String,
-        /// Its ServiceAccount (its certificate's identity).
-        #[arg(long)]
-        service_account: String,
-        /// The pod's address: other workloads reach its sidecar there.
-        #[arg(long)]
-        pod_ip: std::net::Ipv4Addr,
-        /// The address its application listens on.
-        #[arg(long)]
-        app_ip: std::net::Ipv4Addr,
-        /// Folder with cert.pem, key.pem and ca.pem.
-        #[arg(long)]
-        credentials: PathBuf,
-        /// Where the module and bootstrap.json are written.
-        #[arg(long)]
-        out: PathBuf,
-        /// Refuse a module whose SHA-256 is not this.
-        #[arg(long)]
-        module_sha256: Option<String>,
-        /// Then become Envoy, this binary.
-        #[arg(long)]
-        exec: Option<PathBuf>,
-        /// The mesh's SPIFFE trust domain (the controller's identity is checked in it).
-        #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
-        trust_domain: String,
-    },
+    Sidecar(weft_cli::mesh::SidecarArgs),
     /// Show every pod of a running controller: identity, address, readiness, the plugin
     /// configuration version it applied, refusals, certificate expiry.
     Status {
@@ -300,33 +262,10 @@ enum Command {
     /// the decision, or with --exit-code 3 when it would be denied.
     #[command(after_help = EXIT_CODES)]
     Explain {
-        /// Directory (or file) of manifests.
-        #[arg(long, required = true)]
-        manifests: Vec<PathBuf>,
-        /// Treat every warning in the manifests as an error.
-        #[arg(long)]
-        strict: bool,
-        /// The caller, namespace/serviceaccount.
-        #[arg(long)]
-        from: Identity,
-        /// The destination, namespace/serviceaccount.
-        #[arg(long)]
-        to: Identity,
-        /// HTTP request or TCP connection.
-        #[arg(long, value_enum, default_value = "http")]
-        protocol: Protocol,
-        /// HTTP method.
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// HTTP path (a query string is ignored).
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// HTTP header as NAME=VALUE; repeat for more.
-        #[arg(long = "header", value_parser = parse_header)]
-        headers: Vec<(String, String)>,
-        /// Destination port.
-        #[arg(long, default_value_t = 80)]
-        port: u16,
+        #[command(flatten)]
+        sources: Sources,
+        #[command(flatten)]
+        request: ExplainRequest,
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
@@ -348,12 +287,8 @@ enum Command {
     /// with --bundle the compiled bundle for the `configuration` of the weft filter.
     #[command(after_help = EXIT_CODES)]
     Compile {
-        /// Directory (or file) of manifests.
-        #[arg(long, required = true)]
-        manifests: Vec<PathBuf>,
-        /// Treat every warning in the manifests as an error.
-        #[arg(long)]
-        strict: bool,
+        #[command(flatten)]
+        sources: Sources,
         /// The workload, namespace/serviceaccount.
         #[arg(long)]
         identity: Identity,
@@ -402,16 +337,6 @@ enum Command {
         #[command(flatten)]
         cluster: Cluster,
     },
-}
-
-fn parse_header(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
-    if name.is_empty() {
-        return Err(format!("{text:?} has an empty header name"));
-    }
-    Ok((name.to_ascii_lowercase(), value.to_owned()))
 }
 
 /// A command that printed as it went (or prints `stdout`): exit 0, or 1 with the error.
@@ -465,34 +390,7 @@ fn main() -> ExitCode {
             };
             finished(weft_cli::mesh::controller(&args).map(|()| String::new()))
         }
-        Command::Sidecar {
-            xds,
-            pod,
-            workload,
-            service_account,
-            pod_ip,
-            app_ip,
-            credentials,
-            out,
-            module_sha256,
-            exec,
-            trust_domain,
-        } => {
-            let args = weft_cli::mesh::SidecarArgs {
-                xds,
-                pod,
-                workload,
-                service_account,
-                pod_ip,
-                app_ip,
-                credentials,
-                out,
-                module_sha256,
-                exec,
-                trust_domain,
-            };
-            finished(weft_cli::mesh::sidecar(&args).map(|()| String::new()))
-        }
+        Command::Sidecar(args) => finished(weft_cli::mesh::sidecar(&args).map(|()| String::new())),
         Command::Status { controller, output } => finished(
             weft_cli::mesh::fetch_status(&controller).map(|status| match output {
                 Format::Json => format!("{}\n", serde_json::to_string(&status).unwrap_or_default()),
@@ -519,46 +417,17 @@ fn main() -> ExitCode {
         } => commands::check(&Sources { paths, strict }, output),
         Command::Bundle { document } => commands::bundle(&document),
         Command::Describe {
-            what: DescribeWhat::Service { service, manifests },
-        } => commands::describe_service(
-            &Sources {
-                paths: manifests,
-                strict: false,
-            },
-            &service,
-        ),
+            what: DescribeWhat::Service { service, sources },
+        } => commands::describe_service(&sources, &service),
         Command::Explain {
-            manifests,
-            strict,
-            from,
-            to,
-            protocol,
-            method,
-            path,
-            headers,
-            port,
+            sources,
+            request,
             output,
             exit_code,
             cluster,
-        } => {
-            let request = ExplainRequest {
-                from,
-                to,
-                protocol,
-                method,
-                path,
-                headers,
-                port,
-            };
-            let sources = Sources {
-                paths: manifests,
-                strict,
-            };
-            commands::explain(&sources, &request, &cluster.options(), output, exit_code)
-        }
+        } => commands::explain(&sources, &request, &cluster.options(), output, exit_code),
         Command::Compile {
-            manifests,
-            strict,
+            sources,
             identity,
             side,
             mode,
@@ -593,10 +462,6 @@ fn main() -> ExitCode {
                     .map(StickyKey::Header)
                     .or(sticky_cookie.map(StickyKey::Cookie)),
                 metrics: !no_metrics,
-            };
-            let sources = Sources {
-                paths: manifests,
-                strict,
             };
             commands::compile_config(
                 &sources,

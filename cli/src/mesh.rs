@@ -392,30 +392,42 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// What `weft sidecar` was asked.
-#[derive(Debug, Clone)]
+/// What `weft sidecar` is asked (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SidecarArgs {
-    /// The controller's xDS address (the module is fetched there, on the same channel).
+    /// The controller's xDS address (the module is fetched there too, over the same mTLS
+    /// channel).
+    #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds: SocketAddr,
-    /// The pod: `namespace/name`.
+    /// The pod, namespace/name.
+    #[arg(long)]
     pub pod: String,
-    /// Its workload (Deployment or Pod name in the manifests).
+    /// The Deployment or Pod it runs (as named in the controller's manifests).
+    #[arg(long)]
     pub workload: String,
-    /// Its ServiceAccount.
+    /// Its ServiceAccount (its certificate's identity).
+    #[arg(long)]
     pub service_account: String,
-    /// Its address (its listeners).
+    /// The pod's address: other workloads reach its sidecar there.
+    #[arg(long)]
     pub pod_ip: std::net::Ipv4Addr,
-    /// Its application's address.
+    /// The address its application listens on.
+    #[arg(long)]
     pub app_ip: std::net::Ipv4Addr,
-    /// Folder with `cert.pem` and `key.pem` (from `weft cert workload`) and `ca.pem`.
+    /// Folder with cert.pem, key.pem and ca.pem.
+    #[arg(long)]
     pub credentials: PathBuf,
-    /// Where the module and the bootstrap are written.
+    /// Where the module and bootstrap.json are written.
+    #[arg(long)]
     pub out: PathBuf,
     /// Refuse a module whose SHA-256 is not this.
+    #[arg(long)]
     pub module_sha256: Option<String>,
-    /// Then run Envoy (this process becomes it).
+    /// Then become Envoy, this binary.
+    #[arg(long)]
     pub exec: Option<PathBuf>,
-    /// The mesh's SPIFFE trust domain.
+    /// The mesh's SPIFFE trust domain (the controller's identity is checked in it).
+    #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 }
 

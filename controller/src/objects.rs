@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use weft_policy::catalog::Catalog;
 use weft_policy::diagnostic::Diagnostic;
-use weft_policy::object::ObjectKey;
+use weft_policy::object::{ObjectKey, SourceObject};
 
 use crate::manifests::ManifestsError;
 use crate::store::{Kept, Refusal, Settled, Store};
@@ -61,6 +61,9 @@ pub struct Refused {
 pub struct InForce {
     /// Every object's version in force.
     pub catalog: Arc<Catalog>,
+    /// The same objects as their sources wrote them (local mode reads what to run from a
+    /// workload's document).
+    pub objects: Arc<BTreeMap<ObjectKey, Arc<SourceObject>>>,
     /// What was refused.
     pub refused: Refused,
     /// Changes of the catalog accepted since the start.

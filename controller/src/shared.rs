@@ -149,6 +149,7 @@ impl Shared {
         }
         *in_force = Arc::new(InForce {
             catalog: settled.catalog.clone(),
+            objects: settled.objects.clone(),
             refused,
             generation: in_force.generation + u64::from(changed),
         });

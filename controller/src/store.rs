@@ -65,6 +65,8 @@ pub struct Refusal {
 pub struct Settled {
     /// The catalog in force.
     pub catalog: Arc<Catalog>,
+    /// The objects in force, as their sources wrote them (what the catalog was read from).
+    pub objects: Arc<BTreeMap<ObjectKey, Arc<SourceObject>>>,
     /// The objects refused, and what stays in force of each.
     pub refused: BTreeMap<ObjectKey, Refusal>,
     /// Warnings of the objects in force.
@@ -81,7 +83,7 @@ pub struct Store {
     /// By key: what a source says now, and which source.
     proposed: BTreeMap<ObjectKey, (String, Proposal)>,
     /// By key: the version in force.
-    in_force: BTreeMap<ObjectKey, Arc<SourceObject>>,
+    in_force: Arc<BTreeMap<ObjectKey, Arc<SourceObject>>>,
     /// By source: its problems that concern no single object.
     problems: BTreeMap<String, Vec<Diagnostic>>,
 }
@@ -225,7 +227,7 @@ impl Store {
                     .cloned(),
             )
             .collect();
-        self.in_force = candidate;
+        self.in_force = Arc::new(candidate);
         let mut problems: Vec<Diagnostic> = self.problems.values().flatten().cloned().collect();
         // What is left of the errors concerns no single object in force.
         problems.extend(
@@ -237,6 +239,7 @@ impl Store {
         weft_policy::diagnostic::sort(&mut problems);
         Settled {
             catalog: Arc::new(catalog),
+            objects: self.in_force.clone(),
             refused,
             warnings: diagnostics.into_iter().filter(|d| !d.is_error()).collect(),
             problems,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use time::OffsetDateTime;
 use weft_controller::mesh::Pod;
+use weft_controller::objects::InForce;
 use weft_controller::options::Options;
 use weft_controller::pki::write_private;
 use weft_controller::runtime::Controller;
@@ -34,6 +35,7 @@ use weft_envoy_config::tls::Credentials;
 use weft_policy::catalog::Catalog;
 use weft_policy::compile::{Options as CompileOptions, service_hosts};
 use weft_policy::model::{AppProtocol, Workload};
+use weft_policy::object::{ObjectKey, SourceObject};
 
 /// How local mode runs.
 #[derive(Debug, Clone)]
@@ -168,6 +170,8 @@ pub struct Replica {
     pub pod: Pod,
     /// The workload it was started from.
     workload: Workload,
+    /// What it runs.
+    run: Run,
     /// Its folder: bootstrap, credentials, logs.
     pub dir: PathBuf,
     envoy: Supervised,
@@ -222,9 +226,65 @@ pub struct LocalMesh {
     /// Every replica, in pod order.
     pub replicas: Vec<Replica>,
     options: UpOptions,
-    /// The catalog the replicas were started from.
-    catalog: Arc<Catalog>,
+    /// The objects the replicas were started from.
+    in_force: Arc<InForce>,
     numbers: WorkloadNumbers,
+}
+
+/// What local mode runs for a workload: its first container's `command` followed by its
+/// `args`, and its `env` (name, value), in order. Read from the workload's document in force,
+/// not from the policy model, which has no use for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Run {
+    /// The program and its arguments (none: only the sidecar runs).
+    pub command: Vec<String>,
+    /// The environment it is given besides what [`environment`] adds.
+    pub env: Vec<(String, String)>,
+}
+
+impl Run {
+    /// What `object`, a Deployment or a Pod, runs. The loader has checked the fields' types
+    /// (a workload whose container fields have the wrong type is refused, so never in force);
+    /// a field that still cannot be read runs nothing rather than something half-read.
+    pub fn of(object: &SourceObject) -> Self {
+        #[derive(serde::Deserialize, Default)]
+        struct Container {
+            command: Option<Vec<String>>,
+            args: Option<Vec<String>>,
+            env: Option<Vec<Env>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Env {
+            name: String,
+            value: Option<String>,
+        }
+        let pod_spec = if object.key.kind == "Pod" {
+            object.value.get("spec")
+        } else {
+            object
+                .value
+                .get("spec")
+                .and_then(|spec| spec.get("template"))
+                .and_then(|template| template.get("spec"))
+        };
+        let first = pod_spec
+            .and_then(|spec| spec.get("containers"))
+            .and_then(|containers| containers.get(0))
+            .cloned()
+            .unwrap_or_default();
+        let container: Container = serde_json::from_value(first).unwrap_or_default();
+        let mut command = container.command.unwrap_or_default();
+        command.extend(container.args.unwrap_or_default());
+        Self {
+            command,
+            env: container
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .map(|env| (env.name, env.value.unwrap_or_default()))
+                .collect(),
+        }
+    }
 }
 
 /// The number `k` of each workload (its pods are `127.S.k.n`), kept for the whole run so that
@@ -250,22 +310,33 @@ impl WorkloadNumbers {
     }
 }
 
-/// The pods of `catalog`'s workloads, with their addresses in `subnet` (workloads numbered by
-/// `numbers`, which gives a new workload the next number).
+/// The pods of the workloads in force, with their addresses in `subnet` (workloads numbered by
+/// `numbers`, which gives a new workload the next number), and what each runs.
 ///
 /// # Errors
 /// Past 254 workloads, or 254 replicas of one.
 pub fn plan(
-    catalog: &Catalog,
+    in_force: &InForce,
     subnet: u8,
     numbers: &mut WorkloadNumbers,
-) -> anyhow::Result<Vec<(Pod, Workload)>> {
+) -> anyhow::Result<Vec<(Pod, Workload, Run)>> {
+    let catalog = &in_force.catalog;
     let app_subnet = subnet
         .checked_add(1)
         .context("the subnet must be below 255")?;
     let mut pods = Vec::new();
     for workload in &catalog.workloads {
         let k = numbers.of(workload)?;
+        let key = ObjectKey {
+            kind: workload.kind.clone(),
+            namespace: workload.meta.namespace.clone(),
+            name: workload.meta.name.clone(),
+        };
+        let run = in_force
+            .objects
+            .get(&key)
+            .map(|object| Run::of(object))
+            .unwrap_or_default();
         for n in 0..workload.replicas {
             let host = u8::try_from(n + 1)
                 .ok()
@@ -294,6 +365,7 @@ pub fn plan(
                     module: None,
                 },
                 workload.clone(),
+                run.clone(),
             ));
         }
     }
@@ -304,7 +376,7 @@ pub fn plan(
 /// its proxy, and where each Service of its namespace is (`<NAME>_SERVICE_HOST`/`_PORT`: an
 /// HTTP Service by name, through `HTTP_PROXY`; a TCP Service at the sidecar's listener on the
 /// pod's own address).
-pub fn environment(catalog: &Catalog, pod: &Pod, workload: &Workload) -> Vec<(String, String)> {
+pub fn environment(catalog: &Catalog, pod: &Pod, run: &Run) -> Vec<(String, String)> {
     let proxy = format!("http://{}:{OUTBOUND_PORT}", pod.pod_ip);
     let mut env = vec![
         ("POD_NAME".to_owned(), pod.name.clone()),
@@ -337,7 +409,7 @@ pub fn environment(catalog: &Catalog, pod: &Pod, workload: &Workload) -> Vec<(St
         env.push((format!("{prefix}_SERVICE_HOST"), host));
         env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
     }
-    env.extend(workload.env.iter().cloned());
+    env.extend(run.env.iter().cloned());
     env
 }
 
@@ -419,17 +491,18 @@ impl LocalMesh {
     /// started is stopped.
     pub async fn up(options: UpOptions) -> anyhow::Result<Self> {
         let controller = Controller::start(options.controller.clone()).await?;
-        let catalog = controller.shared.catalog();
+        let in_force = controller.shared.in_force();
         let mut mesh = Self {
             controller,
             replicas: Vec::new(),
             options,
-            catalog: catalog.clone(),
+            in_force: in_force.clone(),
             numbers: WorkloadNumbers::default(),
         };
-        let started = plan(&catalog, mesh.options.subnet, &mut mesh.numbers).and_then(|pods| {
-            pods.into_iter()
-                .try_for_each(|(pod, workload)| mesh.start_replica(&catalog, pod, workload))
+        let started = plan(&in_force, mesh.options.subnet, &mut mesh.numbers).and_then(|pods| {
+            pods.into_iter().try_for_each(|(pod, workload, run)| {
+                mesh.start_replica(&in_force.catalog, pod, workload, run)
+            })
         });
         if let Err(err) = started {
             mesh.down().await;
@@ -444,12 +517,13 @@ impl LocalMesh {
     /// ports); every other replica runs on. A replica that cannot start is logged and left out
     /// (the next change tries again). Returns whether anything changed.
     pub fn reconcile(&mut self) -> bool {
-        let catalog = self.controller.shared.catalog();
-        if Arc::ptr_eq(&catalog, &self.catalog) {
+        let in_force = self.controller.shared.in_force();
+        if Arc::ptr_eq(&in_force, &self.in_force) {
             return false;
         }
-        self.catalog = catalog.clone();
-        let wanted = match plan(&catalog, self.options.subnet, &mut self.numbers) {
+        self.in_force = in_force.clone();
+        let catalog = &in_force.catalog;
+        let wanted = match plan(&in_force, self.options.subnet, &mut self.numbers) {
             Ok(wanted) => wanted,
             Err(err) => {
                 log::error!("weft: {err}; the replicas running are kept");
@@ -460,8 +534,9 @@ impl LocalMesh {
         let (kept, mut gone): (Vec<Replica>, Vec<Replica>) = std::mem::take(&mut self.replicas)
             .into_iter()
             .partition(|replica| {
-                wanted.iter().any(|(pod, workload)| {
-                    *pod == replica.pod && same_run(workload, &replica.workload)
+                wanted.iter().any(|(pod, workload, run)| {
+                    *pod == replica.pod
+                        && same_run((workload, run), (&replica.workload, &replica.run))
                 })
             });
         // Stopped together: each may take the whole SIGTERM grace.
@@ -478,7 +553,7 @@ impl LocalMesh {
             changed = true;
         }
         self.replicas = kept;
-        for (pod, workload) in wanted {
+        for (pod, workload, run) in wanted {
             if self
                 .replicas
                 .iter()
@@ -488,7 +563,7 @@ impl LocalMesh {
             }
             let node = pod.node_id();
             let (pod_ip, app_ip) = (pod.pod_ip, pod.app_ip);
-            match self.start_replica(&catalog, pod, workload) {
+            match self.start_replica(catalog, pod, workload, run) {
                 Ok(()) => log::info!("weft: started {node} (pod {pod_ip}, app {app_ip})"),
                 Err(err) => log::error!("weft: {node} did not start: {err:#}"),
             }
@@ -503,6 +578,7 @@ impl LocalMesh {
         catalog: &Catalog,
         pod: Pod,
         workload: Workload,
+        run: Run,
     ) -> anyhow::Result<()> {
         let options = &self.options;
         let shared = self.controller.shared.clone();
@@ -579,8 +655,8 @@ impl LocalMesh {
             }
         };
 
-        let env = environment(catalog, &pod, &workload);
-        let app = match workload.command.split_first() {
+        let env = environment(catalog, &pod, &run);
+        let app = match run.command.split_first() {
             Some((program, args)) => {
                 let program = find_command(&expand(program, &env), &options.command_path);
                 let args = args.iter().map(|arg| expand(arg, &env)).collect();
@@ -603,6 +679,7 @@ impl LocalMesh {
         self.replicas.push(Replica {
             pod,
             workload,
+            run,
             dir,
             envoy,
             app,
@@ -671,13 +748,13 @@ impl LocalMesh {
 
 /// Whether a replica started from `running` is still what `wanted` runs (a replica count or
 /// where the workload was read from does not matter).
-fn same_run(wanted: &Workload, running: &Workload) -> bool {
+fn same_run(wanted: (&Workload, &Run), running: (&Workload, &Run)) -> bool {
+    let ((wanted, wanted_run), (running, running_run)) = (wanted, running);
     wanted.kind == running.kind
         && wanted.service_account == running.service_account
         && wanted.labels == running.labels
-        && wanted.command == running.command
-        && wanted.env == running.env
         && wanted.ports == running.ports
+        && wanted_run == running_run
 }
 
 /// SIGTERM to each child, SIGKILL to those still running 5 s later; every child is reaped.
@@ -728,6 +805,32 @@ fn tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_runs_its_first_containers_command_args_and_env_from_its_document() {
+        let (objects, problems) = weft_policy::object::read_objects(
+            "m.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db, namespace: shop}\nspec:\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers:\n      - {command: [weft-upstream], args: [\"$(APP_IP):15432\", db], env: [{name: MODE, value: tcp}, {name: EMPTY}]}\n      - {command: [other]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: debug, namespace: shop}\nspec:\n  containers: [{command: [sleep, \"60\"]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: shop}\nspec: {}\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let runs: Vec<Run> = objects.iter().map(Run::of).collect();
+        assert_eq!(
+            runs[0],
+            Run {
+                command: vec![
+                    "weft-upstream".to_owned(),
+                    "$(APP_IP):15432".to_owned(),
+                    "db".to_owned()
+                ],
+                env: vec![
+                    ("MODE".to_owned(), "tcp".to_owned()),
+                    ("EMPTY".to_owned(), String::new())
+                ],
+            }
+        );
+        assert_eq!(runs[1].command, ["sleep", "60"]);
+        assert_eq!(runs[2], Run::default());
+    }
 
     #[test]
     fn commands_expand_variables_as_kubernetes_does() {

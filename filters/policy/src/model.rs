@@ -274,7 +274,7 @@ pub enum AppProtocol {
 }
 
 /// A workload: a Deployment (its pod template) or a Pod, as weft needs it to identify its
-/// proxies and, in local mode, to run it.
+/// proxies (what local mode runs is read from its document, `weft_local::Run`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
     /// Object identity.
@@ -287,10 +287,6 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// `spec.replicas` (1 when absent; 1 for a Pod).
     pub replicas: u32,
-    /// The first container's `command` followed by its `args`: what local mode runs.
-    pub command: Vec<String>,
-    /// The first container's `env` (name, value), in order.
-    pub env: Vec<(String, String)>,
     /// The first container's `ports[].containerPort`.
     pub ports: Vec<u16>,
 }

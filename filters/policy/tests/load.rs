@@ -572,8 +572,6 @@ spec:
     );
     assert_eq!(db.service_account, "database");
     assert_eq!(db.replicas, 2);
-    assert_eq!(db.command, ["weft-upstream", "$(APP_IP):15432", "db"]);
-    assert_eq!(db.env, [("MODE".to_owned(), "tcp".to_owned())]);
     assert_eq!(db.ports, [15432]);
     let debug = &catalog.workloads[1];
     assert_eq!(
@@ -614,4 +612,22 @@ spec:
         messages[1]
     );
     assert!(messages[1].starts_with("test.yaml:8:"), "{}", messages[1]);
+}
+
+#[test]
+fn a_container_command_or_env_of_the_wrong_type_is_an_error_at_its_field() {
+    let (_, diagnostics) = load(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: debug, namespace: shop, labels: {app: debug}}\nspec:\n  containers: [{command: sleep, env: [{name: A, value: 1}]}]\n",
+    );
+    let errors: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.field.clone())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|field| field.starts_with("spec.containers[0]")),
+        "{diagnostics:#?}"
+    );
 }

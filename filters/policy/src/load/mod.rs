@@ -613,16 +613,23 @@ struct WirePodSpec {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct WireContainer {
-    command: Option<Vec<String>>,
-    args: Option<Vec<String>>,
-    env: Option<Vec<WireEnv>>,
+    // What the container runs is local mode's (`weft_local::Run`), read from the document; read
+    // here only so that a wrong type is refused at its field.
+    #[serde(rename = "command")]
+    _command: Option<Vec<String>>,
+    #[serde(rename = "args")]
+    _args: Option<Vec<String>>,
+    #[serde(rename = "env")]
+    _env: Option<Vec<WireEnv>>,
     ports: Option<Vec<WireContainerPort>>,
 }
 
 #[derive(Deserialize)]
 struct WireEnv {
-    name: String,
-    value: Option<String>,
+    #[serde(rename = "name")]
+    _name: String,
+    #[serde(rename = "value")]
+    _value: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1136,8 +1143,6 @@ impl Reader<'_> {
             .containers
             .and_then(|containers| containers.into_iter().next())
             .unwrap_or_default();
-        let mut command = container.command.unwrap_or_default();
-        command.extend(container.args.unwrap_or_default());
         Some(Workload {
             meta,
             kind: if deployment { "Deployment" } else { "Pod" }.to_owned(),
@@ -1147,13 +1152,6 @@ impl Reader<'_> {
                 .unwrap_or_else(|| "default".to_owned()),
             labels,
             replicas,
-            command,
-            env: container
-                .env
-                .unwrap_or_default()
-                .into_iter()
-                .map(|env| (env.name, env.value.unwrap_or_default()))
-                .collect(),
             ports: container
                 .ports
                 .unwrap_or_default()
