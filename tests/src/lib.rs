@@ -15,7 +15,6 @@ pub mod attacks;
 pub mod bootstrap;
 pub mod client;
 pub mod envoy;
-pub mod fixtures;
 pub mod load;
 pub mod mesh;
 pub mod paths;

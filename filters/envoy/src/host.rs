@@ -4,6 +4,8 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType};
 
+use crate::edges::MetricHost;
+
 /// The SPIFFE ID in the URI SAN of the peer certificate of the downstream connection, if the
 /// connection is TLS and the caller presented a certificate Envoy verified.
 ///
@@ -73,6 +75,28 @@ impl RequestHeaders {
                 complete: true,
             },
             None => Self::default(),
+        }
+    }
+
+    /// `pairs` as a request's headers (every one of them: `complete`), as another host than
+    /// Envoy hands them over.
+    pub fn of(pairs: &[(&str, &str)], complete: bool) -> Self {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(0).to_le_bytes());
+        for (name, value) in pairs {
+            for part in [name, value] {
+                bytes.extend_from_slice(&u32::try_from(part.len()).unwrap_or(0).to_le_bytes());
+            }
+        }
+        for (name, value) in pairs {
+            for part in [name, value] {
+                bytes.extend_from_slice(part.as_bytes());
+                bytes.push(0);
+            }
+        }
+        Self {
+            pairs: SerializedPairs::new(bytes).unwrap_or_default(),
+            complete,
         }
     }
 
@@ -381,11 +405,49 @@ pub fn close_connection() {
     }
 }
 
-/// The metrics feature's host: Envoy's stats, through the calls above.
-#[derive(Debug, Default)]
-pub struct EnvoyStats;
+/// What the request and connection paths ask of the proxy they run in: facts about the
+/// request or connection, and the few actions they take. [`Envoy`] answers through the host
+/// calls above; the native tests of [`crate::http`] and [`crate::tcp`] answer with a recording
+/// host, so that the deny, audit, route-header and fail-closed paths are tested without a VM.
+pub trait Host: MetricHost {
+    /// The SPIFFE ID the peer's verified certificate carries ([`peer_identity`]).
+    fn peer_identity(&mut self) -> Option<String>;
+    /// The port the connection was addressed to ([`destination_port`]).
+    fn destination_port(&mut self) -> u16;
+    /// The request headers a plan asks for, in at most one fetch ([`RequestHeaders`]).
+    fn request_headers(&mut self, plan: crate::HeaderPlan) -> RequestHeaders;
+    /// Sets a request header ([`set_request_header`]).
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool;
+    /// Removes a request header ([`remove_request_header`]).
+    fn remove_request_header(&mut self, name: &str) -> bool;
+    /// Answers the request locally ([`refuse_request`]).
+    fn refuse_request(
+        &mut self,
+        grpc: bool,
+        http_status: u32,
+        grpc_status: GrpcStatusCode,
+        marker: (&str, &str),
+        body: &str,
+    );
+    /// Resets the request ([`reset_request`]).
+    fn reset_request(&mut self, why: &str);
+    /// Closes the downstream connection ([`close_connection`]).
+    fn close_connection(&mut self);
+    /// The proxy's clock ([`now_nanoseconds`]).
+    fn now_nanoseconds(&mut self) -> u64;
+    /// The status sent downstream ([`response_code`]).
+    fn response_code(&mut self) -> u32;
+    /// The gRPC status of the response ([`grpc_status`]).
+    fn grpc_status(&mut self) -> Option<u32>;
+    /// A uniformly random roll for split routing.
+    fn roll(&mut self) -> u64;
+}
 
-impl crate::edges::MetricHost for EnvoyStats {
+/// Envoy, through proxy-wasm's host calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Envoy;
+
+impl MetricHost for Envoy {
     fn define_counter(&mut self, name: &str) -> Option<u32> {
         define_counter(name)
     }
@@ -400,6 +462,67 @@ impl crate::edges::MetricHost for EnvoyStats {
 
     fn record(&mut self, id: Option<u32>, value: u64) {
         record(id, value);
+    }
+}
+
+impl Host for Envoy {
+    fn peer_identity(&mut self) -> Option<String> {
+        peer_identity()
+    }
+
+    fn destination_port(&mut self) -> u16 {
+        destination_port()
+    }
+
+    fn request_headers(&mut self, plan: crate::HeaderPlan) -> RequestHeaders {
+        match plan {
+            crate::HeaderPlan::Nothing => RequestHeaders::default(),
+            crate::HeaderPlan::HostOnly => RequestHeaders::fetch_one(":authority"),
+            crate::HeaderPlan::Every => RequestHeaders::fetch_all(),
+        }
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        set_request_header(name, value)
+    }
+
+    fn remove_request_header(&mut self, name: &str) -> bool {
+        remove_request_header(name)
+    }
+
+    fn refuse_request(
+        &mut self,
+        grpc: bool,
+        http_status: u32,
+        grpc_status: GrpcStatusCode,
+        marker: (&str, &str),
+        body: &str,
+    ) {
+        refuse_request(grpc, http_status, grpc_status, marker, body);
+    }
+
+    fn reset_request(&mut self, why: &str) {
+        reset_request(why);
+    }
+
+    fn close_connection(&mut self) {
+        close_connection();
+    }
+
+    fn now_nanoseconds(&mut self) -> u64 {
+        now_nanoseconds()
+    }
+
+    fn response_code(&mut self) -> u32 {
+        response_code()
+    }
+
+    fn grpc_status(&mut self) -> Option<u32> {
+        grpc_status()
+    }
+
+    fn roll(&mut self) -> u64 {
+        fastrand::u64(..)
     }
 }
 

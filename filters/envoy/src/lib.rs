@@ -21,6 +21,8 @@ pub mod edges;
 pub mod host;
 pub mod http;
 pub mod tcp;
+#[cfg(test)]
+mod testing;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,7 +34,8 @@ use weft_policy::engine::Engine;
 use weft_policy::wire;
 use weft_policy::{ConfigError, PluginConfig};
 
-use crate::edges::EdgeRecorder;
+use crate::edges::{EdgeRecorder, MetricHost};
+use crate::host::{Envoy, Host};
 
 /// HTTP requests the access feature denied (enforce mode).
 pub const HTTP_DENIED_METRIC: &str = "weft_access_http_denied_total";
@@ -95,12 +98,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
+    fn define(host: &mut impl MetricHost) -> Self {
         Self {
-            http_denied: host::define_counter(HTTP_DENIED_METRIC),
-            http_audit: host::define_counter(HTTP_AUDIT_METRIC),
-            tcp_denied: host::define_counter(TCP_DENIED_METRIC),
-            tcp_audit: host::define_counter(TCP_AUDIT_METRIC),
+            http_denied: host.define_counter(HTTP_DENIED_METRIC),
+            http_audit: host.define_counter(HTTP_AUDIT_METRIC),
+            tcp_denied: host.define_counter(TCP_DENIED_METRIC),
+            tcp_audit: host.define_counter(TCP_AUDIT_METRIC),
         }
     }
 }
@@ -162,13 +165,18 @@ pub struct FilterState {
 }
 
 impl FilterState {
-    /// The shared state of a configured plugin (defines its counters).
-    pub fn new(config: PluginConfig, engine: Engine, split_fallback: bool) -> Self {
+    /// The shared state of a configured plugin (defines its counters in `host`).
+    pub fn new(
+        config: PluginConfig,
+        engine: Engine,
+        split_fallback: bool,
+        host: &mut impl MetricHost,
+    ) -> Self {
         let header_plan = HeaderPlan::for_engine(&engine, split_fallback);
         Self {
             config,
             engine,
-            metrics: Metrics::define(),
+            metrics: Metrics::define(host),
             split_fallback,
             header_plan,
             edges: RefCell::new(EdgeRecorder::default()),
@@ -198,10 +206,10 @@ impl FilterState {
 
     /// The destination port that port rules see for the current connection; not asked of
     /// Envoy (one host call saved per request) when no rule depends on it.
-    pub fn destination_port(&self) -> u16 {
+    pub fn destination_port(&self, host: &mut impl Host) -> u16 {
         match self.config.destination_port {
             Some(port) => port,
-            None if self.engine.access_reads_port() => host::destination_port(),
+            None if self.engine.access_reads_port() => host.destination_port(),
             None => 0,
         }
     }
@@ -291,7 +299,7 @@ impl RootContext for WeftRoot {
                         "TrafficSplit {traffic_split}: no backend has a weight above 0 and a port of the root service, so every request for {service} goes to the root service"
                     );
                 }
-                self.state = Some(Rc::new(FilterState::new(config, engine, false)));
+                self.state = Some(Rc::new(FilterState::new(config, engine, false, &mut Envoy)));
                 true
             }
             Err(err) if self.kind == FilterKind::Http && split_only(&bytes) => {
@@ -299,7 +307,7 @@ impl RootContext for WeftRoot {
                     "{err}; split routing falls back: every request goes to the Envoy route of the service it addresses (the root service) until the configuration is fixed"
                 );
                 let (config, engine) = fallback(&bytes);
-                self.state = Some(Rc::new(FilterState::new(config, engine, true)));
+                self.state = Some(Rc::new(FilterState::new(config, engine, true, &mut Envoy)));
                 true
             }
             Err(err) => {
@@ -318,11 +326,11 @@ impl RootContext for WeftRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would panic inside the SDK's dispatcher; an unconfigured context refuses instead.
-        Some(Box::new(http::WeftHttp::new(self.state.clone())))
+        Some(Box::new(http::WeftHttp::new(self.state.clone(), Envoy)))
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(tcp::WeftTcp::new(self.state.clone())))
+        Some(Box::new(tcp::WeftTcp::new(self.state.clone(), Envoy)))
     }
 }
 

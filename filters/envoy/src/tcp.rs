@@ -20,8 +20,9 @@ use proxy_wasm::types::Action;
 use weft_policy::bundle::AccessMode;
 use weft_policy::engine::Decision;
 
+use crate::FilterState;
 use crate::edges::{EdgeKey, TcpEvent};
-use crate::{FilterState, host};
+use crate::host::{Envoy, Host};
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,35 +32,48 @@ enum Verdict {
     Closed,
 }
 
-/// One downstream TCP connection passing through the plugin.
+/// One downstream TCP connection passing through the plugin, in host `H` (Envoy in the
+/// module).
 #[derive(Debug)]
-pub struct WeftTcp {
+pub struct WeftTcp<H: Host = Envoy> {
     state: Option<Rc<FilterState>>,
     verdict: Verdict,
     /// When Envoy accepted the connection (the metrics feature).
     accepted_ns: u64,
     /// The connection's edge, once counted opened (the metrics feature).
     opened: Option<EdgeKey>,
+    host: H,
 }
 
-impl WeftTcp {
+impl<H: Host> WeftTcp<H> {
     /// A connection context of a plugin with `state`, or of an unconfigured plugin.
-    pub fn new(state: Option<Rc<FilterState>>) -> Self {
+    pub fn new(state: Option<Rc<FilterState>>, host: H) -> Self {
         Self {
             state,
             verdict: Verdict::Undecided,
             accepted_ns: 0,
             opened: None,
+            host,
         }
+    }
+
+    /// The host it runs in.
+    pub fn host(&self) -> &H {
+        &self.host
     }
 
     /// Counts `event` on the edge from `peer` (the metrics feature; nothing without it). Returns
     /// the edge.
-    fn count(state: &FilterState, peer: Option<&str>, event: TcpEvent) -> Option<EdgeKey> {
+    fn count(
+        host: &mut H,
+        state: &FilterState,
+        peer: Option<&str>,
+        event: TcpEvent,
+    ) -> Option<EdgeKey> {
         let table = state.engine.metrics()?;
         let mut edges = state.edges.try_borrow_mut().ok()?;
         let edge = edges.edge(table, peer, None, None);
-        edges.record_tcp(table, &mut host::EnvoyStats, edge, event);
+        edges.record_tcp(table, host, edge, event);
         Some(edge)
     }
 
@@ -74,7 +88,7 @@ impl WeftTcp {
             return;
         }
         let peer = match self.state.as_ref().is_some_and(|s| s.reads_peer_identity()) {
-            true => host::peer_identity(),
+            true => self.host.peer_identity(),
             false => None,
         };
         self.open_from(peer.as_deref());
@@ -85,22 +99,22 @@ impl WeftTcp {
         if let Some(state) = &self.state
             && self.opened.is_none()
         {
-            self.opened = Self::count(state, peer, TcpEvent::Opened);
+            self.opened = Self::count(&mut self.host, state, peer, TcpEvent::Opened);
         }
     }
 
     /// Counts bytes an opened connection carried.
-    fn carried(&self, event: TcpEvent) {
+    fn carried(&mut self, event: TcpEvent) {
         if let (Some(state), Some(edge)) = (&self.state, self.opened)
             && let Some(table) = state.engine.metrics()
             && let Ok(mut edges) = state.edges.try_borrow_mut()
         {
-            edges.record_tcp(table, &mut host::EnvoyStats, edge, event);
+            edges.record_tcp(table, &mut self.host, edge, event);
         }
     }
 
     fn decide(&mut self) -> Action {
-        let Some(state) = &self.state else {
+        let Some(state) = self.state.clone() else {
             log::error!("closing a connection: the plugin has no valid configuration");
             return self.close();
         };
@@ -109,8 +123,8 @@ impl WeftTcp {
             self.open();
             return Action::Continue;
         };
-        let source = host::peer_identity();
-        let port = state.destination_port();
+        let source = self.host.peer_identity();
+        let port = state.destination_port(&mut self.host);
         let decision = state.engine.decide_tcp(source.as_deref(), port);
         let Decision::Deny { reason } = decision else {
             self.verdict = Verdict::Allowed;
@@ -119,7 +133,7 @@ impl WeftTcp {
         };
         let caller = source.as_deref().unwrap_or("(no verified identity)");
         if mode == AccessMode::Audit {
-            host::count(state.metrics.tcp_audit);
+            self.host.increment(state.metrics.tcp_audit);
             log::info!(
                 "audit: would close a TCP connection to port {port} from {caller}: {reason}"
             );
@@ -127,28 +141,25 @@ impl WeftTcp {
             self.open_from(source.as_deref());
             return Action::Continue;
         }
-        host::count(state.metrics.tcp_denied);
-        Self::count(state, source.as_deref(), TcpEvent::Denied);
+        self.host.increment(state.metrics.tcp_denied);
+        Self::count(&mut self.host, &state, source.as_deref(), TcpEvent::Denied);
         log::debug!("closed a TCP connection to port {port} from {caller}: {reason}");
         self.close()
     }
 
     fn close(&mut self) -> Action {
         self.verdict = Verdict::Closed;
-        host::close_connection();
+        self.host.close_connection();
         Action::Pause
     }
-}
 
-impl Context for WeftTcp {}
-
-impl StreamContext for WeftTcp {
-    fn on_new_connection(&mut self) -> Action {
+    /// Envoy accepted the connection (its TLS handshake is not done yet).
+    pub fn new_connection(&mut self) -> Action {
         let Some(state) = &self.state else {
             return self.decide();
         };
         if state.engine.metrics().is_some() {
-            self.accepted_ns = host::now_nanoseconds();
+            self.accepted_ns = self.host.now_nanoseconds();
         }
         if state.deciding_mode().is_none() {
             self.verdict = Verdict::Allowed;
@@ -158,7 +169,8 @@ impl StreamContext for WeftTcp {
         Action::Continue
     }
 
-    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+    /// `data_size` bytes arrived from the client.
+    pub fn downstream_data(&mut self, data_size: usize) -> Action {
         let action = match self.verdict {
             // Without access decisions, the first bytes either way open the connection.
             Verdict::Allowed => {
@@ -174,7 +186,8 @@ impl StreamContext for WeftTcp {
         action
     }
 
-    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+    /// `data_size` bytes arrived from the server.
+    pub fn upstream_data(&mut self, data_size: usize) -> Action {
         // A server that speaks first must not talk to a caller not yet allowed.
         match self.verdict {
             Verdict::Allowed => {
@@ -186,11 +199,111 @@ impl StreamContext for WeftTcp {
         }
     }
 
-    fn on_log(&mut self) {
-        // Envoy calls this once per connection, when it closes (either side first).
+    /// The connection closed (either side first); Envoy says so once.
+    pub fn log(&mut self) {
         if self.opened.is_some() {
-            let duration_ns = host::now_nanoseconds().saturating_sub(self.accepted_ns);
+            let duration_ns = self.host.now_nanoseconds().saturating_sub(self.accepted_ns);
             self.carried(TcpEvent::Closed { duration_ns });
         }
+    }
+}
+
+impl Context for WeftTcp {}
+
+impl StreamContext for WeftTcp {
+    fn on_new_connection(&mut self) -> Action {
+        self.new_connection()
+    }
+
+    fn on_downstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        self.downstream_data(data_size)
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        self.upstream_data(data_size)
+    }
+
+    fn on_log(&mut self) {
+        self.log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_policy::bundle::AccessMode;
+    use weft_policy::compile::Side;
+
+    use super::*;
+    use crate::testing::{API, FRONTEND, RecordingHost, state};
+
+    /// A connection from `peer` to port 5432 of shop/db's inbound plugin in `mode`.
+    fn connection(mode: AccessMode, peer: Option<&str>) -> WeftTcp<RecordingHost> {
+        let mut host = RecordingHost::request(peer, &[]);
+        host.port = 5432;
+        let state = state(
+            "shop/db",
+            Side::Inbound,
+            |config| {
+                if let Some(access) = config.access.as_mut() {
+                    access.mode = mode;
+                }
+            },
+            &mut host,
+        );
+        WeftTcp::new(Some(state), host)
+    }
+
+    #[test]
+    fn no_byte_passes_either_way_before_the_decision_and_an_allowed_connection_is_counted() {
+        let mut tcp = connection(AccessMode::Enforce, Some(API));
+        assert_eq!(tcp.new_connection(), Action::Continue);
+        // A server that speaks first waits for the client's first bytes and the decision.
+        assert_eq!(tcp.upstream_data(10), Action::Pause);
+        assert_eq!(tcp.downstream_data(7), Action::Continue);
+        assert_eq!(tcp.upstream_data(10), Action::Continue);
+        tcp.log();
+        let host = tcp.host();
+        assert_eq!(host.closed, 0);
+        assert_eq!(host.total("weft_tcp_connections_opened_total"), 1);
+        assert_eq!(host.total("weft_tcp_received_bytes_total"), 7);
+        assert_eq!(host.total("weft_tcp_sent_bytes_total"), 10);
+        assert_eq!(host.total("weft_tcp_connections_closed_total"), 1);
+    }
+
+    #[test]
+    fn a_denied_connection_is_closed_at_its_first_bytes_and_stays_shut() {
+        for peer in [Some(FRONTEND), None] {
+            let mut tcp = connection(AccessMode::Enforce, peer);
+            assert_eq!(tcp.new_connection(), Action::Continue);
+            assert_eq!(tcp.downstream_data(7), Action::Pause);
+            assert_eq!(tcp.downstream_data(7), Action::Pause);
+            assert_eq!(tcp.upstream_data(10), Action::Pause);
+            tcp.log();
+            let host = tcp.host();
+            assert_eq!(host.closed, 1, "{peer:?}");
+            assert_eq!(host.total(crate::TCP_DENIED_METRIC), 1);
+            assert_eq!(host.total("weft_tcp_connections_denied_total"), 1);
+            assert_eq!(host.total("weft_tcp_received_bytes_total"), 0);
+        }
+    }
+
+    #[test]
+    fn in_audit_a_connection_that_would_be_closed_passes_and_is_counted_as_audit() {
+        let mut tcp = connection(AccessMode::Audit, Some(FRONTEND));
+        tcp.new_connection();
+        assert_eq!(tcp.downstream_data(7), Action::Continue);
+        let host = tcp.host();
+        assert_eq!(host.closed, 0);
+        assert_eq!(host.total(crate::TCP_AUDIT_METRIC), 1);
+        assert_eq!(host.total(crate::TCP_DENIED_METRIC), 0);
+    }
+
+    #[test]
+    fn an_unconfigured_plugin_closes_every_connection_at_once() {
+        let mut tcp = WeftTcp::new(None, RecordingHost::request(Some(API), &[]));
+        assert_eq!(tcp.new_connection(), Action::Pause);
+        assert_eq!(tcp.downstream_data(7), Action::Pause);
+        assert_eq!(tcp.upstream_data(7), Action::Pause);
+        assert_eq!(tcp.host().closed, 1);
     }
 }

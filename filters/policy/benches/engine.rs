@@ -16,9 +16,7 @@ use weft_policy::config::PluginConfig;
 use weft_policy::engine::{Engine, HttpRequest, Routing};
 
 const SIZES: &[usize] = &[10, 100, 1_000, 10_000];
-#[path = "../../../tests/src/fixtures.rs"]
-mod fixtures;
-use fixtures::{BUSY_API_GROUPS as GROUPS, busy_api as manifests};
+use weft_policy::testing::{BUSY_API_GROUPS as GROUPS, busy_api as manifests};
 
 fn compiled(count: usize) -> PluginConfig {
     let text = manifests(count);

@@ -40,6 +40,8 @@ pub mod model;
 #[cfg(feature = "authoring")]
 pub mod object;
 pub mod path;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "authoring")]
 pub mod validate;
 pub mod wire;

@@ -1,8 +1,6 @@
 //! Decisions, statement by statement from docs/smi.md (the SMI specification as weft reads it): a realistic manifest set is
 //! compiled for a workload, and each request gets the decision the spec implies.
 
-mod common;
-
 use weft_policy::bundle::{AccessMode, Identity, StickyKey};
 
 use weft_policy::compile::Side;
@@ -88,7 +86,7 @@ spec:
 "#;
 
 fn config_for(identity: &str, side: Side, manifests: &str) -> PluginConfig {
-    common::compiled(identity, side, manifests)
+    weft_policy::testing::compiled(identity, side, manifests)
 }
 
 fn engine(identity: &str) -> Engine {

@@ -2,8 +2,6 @@
 //! (inbound) or the workload itself (outbound), destinations are the services the manifests
 //! name, the backend is the split's choice, and anything else is `unknown`.
 
-mod common;
-
 use weft_policy::bundle::Direction;
 use weft_policy::compile::Side;
 use weft_policy::config::PluginConfig;
@@ -30,7 +28,7 @@ spec:
 "#;
 
 fn config(identity: &str, side: Side) -> PluginConfig {
-    common::compiled(identity, side, MANIFESTS)
+    weft_policy::testing::compiled(identity, side, MANIFESTS)
 }
 
 fn table(engine: &Engine) -> &MetricsTable {

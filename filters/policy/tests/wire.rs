@@ -3,8 +3,6 @@
 //! not a bundle of this version (another version, cut short, damaged) are refused with the
 //! field named, never a panic.
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use weft_policy::bundle::{
@@ -135,7 +133,7 @@ const SHOP: &str = include_str!("../../../examples/shop/smi.yaml");
 
 #[test]
 fn a_decoded_bundle_decides_as_the_configuration_it_came_from() {
-    let config = common::compiled("shop/api", Side::Inbound, SHOP);
+    let config = weft_policy::testing::compiled("shop/api", Side::Inbound, SHOP);
     let native = Engine::new(&config).unwrap();
     let bundle = wire::decode(&wire::encode(&config).unwrap()).unwrap();
     let decoded = Engine::with_automata(&bundle.config, bundle.automata).unwrap();
@@ -172,7 +170,7 @@ fn the_bundle_is_less_than_half_the_json() {
         ));
     }
     manifests.push_str("apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: routes, namespace: shop}\nspec:\n  matches:\n  - {name: item, pathRegex: '/api/items/[0-9]+$', methods: [GET]}\n");
-    let config = common::compiled("shop/api", Side::Inbound, &manifests);
+    let config = weft_policy::testing::compiled("shop/api", Side::Inbound, &manifests);
     let (json, bundle) = (
         config.to_json().unwrap().len(),
         wire::encode(&config).unwrap().len(),

@@ -179,7 +179,7 @@ const CONFIGURE_TRAFFIC_TARGETS: usize = 10_000;
 async fn configure_suite(upstream: &HttpUpstream, options: &Options) -> anyhow::Result<()> {
     let manifests = vec![(
         "busy-api.yaml".to_owned(),
-        weft_e2e::fixtures::busy_api(CONFIGURE_TRAFFIC_TARGETS),
+        weft_policy::testing::busy_api(CONFIGURE_TRAFFIC_TARGETS),
     )];
     let config = policy::inbound(&manifests, "shop/api", AccessMode::Enforce)?;
     let json = serde_json::to_string(&config)?.len();

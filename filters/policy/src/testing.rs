@@ -1,5 +1,31 @@
-//! Policies that benchmarks share. This file is also compiled into weft-policy's criterion
-//! bench (`#[path]`), so the engine's figures and Envoy's figures come from one policy.
+//! Fixtures that the tests and benchmarks of every crate share (feature `test-util`): a
+//! configuration compiled from manifests as `weft compile` makes it, and the busy API policy
+//! that the engine's criterion bench and the data plane's wrk bench both measure, so that their
+//! figures come from one policy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::bundle::Identity;
+use crate::check;
+use crate::compile::{Options, Side, compile};
+use crate::config::PluginConfig;
+
+/// The plugin configuration of `identity`'s `side` listener compiled from `manifests` (one
+/// YAML file), as `weft compile` makes it; the manifests must have no error.
+pub fn compiled(identity: &str, side: Side, manifests: &str) -> PluginConfig {
+    let (catalog, diagnostics) = check([("m.yaml", manifests)]);
+    assert!(
+        diagnostics.iter().all(|d| !d.is_error()),
+        "{diagnostics:#?}"
+    );
+    compile(
+        &catalog,
+        &diagnostics,
+        &identity.parse::<Identity>().unwrap(),
+        side,
+        &Options::default(),
+    )
+    .unwrap()
+}
 
 /// `count` TrafficTargets protecting shop/api, each from its own ServiceAccount in one of 20
 /// namespaces, each naming two matches of one of eight route groups of five matches (path
