@@ -27,5 +27,7 @@ pub mod serve;
 pub mod shared;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod trust;
 pub mod watch;

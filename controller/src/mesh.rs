@@ -1248,4 +1248,191 @@ mod tests {
         }
         assert_eq!(plan.outbound.len(), 2, "one compile per namespace");
     }
+
+    /// A shop: frontend calls checkout, split between v1 and v2; checkout-v1 also serves a TCP
+    /// port; analytics is allowed nothing.
+    fn shop() -> crate::testing::MeshBuilder {
+        crate::testing::MeshBuilder::default()
+            .deployment("shop", "frontend", "frontend", None, &[8080])
+            .deployment("shop", "analytics", "analytics", None, &[8080])
+            .deployment("shop", "checkout-v1", "checkout", Some("v1"), &[8080, 5432])
+            .deployment("shop", "checkout-v2", "checkout", Some("v2"), &[8080])
+            .service("shop", "frontend", "frontend", None, &[(8080, "http")])
+            .service("shop", "checkout", "checkout", None, &[(8080, "http")])
+            .service(
+                "shop",
+                "checkout-v1",
+                "checkout",
+                Some("v1"),
+                &[(8080, "http"), (5432, "tcp")],
+            )
+            .service(
+                "shop",
+                "checkout-v2",
+                "checkout",
+                Some("v2"),
+                &[(8080, "http")],
+            )
+            .allow("shop", "frontend-to-checkout", "frontend", "checkout")
+            .split(
+                "shop",
+                "canary",
+                "checkout",
+                &[("checkout-v1", 90), ("checkout-v2", 10)],
+            )
+    }
+
+    fn names(snapshot: &Snapshot, type_url: &str) -> Vec<String> {
+        snapshot
+            .resources(type_url)
+            .map(|layers| layers.values().map(|r| r.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn certificate() -> weft_certs::CertifiedKey {
+        weft_certs::CertifiedKey {
+            cert_pem: "certificate".to_owned(),
+            key_pem: "key".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_sidecar_gets_a_listener_per_port_the_mesh_service_clusters_and_its_own_secrets_by_name() {
+        use crate::testing::{ViewParts, pod};
+        let catalog = shop().catalog();
+        let pods = vec![
+            pod(&catalog, "shop", "frontend", 1, 0),
+            pod(&catalog, "shop", "checkout-v1", 2, 0),
+            pod(&catalog, "shop", "checkout-v1", 2, 1),
+            pod(&catalog, "shop", "checkout-v2", 3, 0),
+        ];
+        let parts = ViewParts {
+            // checkout-v1-1's sidecar is not ready: no endpoint of it anywhere.
+            ready: pods
+                .iter()
+                .map(Pod::node_id)
+                .filter(|node| node != "shop/checkout-v1-1")
+                .collect(),
+            ..ViewParts::default()
+        };
+        let view = parts.view(&catalog, &pods);
+        let (mut plan, mut interner) = (Plan::default(), Interner::default());
+        let endpoints = plan.endpoints(&view, &mut interner).unwrap();
+        let build = |plan: &mut Plan, interner: &mut Interner, pod: &Pod| {
+            sidecar_snapshot(&view, plan, interner, pod, &certificate(), &endpoints)
+                .unwrap()
+                .0
+        };
+        let frontend = build(&mut plan, &mut interner, &pods[0]);
+        let checkout = build(&mut plan, &mut interner, &pods[1]);
+
+        let listeners = names(&frontend, LISTENER);
+        assert!(
+            listeners.contains(&weft_envoy_config::mesh::inbound_name(8080)),
+            "{listeners:?}"
+        );
+        assert!(
+            listeners
+                .iter()
+                .any(|l| l == weft_envoy_config::mesh::OUTBOUND),
+            "{listeners:?}"
+        );
+        let checkout_listeners = names(&checkout, LISTENER);
+        assert!(
+            checkout_listeners.contains(&weft_envoy_config::mesh::inbound_name(5432)),
+            "the TCP port is served: {checkout_listeners:?}"
+        );
+        let clusters = names(&frontend, CLUSTER);
+        for service in ["checkout.shop", "checkout-v1.shop", "checkout-v2.shop"] {
+            assert!(
+                clusters.iter().any(|c| c == service),
+                "{service}: {clusters:?}"
+            );
+        }
+        // The Service clusters are one set for the mesh: both proxies hold the same.
+        let (mine, theirs) = (
+            frontend.resources(CLUSTER).unwrap().pointers(),
+            checkout.resources(CLUSTER).unwrap().pointers(),
+        );
+        assert!(
+            mine.iter().any(|layer| theirs.contains(layer)),
+            "{mine:?} {theirs:?}"
+        );
+        // Every proxy's certificate has the one name; the key is its own.
+        let mut secrets = names(&frontend, SECRET);
+        secrets.sort();
+        let mut expected = vec![TRUST_BUNDLE.to_owned(), WORKLOAD_CERTIFICATE.to_owned()];
+        expected.sort();
+        assert_eq!(secrets, expected);
+        // Endpoints: ready pods only, shared by every proxy.
+        assert!(frontend.resources(ENDPOINT).unwrap().is_only(&endpoints));
+        let assignment = format!(
+            "{:?}",
+            <weft_envoy_config::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(
+                endpoints["checkout-v1.shop"].body.value.as_slice()
+            )
+            .unwrap()
+        );
+        assert!(assignment.contains("10.2.0.1"), "{assignment}");
+        assert!(!assignment.contains("10.2.0.2"), "not ready: {assignment}");
+        // The plugins: one per inbound port and the outbound one.
+        let plugins = names(&frontend, EXTENSION_CONFIG);
+        assert!(
+            plugins.contains(&weft_envoy_config::mesh::inbound_plugin_name(8080)),
+            "{plugins:?}"
+        );
+        assert!(
+            plugins
+                .iter()
+                .any(|p| p == weft_envoy_config::mesh::OUTBOUND_PLUGIN),
+            "{plugins:?}"
+        );
+    }
+
+    #[test]
+    fn a_traffic_target_edit_rebuilds_the_destinations_plugins_and_keeps_everyone_elses() {
+        use crate::testing::{ViewParts, pod};
+        let before = shop().catalog();
+        let after = shop()
+            .allow("shop", "analytics-to-checkout", "analytics", "checkout")
+            .catalog();
+        let plugins = |catalog: &Catalog, plan: &mut Plan, interner: &mut Interner| {
+            let pods = vec![
+                pod(catalog, "shop", "frontend", 1, 0),
+                pod(catalog, "shop", "checkout-v1", 2, 0),
+            ];
+            let parts = ViewParts::all_ready(&pods);
+            let view = parts.view(catalog, &pods);
+            pods.iter()
+                .map(|pod| sidecar_plugins(&view, plan, interner, pod).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (mut plan, mut interner) = (Plan::default(), Interner::default());
+        let first = plugins(&before, &mut plan, &mut interner);
+        let changed = BTreeSet::from([
+            ObjectKey {
+                kind: "HTTPRouteGroup".to_owned(),
+                namespace: "shop".to_owned(),
+                name: "analytics-to-checkout".to_owned(),
+            },
+            ObjectKey {
+                kind: "TrafficTarget".to_owned(),
+                namespace: "shop".to_owned(),
+                name: "analytics-to-checkout".to_owned(),
+            },
+        ]);
+        let dirty = dirty(&before, &after, &changed);
+        assert_eq!(dirty, identities(&["checkout"]));
+        plan.forget(&dirty);
+        let second = plugins(&after, &mut plan, &mut interner);
+        assert!(
+            Arc::ptr_eq(&first[0], &second[0]),
+            "frontend's plugins are kept"
+        );
+        assert!(
+            !Arc::ptr_eq(&first[1], &second[1]),
+            "checkout's are rebuilt"
+        );
+        assert_ne!(first[1], second[1]);
+    }
 }

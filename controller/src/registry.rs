@@ -329,12 +329,9 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        let (catalog, problems) = weft_policy::check([(
-            "m.yaml",
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: shop}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: api}}\n    spec:\n      serviceAccountName: api\n      containers: [{command: [x], ports: [{containerPort: 8080}]}]\n",
-        )]);
-        assert!(!problems.iter().any(|p| p.is_error()), "{problems:?}");
-        catalog
+        crate::testing::MeshBuilder::default()
+            .deployment("shop", "api", "api", None, &[8080])
+            .catalog()
     }
 
     fn pod(name: &str, ip: [u8; 4]) -> Pod {
