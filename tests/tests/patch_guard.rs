@@ -539,7 +539,7 @@ fn accepted(mesh: &TestMesh, target: &Target, operations: &serde_json::Value) ->
         },
         selector: BTreeMap::new(),
         patches: vec![weft_policy::extension::ResourcePatch {
-            type_name: target.type_name.to_owned(),
+            resource_type: weft_policy::extension::PatchedType::named(target.type_name).unwrap(),
             name: target.resource.to_owned(),
             operations: operations.as_array().cloned().unwrap_or_default(),
             position: 0,

@@ -13,7 +13,7 @@ use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
 use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
 use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
 use weft_envoy_config::render::{from_json, to_json};
-use weft_policy::extension::{EnvoyPatch, ResourcePatch};
+use weft_policy::extension::{EnvoyPatch, PatchedType, ResourcePatch};
 use weft_xds::snapshot::{CLUSTER, LISTENER, ROUTE};
 
 use super::guard::ResourceKind;
@@ -128,7 +128,7 @@ fn patch_in<T: Message + Name + Default>(
     let available: Vec<&str> = list.iter().map(&named).collect();
     let Some(index) = available.iter().position(|n| *n == resource.name) else {
         return Err(PatchError::NoTarget {
-            type_name: resource.type_name.clone(),
+            type_name: resource.resource_type.name().to_owned(),
             name: resource.name.clone(),
             available: available.join(", "),
         });
@@ -175,12 +175,12 @@ pub fn apply(
         for resource in &patch.patches {
             let key = key(patch, resource);
             let (type_url, outcome) = match withdrawn.get(&key) {
-                Some(problem) => (type_url(&resource.type_name), Err(problem.clone())),
+                Some(problem) => (type_url(resource.resource_type), Err(problem.clone())),
                 None => apply_one(resource, &key, resources, cache),
             };
             reports.push(PatchReport {
                 key,
-                resource: format!("{} {}", resource.type_name, resource.name),
+                resource: format!("{} {}", resource.resource_type, resource.name),
                 type_url,
                 problem: outcome.err(),
             });
@@ -196,19 +196,20 @@ pub fn disabled(patches: &[&EnvoyPatch]) -> Vec<PatchReport> {
         .flat_map(|patch| {
             patch.patches.iter().map(|resource| PatchReport {
                 key: key(patch, resource),
-                resource: format!("{} {}", resource.type_name, resource.name),
-                type_url: type_url(&resource.type_name),
+                resource: format!("{} {}", resource.resource_type, resource.name),
+                type_url: type_url(resource.resource_type),
                 problem: Some(PatchError::Disabled),
             })
         })
         .collect()
 }
 
-fn type_url(type_name: &str) -> &'static str {
-    match type_name {
-        "Listener" => LISTENER,
-        "Cluster" => CLUSTER,
-        _ => ROUTE,
+/// The xDS type URL of a patchable type.
+pub fn type_url(resource_type: PatchedType) -> &'static str {
+    match resource_type {
+        PatchedType::Listener => LISTENER,
+        PatchedType::Cluster => CLUSTER,
+        PatchedType::RouteConfiguration => ROUTE,
     }
 }
 
@@ -218,8 +219,8 @@ fn apply_one(
     resources: &mut SidecarResources,
     cache: &mut PatchCache,
 ) -> (&'static str, Result<(), PatchError>) {
-    let result = match resource.type_name.as_str() {
-        "Listener" => patch_in(
+    let result = match resource.resource_type {
+        PatchedType::Listener => patch_in(
             &mut resources.listeners,
             resource,
             key,
@@ -227,7 +228,7 @@ fn apply_one(
             |l: &Listener| &l.name,
             ResourceKind::Listener,
         ),
-        "Cluster" => patch_in(
+        PatchedType::Cluster => patch_in(
             &mut resources.clusters,
             resource,
             key,
@@ -235,7 +236,7 @@ fn apply_one(
             |c: &Cluster| &c.name,
             ResourceKind::Cluster,
         ),
-        _ => patch_in(
+        PatchedType::RouteConfiguration => patch_in(
             &mut resources.routes,
             resource,
             key,
@@ -244,5 +245,5 @@ fn apply_one(
             ResourceKind::Route,
         ),
     };
-    (type_url(&resource.type_name), result)
+    (type_url(resource.resource_type), result)
 }

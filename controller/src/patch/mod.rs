@@ -111,7 +111,7 @@ impl PatchReport {
 
 pub(crate) fn key(patch: &EnvoyPatch, resource: &ResourcePatch) -> PatchKey {
     let mut hasher = Sha256::new();
-    hasher.update(resource.type_name.as_bytes());
+    hasher.update(resource.resource_type.name().as_bytes());
     hasher.update([0]);
     hasher.update(resource.name.as_bytes());
     hasher.update([0]);
@@ -144,6 +144,8 @@ mod tests {
     use weft_envoy_config::constraints;
     use weft_envoy_config::mesh::SidecarResources;
     use weft_xds::snapshot::{CLUSTER, ROUTE};
+
+    use weft_policy::extension::PatchedType;
 
     use super::*;
 
@@ -183,7 +185,7 @@ mod tests {
             },
             selector: BTreeMap::new(),
             patches: vec![ResourcePatch {
-                type_name: type_name.to_owned(),
+                resource_type: PatchedType::named(type_name).unwrap(),
                 name: name.to_owned(),
                 operations: operations.as_array().cloned().unwrap_or_default(),
                 position: 0,
@@ -462,5 +464,26 @@ mod tests {
         );
         assert_ne!(reports[0].key, key);
         assert!(reports[0].applied());
+    }
+
+    #[test]
+    fn the_envoy_type_names_a_patch_may_give_are_those_of_the_protos_weft_builds() {
+        use prost::Name as _;
+        use weft_envoy_config::pb::envoy::config::cluster::v3::Cluster;
+        use weft_envoy_config::pb::envoy::config::listener::v3::Listener;
+        use weft_envoy_config::pb::envoy::config::route::v3::RouteConfiguration;
+        let protos = [
+            Listener::full_name(),
+            Cluster::full_name(),
+            RouteConfiguration::full_name(),
+        ];
+        for (kind, proto) in PatchedType::ALL.into_iter().zip(protos) {
+            assert_eq!(kind.envoy_type(), proto);
+            assert_eq!(
+                apply::type_url(kind),
+                format!("type.googleapis.com/{proto}")
+            );
+            assert_eq!(PatchedType::named(apply::type_url(kind)), Some(kind));
+        }
     }
 }

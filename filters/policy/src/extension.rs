@@ -57,17 +57,55 @@ pub const DEFAULT_RATE_LIMIT_STATUS: u16 = 429;
 /// The shortest refill interval of a rate limit that Envoy accepts.
 pub const MIN_RATE_LIMIT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The resource types an [`EnvoyPatch`] may change, by the names a patch gives them. Secrets and
-/// the weft filter's own configuration (ECDS) are not patchable: they carry identity and
-/// access control.
-pub const PATCHABLE_TYPES: &[(&str, &str)] = &[
-    ("Listener", "envoy.config.listener.v3.Listener"),
-    ("Cluster", "envoy.config.cluster.v3.Cluster"),
-    (
-        "RouteConfiguration",
-        "envoy.config.route.v3.RouteConfiguration",
-    ),
-];
+/// The resource types an [`EnvoyPatch`] may change. Secrets and the weft filter's own
+/// configuration (ECDS) are not patchable: they carry identity and access control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PatchedType {
+    /// `envoy.config.listener.v3.Listener`.
+    Listener,
+    /// `envoy.config.cluster.v3.Cluster`.
+    Cluster,
+    /// `envoy.config.route.v3.RouteConfiguration`.
+    RouteConfiguration,
+}
+
+impl PatchedType {
+    /// Every patchable type.
+    pub const ALL: [Self; 3] = [Self::Listener, Self::Cluster, Self::RouteConfiguration];
+
+    /// The name a patch gives it (`spec.patches[].type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Listener => "Listener",
+            Self::Cluster => "Cluster",
+            Self::RouteConfiguration => "RouteConfiguration",
+        }
+    }
+
+    /// Envoy's protobuf type name, which a patch may give instead (as such or as a type URL).
+    /// The controller's tests check it against the protos weft builds.
+    pub fn envoy_type(self) -> &'static str {
+        match self {
+            Self::Listener => "envoy.config.listener.v3.Listener",
+            Self::Cluster => "envoy.config.cluster.v3.Cluster",
+            Self::RouteConfiguration => "envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    /// The type a patch names: its short name, Envoy's type name or a type URL.
+    pub fn named(name: &str) -> Option<Self> {
+        let full = name.rsplit('/').next().unwrap_or(name);
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name || kind.envoy_type() == full)
+    }
+}
+
+impl std::fmt::Display for PatchedType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The RFC 6902 operations.
 pub const PATCH_OPERATIONS: &[&str] = &["add", "remove", "replace", "move", "copy", "test"];
@@ -393,8 +431,8 @@ pub struct EnvoyPatch {
 /// Operations on one resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResourcePatch {
-    /// The resource's type, as [`PATCHABLE_TYPES`] names it.
-    pub type_name: String,
+    /// The resource's type.
+    pub resource_type: PatchedType,
     /// The resource's name (docs/controller.md lists the names weft generates).
     pub name: String,
     /// RFC 6902 operations, each checked for its shape.
@@ -412,15 +450,6 @@ impl EnvoyPatch {
                 .iter()
                 .all(|(key, value)| labels.get(key) == Some(value))
     }
-}
-
-/// The full protobuf type name of a patchable type, by its short name or type URL.
-pub fn patchable_type(name: &str) -> Option<(&'static str, &'static str)> {
-    let full = name.rsplit('/').next().unwrap_or(name);
-    PATCHABLE_TYPES
-        .iter()
-        .copied()
-        .find(|(short, long)| *short == name || *long == full)
 }
 
 /// Reads a Gateway API duration (GEP-2257): one to four whole numbers of up to five digits,

@@ -270,7 +270,10 @@ spec:
         .iter()
         .find(|p| p.meta.name == "header")
         .unwrap();
-    assert_eq!(patch.patches[0].type_name, "RouteConfiguration");
+    assert_eq!(
+        patch.patches[0].resource_type,
+        weft_policy::extension::PatchedType::RouteConfiguration
+    );
     let labels = [("app".to_owned(), "frontend".to_owned())].into();
     assert!(patch.selects("shop", &labels));
     assert!(!patch.selects("other", &labels));

@@ -589,8 +589,8 @@ impl Reader<'_> {
                     self.error(&format!("{prefix}.type"), LoadError::Missing);
                     None
                 }
-                Some(name) => match patchable_type(&name) {
-                    Some((short, _)) => Some(short.to_owned()),
+                Some(name) => match PatchedType::named(&name) {
+                    Some(kind) => Some(kind),
                     None => {
                         self.traffic_error(
                             &format!("{prefix}.type"),
@@ -619,9 +619,9 @@ impl Reader<'_> {
                     good = false;
                 }
             }
-            if let (Some(type_name), Some(name), true) = (type_name, name, good) {
+            if let (Some(resource_type), Some(name), true) = (type_name, name, good) {
                 patches.push(ResourcePatch {
-                    type_name,
+                    resource_type,
                     name,
                     operations,
                     position: i,
