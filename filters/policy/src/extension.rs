@@ -112,7 +112,7 @@ pub const PATCH_OPERATIONS: &[&str] = &["add", "remove", "replace", "move", "cop
 
 /// What is wrong with a field of weft's own resources.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TrafficError {
+pub enum ExtensionError {
     /// A duration not in Gateway API's form.
     #[error(
         "{0:?} is not a duration; write whole numbers with units h, m, s or ms, such as 250ms, 5s or 1m30s"
@@ -456,9 +456,9 @@ impl EnvoyPatch {
 /// each with a unit `h`, `m`, `s` or `ms`, such as `1h30m` or `250ms`.
 ///
 /// # Errors
-/// [`TrafficError::Duration`] for anything else.
-pub fn parse_duration(text: &str) -> Result<Duration, TrafficError> {
-    let bad = || TrafficError::Duration(text.to_owned());
+/// [`ExtensionError::Duration`] for anything else.
+pub fn parse_duration(text: &str) -> Result<Duration, ExtensionError> {
+    let bad = || ExtensionError::Duration(text.to_owned());
     let mut rest = text;
     let mut total = Duration::ZERO;
     let mut parts = 0;

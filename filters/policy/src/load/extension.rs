@@ -192,7 +192,7 @@ struct WireResourcePatch {
 const SERVICE_ONLY: [&str; 2] = ["connectionLimits", "outlierDetection"];
 
 impl Reader<'_> {
-    fn traffic_error(&mut self, field: &str, error: TrafficError) {
+    fn extension_error(&mut self, field: &str, error: ExtensionError) {
         self.error(field, LoadError::Shape(error.to_string()));
     }
 
@@ -201,12 +201,12 @@ impl Reader<'_> {
         let text = text?;
         match parse_duration(&text) {
             Ok(duration) if positive && duration.is_zero() => {
-                self.traffic_error(field, TrafficError::ZeroDuration);
+                self.extension_error(field, ExtensionError::ZeroDuration);
                 None
             }
             Ok(duration) => Some(duration),
             Err(err) => {
-                self.traffic_error(field, err);
+                self.extension_error(field, err);
                 None
             }
         }
@@ -225,9 +225,9 @@ impl Reader<'_> {
         if (low..=high).contains(&value) {
             Some(value)
         } else {
-            self.traffic_error(
+            self.extension_error(
                 field,
-                TrafficError::Range {
+                ExtensionError::Range {
                     value: value.to_string(),
                     range,
                 },
@@ -294,7 +294,7 @@ impl Reader<'_> {
                 && limits.max_retries.is_none()
                 && limits.max_requests_per_connection.is_none()
             {
-                self.traffic_error(&at("connectionLimits"), TrafficError::Empty);
+                self.extension_error(&at("connectionLimits"), ExtensionError::Empty);
             }
             result
         });
@@ -330,9 +330,9 @@ impl Reader<'_> {
             let retry_on = retry.retry_on.unwrap_or_default();
             for (i, condition) in retry_on.iter().enumerate() {
                 if !RETRY_CONDITIONS.contains(&condition.as_str()) {
-                    self.traffic_error(
+                    self.extension_error(
                         &f(&format!("retryOn[{i}]")),
-                        TrafficError::RetryCondition(condition.clone()),
+                        ExtensionError::RetryCondition(condition.clone()),
                     );
                 }
             }
@@ -390,12 +390,12 @@ impl Reader<'_> {
             if let (Some(interval), Some(text)) = (interval, interval_text)
                 && interval < MIN_RATE_LIMIT_INTERVAL
             {
-                self.traffic_error(&f("interval"), TrafficError::ShortInterval(text));
+                self.extension_error(&f("interval"), ExtensionError::ShortInterval(text));
             }
             if let (Some(burst), Some(requests)) = (limit.burst, requests)
                 && burst < requests
             {
-                self.traffic_error(&f("burst"), TrafficError::Burst { burst, requests });
+                self.extension_error(&f("burst"), ExtensionError::Burst { burst, requests });
             }
             let status = self.status(&f("status"), limit.status);
             Some(RateLimit {
@@ -424,7 +424,7 @@ impl Reader<'_> {
                 })
             });
             if delay.is_none() && abort.is_none() {
-                self.traffic_error(&at("faultInjection"), TrafficError::Empty);
+                self.extension_error(&at("faultInjection"), ExtensionError::Empty);
             }
             FaultInjection { delay, abort }
         });
@@ -483,7 +483,7 @@ impl Reader<'_> {
             Some(target) => {
                 let kind = target.kind.unwrap_or_else(|| "Service".to_owned());
                 if kind != "Service" {
-                    self.traffic_error("spec.targetRef.kind", TrafficError::TargetKind(kind));
+                    self.extension_error("spec.targetRef.kind", ExtensionError::TargetKind(kind));
                 }
                 let port = target
                     .port
@@ -513,19 +513,19 @@ impl Reader<'_> {
                 route.outlier_detection.is_some(),
             ]) {
                 if given {
-                    self.traffic_error(&format!("{prefix}{name}"), TrafficError::NotOnRoute(name));
+                    self.extension_error(&format!("{prefix}{name}"), ExtensionError::NotOnRoute(name));
                 }
             }
             if route.timeouts.as_ref().is_some_and(|t| t.connect.is_some()) {
-                self.traffic_error(
+                self.extension_error(
                     &format!("{prefix}timeouts.connect"),
-                    TrafficError::NotOnRoute("timeouts.connect"),
+                    ExtensionError::NotOnRoute("timeouts.connect"),
                 );
             }
             if route.retry.as_ref().is_some_and(|r| r.budget.is_some()) {
-                self.traffic_error(
+                self.extension_error(
                     &format!("{prefix}retry.budget"),
-                    TrafficError::BudgetOnRoute,
+                    ExtensionError::BudgetOnRoute,
                 );
             }
             let route_match = route.route_match.take();
@@ -538,9 +538,9 @@ impl Reader<'_> {
                 .kind
                 .unwrap_or_else(|| "HTTPRouteGroup".to_owned());
             if kind != "HTTPRouteGroup" {
-                self.traffic_error(
+                self.extension_error(
                     &format!("{prefix}match.kind"),
-                    TrafficError::MatchKind(kind),
+                    ExtensionError::MatchKind(kind),
                 );
                 continue;
             }
@@ -573,7 +573,7 @@ impl Reader<'_> {
         let mut selector = BTreeMap::new();
         if let Some(wire_selector) = spec.selector {
             if wire_selector.match_expressions.is_some() {
-                self.traffic_error("spec.selector.matchExpressions", TrafficError::Selector);
+                self.extension_error("spec.selector.matchExpressions", ExtensionError::Selector);
             }
             selector = wire_selector.match_labels.unwrap_or_default();
         }
@@ -592,9 +592,9 @@ impl Reader<'_> {
                 Some(name) => match PatchedType::named(&name) {
                     Some(kind) => Some(kind),
                     None => {
-                        self.traffic_error(
+                        self.extension_error(
                             &format!("{prefix}.type"),
-                            TrafficError::PatchType(name),
+                            ExtensionError::PatchType(name),
                         );
                         None
                     }
@@ -615,7 +615,7 @@ impl Reader<'_> {
                         "" => format!("{prefix}.operations[{j}]"),
                         field => format!("{prefix}.operations[{j}].{field}"),
                     };
-                    self.traffic_error(&at, TrafficError::PatchOperation(reason));
+                    self.extension_error(&at, ExtensionError::PatchOperation(reason));
                     good = false;
                 }
             }

@@ -11,7 +11,7 @@ fn report(
     kind: Kind,
     field: &str,
     severity: Severity,
-    error: &TrafficError,
+    error: &ExtensionError,
 ) {
     out.push(Diagnostic {
         severity,
@@ -36,14 +36,14 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                 Kind::EnvoyPatch,
                 "",
                 Severity::Error,
-                &TrafficError::Duplicate(Kind::EnvoyPatch),
+                &ExtensionError::Duplicate(Kind::EnvoyPatch),
             );
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     for policy in &catalog.traffic_policies {
         let meta = &policy.meta;
-        let error = |out: &mut Vec<Diagnostic>, field: &str, error: TrafficError| {
+        let error = |out: &mut Vec<Diagnostic>, field: &str, error: ExtensionError| {
             report(
                 out,
                 meta,
@@ -54,7 +54,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
             );
         };
         if !seen.insert((&meta.namespace, &meta.name)) {
-            error(out, "", TrafficError::Duplicate(Kind::TrafficPolicy));
+            error(out, "", ExtensionError::Duplicate(Kind::TrafficPolicy));
             continue;
         }
         let Some(service) = catalog.service(&meta.namespace, &policy.target.service) else {
@@ -64,7 +64,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                 Kind::TrafficPolicy,
                 "spec.targetRef.name",
                 Severity::Warning,
-                &TrafficError::NoService(policy.target.service.clone()),
+                &ExtensionError::NoService(policy.target.service.clone()),
             );
             continue;
         };
@@ -79,7 +79,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                     error(
                         out,
                         "spec.targetRef.port",
-                        TrafficError::NoPort {
+                        ExtensionError::NoPort {
                             service: service.meta.name.clone(),
                             port,
                             ports: ports.join(", "),
@@ -91,7 +91,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                     (AppProtocol::Http, Some(first)) if first != port => error(
                         out,
                         "spec.targetRef.port",
-                        TrafficError::NotTheHttpPort {
+                        ExtensionError::NotTheHttpPort {
                             service: service.meta.name.clone(),
                             port,
                             first,
@@ -106,7 +106,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                             error(
                                 out,
                                 &format!("spec.{field}"),
-                                TrafficError::HttpOnly {
+                                ExtensionError::HttpOnly {
                                     field,
                                     service: service.meta.name.clone(),
                                     port,
@@ -126,7 +126,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                     error(
                         out,
                         &format!("spec.{field}"),
-                        TrafficError::NoHttpPort {
+                        ExtensionError::NoHttpPort {
                             field,
                             service: service.meta.name.clone(),
                         },
@@ -141,7 +141,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                 error(
                     out,
                     &format!("{field}.name"),
-                    TrafficError::NoRouteGroup(route.group.clone()),
+                    ExtensionError::NoRouteGroup(route.group.clone()),
                 );
                 continue;
             };
@@ -152,7 +152,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                 error(
                     out,
                     &format!("{field}.match"),
-                    TrafficError::NoRouteMatch {
+                    ExtensionError::NoRouteMatch {
                         group: route.group.clone(),
                         name: name.clone(),
                         names: names.join(", "),
@@ -180,7 +180,7 @@ pub fn validate(catalog: &Catalog, out: &mut Vec<Diagnostic>) {
                     Kind::TrafficPolicy,
                     "spec.targetRef",
                     Severity::Warning,
-                    &TrafficError::Conflict {
+                    &ExtensionError::Conflict {
                         target,
                         winner: winner.meta.name.clone(),
                     },
