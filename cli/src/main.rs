@@ -110,55 +110,6 @@ enum CertCommand {
     },
 }
 
-/// What the controller runs with, in `weft up` and `weft controller`.
-#[derive(clap::Args)]
-struct ControllerFlags {
-    /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
-    #[arg(long)]
-    module: Option<PathBuf>,
-    /// Where the xDS server listens.
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds: std::net::SocketAddr,
-    /// Where the status server listens (`weft status`, the module).
-    #[arg(long, default_value = "127.0.0.1:15014")]
-    admin: std::net::SocketAddr,
-    /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
-    #[arg(long, default_value_t = 86400)]
-    certificate_lifetime: u64,
-    /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
-    #[arg(long, requires = "ca_key")]
-    ca_cert: Option<PathBuf>,
-    /// The mesh CA's key (PEM).
-    #[arg(long, requires = "ca_cert")]
-    ca_key: Option<PathBuf>,
-    /// The roots every proxy is to trust (PEM, one or more), with --ca-cert; default: the CA
-    /// certificate alone. The files are watched: rotate the root by editing them (docs/controller.md).
-    #[arg(long, requires = "ca_cert")]
-    trust_bundle: Option<PathBuf>,
-    /// The mesh's SPIFFE trust domain (workload identities are spiffe://DOMAIN/ns/NS/sa/SA).
-    #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-    /// Apply EnvoyPatches (raw JSON patches of the generated Envoy configuration); without it
-    /// they are read, checked and reported, never applied (docs/patches.md).
-    #[arg(long)]
-    allow_patches: bool,
-}
-
-impl ControllerFlags {
-    fn settings(self) -> weft_cli::mesh::ControllerSettings {
-        weft_cli::mesh::ControllerSettings {
-            module: self.module,
-            xds: self.xds,
-            admin: self.admin,
-            certificate_lifetime: std::time::Duration::from_secs(self.certificate_lifetime),
-            ca: self.ca_cert.zip(self.ca_key),
-            trust_bundle: self.trust_bundle,
-            trust_domain: self.trust_domain,
-            allow_patches: self.allow_patches,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum DescribeWhat {
     /// A Service, NAMESPACE/NAME.
@@ -176,48 +127,10 @@ enum Command {
     /// workload in DIR, its application and an Envoy sidecar on its own loopback address.
     /// Changes in DIR apply while it runs (policy over xDS; workloads added, scaled or removed
     /// get their replicas started or stopped). Ctrl-C stops every process it started.
-    Up {
-        /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
-        dir: PathBuf,
-        /// Where the CA, the module and each pod's files and logs are kept [default: DIR/.weft].
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// The Envoy binary [default: .venv/bin/envoy, else envoy on PATH].
-        #[arg(long)]
-        envoy: Option<PathBuf>,
-        #[command(flatten)]
-        controller: ControllerFlags,
-        /// Stop as soon as every sidecar is ready (scripts, tests).
-        #[arg(long)]
-        exit_when_ready: bool,
-        /// Pods get 127.SUBNET.k.n and applications 127.(SUBNET+1).k.n.
-        #[arg(long, default_value_t = 0)]
-        subnet: u8,
-    },
+    Up(weft_cli::mesh::UpArgs),
     /// Run the controller alone, for sidecars started with `weft sidecar` (on this host or
     /// others): it serves the manifests in DIR over xDS and watches them for changes.
-    Controller {
-        /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
-        #[arg(long)]
-        manifests: PathBuf,
-        /// Where the CA and the module are kept.
-        #[arg(long)]
-        state: PathBuf,
-        #[command(flatten)]
-        controller: ControllerFlags,
-        /// Milliseconds after a start during which nothing is pushed, so that running sidecars
-        /// reconnect first (a restart then changes nothing).
-        #[arg(long, default_value_t = 2000)]
-        resume_grace_ms: u64,
-        /// Milliseconds a pod that its sidecar registered (`weft sidecar`) stays after its
-        /// sidecar disconnected; then its endpoints leave every proxy.
-        #[arg(long, default_value_t = 30_000)]
-        forget_after_ms: u64,
-        /// A network (CIDR) sidecars may register their pod's address in; repeat for several.
-        /// Default: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
-        #[arg(long = "pod-network", value_name = "CIDR")]
-        pod_networks: Vec<ipnet::Ipv4Net>,
-    },
+    Controller(weft_cli::mesh::ControllerArgs),
     /// Prepare (and with --exec, run) the Envoy sidecar of one pod against a controller
     /// elsewhere: fetch the module over the control channel's mTLS (the controller checked by
     /// its SPIFFE ID) and check its SHA-256 (while it cannot be had, Envoy is not started and
@@ -350,44 +263,8 @@ fn finished(result: anyhow::Result<String>) -> Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome: Outcome = match cli.command {
-        Command::Up {
-            dir,
-            state,
-            envoy,
-            controller,
-            exit_when_ready,
-            subnet,
-        } => {
-            let args = weft_cli::mesh::UpArgs {
-                subnet,
-                dir,
-                state,
-                envoy,
-                controller: controller.settings(),
-                exit_when_ready,
-            };
-            finished(weft_cli::mesh::up(&args).map(|()| String::new()))
-        }
-        Command::Controller {
-            manifests,
-            state,
-            controller,
-            resume_grace_ms,
-            forget_after_ms,
-            pod_networks,
-        } => {
-            let args = weft_cli::mesh::ControllerArgs {
-                manifests,
-                state,
-                resume_grace: std::time::Duration::from_millis(resume_grace_ms),
-                forget_after: std::time::Duration::from_millis(forget_after_ms),
-                pod_networks: if pod_networks.is_empty() {
-                    weft_controller::options::default_pod_networks()
-                } else {
-                    pod_networks
-                },
-                controller: controller.settings(),
-            };
+        Command::Up(args) => finished(weft_cli::mesh::up(&args).map(|()| String::new())),
+        Command::Controller(args) => {
             finished(weft_cli::mesh::controller(&args).map(|()| String::new()))
         }
         Command::Sidecar(args) => finished(weft_cli::mesh::sidecar(&args).map(|()| String::new())),

@@ -15,25 +15,52 @@ use weft_controller::store::Kept;
 use weft_controller::trust::Phase;
 use weft_local::{LocalMesh, UpOptions};
 
-/// What the controller runs with, in `weft up` and `weft controller`.
-#[derive(Debug, Clone)]
+/// What the controller runs with, in `weft up` and `weft controller` (their shared flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ControllerSettings {
-    /// weft.wasm.
+    /// weft.wasm [default: ../wasm/weft.wasm beside weft, else target/wasm/weft.wasm].
+    #[arg(long)]
     pub module: Option<PathBuf>,
-    /// ADS server address.
+    /// Where the xDS server listens.
+    #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds: SocketAddr,
-    /// Admin (status, module) address.
+    /// Where the status server listens (`weft status`, the module).
+    #[arg(long, default_value = "127.0.0.1:15014")]
     pub admin: SocketAddr,
-    /// Workload certificate lifetime.
+    /// Lifetime of workload certificates, in seconds (renewed at 40-50% of it).
+    #[arg(long = "certificate-lifetime", value_name = "SECONDS", default_value = "86400", value_parser = seconds)]
     pub certificate_lifetime: Duration,
-    /// The user's CA, certificate and key.
-    pub ca: Option<(PathBuf, PathBuf)>,
-    /// The roots proxies are to trust, with the user's CA (default: its certificate alone).
+    /// The mesh CA's certificate (PEM), with --ca-key; default: generated into the state.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The mesh CA's key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// The roots every proxy is to trust (PEM, one or more), with --ca-cert; default: the CA
+    /// certificate alone. The files are watched: rotate the root by editing them (docs/controller.md).
+    #[arg(long, requires = "ca_cert")]
     pub trust_bundle: Option<PathBuf>,
-    /// The mesh's SPIFFE trust domain.
+    /// The mesh's SPIFFE trust domain (workload identities are spiffe://DOMAIN/ns/NS/sa/SA).
+    #[arg(long, default_value = weft_policy::bundle::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// Whether EnvoyPatches are applied.
+    /// Apply EnvoyPatches (raw JSON patches of the generated Envoy configuration); without it
+    /// they are read, checked and reported, never applied (docs/patches.md).
+    #[arg(long)]
     pub allow_patches: bool,
+}
+
+/// A whole number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|err| format!("{text:?} is not a whole number of seconds: {err}"))
+}
+
+/// A whole number of milliseconds.
+fn milliseconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_millis)
+        .map_err(|err| format!("{text:?} is not a whole number of milliseconds: {err}"))
 }
 
 impl ControllerSettings {
@@ -51,13 +78,13 @@ impl ControllerSettings {
                 .or_else(|| beside_exe("../wasm/weft.wasm"))
                 .unwrap_or_else(|| PathBuf::from("target/wasm/weft.wasm")),
             trust_domain: self.trust_domain.clone(),
-            ca: match &self.ca {
-                Some((cert, key)) => CaSource::Files {
+            ca: match (&self.ca_cert, &self.ca_key) {
+                (Some(cert), Some(key)) => CaSource::Files {
                     cert: cert.clone(),
                     key: key.clone(),
                     bundle: self.trust_bundle.clone(),
                 },
-                None => CaSource::State,
+                _ => CaSource::State,
             },
             rotation: RotationPolicy {
                 lifetime: self.certificate_lifetime,
@@ -72,20 +99,25 @@ impl ControllerSettings {
     }
 }
 
-/// What `weft up` was asked.
-#[derive(Debug, Clone)]
+/// What `weft up` is asked (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
-    /// The mesh's manifests.
+    /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
     pub dir: PathBuf,
-    /// State folder (CA, module, per-pod files and logs).
+    /// Where the CA, the module and each pod's files and logs are kept [default: DIR/.weft].
+    #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Envoy binary.
+    /// The Envoy binary [default: .venv/bin/envoy, else envoy on PATH].
+    #[arg(long)]
     pub envoy: Option<PathBuf>,
-    /// The controller.
+    /// The controller's settings.
+    #[command(flatten)]
     pub controller: ControllerSettings,
-    /// Stop once every sidecar is ready (for scripts and tests).
+    /// Stop as soon as every sidecar is ready (scripts, tests).
+    #[arg(long)]
     pub exit_when_ready: bool,
-    /// Address block (see weft-local).
+    /// Pods get 127.SUBNET.k.n and applications 127.(SUBNET+1).k.n.
+    #[arg(long, default_value_t = 0)]
     pub subnet: u8,
 }
 
@@ -347,21 +379,30 @@ fn waiting(pods: &[String]) -> String {
     }
 }
 
-/// What `weft controller` was asked.
-#[derive(Debug, Clone)]
+/// What `weft controller` is asked (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
-    /// The manifests folder.
+    /// The mesh: SMI objects, Services, Deployments or Pods (YAML).
+    #[arg(long)]
     pub manifests: PathBuf,
-    /// State folder (CA, module).
+    /// Where the CA and the module are kept.
+    #[arg(long)]
     pub state: PathBuf,
-    /// How long after a start nothing is pushed while running sidecars reconnect.
-    pub resume_grace: Duration,
-    /// How long a pod its sidecar registered stays after its sidecar disconnected.
-    pub forget_after: Duration,
-    /// The networks sidecars may register their pod's address in.
-    pub pod_networks: Vec<ipnet::Ipv4Net>,
-    /// The controller.
+    /// The controller's settings.
+    #[command(flatten)]
     pub controller: ControllerSettings,
+    /// Milliseconds after a start during which nothing is pushed, so that running sidecars
+    /// reconnect first (a restart then changes nothing).
+    #[arg(long = "resume-grace-ms", value_name = "MS", default_value = "2000", value_parser = milliseconds)]
+    pub resume_grace: Duration,
+    /// Milliseconds a pod that its sidecar registered (`weft sidecar`) stays after its
+    /// sidecar disconnected; then its endpoints leave every proxy.
+    #[arg(long = "forget-after-ms", value_name = "MS", default_value = "30000", value_parser = milliseconds)]
+    pub forget_after: Duration,
+    /// A network (CIDR) sidecars may register their pod's address in; repeat for several.
+    /// Default: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 100.64.0.0/10.
+    #[arg(long = "pod-network", value_name = "CIDR")]
+    pub pod_networks: Vec<ipnet::Ipv4Net>,
 }
 
 /// Runs the controller alone (for sidecars started with `weft sidecar`) until Ctrl-C/SIGTERM.
@@ -374,7 +415,11 @@ pub fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let options = weft_controller::options::Options {
             forget_after: args.forget_after,
-            pod_networks: args.pod_networks.clone(),
+            pod_networks: if args.pod_networks.is_empty() {
+                weft_controller::options::default_pod_networks()
+            } else {
+                args.pod_networks.clone()
+            },
             ..args
                 .controller
                 .options(&args.manifests, &args.state, args.resume_grace)

@@ -513,7 +513,10 @@ impl Reader<'_> {
                 route.outlier_detection.is_some(),
             ]) {
                 if given {
-                    self.extension_error(&format!("{prefix}{name}"), ExtensionError::NotOnRoute(name));
+                    self.extension_error(
+                        &format!("{prefix}{name}"),
+                        ExtensionError::NotOnRoute(name),
+                    );
                 }
             }
             if route.timeouts.as_ref().is_some_and(|t| t.connect.is_some()) {
