@@ -90,7 +90,9 @@ impl ControllerSettings {
                 lifetime: self.certificate_lifetime,
                 ..RotationPolicy::default()
             },
-            poll: Duration::from_millis(100),
+            // A change is seen within this (the watcher looks less often at folders so large
+            // that looking would cost more than a twentieth of a core).
+            poll: Duration::from_millis(25),
             resume_grace,
             forget_after: weft_controller::registry::FORGET_AFTER,
             // Local mode registers the pods it runs; `weft controller` sets its own.

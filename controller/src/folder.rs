@@ -1,12 +1,14 @@
 //! The folder source: a folder of YAML read whole each time it changes, and turned into the
-//! objects that changed since the last read ([`Change`]s for the store).
+//! objects that changed since the last read ([`Change`]s for the store). A file whose text did
+//! not change is not parsed again: its objects are the very ones of the last read, so an edit
+//! of one file of a large folder costs the parsing of that file.
 //!
 //! What a read cannot see is not a deletion: the objects last read from a file that is now
 //! unreadable, or has a document that is not YAML or names no object, stay as they were until
 //! the file reads again. An object defined twice (in one file or two) is refused as the folder's
 //! problem, and its version in force stays.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use weft_policy::diagnostic::{Diagnostic, Severity};
@@ -27,6 +29,16 @@ enum Entry {
 }
 
 impl Entry {
+    /// The same entry: the very same object (the usual case, checked first), or an equal one.
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Entry::Object(mine), Entry::Object(theirs)) => {
+                Arc::ptr_eq(mine, theirs) || mine == theirs
+            }
+            _ => self == other,
+        }
+    }
+
     fn file(&self) -> &str {
         match self {
             Entry::Object(object) => &object.origin.file,
@@ -35,10 +47,20 @@ impl Entry {
     }
 }
 
+/// One file as last read: its text, and the objects and problems it was read into.
+#[derive(Debug)]
+struct ParsedFile {
+    text: Arc<str>,
+    objects: Vec<Arc<SourceObject>>,
+    problems: Vec<Diagnostic>,
+}
+
 /// The folder as last read.
 #[derive(Debug, Default)]
 pub struct Folder {
     last: BTreeMap<ObjectKey, Entry>,
+    /// By file name.
+    parsed: HashMap<String, ParsedFile>,
 }
 
 impl Folder {
@@ -56,25 +78,38 @@ impl Folder {
             .filter(|p| p.is_error())
             .filter_map(|p| p.origin.as_ref().map(|o| o.file.clone()))
             .collect();
-        let mut definitions: BTreeMap<ObjectKey, Vec<SourceObject>> = BTreeMap::new();
+        let mut definitions: BTreeMap<ObjectKey, Vec<Arc<SourceObject>>> = BTreeMap::new();
+        let mut parsed = HashMap::with_capacity(manifests.files.len());
         for (file, text) in &manifests.files {
-            let (objects, found) = read_objects(file, text);
-            if found.iter().any(Diagnostic::is_error) {
+            let file_parsed = match self.parsed.remove(file) {
+                Some(last) if *last.text == **text => last,
+                _ => {
+                    let (objects, found) = read_objects(file, text);
+                    ParsedFile {
+                        text: Arc::from(text.as_str()),
+                        objects: objects.into_iter().map(Arc::new).collect(),
+                        problems: found,
+                    }
+                }
+            };
+            if file_parsed.problems.iter().any(Diagnostic::is_error) {
                 unseen.insert(file.clone());
             }
-            problems.extend(found);
-            for object in objects {
+            problems.extend(file_parsed.problems.iter().cloned());
+            for object in &file_parsed.objects {
                 definitions
                     .entry(object.key.clone())
                     .or_default()
-                    .push(object);
+                    .push(object.clone());
             }
+            parsed.insert(file.clone(), file_parsed);
         }
+        self.parsed = parsed;
         let mut now: BTreeMap<ObjectKey, Entry> = definitions
             .into_iter()
             .map(|(key, mut objects)| {
                 let entry = if objects.len() == 1 {
-                    Entry::Object(Arc::new(objects.remove(0)))
+                    Entry::Object(objects.remove(0))
                 } else {
                     let file = objects[0].origin.file.clone();
                     Entry::Twice(file, defined_twice(&key, &objects))
@@ -89,7 +124,7 @@ impl Folder {
         }
         let mut changes = Vec::new();
         for (key, entry) in &now {
-            if self.last.get(key) != Some(entry) {
+            if !self.last.get(key).is_some_and(|last| last.same(entry)) {
                 changes.push(match entry {
                     Entry::Object(object) => Change::Upsert(object.clone()),
                     Entry::Twice(_, problems) => Change::Refuse(key.clone(), problems.clone()),
@@ -106,7 +141,7 @@ impl Folder {
 
 /// The problem of an object the folder defines more than once: at each definition after the
 /// first.
-fn defined_twice(key: &ObjectKey, objects: &[SourceObject]) -> Vec<Diagnostic> {
+fn defined_twice(key: &ObjectKey, objects: &[Arc<SourceObject>]) -> Vec<Diagnostic> {
     let places: Vec<String> = objects
         .iter()
         .map(|o| format!("{}:{}", o.origin.file, o.origin.line))
@@ -223,5 +258,32 @@ mod tests {
             line.contains("defined 2 times (at a.yaml:1, b.yaml:1)"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_file_whose_text_did_not_change_keeps_its_very_objects_and_only_the_edited_one_is_read() {
+        let mut source = Folder::new();
+        let before = folder(&[("a.yaml", &service("a", 80)), ("b.yaml", &service("b", 80))]);
+        source.read(&before);
+        let kept = |source: &Folder, name: &str| match source.last.values().find(|e| match e {
+            Entry::Object(o) => o.key.name == name,
+            Entry::Twice(..) => false,
+        }) {
+            Some(Entry::Object(object)) => object.clone(),
+            _ => panic!("no {name}"),
+        };
+        let (a, b) = (kept(&source, "a"), kept(&source, "b"));
+        let after = folder(&[("a.yaml", &service("a", 80)), ("b.yaml", &service("b", 81))]);
+        let (changes, _) = source.read(&after);
+        assert_eq!(summary(&changes), ["upsert b"]);
+        assert!(
+            Arc::ptr_eq(&a, &kept(&source, "a")),
+            "a.yaml was not parsed again"
+        );
+        assert!(!Arc::ptr_eq(&b, &kept(&source, "b")));
+        // A file that goes takes what was parsed of it along.
+        let (changes, _) = source.read(&folder(&[("b.yaml", &service("b", 81))]));
+        assert_eq!(summary(&changes), ["delete a"]);
+        assert_eq!(source.parsed.len(), 1);
     }
 }

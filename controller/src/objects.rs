@@ -40,10 +40,21 @@ impl Sources {
     /// # Errors
     /// When the folder cannot be read at all (then nothing changes).
     pub fn read(&mut self) -> Result<Settled, ManifestsError> {
+        let started = std::time::Instant::now();
         let manifests = crate::manifests::read(std::slice::from_ref(&self.manifests))?;
+        let read = started.elapsed();
         let (changes, problems) = self.folder.read(&manifests);
+        let parsed = started.elapsed();
+        let changed = changes.len();
         self.store.apply(crate::folder::SOURCE, changes, problems);
-        Ok(self.store.settle())
+        let settled = self.store.settle();
+        log::debug!(
+            "weft: read {} file(s) in {read:?}, parsed them into {changed} change(s) by {parsed:?}, judged {} object(s) by {:?}",
+            manifests.files.len(),
+            self.store.len(),
+            started.elapsed()
+        );
+        Ok(settled)
     }
 }
 
