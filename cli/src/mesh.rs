@@ -92,7 +92,7 @@ impl ControllerSettings {
             },
             // A change is seen within this (the watcher looks less often at folders so large
             // that looking would cost more than a twentieth of a core).
-            poll: Duration::from_millis(25),
+            poll: Duration::from_millis(100),
             resume_grace,
             forget_after: weft_controller::registry::FORGET_AFTER,
             // Local mode registers the pods it runs; `weft controller` sets its own.

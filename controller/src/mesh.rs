@@ -119,8 +119,6 @@ pub struct MeshView<'a> {
     pub catalog: &'a Catalog,
     /// Every pod.
     pub pods: &'a [Pod],
-    /// Their node ids, in the same order.
-    pub nodes: &'a [String],
     /// Node ids of pods whose sidecar serves (endpoints list only these).
     pub ready: &'a BTreeSet<String>,
     /// The trust domain.
@@ -535,17 +533,14 @@ impl Plan {
         view: &MeshView<'_>,
         interner: &mut Interner,
     ) -> Result<Arc<Resources>, MeshError> {
-        let ready = || {
-            view.pods
-                .iter()
-                .zip(view.nodes)
-                .filter(|(_, node)| view.ready.contains(*node))
-                .map(|(pod, _)| pod)
-        };
+        let ready = view
+            .pods
+            .iter()
+            .filter(|p| view.ready.contains(&p.node_id()));
         let inputs = {
             use std::hash::{Hash as _, Hasher as _};
             let mut hasher = std::hash::DefaultHasher::new();
-            for pod in ready() {
+            for pod in ready {
                 (&pod.namespace, &pod.labels, pod.pod_ip).hash(&mut hasher);
             }
             hasher.finish()
@@ -556,7 +551,11 @@ impl Plan {
             return Ok(endpoints.clone());
         }
         let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
-        for pod in ready() {
+        for pod in view
+            .pods
+            .iter()
+            .filter(|p| view.ready.contains(&p.node_id()))
+        {
             groups
                 .entry((pod.namespace.as_str(), &pod.labels))
                 .or_default()
@@ -894,7 +893,6 @@ fn offline_view<'a>(
     MeshView {
         catalog,
         pods: &[],
-        nodes: &[],
         ready,
         trust_domain,
         bundle: "",
@@ -1180,11 +1178,9 @@ mod tests {
         ];
         let ready = BTreeSet::from(["shop/checkout-0".to_owned(), "shop/other-0".to_owned()]);
         let withdrawn = BTreeMap::new();
-        let nodes: Vec<String> = pods.iter().map(Pod::node_id).collect();
         let view = MeshView {
             catalog: &catalog,
             pods: &pods,
-            nodes: &nodes,
             ready: &ready,
             trust_domain: "cluster.local",
             bundle: "",
@@ -1310,8 +1306,15 @@ mod tests {
             pod(&catalog, "shop", "checkout-v1", 2, 1),
             pod(&catalog, "shop", "checkout-v2", 3, 0),
         ];
-        // checkout-v1-1's sidecar is not ready: no endpoint of it anywhere.
-        let parts = ViewParts::new(&pods, |node| node != "shop/checkout-v1-1");
+        let parts = ViewParts {
+            // checkout-v1-1's sidecar is not ready: no endpoint of it anywhere.
+            ready: pods
+                .iter()
+                .map(Pod::node_id)
+                .filter(|node| node != "shop/checkout-v1-1")
+                .collect(),
+            ..ViewParts::default()
+        };
         let view = parts.view(&catalog, &pods);
         let (mut plan, mut interner) = (Plan::default(), Interner::default());
         let endpoints = plan.endpoints(&view, &mut interner).unwrap();
