@@ -90,8 +90,6 @@ impl ControllerSettings {
                 lifetime: self.certificate_lifetime,
                 ..RotationPolicy::default()
             },
-            // A change is seen within this (the watcher looks less often at folders so large
-            // that looking would cost more than a twentieth of a core).
             poll: Duration::from_millis(100),
             resume_grace,
             forget_after: weft_controller::registry::FORGET_AFTER,

@@ -29,8 +29,7 @@ pub struct Options {
     pub ca: CaSource,
     /// Workload certificate lifetime and renewal.
     pub rotation: RotationPolicy,
-    /// How often the manifests folder is looked at, at the most (a folder so large that looking
-    /// takes long is looked at less often: see `runtime::watch_sources`).
+    /// How often the manifests folder is looked at.
     pub poll: Duration,
     /// After a start, how long snapshots are computed but not served, so that sidecars that
     /// were running reconnect (and register their pods) before anything is pushed: a

@@ -135,20 +135,14 @@ async fn watch_sources(shared: Arc<Shared>, mut sources: Sources, mut stop: watc
     };
     let mut manifests_settler = Settler::new(manifests_now, SETTLE);
     let mut ca_settler = Settler::new(ca_now, SETTLE);
-    let mut looked_for = Duration::ZERO;
     loop {
-        // Looking costs a `stat` per file: a folder of many files is looked at less often, so
-        // that looking takes at most a twentieth of a core.
-        let interval = shared.options.poll.max(looked_for * LOOK_BUDGET);
         tokio::select! {
             () = stopped(&mut stop) => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(shared.options.poll) => {}
         }
-        let looking = std::time::Instant::now();
         let Ok((manifests_now, ca_now)) = tokio::task::spawn_blocking(look.clone()).await else {
             return;
         };
-        looked_for = looking.elapsed();
         let now = std::time::Instant::now();
         let manifests_changed = manifests_settler.observe(manifests_now, now);
         let ca_changed = ca_settler.observe(ca_now, now);
@@ -256,10 +250,6 @@ pub fn prepare_state(state: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// The watcher waits at least this many times as long as its last look took before it looks
-/// again.
-const LOOK_BUDGET: u32 = 20;
 
 /// The longest a change waits because the last rebuild was long (see the rebuild loop).
 const MAX_PACING: Duration = Duration::from_secs(1);
