@@ -119,6 +119,8 @@ pub struct MeshView<'a> {
     pub catalog: &'a Catalog,
     /// Every pod.
     pub pods: &'a [Pod],
+    /// Their node ids, in the same order.
+    pub nodes: &'a [String],
     /// Node ids of pods whose sidecar serves (endpoints list only these).
     pub ready: &'a BTreeSet<String>,
     /// The trust domain.
@@ -533,14 +535,17 @@ impl Plan {
         view: &MeshView<'_>,
         interner: &mut Interner,
     ) -> Result<Arc<Resources>, MeshError> {
-        let ready = view
-            .pods
-            .iter()
-            .filter(|p| view.ready.contains(&p.node_id()));
+        let ready = || {
+            view.pods
+                .iter()
+                .zip(view.nodes)
+                .filter(|(_, node)| view.ready.contains(*node))
+                .map(|(pod, _)| pod)
+        };
         let inputs = {
             use std::hash::{Hash as _, Hasher as _};
             let mut hasher = std::hash::DefaultHasher::new();
-            for pod in ready {
+            for pod in ready() {
                 (&pod.namespace, &pod.labels, pod.pod_ip).hash(&mut hasher);
             }
             hasher.finish()
@@ -551,11 +556,7 @@ impl Plan {
             return Ok(endpoints.clone());
         }
         let mut groups: BTreeMap<(&str, &BTreeMap<String, String>), Vec<&Pod>> = BTreeMap::new();
-        for pod in view
-            .pods
-            .iter()
-            .filter(|p| view.ready.contains(&p.node_id()))
-        {
+        for pod in ready() {
             groups
                 .entry((pod.namespace.as_str(), &pod.labels))
                 .or_default()
@@ -893,6 +894,7 @@ fn offline_view<'a>(
     MeshView {
         catalog,
         pods: &[],
+        nodes: &[],
         ready,
         trust_domain,
         bundle: "",
@@ -1178,9 +1180,11 @@ mod tests {
         ];
         let ready = BTreeSet::from(["shop/checkout-0".to_owned(), "shop/other-0".to_owned()]);
         let withdrawn = BTreeMap::new();
+        let nodes: Vec<String> = pods.iter().map(Pod::node_id).collect();
         let view = MeshView {
             catalog: &catalog,
             pods: &pods,
+            nodes: &nodes,
             ready: &ready,
             trust_domain: "cluster.local",
             bundle: "",
@@ -1306,15 +1310,8 @@ mod tests {
             pod(&catalog, "shop", "checkout-v1", 2, 1),
             pod(&catalog, "shop", "checkout-v2", 3, 0),
         ];
-        let parts = ViewParts {
-            // checkout-v1-1's sidecar is not ready: no endpoint of it anywhere.
-            ready: pods
-                .iter()
-                .map(Pod::node_id)
-                .filter(|node| node != "shop/checkout-v1-1")
-                .collect(),
-            ..ViewParts::default()
-        };
+        // checkout-v1-1's sidecar is not ready: no endpoint of it anywhere.
+        let parts = ViewParts::new(&pods, |node| node != "shop/checkout-v1-1");
         let view = parts.view(&catalog, &pods);
         let (mut plan, mut interner) = (Plan::default(), Interner::default());
         let endpoints = plan.endpoints(&view, &mut interner).unwrap();

@@ -4,20 +4,25 @@
 //! changed. The [`Rebuilder`] is owned by the rebuild loop; what it reads it takes from
 //! [`Shared`] briefly, one lock at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 use weft_xds::snapshot::{ENDPOINT, EXTENSION_CONFIG, SECRET, type_version};
 
-use crate::mesh::{MeshView, Pod, sidecar_plugins, sidecar_snapshot};
+use weft_policy::bundle::Identity;
+
+use crate::mesh::{MeshView, sidecar_plugins, sidecar_snapshot};
 use crate::shared::{Pending, Shared, lock};
 use crate::trust::Held;
 
 /// What rebuilds keep from one to the next: the rebuild loop's own.
 #[derive(Debug, Default)]
 pub struct Rebuilder {
+    /// The pods of the last rebuild, and their node ids as a set.
+    pod_set: Option<Arc<crate::registry::PodSet>>,
+    nodes: BTreeSet<String>,
     /// What is computed once for every pod.
     plan: crate::mesh::Plan,
     /// Resources shared by the snapshots.
@@ -81,6 +86,9 @@ impl Epochs {
     }
 }
 
+/// An identity's certificate, and a digest of it.
+type Certificate = (crate::pki::Issued, u64);
+
 /// A digest of `value` for telling inputs apart within one process.
 fn digest_of(value: &impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
@@ -106,14 +114,21 @@ impl Rebuilder {
         let since = since.unwrap_or(started);
         let in_force = shared.in_force();
         let (catalog, generation) = (&in_force.catalog, in_force.generation);
-        let (pods, ready, forgotten) = {
+        let (pod_set, forgotten) = {
             let mut registry = lock(&shared.registry);
-            let pods: Vec<Pod> = registry.pods().cloned().collect();
-            (pods, registry.ready().clone(), registry.take_forgotten())
+            (registry.pod_set(), registry.take_forgotten())
         };
+        let pods = &pod_set.pods;
         let mut pki = lock(&shared.pki);
-        let nodes: BTreeSet<String> = pods.iter().map(Pod::node_id).collect();
-        let held = lock(&shared.trust).retain(&nodes);
+        let pods_changed = !self
+            .pod_set
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, &pod_set));
+        if pods_changed {
+            self.nodes = pod_set.nodes.iter().cloned().collect();
+        }
+        let nodes = &self.nodes;
+        let held = lock(&shared.trust).retain(nodes);
         match pki.advance(&held) {
             Ok(true) => log::info!(
                 "weft: certificates issued by root {}, roots trusted: {}; {:?}",
@@ -137,17 +152,17 @@ impl Rebuilder {
         let module = shared.module().path.display().to_string();
         let withdrawn = {
             let mut patches = lock(&shared.patches);
-            patches.retain(&nodes);
+            patches.retain(nodes);
             patches.withdrawn.clone()
         };
         // Certificates are per identity: issued (or renewed) once each.
-        let mut certificates: BTreeMap<String, Option<(crate::pki::Issued, u64)>> = BTreeMap::new();
+        let mut certificates: HashMap<&Identity, Option<Certificate>> = HashMap::new();
         let mut expiries = BTreeMap::new();
-        for pod in &pods {
-            let spiffe_id = pod.identity().spiffe_id(&trust_domain);
-            if certificates.contains_key(&spiffe_id) {
+        for identity in &pod_set.identities {
+            if certificates.contains_key(identity) {
                 continue;
             }
+            let spiffe_id = identity.spiffe_id(&trust_domain);
             let issued = match pki.workload(&spiffe_id, now) {
                 Ok((issued, renewed)) => {
                     if renewed {
@@ -169,13 +184,14 @@ impl Rebuilder {
                     None
                 }
             };
-            certificates.insert(spiffe_id, issued);
+            certificates.insert(identity, issued);
         }
         drop(pki);
         let view = MeshView {
             catalog,
-            pods: &pods,
-            ready: &ready,
+            pods,
+            nodes: &pod_set.nodes,
+            ready: &pod_set.ready,
             trust_domain: &trust_domain,
             bundle: &bundle,
             module: &module,
@@ -187,6 +203,7 @@ impl Rebuilder {
             interner,
             built,
             epochs,
+            ..
         } = self;
         epochs.advance(&dirty);
         plan.forget(&dirty);
@@ -201,22 +218,21 @@ impl Rebuilder {
             }
         };
         let (mut rebuilt, mut refreshed, mut recompiled) = (0_usize, 0_usize, 0_usize);
-        for pod in &pods {
-            let node = pod.node_id();
-            let identity = pod.identity();
-            let spiffe_id = identity.spiffe_id(&trust_domain);
-            let Some(Some((certificate, certificate_digest))) = certificates.get(&spiffe_id) else {
+        for (index, pod) in pods.iter().enumerate() {
+            let node = &pod_set.nodes[index];
+            let identity = &pod_set.identities[index];
+            let Some(Some((certificate, certificate_digest))) = certificates.get(identity) else {
                 continue;
             };
             let inputs = digest_of(&(
-                pod,
+                pod_set.digests[index],
                 epochs.all,
                 certificate_digest,
                 shared_inputs,
-                withdrawn.get(&node).map(|w| format!("{w:?}")),
+                withdrawn.get(node).map(|w| format!("{w:?}")),
             ));
-            let policy = epochs.policy_of(&identity);
-            let snapshot = match built.get(&node) {
+            let policy = epochs.policy_of(identity);
+            let snapshot = match built.get(node) {
                 Some(last) if last.inputs == inputs => {
                     let endpoints_current = last
                         .snapshot
@@ -251,14 +267,14 @@ impl Rebuilder {
                             rebuilt += 1;
                             shared
                                 .status
-                                .set_certificate(&node, certificate.validity.not_after);
+                                .set_certificate(node, certificate.validity.not_after);
                             lock(&shared.patches).built(
-                                &node,
+                                node,
                                 |type_url| type_version(&snapshot, type_url),
                                 patches,
                             );
                             lock(&shared.trust).built(
-                                &node,
+                                node,
                                 type_version(&snapshot, SECRET),
                                 Held {
                                     certificate_root: certificate.root.clone(),
@@ -287,12 +303,13 @@ impl Rebuilder {
             // cannot finish before its convergence started; a proxy that is not connected
             // converges when it reconnects, which is not measured.
             let marked =
-                shared.status.is_connected(&node) && shared.metrics.change_pending(&node, since);
-            if !shared.cache.set(&node, snapshot) && marked {
-                shared.metrics.forget(&node);
+                shared.status.is_connected(node) && shared.metrics.change_pending(node, since);
+            if !shared.cache.set(node, snapshot) && marked {
+                shared.metrics.forget(node);
             }
         }
         interner.sweep();
+        self.pod_set = Some(pod_set.clone());
         for (how, count) in [
             ("built", rebuilt),
             ("endpoints", refreshed),

@@ -48,6 +48,42 @@ pub struct RegistrationRules<'a> {
     pub forget_after: Duration,
 }
 
+/// The pods as a rebuild sees them, built once per change of the registry and shared until the
+/// next: a change of policy alone rebuilds with the very same set, and what is computed per pod
+/// here (its node id, its identity, a digest of it) is not computed again per rebuild.
+#[derive(Debug, Default)]
+pub struct PodSet {
+    /// Every pod, in node id order.
+    pub pods: Vec<Pod>,
+    /// Their node ids, in the same order.
+    pub nodes: Vec<String>,
+    /// Their identities, in the same order.
+    pub identities: Vec<weft_policy::bundle::Identity>,
+    /// A digest of each pod (for telling a pod's inputs apart from one rebuild to the next).
+    pub digests: Vec<u64>,
+    /// The node ids whose sidecar has applied its listeners.
+    pub ready: BTreeSet<String>,
+}
+
+impl PodSet {
+    fn of(registry: &Registry) -> Self {
+        let mut set = Self {
+            ready: registry.ready.clone(),
+            ..Self::default()
+        };
+        for (node, pod) in &registry.pods {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::hash::DefaultHasher::new();
+            pod.hash(&mut hasher);
+            set.digests.push(hasher.finish());
+            set.identities.push(pod.identity());
+            set.nodes.push(node.clone());
+            set.pods.push(pod.clone());
+        }
+        set
+    }
+}
+
 /// The pods, their readiness and their sidecars' streams, by node id.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -60,12 +96,25 @@ pub struct Registry {
     registrations_changed: bool,
     /// Pods removed since the last rebuild took them (one that comes back is built afresh).
     forgotten: BTreeSet<String>,
+    /// The pods and their readiness as of the last change, once asked for.
+    set: Option<std::sync::Arc<PodSet>>,
 }
 
 impl Registry {
     /// Adds or replaces a pod a source saw start.
     pub fn insert(&mut self, pod: Pod) {
+        self.set = None;
         self.pods.insert(pod.node_id(), pod);
+    }
+
+    /// The pods and their readiness now, shared until the next change.
+    pub fn pod_set(&mut self) -> std::sync::Arc<PodSet> {
+        if let Some(set) = &self.set {
+            return set.clone();
+        }
+        let set = std::sync::Arc::new(PodSet::of(self));
+        self.set = Some(set.clone());
+        set
     }
 
     /// Adds or replaces a pod its sidecar registered (kept across restarts).
@@ -76,6 +125,7 @@ impl Registry {
 
     /// Removes a pod; it is remembered as forgotten until the next rebuild takes the list.
     pub fn remove(&mut self, node: &str) {
+        self.set = None;
         self.pods.remove(node);
         self.ready.remove(node);
         if self.registered.remove(node).is_some() {
@@ -111,7 +161,11 @@ impl Registry {
 
     /// `node`'s sidecar applied its listeners; returns whether that is new.
     pub fn set_ready(&mut self, node: &str) -> bool {
-        self.ready.insert(node.to_owned())
+        let new = self.ready.insert(node.to_owned());
+        if new {
+            self.set = None;
+        }
+        new
     }
 
     /// Whether `node`'s sidecar has applied its listeners.
@@ -181,6 +235,7 @@ impl Registry {
     /// Takes back a pod a previous run kept, at `now`: ready (its sidecar kept serving),
     /// registered with no stream open.
     pub fn restore(&mut self, pod: Pod, now: Instant) {
+        self.set = None;
         let node = pod.node_id();
         self.pods.insert(node.clone(), pod);
         self.ready.insert(node.clone());
@@ -446,5 +501,27 @@ mod tests {
         std::fs::write(state.path().join(REGISTERED_FILE), "not json").unwrap();
         let err = load(state.path()).unwrap_err();
         assert!(err.contains(REGISTERED_FILE), "{err}");
+    }
+
+    #[test]
+    fn the_pod_set_is_shared_until_a_pod_or_its_readiness_changes() {
+        let mut registry = Registry::default();
+        registry.insert(pod("api-0", [10, 0, 0, 1]));
+        let first = registry.pod_set();
+        assert!(std::sync::Arc::ptr_eq(&first, &registry.pod_set()));
+        assert_eq!(first.nodes, ["shop/api-0"]);
+        assert!(first.ready.is_empty());
+        assert!(registry.set_ready("shop/api-0"));
+        let ready = registry.pod_set();
+        assert!(!std::sync::Arc::ptr_eq(&first, &ready));
+        assert!(ready.ready.contains("shop/api-0"));
+        assert!(!registry.set_ready("shop/api-0"), "already ready");
+        assert!(std::sync::Arc::ptr_eq(&ready, &registry.pod_set()));
+        registry.insert(pod("api-1", [10, 0, 0, 2]));
+        let two = registry.pod_set();
+        assert_eq!(two.nodes, ["shop/api-0", "shop/api-1"]);
+        assert_ne!(two.digests[0], two.digests[1]);
+        registry.remove("shop/api-0");
+        assert_eq!(registry.pod_set().nodes, ["shop/api-1"]);
     }
 }

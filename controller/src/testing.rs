@@ -140,17 +140,25 @@ pub fn pod(catalog: &Catalog, namespace: &str, workload: &str, k: u8, n: u8) -> 
 /// What a view borrows besides the catalog and the pods.
 #[derive(Debug, Default)]
 pub struct ViewParts {
+    pub nodes: Vec<String>,
     pub ready: BTreeSet<String>,
     pub withdrawn: BTreeMap<String, BTreeMap<PatchKey, PatchError>>,
 }
 
 impl ViewParts {
-    /// Every pod of `pods` ready.
-    pub fn all_ready(pods: &[Pod]) -> Self {
+    /// The pods of `pods` whose node id `ready` accepts ready.
+    pub fn new(pods: &[Pod], ready: impl Fn(&str) -> bool) -> Self {
+        let nodes: Vec<String> = pods.iter().map(Pod::node_id).collect();
         Self {
-            ready: pods.iter().map(Pod::node_id).collect(),
+            ready: nodes.iter().filter(|node| ready(node)).cloned().collect(),
+            nodes,
             ..Self::default()
         }
+    }
+
+    /// Every pod of `pods` ready.
+    pub fn all_ready(pods: &[Pod]) -> Self {
+        Self::new(pods, |_| true)
     }
 
     /// The view of `catalog` and `pods`.
@@ -158,6 +166,7 @@ impl ViewParts {
         MeshView {
             catalog,
             pods,
+            nodes: &self.nodes,
             ready: &self.ready,
             trust_domain: "cluster.local",
             bundle: "bundle",
