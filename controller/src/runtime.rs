@@ -171,7 +171,14 @@ async fn watch_sources(shared: Arc<Shared>, mut sources: Sources, mut stop: watc
             () = stopped(&mut stop) => return,
             read = reloaded => match read {
                 Ok(read) => sources = read,
-                Err(_) => return,
+                Err(err) => {
+                    // A bug, never an input: the store is started afresh, and the next change
+                    // of the folder is read whole into it (the objects in force stay published
+                    // until then).
+                    log::error!("weft: reading the manifests failed ({err}); the next change is read afresh");
+                    shared.metrics.reconcile_error("manifests");
+                    sources = Sources::new(shared.options.manifests.clone());
+                }
             },
         }
     }
