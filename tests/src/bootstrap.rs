@@ -160,13 +160,23 @@ pub fn on_port(mut listener: Value, port: u16) -> Value {
 }
 
 /// A loopback port that was free a moment ago, for a listener whose port must be known before
-/// Envoy starts (a port rule names it). Another process could take it in between; on loopback
-/// in a test run that is rare, and the test then fails loudly at Envoy's start.
+/// Envoy starts (a port rule names it). It is picked at random below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, 32768 and up), which every outgoing connection and
+/// every `:0` bind of the other tests draws from: a port the kernel handed out could be handed
+/// to one of those between this check and Envoy's bind (seen once in CI), one picked here can
+/// only clash with another random pick.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..1_000 {
+        let port = fastrand::u16(FREE_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {FREE_PORTS:?} after 1,000 tries")
 }
+
+/// Where [`free_port`] picks: below the ephemeral range, above the well-known services.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// An HTTP listener named `name` that runs `http_filters` (the router is appended) and routes
 /// every request to `cluster`.
