@@ -232,19 +232,54 @@ async fn interrupted() {
 /// # Errors
 /// When the controller cannot be reached.
 pub fn fetch_status(controller: &str) -> anyhow::Result<StatusReport> {
+    fetch_status_within(controller, STATUS_TIMEOUT, MAX_STATUS_BYTES)
+}
+
+/// How long `weft status` waits for the whole report.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest status report read (about 1 KB a pod).
+pub const MAX_STATUS_BYTES: usize = 64 * 1024 * 1024;
+
+/// [`fetch_status`] giving up after `timeout`, or once the answer passes `limit` bytes: an
+/// address that is not a controller (one that never answers, or streams forever) is an error,
+/// never a hang or an exhausted memory.
+///
+/// # Errors
+/// When the controller cannot be reached in time, or answers no status report within `limit`.
+pub fn fetch_status_within(
+    controller: &str,
+    timeout: Duration,
+    limit: usize,
+) -> anyhow::Result<StatusReport> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Empty<Bytes>>();
         let url = format!("{}/status", controller.trim_end_matches('/'));
-        let response = client
-            .get(url.parse().with_context(|| format!("{url} is not a URL"))?)
-            .await
-            .with_context(|| format!("the controller at {controller} cannot be reached"))?;
-        let body = response.into_body().collect().await?.to_bytes();
-        serde_json::from_slice(&body)
-            .with_context(|| format!("the controller at {controller} answered no status report"))
+        let uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+        let read = async {
+            let response = client
+                .get(uri)
+                .await
+                .with_context(|| format!("the controller at {controller} cannot be reached"))?;
+            let body = http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!(
+                        "the controller at {controller} answered more than {limit} bytes, or broke off: {err}"
+                    )
+                })?
+                .to_bytes();
+            serde_json::from_slice(&body).with_context(|| {
+                format!("the controller at {controller} answered no status report")
+            })
+        };
+        tokio::time::timeout(timeout, read).await.map_err(|_| {
+            anyhow::anyhow!("the controller at {controller} did not answer within {timeout:?}")
+        })?
     })
 }
 
@@ -656,5 +691,46 @@ mod tests {
             table.contains("patch shop/dup spec.patches[0] on RouteConfiguration outbound of shop/frontend-0: withdrawn (Envoy refused it: duplicate domain)\n"),
             "{table}"
         );
+    }
+
+    /// A server on loopback that answers every connection with `reply` (and then, with
+    /// `endless`, zeros forever), or never answers when `reply` is empty.
+    fn hostile_server(reply: &'static [u8], endless: bool) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if reply.is_empty() {
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                    // The request first, as a server would.
+                    let _ = stream.read(&mut [0; 4096]);
+                    let _ = stream.write_all(reply);
+                    while endless && stream.write_all(&[b'0'; 4096]).is_ok() {}
+                });
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[test]
+    fn a_status_address_that_never_answers_or_streams_forever_is_an_error_not_a_hang() {
+        let silent = hostile_server(b"", false);
+        let started = std::time::Instant::now();
+        let err = fetch_status_within(&silent, Duration::from_millis(300), 1024).unwrap_err();
+        assert!(err.to_string().contains("did not answer within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let endless = hostile_server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n",
+            true,
+        );
+        let err = fetch_status_within(&endless, Duration::from_secs(5), 64 * 1024).unwrap_err();
+        assert!(err.to_string().contains("more than 65536 bytes"), "{err}");
+        let not_json = hostile_server(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false);
+        let err = fetch_status_within(&not_json, Duration::from_secs(5), 1024).unwrap_err();
+        assert!(err.to_string().contains("no status report"), "{err}");
     }
 }

@@ -524,4 +524,23 @@ mod tests {
         registry.remove("shop/api-0");
         assert_eq!(registry.pod_set().nodes, ["shop/api-1"]);
     }
+
+    #[test]
+    fn a_registered_pods_file_that_is_a_fifo_or_too_large_is_refused_without_blocking() {
+        let state = tempfile::tempdir().unwrap();
+        let path = state.path().join(REGISTERED_FILE);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Nobody writes the FIFO: reading it would block for ever.
+        let err = load(state.path()).unwrap_err();
+        assert!(err.contains(REGISTERED_FILE), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_REGISTERED_BYTES + 1).unwrap();
+        let err = load(state.path()).unwrap_err();
+        assert!(err.contains(REGISTERED_FILE), "{err}");
+    }
 }
