@@ -329,7 +329,10 @@ impl Shared {
     /// sidecar; why not otherwise ([`Registry::may_register`]).
     pub(crate) fn may_register(&self, pod: &Pod) -> Result<(), String> {
         let catalog = self.catalog();
-        let modules = read(&self.modules);
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rules = RegistrationRules {
             pod_networks: &self.options.pod_networks,
             forget_after: self.options.forget_after,
@@ -354,7 +357,12 @@ impl Shared {
 
     /// The module sidecars load (unless they named their own).
     pub fn module(&self) -> Module {
-        read(&self.modules).current
+        // The module alone: not the set of every digest installed beside it.
+        self.modules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .current
+            .clone()
     }
 
     /// Upgrades the module: installs `source` and points every sidecar that did not name its
